@@ -1,0 +1,33 @@
+//! The backends. `sim` is always compiled; `pcsc` and `hid` come with their features.
+
+pub mod sim;
+
+use std::sync::Arc;
+
+use crate::key::{BackendKind, KeyProvider};
+
+/// Which backends to use, as chosen on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Every hardware backend compiled in.
+    Auto,
+    /// One backend.
+    Only(BackendKind),
+}
+
+/// The hardware providers compiled into this build (never the simulator: tests and the
+/// simulator inject it explicitly).
+pub fn hardware_providers() -> Vec<Arc<dyn KeyProvider>> {
+    #[allow(unused_mut)]
+    let mut v: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    v
+}
+
+/// Whether `kind` is compiled into this build.
+pub fn is_compiled(kind: BackendKind) -> bool {
+    match kind {
+        BackendKind::Sim => true,
+        BackendKind::Pcsc => cfg!(feature = "pcsc"),
+        BackendKind::Hid => cfg!(feature = "hid"),
+    }
+}

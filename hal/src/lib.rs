@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod cell;
+mod error;
+mod key;
+mod machine_id;
+mod monitor;
+mod validate;
+
+pub mod backend;
+
+pub use cell::{BackendError, CellReader, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView, Snapshot};
+pub use error::{Error, ErrorKind, Holder, Result};
+pub use key::{
+    BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider,
+    ProofCapability, Proof, Serial, SignatureScheme,
+};
+pub use machine_id::{hardware_id_from_file, hardware_id_from_machine_id, machine_hardware_id, MACHINE_ID_ENV};
+pub use monitor::{spawn as spawn_monitor, Driver, Input, Monitor, MonitorConfig, MonitorHandle, Step};
+pub use validate::{InvalidReason, KeyValidator, ProofStatus, SerialReadable, Validation};
+
+/// mockall mocks of the public traits (feature `mock`, and in this crate's tests).
+#[cfg(any(test, feature = "mock"))]
+pub mod mock {
+    pub use crate::key::{MockHardwareKey, MockHotplugSource, MockKeyProvider};
+    pub use crate::validate::MockKeyValidator;
+}
