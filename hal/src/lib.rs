@@ -9,6 +9,7 @@ mod monitor;
 mod validate;
 
 pub mod backend;
+pub mod trust;
 
 pub use cell::{BackendError, CellReader, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView, Snapshot};
 pub use error::{Error, ErrorKind, Holder, Result};

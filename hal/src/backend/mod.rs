@@ -2,6 +2,12 @@
 
 pub mod sim;
 
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
+
+#[cfg(feature = "hid")]
+pub mod hid;
+
 use std::sync::Arc;
 
 use crate::key::{BackendKind, KeyProvider};

@@ -1,0 +1,1 @@
+//! HID backend (feature `hid`): YubiKey OTP and FIDO interfaces, generic HID dongles.

@@ -1,0 +1,1 @@
+//! Vendor trust chain: vendor keys, key certificates, proof of possession.

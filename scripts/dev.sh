@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# keyfloat developer entry point. On a fresh Debian 12 machine with Rust, as root:
+#   ./scripts/dev.sh demo   # install what is needed, build, run the demo (simulated key)
+#   ./scripts/dev.sh test   # install everything the tests need, start pcscd, run every test
+# Set KEYFLOAT_QUICK_LOCAL=1 to let hardware/SDK tests skip when their tools are missing
+# (never set in CI: there a missing pcscd or SDK fails the run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ARTIFACTS=${KEYFLOAT_ARTIFACTS:-$ROOT/artifacts}
+VENV=${KEYFLOAT_VENV:-$ROOT/target/venv}
+
+# Debian packages: build deps of the pcsc crate, the PC/SC stack the tests run against,
+# the third-party tools that check our virtual card, and the browser for the UI test.
+DEB_BUILD=(pkgconf libpcsclite-dev)
+DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc)
+PY_TEST=(licensespring==4.0.0)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_debs() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "== apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_python() {
+  if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_TEST[@]}"
+}
+
+# pcscd for the CLI and third-party tools (foreground, own log). Tests that need to stop,
+# restart or isolate pcscd start private ones in their own mount namespace.
+start_pcscd() {
+  mkdir -p "$ARTIFACTS" /run/pcscd
+  if [ -S /run/pcscd/pcscd.comm ] && [ -f /run/pcscd/pcscd.pid ] && kill -0 "$(cat /run/pcscd/pcscd.pid)" 2>/dev/null; then
+    echo "== pcscd already running (pid $(cat /run/pcscd/pcscd.pid))"
+    return 0
+  fi
+  rm -f /run/pcscd/pcscd.comm /run/pcscd/pcscd.pid
+  echo "== starting pcscd (log: $ARTIFACTS/pcscd.log)"
+  nohup pcscd --foreground --debug --apdu >"$ARTIFACTS/pcscd.log" 2>&1 &
+  for _ in $(seq 1 50); do [ -S /run/pcscd/pcscd.comm ] && return 0; sleep 0.1; done
+  echo "pcscd did not come up; see $ARTIFACTS/pcscd.log" >&2
+  return 1
+}
+
+cmd_demo() {
+  install_debs "${DEB_BUILD[@]}"
+  cargo run --release -- demo "$@"
+}
+
+cmd_test() {
+  install_debs "${DEB_BUILD[@]}" "${DEB_TEST[@]}"
+  install_python
+  start_pcscd
+  export KEYFLOAT_PYTHON="$VENV/bin/python"
+  export KEYFLOAT_ARTIFACTS="$ARTIFACTS"
+  echo "== cargo test (workspace, all features)"
+  cargo test --workspace --all-features --no-fail-fast
+  echo "== cargo test --benches (each benchmark once, untimed)"
+  cargo test --benches
+  echo "== hal without C libraries (sim backend only)"
+  cargo check -p keyfloat-hal --no-default-features
+  echo "== all tests passed"
+}
+
+case "${1:-}" in
+  demo) shift; cmd_demo "$@" ;;
+  test) shift; cmd_test "$@" ;;
+  install) shift; install_debs "${DEB_BUILD[@]}" "${DEB_TEST[@]}"; install_python ;;
+  pcscd) start_pcscd ;;
+  *) echo "usage: $0 demo|test|install|pcscd" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+//! Signed license files: the vendor-issued JSON documents the server loads.

@@ -1,0 +1,11 @@
+//! `keyfloat license`.
+
+use std::process::ExitCode;
+
+/// Subcommands of `keyfloat license`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}

@@ -1,0 +1,23 @@
+//! One module per subcommand; each has `Args`/`Command` and `run`.
+
+pub mod common;
+pub mod demo;
+pub mod doctor;
+pub mod keys;
+pub mod license;
+pub mod serve;
+pub mod simulate;
+pub mod user;
+pub mod vendor;
+
+/// Readable logs on stderr by default, JSON lines with `--log-json`; `RUST_LOG` filters.
+pub fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

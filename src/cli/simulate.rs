@@ -1,0 +1,11 @@
+//! `keyfloat simulate`.
+
+use std::process::ExitCode;
+
+/// Subcommands of `keyfloat simulate`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}
