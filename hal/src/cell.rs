@@ -244,7 +244,9 @@ impl HardwareIdCell {
 
     /// A reader for request handlers.
     pub fn reader(&self) -> CellReader {
-        CellReader { shared: Arc::clone(&self.shared) }
+        CellReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Publishes a new picture. `hardware_id` is derived here from `in_force` so the two
@@ -329,8 +331,17 @@ mod tests {
     }
 
     fn with_key(machine: &HardwareId, serial: &str) -> Snapshot {
-        let k = view(serial, KeyStatus::Valid { proof: ProofStatus::Verified });
-        Snapshot { in_force: Some(k.clone()), keys: vec![k], ..Snapshot::no_key(machine.clone()) }
+        let k = view(
+            serial,
+            KeyStatus::Valid {
+                proof: ProofStatus::Verified,
+            },
+        );
+        Snapshot {
+            in_force: Some(k.clone()),
+            keys: vec![k],
+            ..Snapshot::no_key(machine.clone())
+        }
     }
 
     #[test]

@@ -99,7 +99,12 @@ pub struct Error {
 impl Error {
     /// An error of `kind` with a human-readable message.
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { kind, message: message.into(), holders: Vec::new(), source: None }
+        Self {
+            kind,
+            message: message.into(),
+            holders: Vec::new(),
+            source: None,
+        }
     }
 
     /// Like [`Error::new`], keeping the backend's own error as the source.
@@ -108,7 +113,10 @@ impl Error {
         message: impl Into<Cow<'static, str>>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self { source: Some(Arc::new(source)), ..Self::new(kind, message) }
+        Self {
+            source: Some(Arc::new(source)),
+            ..Self::new(kind, message)
+        }
     }
 
     /// Names the processes that hold (or may hold) the key; used with [`ErrorKind::Busy`].
@@ -217,9 +225,14 @@ mod tests {
 
     #[test]
     fn busy_names_its_holders() {
-        let e = Error::new(ErrorKind::Busy, "card held exclusively")
-            .with_holders(vec![Holder { pid: 42, command: "scdaemon".into() }]);
-        assert_eq!(e.to_string(), "KEY_BUSY: card held exclusively (held by scdaemon (pid 42))");
+        let e = Error::new(ErrorKind::Busy, "card held exclusively").with_holders(vec![Holder {
+            pid: 42,
+            command: "scdaemon".into(),
+        }]);
+        assert_eq!(
+            e.to_string(),
+            "KEY_BUSY: card held exclusively (held by scdaemon (pid 42))"
+        );
         assert!(e.kind().is_transient());
     }
 }

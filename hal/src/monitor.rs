@@ -179,7 +179,11 @@ impl Monitor {
         }
         let Some(entry) = self.keys.get_mut(&id) else { return };
         match validation {
-            Validation::Valid { serial, firmware, proof } => {
+            Validation::Valid {
+                serial,
+                firmware,
+                proof,
+            } => {
                 entry.serial = Some(serial);
                 entry.firmware = firmware.or(entry.firmware);
                 entry.status = KeyStatus::Valid { proof };
@@ -211,7 +215,11 @@ impl Monitor {
 
     fn choose_in_force(&mut self) {
         if let Some(id) = &self.in_force {
-            if self.keys.get(id).is_some_and(|e| matches!(e.status, KeyStatus::Valid { .. })) {
+            if self
+                .keys
+                .get(id)
+                .is_some_and(|e| matches!(e.status, KeyStatus::Valid { .. }))
+            {
                 return;
             }
         }
@@ -296,7 +304,12 @@ impl Driver {
         config: MonitorConfig,
     ) -> Self {
         let machine_id = cell.snapshot().machine_id.clone();
-        Self { monitor: Monitor::new(machine_id, config), cell, providers, validator }
+        Self {
+            monitor: Monitor::new(machine_id, config),
+            cell,
+            providers,
+            validator,
+        }
     }
 
     /// Feeds one input at `now`, runs every validation it triggers (and those they trigger)
@@ -319,7 +332,11 @@ impl Driver {
     }
 
     fn validate(&self, id: &KeyId) -> Validation {
-        let Some(provider) = self.providers.iter().find(|p| id.as_str().starts_with(p.kind().as_str())) else {
+        let Some(provider) = self
+            .providers
+            .iter()
+            .find(|p| id.as_str().starts_with(p.kind().as_str()))
+        else {
             return Validation::Failed(Error::new(ErrorKind::Unsupported, format!("no provider for {id}")));
         };
         match provider.open(id) {
@@ -415,33 +432,41 @@ pub fn spawn(
         let tx = tx.clone();
         let stop = Arc::clone(&stop);
         let name = format!("keyfloat-watch-{}", provider.kind());
-        threads.push(std::thread::Builder::new().name(name).spawn(move || watch_loop(provider, tx, stop, config))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || watch_loop(provider, tx, stop, config))?,
+        );
     }
     drop(tx);
     let mut driver = Driver::new(cell, providers, validator, config);
     let stop2 = Arc::clone(&stop);
-    threads.push(std::thread::Builder::new().name("keyfloat-monitor".into()).spawn(move || {
-        let start = Instant::now();
-        while !stop2.load(Ordering::Relaxed) {
-            let now = start.elapsed();
-            let wait = driver
-                .next_deadline()
-                .map_or(Duration::from_millis(200), |d| d.saturating_sub(now))
-                .min(Duration::from_millis(200));
-            match rx.recv_timeout(wait) {
-                Ok(Message::Event(ev)) => {
-                    driver.handle(start.elapsed(), Input::Hotplug(ev));
+    threads.push(
+        std::thread::Builder::new()
+            .name("keyfloat-monitor".into())
+            .spawn(move || {
+                let start = Instant::now();
+                while !stop2.load(Ordering::Relaxed) {
+                    let now = start.elapsed();
+                    let wait = driver
+                        .next_deadline()
+                        .map_or(Duration::from_millis(200), |d| d.saturating_sub(now))
+                        .min(Duration::from_millis(200));
+                    match rx.recv_timeout(wait) {
+                        Ok(Message::Event(ev)) => {
+                            driver.handle(start.elapsed(), Input::Hotplug(ev));
+                        }
+                        Ok(Message::BackendFailed(backend, error)) => {
+                            driver.handle(start.elapsed(), Input::BackendFailed { backend, error });
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            driver.handle(start.elapsed(), Input::Tick);
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                Ok(Message::BackendFailed(backend, error)) => {
-                    driver.handle(start.elapsed(), Input::BackendFailed { backend, error });
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    driver.handle(start.elapsed(), Input::Tick);
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-    })?);
+            })?,
+    );
     Ok(MonitorHandle { stop, threads })
 }
 

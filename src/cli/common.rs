@@ -26,7 +26,9 @@ pub fn providers(choice: KeyBackendArg, sim: Option<&SimBus>) -> anyhow::Result<
         KeyBackendArg::Pcsc => Some(BackendKind::Pcsc),
         KeyBackendArg::Hid => Some(BackendKind::Hid),
         KeyBackendArg::Sim => {
-            tracing::warn!("--key-backend sim: SIMULATED keys only; they can never satisfy a license signed by a real vendor key");
+            tracing::warn!(
+                "--key-backend sim: SIMULATED keys only; they can never satisfy a license signed by a real vendor key"
+            );
             let bus = sim.cloned().unwrap_or_default();
             return Ok(vec![Arc::new(bus.provider())]);
         }
@@ -36,5 +38,8 @@ pub fn providers(choice: KeyBackendArg, sim: Option<&SimBus>) -> anyhow::Result<
             bail!("the {kind} backend is not compiled into this build (enable the `{kind}` feature)");
         }
     }
-    Ok(backend::hardware_providers().into_iter().filter(|p| wanted.is_none_or(|k| p.kind() == k)).collect())
+    Ok(backend::hardware_providers()
+        .into_iter()
+        .filter(|p| wanted.is_none_or(|k| p.kind() == k))
+        .collect())
 }

@@ -44,15 +44,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for info in infos {
             let (serial, firmware, proof, reason) = match provider.open(&info.id) {
                 Ok(mut key) => match validator.validate(key.as_mut()) {
-                    Validation::Valid { serial, firmware, proof } => (
+                    Validation::Valid {
+                        serial,
+                        firmware,
+                        proof,
+                    } => (
                         Some(serial.to_string()),
                         firmware.map(|f| f.to_string()),
                         serde_json::to_value(proof)?.as_str().unwrap_or_default().to_string(),
                         None,
                     ),
-                    Validation::Invalid { serial, reason } => {
-                        (serial.map(|s| s.to_string()), None, "invalid".into(), Some(reason.code().to_string()))
-                    }
+                    Validation::Invalid { serial, reason } => (
+                        serial.map(|s| s.to_string()),
+                        None,
+                        "invalid".into(),
+                        Some(reason.code().to_string()),
+                    ),
                     Validation::Failed(e) => (None, None, "error".into(), Some(e.to_string())),
                 },
                 Err(e) => (None, None, "error".into(), Some(e.to_string())),

@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Holder, Result};
 use crate::key::{
-    BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, ProofCapability,
-    Proof, Serial, SignatureScheme,
+    BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof,
+    ProofCapability, Serial, SignatureScheme,
 };
 
 /// Everything a virtual key is made of.
@@ -171,9 +171,16 @@ impl SimBus {
         if was_plugged {
             let _ = self.unplug(&name);
         }
-        self.lock()
-            .keys
-            .insert(name, SimKeyState { spec, plugged: false, holder: None, fail_next: None, corrupt: false });
+        self.lock().keys.insert(
+            name,
+            SimKeyState {
+                spec,
+                plugged: false,
+                holder: None,
+                fail_next: None,
+                corrupt: false,
+            },
+        );
     }
 
     /// Plugs a key in (no-op if plugged).
@@ -242,12 +249,16 @@ impl SimBus {
     /// Runs `op` against a plugged key, applying the fault verbs first.
     fn with_key<T>(&self, name: &str, op: impl FnOnce(&SimKeyState) -> Result<T>) -> Result<T> {
         let mut st = self.lock();
-        let key = st.keys.get_mut(name).filter(|k| k.plugged).ok_or_else(|| {
-            Error::new(ErrorKind::Disconnected, format!("simulated key {name:?} was removed"))
-        })?;
+        let key = st
+            .keys
+            .get_mut(name)
+            .filter(|k| k.plugged)
+            .ok_or_else(|| Error::new(ErrorKind::Disconnected, format!("simulated key {name:?} was removed")))?;
         if let Some(holder) = &key.holder {
-            return Err(Error::new(ErrorKind::Busy, format!("simulated key {name:?} is held exclusively"))
-                .with_holders(vec![holder.clone()]));
+            return Err(
+                Error::new(ErrorKind::Busy, format!("simulated key {name:?} is held exclusively"))
+                    .with_holders(vec![holder.clone()]),
+            );
         }
         if let Some(kind) = key.fail_next.take() {
             return Err(Error::new(kind, format!("injected failure on simulated key {name:?}")));
@@ -268,7 +279,14 @@ impl KeyProvider for SimProvider {
     }
 
     fn list(&self) -> Result<Vec<KeyInfo>> {
-        Ok(self.bus.lock().keys.values().filter(|k| k.plugged).map(|k| k.spec.info()).collect())
+        Ok(self
+            .bus
+            .lock()
+            .keys
+            .values()
+            .filter(|k| k.plugged)
+            .map(|k| k.spec.info())
+            .collect())
     }
 
     fn open(&self, id: &KeyId) -> Result<Box<dyn HardwareKey>> {
@@ -277,7 +295,11 @@ impl KeyProvider for SimProvider {
             .strip_prefix("sim:")
             .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("{id} is not a simulated key")))?;
         let info = self.bus.with_key(name, |k| Ok(k.spec.info()))?;
-        Ok(Box::new(SimKey { bus: self.bus.clone(), name: name.to_string(), info }))
+        Ok(Box::new(SimKey {
+            bus: self.bus.clone(),
+            name: name.to_string(),
+            info,
+        }))
     }
 
     fn watch(&self) -> Result<Box<dyn HotplugSource>> {
@@ -300,9 +322,13 @@ pub struct SimSource {
 impl HotplugSource for SimSource {
     fn next_event(&mut self, timeout: Duration) -> Result<Option<HotplugEvent>> {
         let got = if timeout.is_zero() {
-            self.rx.try_recv().map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected))
+            self.rx
+                .try_recv()
+                .map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected))
         } else {
-            self.rx.recv_timeout(timeout).map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
+            self.rx
+                .recv_timeout(timeout)
+                .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
         };
         match got {
             Ok(ev) => Ok(Some(ev)),
@@ -387,10 +413,16 @@ mod tests {
         let bus = bus_with("a", 1);
         bus.plug("a").unwrap();
         let mut src = bus.provider().watch().unwrap();
-        assert!(matches!(src.next_event(Duration::ZERO).unwrap(), Some(HotplugEvent::Attached(_))));
+        assert!(matches!(
+            src.next_event(Duration::ZERO).unwrap(),
+            Some(HotplugEvent::Attached(_))
+        ));
         assert!(src.next_event(Duration::ZERO).unwrap().is_none());
         bus.unplug("a").unwrap();
-        assert!(matches!(src.next_event(Duration::ZERO).unwrap(), Some(HotplugEvent::Detached(_))));
+        assert!(matches!(
+            src.next_event(Duration::ZERO).unwrap(),
+            Some(HotplugEvent::Detached(_))
+        ));
     }
 
     #[test]
@@ -413,7 +445,14 @@ mod tests {
         let bus = bus_with("a", 1);
         bus.plug("a").unwrap();
         let mut key = bus.provider().open(&KeyId::new(BackendKind::Sim, "a")).unwrap();
-        bus.make_busy("a", Some(Holder { pid: 99, command: "scdaemon".into() })).unwrap();
+        bus.make_busy(
+            "a",
+            Some(Holder {
+                pid: 99,
+                command: "scdaemon".into(),
+            }),
+        )
+        .unwrap();
         let e = key.read_serial().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Busy);
         assert_eq!(e.holders()[0].command, "scdaemon");
