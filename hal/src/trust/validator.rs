@@ -1,0 +1,200 @@
+//! [`VendorValidator`]: the [`KeyValidator`] a server enforcing key-bound licenses uses.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rand_core::RngCore;
+
+use super::certificate::KeyCertificate;
+use super::error::TrustError;
+use super::vendor_key::VendorPublicKey;
+use crate::error::{Error, ErrorKind};
+use crate::key::{HardwareKey, ProofCapability, Serial};
+use crate::validate::{InvalidReason, KeyValidator, ProofStatus, Validation};
+
+/// Where the validator reads the time (certificate validity). Tests pass a fixed clock.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(SystemTime::now)
+}
+
+/// Bytes of fresh randomness a key must sign.
+const CHALLENGE_LEN: usize = 32;
+
+/// Accepts a key only if its certificate chains to `vendor`, names the serial the key
+/// reports, is within its validity period, and the key signs a fresh random challenge with
+/// the certified key.
+#[derive(Clone)]
+pub struct VendorValidator {
+    /// The vendor key certificates must be signed by.
+    pub vendor: VendorPublicKey,
+    /// Accept keys that can only report a serial (generic HID dongles) as `SerialOnly`.
+    pub allow_serial_only: bool,
+    /// When set, only these serials are accepted.
+    pub allowed_serials: Option<Vec<Serial>>,
+    /// The time used for certificate validity.
+    pub now: Clock,
+}
+
+impl fmt::Debug for VendorValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VendorValidator")
+            .field("vendor", &self.vendor)
+            .field("allow_serial_only", &self.allow_serial_only)
+            .field("allowed_serials", &self.allowed_serials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VendorValidator {
+    /// Trusts `vendor`; serial-only keys refused; any serial; system clock.
+    pub fn new(vendor: VendorPublicKey) -> Self {
+        Self {
+            vendor,
+            allow_serial_only: false,
+            allowed_serials: None,
+            now: system_clock(),
+        }
+    }
+
+    /// Sets [`VendorValidator::allow_serial_only`].
+    pub fn allow_serial_only(mut self, allow: bool) -> Self {
+        self.allow_serial_only = allow;
+        self
+    }
+
+    /// Sets [`VendorValidator::allowed_serials`].
+    pub fn allowed_serials(mut self, serials: Option<Vec<Serial>>) -> Self {
+        self.allowed_serials = serials;
+        self
+    }
+
+    /// Sets the clock.
+    pub fn with_clock(mut self, now: Clock) -> Self {
+        self.now = now;
+        self
+    }
+
+    fn invalid(&self, key: &dyn HardwareKey, serial: Serial, reason: InvalidReason, detail: &str) -> Validation {
+        tracing::warn!(
+            target: "keyfloat::trust",
+            key = %key.info().id,
+            serial = %serial,
+            reason = reason.code(),
+            detail,
+            "key rejected"
+        );
+        Validation::Invalid {
+            serial: Some(serial),
+            reason,
+        }
+    }
+
+    fn serial_allowed(&self, serial: &Serial) -> bool {
+        self.allowed_serials.as_ref().is_none_or(|list| list.contains(serial))
+    }
+}
+
+impl KeyValidator for VendorValidator {
+    fn validate(&self, key: &mut dyn HardwareKey) -> Validation {
+        let serial = match key.read_serial() {
+            Ok(s) => s,
+            Err(e) => return Validation::Failed(e),
+        };
+
+        if key.info().capability == ProofCapability::SerialOnly {
+            if !self.allow_serial_only {
+                return self.invalid(
+                    key,
+                    serial,
+                    InvalidReason::SerialOnlyNotAllowed,
+                    "key cannot prove its identity",
+                );
+            }
+            if !self.serial_allowed(&serial) {
+                return self.invalid(
+                    key,
+                    serial,
+                    InvalidReason::SerialNotAllowed,
+                    "serial not in allowed list",
+                );
+            }
+            return Validation::Valid {
+                serial,
+                firmware: key.read_firmware().ok(),
+                proof: ProofStatus::SerialOnly,
+            };
+        }
+
+        let der = match key.read_certificate() {
+            Ok(der) => der,
+            Err(e) if e.kind() == ErrorKind::NotPresent => {
+                return self.invalid(key, serial, InvalidReason::Unprovisioned, "no certificate in slot 9E")
+            }
+            Err(e) => return Validation::Failed(e),
+        };
+        let cert = match KeyCertificate::from_der(&der) {
+            Ok(c) => c,
+            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
+        };
+        match cert.verify_issued_by(&self.vendor) {
+            Ok(()) => {}
+            Err(e @ (TrustError::CertificateInvalid(_) | TrustError::SignatureMalformed(_))) => {
+                return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string())
+            }
+            Err(e) => return self.invalid(key, serial, InvalidReason::WrongVendor, &e.to_string()),
+        }
+        match cert.serial() {
+            Ok(s) if s == serial => {}
+            Ok(s) => {
+                let detail = format!("certificate is for serial {s}");
+                return self.invalid(key, serial, InvalidReason::SerialMismatch, &detail);
+            }
+            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
+        }
+        if !cert.is_valid_at((self.now)()) {
+            return self.invalid(
+                key,
+                serial,
+                InvalidReason::ExpiredCertificate,
+                "now is outside the certificate's validity period",
+            );
+        }
+
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        if let Err(e) = rand_core::OsRng.try_fill_bytes(&mut challenge) {
+            return Validation::Failed(Error::new(
+                ErrorKind::Other,
+                format!("no randomness for a challenge: {e}"),
+            ));
+        }
+        let proof = match key.sign_challenge(&challenge) {
+            Ok(p) => p,
+            Err(e) => return Validation::Failed(e),
+        };
+        match cert.verify_proof(&challenge, &proof) {
+            Ok(()) => {}
+            Err(e @ TrustError::SignatureInvalid(_)) => {
+                return self.invalid(key, serial, InvalidReason::BadSignature, &e.to_string())
+            }
+            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
+        }
+
+        if !self.serial_allowed(&serial) {
+            return self.invalid(
+                key,
+                serial,
+                InvalidReason::SerialNotAllowed,
+                "serial not in allowed list",
+            );
+        }
+        Validation::Valid {
+            serial,
+            firmware: key.read_firmware().ok(),
+            proof: ProofStatus::Verified,
+        }
+    }
+}
