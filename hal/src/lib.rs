@@ -9,6 +9,8 @@ mod monitor;
 mod validate;
 
 pub mod backend;
+pub mod holders;
+pub mod piv;
 pub mod trust;
 
 pub use cell::{BackendError, CellReader, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView, Snapshot};
