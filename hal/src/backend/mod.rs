@@ -26,6 +26,10 @@ pub enum BackendChoice {
 pub fn hardware_providers() -> Vec<Arc<dyn KeyProvider>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn KeyProvider>> = Vec::new();
+    #[cfg(feature = "pcsc")]
+    v.push(Arc::new(pcsc::PcscProvider::new()));
+    #[cfg(feature = "hid")]
+    v.push(Arc::new(hid::HidProvider::system()));
     v
 }
 

@@ -153,3 +153,26 @@ pub fn identify(t: &mut dyn ApduTransport) -> Result<Identity> {
     let serial = read_serial(t)?;
     Ok(Identity { serial, firmware })
 }
+
+/// Signs `challenge` with whichever key `slot` holds: ECDSA P-256 first; a card that
+/// answers 6A80 (wrong algorithm for the slot's key) is asked again for RSA-2048. Two 6A80s
+/// mean the slot holds no usable key ([`ErrorKind::NotPresent`]). Returns the PIV
+/// algorithm id ([`alg`]) and the signature.
+pub fn sign_with_slot(t: &mut dyn ApduTransport, slot: u8, challenge: &[u8]) -> Result<(u8, Vec<u8>)> {
+    let digest = Sha256::digest(challenge);
+    let r = transceive(t, &general_authenticate(alg::ECCP256, slot, &digest))?;
+    if r.sw != sw::WRONG_DATA {
+        return Ok((
+            alg::ECCP256,
+            parse_authenticate_response(&r.ok("GENERAL AUTHENTICATE")?)?,
+        ));
+    }
+    match sign_rsa2048(t, slot, challenge) {
+        Ok(sig) => Ok((alg::RSA2048, sig)),
+        Err(e) if e.message().contains("SW 6A80") => Err(Error::new(
+            ErrorKind::NotPresent,
+            format!("slot {slot:02X} holds no P-256 or RSA-2048 key"),
+        )),
+        Err(e) => Err(e),
+    }
+}
