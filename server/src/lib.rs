@@ -1,3 +1,25 @@
 #![doc = include_str!("../README.md")]
 
 pub mod license_file;
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod params;
+pub mod routes;
+pub mod service;
+pub mod state;
+pub mod store;
+pub mod web;
+
+pub use app::{app, serve};
+pub use config::{KeyBackend, ServerConfig};
+pub use error::{ApiError, ApiResult};
+pub use state::{AppState, KeyPolicy, SimControl, StateParts};
+pub use store::{SqliteStore, Store};
+
+/// Exit status of `keyfloat serve` when `crashIfNoHardwareKey` stops it.
+pub const EXIT_NO_HARDWARE_KEY: u8 = 3;

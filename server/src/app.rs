@@ -1,0 +1,119 @@
+//! The router and the server loop.
+
+use std::future::Future;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Response, StatusCode};
+use axum::middleware::map_response;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
+use crate::routes::{admin, client, health, login, sim};
+use crate::state::AppState;
+
+/// Builds the router; tests call this directly with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    let v4 = Router::new()
+        // Client API (§4.2–§4.9).
+        .route("/register", post(client::licenses_register))
+        .route("/unregister", post(client::licenses_unregister))
+        .route(
+            "/unregister/all",
+            get(client::licenses_unregister_all).post(client::licenses_unregister_all),
+        )
+        .route("/borrow", post(client::licenses_borrow))
+        .route("/add_consumption", post(client::consumptions_add))
+        .route("/add_feature_consumption", post(client::feature_consumptions_add))
+        .route("/featureRegister", post(client::features_register))
+        .route(
+            "/check_license_feature",
+            get(client::features_register).post(client::features_register),
+        )
+        .route("/featureRelease", post(client::features_release))
+        .route("/feature_release", post(client::features_release))
+        .route("/featureRelease/all", post(client::features_release_all))
+        .route("/feature_release/all", post(client::features_release_all))
+        // Admin API (§4.10–§4.12, §4.15) and additions.
+        .route("/addProduct", get(admin::products_add).post(admin::products_add))
+        .route(
+            "/removeProduct",
+            get(admin::products_remove).post(admin::products_remove),
+        )
+        .route("/license", get(admin::licenses_list))
+        .route("/license/upload", post(admin::licenses_upload))
+        .route("/registrations", get(admin::registrations_list))
+        .route("/registrations/release", post(admin::registrations_release))
+        .route("/audit", get(admin::audit_list))
+        .route("/health", get(health::health_show))
+        .route("/sim/plug", post(sim::sim_plug))
+        .route("/sim/unplug", post(sim::sim_unplug));
+    Router::new()
+        .merge(crate::web::routes())
+        .route("/auth", get(login::auth_login))
+        .nest("/api/v4", v4)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(map_response(json_errors))
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Safety net: any error response that is not already JSON (a framework rejection, an
+/// empty 405...) becomes the JSON error object, so no client ever sees a bare body.
+async fn json_errors(res: Response<Body>) -> Response<Body> {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return res;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_server_error",
+        _ => "bad_request",
+    };
+    let message = status.canonical_reason().unwrap_or("Error").to_owned();
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in res.headers() {
+        if name == header::ALLOW {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    let mut res = ApiError::internal("internal error while processing the request").into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight. Licenses are
+/// never deactivated on shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,54 @@
+//! HTTP handlers, one module per area. Handlers are named `resource_verb`.
+
+pub mod admin;
+pub mod client;
+pub mod health;
+pub mod login;
+pub mod sim;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use crate::auth::{parse_bearer, Caller};
+use crate::error::ApiError;
+use crate::model::Role;
+use crate::state::AppState;
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// No-auth mode: everyone, and the `Authorization` header is ignored (node sends
+    /// `Bearer undefined`). Authentication mode: a valid HS256 bearer token.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !state.user_authentication() {
+            return Ok(Caller {
+                username: "anonymous".into(),
+                role: Role::Admin,
+            });
+        }
+        parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer)
+            .and_then(|t| state.tokens().verify(t))
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// A caller with the admin role (403 `forbidden` for a user token).
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.role != Role::Admin {
+            return Err(ApiError::forbidden());
+        }
+        Ok(Admin(caller))
+    }
+}

@@ -1,0 +1,381 @@
+//! Licensing semantics over a [`Tx`]: seats, borrowing, consumptions, floating features.
+//! Every function runs inside one store job, so limits hold under any concurrency.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::clock::{self, format_micros, format_opt};
+use crate::error::ApiError;
+use crate::model::{self, FeatureKind, FeatureRegistration, FeatureTerms, License, Registration};
+use crate::store::Tx;
+
+/// Who is asking, as the register/borrow/feature bodies describe it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Opaque client identity.
+    pub user: String,
+    /// Host name.
+    pub os_hostname: Option<String>,
+    /// IP.
+    pub ip_local: Option<String>,
+    /// Free text.
+    pub user_info: Option<String>,
+}
+
+/// Loads a license that passed the gate and checks its validity period.
+pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiError> {
+    let l = tx
+        .license(id)?
+        .ok_or_else(|| ApiError::bad_request("license_not_found", format!("License {id} not found")))?;
+    if l.terms.valid_from.is_some_and(|f| f > now) {
+        return Err(ApiError::bad_request("license_not_active", "License is not active yet"));
+    }
+    if l.terms.valid_until.is_some_and(|u| u <= now) {
+        return Err(ApiError::bad_request("license_expired", "License is expired"));
+    }
+    Ok(l)
+}
+
+fn feature_usage(tx: &mut dyn Tx, id: u64, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
+    let mut m = BTreeMap::new();
+    for r in tx.feature_registrations(Some(id), None)? {
+        if r.expires_at > now {
+            *m.entry(r.feature).or_insert(0) += 1;
+        }
+    }
+    Ok(m)
+}
+
+fn seats_in_use(tx: &mut dyn Tx, id: u64, now: i64) -> Result<usize, ApiError> {
+    Ok(tx.registrations(Some(id))?.iter().filter(|r| r.is_active(now)).count())
+}
+
+/// `POST /register`: take a seat, or renew the one this user holds.
+pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Value, ApiError> {
+    let l = live_license(tx, id, now)?;
+    tx.purge_expired(id, now)?;
+    let regs = tx.registrations(Some(id))?;
+    let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
+    let reg = match regs.iter().find(|r| r.user == who.user) {
+        Some(existing) => Registration {
+            expires_at: now + timeout,
+            os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
+            ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
+            user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
+            ..existing.clone()
+        },
+        None => {
+            let active = regs.iter().filter(|r| r.is_active(now)).count();
+            if active >= l.terms.floating_users as usize {
+                return Err(ApiError::bad_request(
+                    "floating_not_available",
+                    "No floating slots left for this license",
+                ));
+            }
+            Registration {
+                license_id: id,
+                user: who.user.clone(),
+                registered_at: now,
+                expires_at: now + timeout,
+                borrowed_until: None,
+                os_hostname: who.os_hostname.clone(),
+                ip_local: who.ip_local.clone(),
+                user_info: who.user_info.clone(),
+            }
+        }
+    };
+    tx.put_registration(&reg)?;
+    let in_use = seats_in_use(tx, id, now)?;
+    let features = feature_usage(tx, id, now)?;
+    Ok(register_response(&l, &reg, in_use, &features, now))
+}
+
+/// The register body (spec §4.2): `license_json` as a string plus the license fields at
+/// the top level for node; never a top-level string `user`.
+pub fn register_response(
+    l: &License,
+    reg: &Registration,
+    in_use: usize,
+    features: &BTreeMap<String, usize>,
+    now: i64,
+) -> Value {
+    let object = model::license_object(l, in_use, features);
+    let license_json = serde_json::to_string(&object).unwrap_or_default();
+    let mut top: Map<String, Value> = object;
+    top.remove("user");
+    let borrowed = reg.borrowed_until.filter(|b| *b > now);
+    top.insert("product".into(), json!(l.terms.product));
+    top.insert("license_id".into(), json!(l.id));
+    top.insert("floating_slots_in_use".into(), json!(in_use));
+    top.insert("floating_in_use".into(), json!(in_use));
+    top.insert("registered_at".into(), json!(format_micros(reg.registered_at)));
+    top.insert("borrowed_until".into(), format_opt(borrowed));
+    top.insert("is_borrowed".into(), json!(borrowed.is_some()));
+    top.insert("license_json".into(), json!(license_json));
+    Value::Object(top)
+}
+
+/// `POST /unregister`: idempotent.
+pub fn unregister(tx: &mut dyn Tx, id: u64, user: &str) -> Result<bool, ApiError> {
+    Ok(tx.delete_registration(id, user)?)
+}
+
+fn active_registration(tx: &mut dyn Tx, id: u64, user: &str, now: i64) -> Result<Registration, ApiError> {
+    tx.registrations(Some(id))?
+        .into_iter()
+        .find(|r| r.user == user && r.is_active(now))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "user_not_registered",
+                format!("User {user} is not registered to this license"),
+            )
+        })
+}
+
+/// `POST /borrow`: keep the seat until `until` (`None` = the longest allowed).
+pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, now: i64) -> Result<Value, ApiError> {
+    let l = live_license(tx, id, now)?;
+    if l.terms.max_borrow_time_hours == 0 {
+        return Err(ApiError::bad_request(
+            "license_borrow_not_allowed",
+            "This license cannot be borrowed",
+        ));
+    }
+    let latest = now + clock::hours(l.terms.max_borrow_time_hours);
+    let until = until.unwrap_or(latest);
+    // A minute of slack for clocks and for clients that compute "now + max" themselves.
+    if until <= now || until > latest + 60_000_000 {
+        return Err(ApiError::bad_request(
+            "borrow_until_not_valid",
+            format!(
+                "borrowed_until must be in the future and at most {} hours from now",
+                l.terms.max_borrow_time_hours
+            ),
+        ));
+    }
+    let until = until.min(latest);
+    tx.purge_expired(id, now)?;
+    let mut reg = active_registration(tx, id, &who.user, now)?;
+    reg.borrowed_until = Some(until);
+    tx.put_registration(&reg)?;
+    Ok(json!({
+        "license_id": id,
+        "borrowed_until": format_micros(until),
+        "max_borrow_time": l.terms.max_borrow_time_hours,
+        "is_borrowed": true,
+    }))
+}
+
+/// The request-side overage options of add_consumption.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverageRequest {
+    /// `allow_overages` / `allowOverages`: `Some(false)` forbids overage for this call.
+    pub allow: Option<bool>,
+    /// `max_overages`: caps the overage for this call.
+    pub max: Option<i64>,
+}
+
+/// Limit check shared by license and feature consumptions. `None` cap = unlimited.
+fn cap(max: i64, allow_unlimited: bool, allow_overages: bool, max_overages: i64, req: OverageRequest) -> Option<i64> {
+    if allow_unlimited {
+        return None;
+    }
+    let overage_allowed = allow_overages && req.allow != Some(false);
+    if !overage_allowed {
+        return Some(max);
+    }
+    // LicenseSpring: max_overages 0 with overages allowed = unlimited overages.
+    let license_over = (max_overages > 0).then_some(max_overages);
+    let over = match (license_over, req.max.filter(|m| *m > 0)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    over.map(|o| max.saturating_add(o))
+}
+
+/// `POST /add_consumption`.
+pub fn add_consumption(
+    tx: &mut dyn Tx,
+    id: u64,
+    amount: i64,
+    req: OverageRequest,
+    now: i64,
+) -> Result<Value, ApiError> {
+    let mut l = live_license(tx, id, now)?;
+    let Some(c) = l.terms.consumption.clone() else {
+        return Err(ApiError::bad_request(
+            "license_not_consumption",
+            "This license is not a consumption license",
+        ));
+    };
+    if amount < 0 && !c.allow_negative {
+        return Err(ApiError::bad_request(
+            "negative_consumptions_not_allowed",
+            "Negative consumptions are not allowed for this license",
+        ));
+    }
+    let total = l.total_consumptions.saturating_add(amount);
+    if amount > 0 {
+        if let Some(limit) = cap(
+            c.max_consumptions,
+            c.allow_unlimited,
+            c.allow_overages,
+            c.max_overages,
+            req,
+        ) {
+            if total > limit {
+                return Err(ApiError::bad_request(
+                    "license_not_enough_consumptions",
+                    "Not enough consumptions left on this license",
+                ));
+            }
+        }
+    }
+    tx.set_total_consumptions(id, total)?;
+    l.total_consumptions = total;
+    let mut out = model::consumption_fields(&l);
+    out.insert("id".into(), json!(id));
+    out.insert("license_id".into(), json!(id));
+    Ok(Value::Object(out))
+}
+
+fn feature<'l>(l: &'l License, code: &str) -> Result<(usize, &'l FeatureTerms), ApiError> {
+    l.terms
+        .features
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.code == code)
+        .ok_or_else(|| ApiError::bad_request("feature_not_found", format!("Feature {code} not found on this license")))
+}
+
+/// `POST /add_feature_consumption`.
+pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64, now: i64) -> Result<Value, ApiError> {
+    let mut l = live_license(tx, id, now)?;
+    let (index, f) = feature(&l, code)?;
+    let f = f.clone();
+    if f.kind != FeatureKind::Consumption {
+        return Err(ApiError::bad_request(
+            "feature_not_consumption",
+            format!("Feature {code} is not a consumption feature"),
+        ));
+    }
+    if amount < 0 {
+        return Err(ApiError::bad_request(
+            "negative_consumptions_not_allowed",
+            "Negative consumptions are not allowed for this feature",
+        ));
+    }
+    let total = l.feature_totals.get(code).copied().unwrap_or(0).saturating_add(amount);
+    let limit = cap(
+        f.max_consumption.unwrap_or(0),
+        false,
+        f.allow_overages,
+        f.max_overages,
+        OverageRequest::default(),
+    );
+    if limit.is_some_and(|lim| total > lim) {
+        return Err(ApiError::bad_request(
+            "feature_not_enough_consumptions",
+            format!("Not enough consumptions left on feature {code}"),
+        ));
+    }
+    tx.set_feature_total(id, code, total)?;
+    l.feature_totals.insert(code.to_owned(), total);
+    let usage = feature_usage(tx, id, now)?;
+    let mut o = model::feature_object(&l, index, &f, usage.get(code).copied().unwrap_or(0));
+    if let Value::Object(m) = &mut o {
+        m.insert("license_id".into(), json!(id));
+    }
+    Ok(o)
+}
+
+/// `POST /featureRegister`: take (or renew) a slot of a floating feature. Only users
+/// registered to the license may do so (1.6.2).
+pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, now: i64) -> Result<Value, ApiError> {
+    let l = live_license(tx, id, now)?;
+    let (index, f) = feature(&l, code)?;
+    let f = f.clone();
+    tx.purge_expired(id, now)?;
+    active_registration(tx, id, &who.user, now)?;
+    let timeout = clock::minutes(
+        f.floating_timeout_minutes
+            .unwrap_or(l.terms.floating_timeout_minutes)
+            .max(1),
+    );
+    let mut registered_at = now;
+    if let Some(users) = f.floating_users {
+        let slots = tx.feature_registrations(Some(id), Some(code))?;
+        match slots.iter().find(|r| r.user == who.user) {
+            Some(mine) => registered_at = mine.registered_at,
+            None => {
+                if slots.iter().filter(|r| r.expires_at > now).count() >= users as usize {
+                    return Err(ApiError::bad_request(
+                        "feature_not_available",
+                        format!("No floating slots left for feature {code}"),
+                    ));
+                }
+            }
+        }
+        tx.put_feature_registration(&FeatureRegistration {
+            license_id: id,
+            feature: code.to_owned(),
+            user: who.user.clone(),
+            registered_at,
+            expires_at: now + timeout,
+            os_hostname: who.os_hostname.clone(),
+            ip_local: who.ip_local.clone(),
+            user_info: who.user_info.clone(),
+        })?;
+    }
+    let usage = feature_usage(tx, id, now)?;
+    let mut o = model::feature_object(&l, index, &f, usage.get(code).copied().unwrap_or(0));
+    if let Value::Object(m) = &mut o {
+        m.insert("license_id".into(), json!(id));
+        m.insert("product".into(), json!(l.terms.product));
+        m.insert("feature".into(), json!(code));
+        m.insert("os_hostname".into(), json!(who.os_hostname));
+        m.insert("ip_local".into(), json!(who.ip_local));
+        m.insert("user_info".into(), json!(who.user_info));
+        m.insert("registered_at".into(), json!(format_micros(registered_at)));
+        m.insert("borrowed_until".into(), Value::Null);
+    }
+    Ok(o)
+}
+
+/// `POST /featureRelease` (`user = Some`) and `/featureRelease/all` (`None`).
+pub fn feature_release(tx: &mut dyn Tx, id: u64, code: &str, user: Option<&str>, now: i64) -> Result<usize, ApiError> {
+    let l = live_license(tx, id, now)?;
+    feature(&l, code)?;
+    Ok(tx.delete_feature_registrations(id, code, user)?)
+}
+
+/// Seats and feature slots of a license, for the license list.
+pub fn usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<(usize, BTreeMap<String, usize>), ApiError> {
+    Ok((seats_in_use(tx, l.id, now)?, feature_usage(tx, l.id, now)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_follow_licensespring_rules() {
+        let none = OverageRequest::default();
+        assert_eq!(cap(10, false, false, 5, none), Some(10));
+        assert_eq!(cap(10, false, true, 5, none), Some(15));
+        assert_eq!(cap(10, false, true, 0, none), None);
+        assert_eq!(cap(10, true, false, 0, none), None);
+        let no_over = OverageRequest {
+            allow: Some(false),
+            max: None,
+        };
+        assert_eq!(cap(10, false, true, 5, no_over), Some(10));
+        let capped = OverageRequest {
+            allow: Some(true),
+            max: Some(2),
+        };
+        assert_eq!(cap(10, false, true, 5, capped), Some(12));
+        assert_eq!(cap(10, false, true, 0, capped), Some(12));
+    }
+}

@@ -1,0 +1,268 @@
+//! Shared state of the app: the store, the key cell reader, the in-memory license catalog
+//! used by the key gate, and the authentication keys.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use keyfloat_hal::backend::sim::SimBus;
+use keyfloat_hal::trust::VendorPublicKey;
+use keyfloat_hal::{CellReader, KeyToken, Serial};
+
+use crate::auth::TokenKeys;
+use crate::error::ApiError;
+use crate::model::License;
+use crate::store::Store;
+
+/// What the catalog knows about one license: enough to resolve a request and gate it
+/// without touching the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// License id.
+    pub id: u64,
+    /// Product code.
+    pub product: String,
+    /// The key the license was activated with, when it requires one.
+    pub key: Option<KeyToken>,
+}
+
+/// Licenses in the order they were added.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    entries: Vec<Entry>,
+    by_id: HashMap<u64, usize>,
+}
+
+impl Catalog {
+    /// Builds the catalog; key-bound licenses get the token of their activation serial.
+    pub fn build(licenses: &[License], keys: &CellReader) -> Self {
+        let entries: Vec<Entry> = licenses
+            .iter()
+            .map(|l| Entry {
+                id: l.id,
+                product: l.terms.product.clone(),
+                key: l
+                    .terms
+                    .hardware_key_required
+                    .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+            })
+            .collect();
+        let by_id = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+        Self { entries, by_id }
+    }
+
+    /// The license a request names: `license_id` if given (it must belong to `product`),
+    /// else the most recently added license of `product`.
+    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Entry, ApiError> {
+        match license_id {
+            Some(id) => match self.by_id.get(&id).map(|i| &self.entries[*i]) {
+                Some(e) if e.product == product => Ok(e),
+                _ => Err(ApiError::bad_request(
+                    "license_not_found",
+                    format!("License {id} not found for product {product}"),
+                )),
+            },
+            None => self.entries.iter().rev().find(|e| e.product == product).ok_or_else(|| {
+                ApiError::bad_request(
+                    "unknown_product",
+                    format!("No license for product {product} on this server"),
+                )
+            }),
+        }
+    }
+
+    /// By id.
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.by_id.get(&id).map(|i| &self.entries[*i])
+    }
+
+    /// All entries in add order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+/// What happens when a key-bound license is used without its key.
+#[derive(Clone)]
+pub enum KeyPolicy {
+    /// Answer `400 hardware_key_not_accessible` (default).
+    Refuse,
+    /// `crashIfNoHardwareKey`: call the hook (which flushes the store and exits the process).
+    Crash(Arc<dyn Fn(&str) + Send + Sync>),
+}
+
+impl fmt::Debug for KeyPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Refuse => "Refuse",
+            Self::Crash(_) => "Crash",
+        })
+    }
+}
+
+/// The simulated bus of `--key-backend sim` (plug/unplug endpoints).
+#[derive(Debug, Clone)]
+pub struct SimControl {
+    /// The bus the monitor watches.
+    pub bus: SimBus,
+    /// Name of the key the endpoints plug and unplug.
+    pub key: String,
+}
+
+/// Shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    keys: CellReader,
+    catalog: ArcSwap<Catalog>,
+    tokens: TokenKeys,
+    user_authentication: bool,
+    key_policy: KeyPolicy,
+    sim: Option<SimControl>,
+    backend: String,
+    vendor_key: Option<VendorPublicKey>,
+    admin_lock: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .field("user_authentication", &self.inner.user_authentication)
+            .field("key_policy", &self.inner.key_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything [`AppState::new`] needs.
+#[derive(Debug)]
+pub struct StateParts {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Reader of the monitor's cell.
+    pub keys: CellReader,
+    /// JWT keys.
+    pub tokens: TokenKeys,
+    /// Authentication mode.
+    pub user_authentication: bool,
+    /// Missing-key behaviour.
+    pub key_policy: KeyPolicy,
+    /// Simulated bus (only with `--key-backend sim`).
+    pub sim: Option<SimControl>,
+    /// `--key-backend` name, for health.
+    pub backend: String,
+    /// Verifies uploaded license files (uploads are refused without it).
+    pub vendor_key: Option<VendorPublicKey>,
+}
+
+impl AppState {
+    /// Builds the state and loads the license catalog from the store.
+    pub async fn new(parts: StateParts) -> Result<Self, ApiError> {
+        let licenses = crate::store::transact(parts.store.as_ref(), |tx| Ok(tx.licenses()?)).await?;
+        let catalog = Catalog::build(&licenses, &parts.keys);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: parts.store,
+                keys: parts.keys,
+                catalog: ArcSwap::from_pointee(catalog),
+                tokens: parts.tokens,
+                user_authentication: parts.user_authentication,
+                key_policy: parts.key_policy,
+                sim: parts.sim,
+                backend: parts.backend,
+                vendor_key: parts.vendor_key,
+                admin_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    /// The key cell.
+    pub fn keys(&self) -> &CellReader {
+        &self.inner.keys
+    }
+
+    /// Current catalog.
+    pub fn catalog(&self) -> arc_swap::Guard<Arc<Catalog>> {
+        self.inner.catalog.load()
+    }
+
+    /// Replaces the catalog after an admin change.
+    pub fn set_catalog(&self, licenses: &[License]) {
+        self.inner
+            .catalog
+            .store(Arc::new(Catalog::build(licenses, &self.inner.keys)));
+    }
+
+    /// Serialises admin changes so catalog updates apply in commit order.
+    pub async fn admin_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.admin_lock.lock().await
+    }
+
+    /// JWT keys.
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.inner.tokens
+    }
+
+    /// Authentication mode on?
+    pub fn user_authentication(&self) -> bool {
+        self.inner.user_authentication
+    }
+
+    /// Simulated bus, if any.
+    pub fn sim(&self) -> Option<&SimControl> {
+        self.inner.sim.as_ref()
+    }
+
+    /// The configured vendor public key.
+    pub fn vendor_key(&self) -> Option<&VendorPublicKey> {
+        self.inner.vendor_key.as_ref()
+    }
+
+    /// `--key-backend` name.
+    pub fn backend(&self) -> &str {
+        &self.inner.backend
+    }
+
+    /// Resolves the license a request names and applies the key gate for `action`:
+    /// one lock-free load of the cell compared with the license's bound key. No device
+    /// I/O, no lock, no await.
+    pub fn gate(&self, product: &str, license_id: Option<u64>, action: &str) -> Result<u64, ApiError> {
+        let catalog = self.inner.catalog.load();
+        let entry = catalog.resolve(product, license_id)?;
+        self.check_key(entry, action)?;
+        Ok(entry.id)
+    }
+
+    /// The key gate for one catalog entry.
+    pub fn check_key(&self, entry: &Entry, action: &str) -> Result<(), ApiError> {
+        match entry.key {
+            Some(token) if !self.inner.keys.check().is(token) => Err(self.key_missing(entry, action)),
+            _ => Ok(()),
+        }
+    }
+
+    fn key_missing(&self, entry: &Entry, action: &str) -> ApiError {
+        let err = ApiError::key_not_accessible(action);
+        if let KeyPolicy::Crash(hook) = &self.inner.key_policy {
+            let snap = self.inner.keys.snapshot();
+            let reason = format!(
+                "license {} ({}) requires its hardware key for {action}; key state: {}",
+                entry.id,
+                entry.product,
+                snap.state().as_str()
+            );
+            hook(&reason);
+        }
+        err
+    }
+}

@@ -1,0 +1,638 @@
+//! The embedded store: one SQLite database (WAL, `synchronous=FULL`) in the data dir,
+//! written by one thread that group-commits batches of jobs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Job, Store, StoreError, StoreResult, Tx};
+use crate::model::{Account, AuditEvent, FeatureRegistration, License, LicenseSource, Registration, Role};
+
+/// File name inside the data dir.
+pub const DB_FILE: &str = "keyfloat.db";
+
+/// Most jobs committed together; bounds the latency a batch adds.
+const MAX_BATCH: usize = 512;
+
+/// Schema migrations; `PRAGMA user_version` = how many have been applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE licenses (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    product TEXT NOT NULL,
+    terms TEXT NOT NULL,
+    activation_hardware_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    total_consumptions INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX licenses_by_product ON licenses(product, seq);
+CREATE TABLE feature_consumptions (
+    license_id INTEGER NOT NULL REFERENCES licenses(id) ON DELETE CASCADE,
+    feature TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    PRIMARY KEY (license_id, feature)
+);
+CREATE TABLE registrations (
+    license_id INTEGER NOT NULL REFERENCES licenses(id) ON DELETE CASCADE,
+    user TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    borrowed_until INTEGER,
+    os_hostname TEXT,
+    ip_local TEXT,
+    user_info TEXT,
+    PRIMARY KEY (license_id, user)
+);
+CREATE TABLE feature_registrations (
+    license_id INTEGER NOT NULL REFERENCES licenses(id) ON DELETE CASCADE,
+    feature TEXT NOT NULL,
+    user TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    os_hostname TEXT,
+    ip_local TEXT,
+    user_info TEXT,
+    PRIMARY KEY (license_id, feature, user)
+);
+CREATE TABLE accounts (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT,
+    license_id INTEGER,
+    detail TEXT NOT NULL
+);
+"#];
+
+enum Msg {
+    Job(Box<dyn Job>),
+    Flush(mpsc::Sender<StoreResult<()>>),
+}
+
+/// SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Job(_) => "Job",
+            Self::Flush(_) => "Flush",
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk (WAL fsynced) before it returns; power-loss safe.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError(format!(
+            "database schema version {applied} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) `<data_dir>/keyfloat.db` and starts the writer thread.
+    pub fn open(data_dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError(format!("{}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_connection(&path)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("keyfloat-store".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(Self {
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), Msg> {
+        let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.send(msg).map_err(|e| e.0),
+            None => Err(msg),
+        }
+    }
+
+    /// Stops the writer after the queued jobs.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, job: Box<dyn Job>) {
+        if let Err(Msg::Job(job)) = self.send(Msg::Job(job)) {
+            job.finish(Err(StoreError("the store is shut down".into())));
+        }
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Msg::Flush(tx))
+            .map_err(|_| StoreError("the store is shut down".into()))?;
+        rx.recv().map_err(|_| StoreError("the store writer stopped".into()))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(j) => batch.push(j),
+                Msg::Flush(f) => flushes.push(f),
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let result = run_batch(&conn, &mut batch);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, jobs = batch.len(), "batch commit failed");
+            }
+            for job in batch.drain(..) {
+                job.finish(result.clone());
+            }
+        }
+        for f in flushes.drain(..) {
+            let r = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::from);
+            let _ = f.send(r);
+        }
+    }
+    // Queue closed: leave a checkpointed database behind.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let mut tx = SqliteTx { conn };
+    for job in batch.iter_mut() {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        let keep = job.run(&mut tx);
+        let end = if keep {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+struct SqliteTx<'c> {
+    conn: &'c Connection,
+}
+
+// License ids are u64 on the wire; SQLite integers are i64. The cast keeps all 64 bits.
+fn sid(id: u64) -> i64 {
+    id as i64
+}
+fn uid(id: i64) -> u64 {
+    id as u64
+}
+
+impl SqliteTx<'_> {
+    fn feature_totals(&self, id: u64) -> StoreResult<BTreeMap<String, i64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT feature, total FROM feature_consumptions WHERE license_id = ?1")?;
+        let rows = st.query_map([sid(id)], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn license_from_row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, String, String, i64, i64)> {
+        Ok((uid(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+    }
+
+    fn build(&self, row: (u64, String, String, String, i64, i64)) -> StoreResult<License> {
+        let (id, terms, hw, source, added_at, total) = row;
+        let terms = serde_json::from_str(&terms).map_err(|e| StoreError(format!("license {id}: bad terms: {e}")))?;
+        Ok(License {
+            id,
+            terms,
+            activation_hardware_id: hw,
+            source: if source == "file" {
+                LicenseSource::File
+            } else {
+                LicenseSource::Api
+            },
+            added_at,
+            total_consumptions: total,
+            feature_totals: self.feature_totals(id)?,
+        })
+    }
+}
+
+const LICENSE_COLS: &str = "id, terms, activation_hardware_id, source, added_at, total_consumptions";
+const REG_COLS: &str = "license_id, user, registered_at, expires_at, borrowed_until, os_hostname, ip_local, user_info";
+const FREG_COLS: &str = "license_id, feature, user, registered_at, expires_at, os_hostname, ip_local, user_info";
+
+fn reg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
+    Ok(Registration {
+        license_id: uid(r.get(0)?),
+        user: r.get(1)?,
+        registered_at: r.get(2)?,
+        expires_at: r.get(3)?,
+        borrowed_until: r.get(4)?,
+        os_hostname: r.get(5)?,
+        ip_local: r.get(6)?,
+        user_info: r.get(7)?,
+    })
+}
+
+fn freg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeatureRegistration> {
+    Ok(FeatureRegistration {
+        license_id: uid(r.get(0)?),
+        feature: r.get(1)?,
+        user: r.get(2)?,
+        registered_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        os_hostname: r.get(5)?,
+        ip_local: r.get(6)?,
+        user_info: r.get(7)?,
+    })
+}
+
+impl Tx for SqliteTx<'_> {
+    fn licenses(&mut self) -> StoreResult<Vec<License>> {
+        let rows: Vec<_> = {
+            let mut st = self
+                .conn
+                .prepare_cached(&format!("SELECT {LICENSE_COLS} FROM licenses ORDER BY seq"))?;
+            let rows = st.query_map([], |r| self.license_from_row(r))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        rows.into_iter().map(|row| self.build(row)).collect()
+    }
+
+    fn license(&mut self, id: u64) -> StoreResult<Option<License>> {
+        let row = self
+            .conn
+            .prepare_cached(&format!("SELECT {LICENSE_COLS} FROM licenses WHERE id = ?1"))?
+            .query_row([sid(id)], |r| self.license_from_row(r))
+            .optional()?;
+        row.map(|row| self.build(row)).transpose()
+    }
+
+    fn next_license_id(&mut self) -> StoreResult<u64> {
+        // Ids look like LicenseSpring's (16 digits) and never collide with existing ones.
+        let max: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(id) FROM licenses WHERE id < 9000000000000000", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(uid(max.unwrap_or(1_000_000_000_000_000).max(1_000_000_000_000_000) + 1))
+    }
+
+    fn insert_license(&mut self, l: &License) -> StoreResult<()> {
+        let terms = serde_json::to_string(&l.terms).map_err(|e| StoreError(e.to_string()))?;
+        let seq: i64 = self
+            .conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM licenses", [], |r| r.get(0))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO licenses (id, seq, product, terms, activation_hardware_id, source, added_at, total_consumptions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                sid(l.id),
+                seq,
+                l.terms.product,
+                terms,
+                l.activation_hardware_id,
+                l.source.as_str(),
+                l.added_at,
+                l.total_consumptions
+            ])?;
+        for (f, total) in &l.feature_totals {
+            self.set_feature_total(l.id, f, *total)?;
+        }
+        Ok(())
+    }
+
+    fn delete_license(&mut self, id: u64) -> StoreResult<bool> {
+        Ok(self.conn.execute("DELETE FROM licenses WHERE id = ?1", [sid(id)])? > 0)
+    }
+
+    fn set_total_consumptions(&mut self, id: u64, total: i64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("UPDATE licenses SET total_consumptions = ?2 WHERE id = ?1")?
+            .execute(params![sid(id), total])?;
+        Ok(())
+    }
+
+    fn set_feature_total(&mut self, id: u64, feature: &str, total: i64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO feature_consumptions (license_id, feature, total) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (license_id, feature) DO UPDATE SET total = excluded.total",
+            )?
+            .execute(params![sid(id), feature, total])?;
+        Ok(())
+    }
+
+    fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {REG_COLS} FROM registrations WHERE ?1 IS NULL OR license_id = ?1 ORDER BY license_id, registered_at"
+        ))?;
+        let rows = st.query_map([license_id.map(sid)], reg_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_registration(&mut self, r: &Registration) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO registrations ({REG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                sid(r.license_id),
+                r.user,
+                r.registered_at,
+                r.expires_at,
+                r.borrowed_until,
+                r.os_hostname,
+                r.ip_local,
+                r.user_info
+            ])?;
+        Ok(())
+    }
+
+    fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool> {
+        self.conn
+            .prepare_cached("DELETE FROM feature_registrations WHERE license_id = ?1 AND user = ?2")?
+            .execute(params![sid(license_id), user])?;
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM registrations WHERE license_id = ?1 AND user = ?2")?
+            .execute(params![sid(license_id), user])?;
+        Ok(n > 0)
+    }
+
+    fn delete_registrations(&mut self, license_id: Option<u64>) -> StoreResult<usize> {
+        let id = license_id.map(sid);
+        self.conn.execute(
+            "DELETE FROM feature_registrations WHERE ?1 IS NULL OR license_id = ?1",
+            [id],
+        )?;
+        Ok(self
+            .conn
+            .execute("DELETE FROM registrations WHERE ?1 IS NULL OR license_id = ?1", [id])?)
+    }
+
+    fn purge_expired(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
+        let id = sid(license_id);
+        // Feature slots of users whose seat lapsed go with the seat.
+        let a = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM feature_registrations WHERE license_id = ?1 AND (expires_at <= ?2 OR user IN
+                   (SELECT user FROM registrations WHERE license_id = ?1 AND expires_at <= ?2
+                      AND (borrowed_until IS NULL OR borrowed_until <= ?2)))",
+            )?
+            .execute(params![id, now])?;
+        let b = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM registrations WHERE license_id = ?1 AND expires_at <= ?2
+                   AND (borrowed_until IS NULL OR borrowed_until <= ?2)",
+            )?
+            .execute(params![id, now])?;
+        Ok(a + b)
+    }
+
+    fn feature_registrations(
+        &mut self,
+        license_id: Option<u64>,
+        feature: Option<&str>,
+    ) -> StoreResult<Vec<FeatureRegistration>> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {FREG_COLS} FROM feature_registrations
+             WHERE (?1 IS NULL OR license_id = ?1) AND (?2 IS NULL OR feature = ?2)
+             ORDER BY license_id, feature, registered_at"
+        ))?;
+        let rows = st.query_map(params![license_id.map(sid), feature], freg_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_feature_registration(&mut self, r: &FeatureRegistration) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO feature_registrations ({FREG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                sid(r.license_id),
+                r.feature,
+                r.user,
+                r.registered_at,
+                r.expires_at,
+                r.os_hostname,
+                r.ip_local,
+                r.user_info
+            ])?;
+        Ok(())
+    }
+
+    fn delete_feature_registrations(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: Option<&str>,
+    ) -> StoreResult<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM feature_registrations WHERE license_id = ?1 AND feature = ?2 AND (?3 IS NULL OR user = ?3)",
+            )?
+            .execute(params![sid(license_id), feature, user])?)
+    }
+
+    fn account(&mut self, username: &str) -> StoreResult<Option<Account>> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT username, password_hash, role FROM accounts WHERE username = ?1")?
+            .query_row([username], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(username, password_hash, role)| {
+            Role::parse(&role).map(|role| Account {
+                username,
+                password_hash,
+                role,
+            })
+        }))
+    }
+
+    fn accounts(&mut self) -> StoreResult<Vec<Account>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT username, password_hash, role FROM accounts ORDER BY username")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (username, password_hash, role) = row?;
+            if let Some(role) = Role::parse(&role) {
+                out.push(Account {
+                    username,
+                    password_hash,
+                    role,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_account(&mut self, a: &Account) -> StoreResult<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO accounts (username, password_hash, role) VALUES (?1, ?2, ?3)",
+            params![a.username, a.password_hash, a.role.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn audit(&mut self, e: &AuditEvent) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("INSERT INTO audit (at, kind, actor, license_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![e.at, e.kind, e.actor, e.license_id.map(sid), e.detail])?;
+        Ok(())
+    }
+
+    fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, at, kind, actor, license_id, detail FROM audit
+             WHERE ?1 IS NULL OR id < ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![before, limit], |r| {
+            Ok(AuditEvent {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                actor: r.get(3)?,
+                license_id: r.get::<_, Option<i64>>(4)?.map(uid),
+                detail: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiError;
+    use crate::store::transact_blocking;
+
+    #[test]
+    fn migrates_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            transact_blocking(&s, |tx| {
+                tx.put_account(&Account {
+                    username: "a".into(),
+                    password_hash: "h".into(),
+                    role: Role::Admin,
+                })?;
+                Ok(())
+            })
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let acc = transact_blocking(&s, |tx| Ok(tx.account("a")?)).unwrap();
+        assert_eq!(acc.map(|a| a.role), Some(Role::Admin));
+    }
+
+    #[test]
+    fn a_refused_job_leaves_no_trace_and_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let refused = transact_blocking(&s, |tx| -> Result<(), ApiError> {
+            tx.put_account(&Account {
+                username: "x".into(),
+                password_hash: "h".into(),
+                role: Role::User,
+            })?;
+            Err(ApiError::bad_request("nope", "refused"))
+        });
+        assert_eq!(refused.unwrap_err().code, "nope");
+        assert!(transact_blocking(&s, |tx| Ok(tx.account("x")?)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_internal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let r: Result<(), _> = transact_blocking(&s, |_| panic!("boom"));
+        assert_eq!(r.unwrap_err().code, "internal_server_error");
+        assert!(transact_blocking(&s, |tx| Ok(tx.accounts()?)).is_ok());
+    }
+}
