@@ -71,6 +71,9 @@ pub enum Input {
         /// What failed.
         error: Error,
     },
+    /// Re-prove every attached key now (after an I/O error was reported by a user of a key,
+    /// or on operator request).
+    RevalidateAll,
     /// Time passed: run the re-validations that are due.
     Tick,
 }
@@ -159,6 +162,11 @@ impl Monitor {
                 self.backend_errors.insert(backend, error);
             }
             Input::Validated { id, validation } => self.validated(now, id, validation),
+            Input::RevalidateAll => {
+                for e in self.keys.values_mut() {
+                    e.due = Some(now);
+                }
+            }
             Input::Tick => {}
         }
         self.choose_in_force();
