@@ -1,11 +1,107 @@
 //! `keyfloat simulate`.
 
+use std::io::BufRead;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_simulator::card::{CardServer, VirtualCard, DEFAULT_VPCD};
 
 /// Subcommands of `keyfloat simulate`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Serve a virtual provisioned YubiKey to pcscd through vsmartcard's vpcd reader.
+    /// Type `remove` / `insert` on stdin to unplug / replug it; stopping the process unplugs it.
+    Card(CardArgs),
+}
+
+/// Arguments of `keyfloat simulate card`.
+#[derive(Debug, clap::Args)]
+pub struct CardArgs {
+    /// Serial number the card reports.
+    #[arg(long)]
+    serial: u32,
+    /// vpcd reader address (slot 0).
+    #[arg(long, default_value = DEFAULT_VPCD)]
+    vpcd: String,
+    /// vpcd slot: added to the port (the Debian reader has slots 0 and 1).
+    #[arg(long, default_value_t = 0)]
+    reader_slot: u16,
+    /// Vendor signing key (PEM) that certifies the card's key. Without it a throwaway demo
+    /// vendor key is generated and its public key written next to the temp directory.
+    #[arg(long)]
+    vendor_key: Option<PathBuf>,
+}
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Card(args) => card(args),
+    }
+}
+
+fn vpcd_address(vpcd: &str, slot: u16) -> anyhow::Result<SocketAddr> {
+    let mut addr = vpcd
+        .to_socket_addrs()
+        .with_context(|| format!("--vpcd {vpcd:?}"))?
+        .next()
+        .with_context(|| format!("--vpcd {vpcd:?} resolves to nothing"))?;
+    let Some(port) = addr.port().checked_add(slot) else {
+        bail!("--reader-slot {slot} is too large for port {}", addr.port());
+    };
+    addr.set_port(port);
+    Ok(addr)
+}
+
+fn card(args: CardArgs) -> anyhow::Result<ExitCode> {
+    let addr = vpcd_address(&args.vpcd, args.reader_slot)?;
+    let vendor = match &args.vendor_key {
+        Some(path) => {
+            VendorSigningKey::read_pem_file(path).with_context(|| format!("--vendor-key {}", path.display()))?
+        }
+        None => {
+            let vendor = VendorSigningKey::generate();
+            let path = std::env::temp_dir().join(format!("keyfloat-demo-vendor-{}.pub.pem", std::process::id()));
+            std::fs::write(&path, vendor.public_key().to_pem())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "keyfloat: DEMO vendor key generated; its public key is in {} (pass it as --vendor-public-key)",
+                path.display()
+            );
+            vendor
+        }
+    };
+    let spec = provision_sim_key(
+        SimKeySpec::generate(&format!("card-{}", args.serial), args.serial),
+        &vendor,
+    );
+    let server = CardServer::connect(addr, VirtualCard::new(&spec)).context("starting the card")?;
+    println!(
+        "virtual YubiKey serial {} (firmware {}) inserted into vpcd {addr}; type remove / insert / quit",
+        args.serial, spec.firmware
+    );
+    for line in std::io::stdin().lock().lines() {
+        match line.context("reading stdin")?.trim() {
+            "remove" | "unplug" => {
+                server.remove();
+                println!("removed");
+            }
+            "insert" | "plug" => {
+                server.insert();
+                println!("inserted");
+            }
+            "quit" | "exit" => {
+                server.stop();
+                return Ok(ExitCode::SUCCESS);
+            }
+            "" => {}
+            other => eprintln!("keyfloat: unknown command {other:?} (remove, insert, quit)"),
+        }
+    }
+    // stdin closed (e.g. started in the background): keep the card in until killed.
+    loop {
+        std::thread::park();
+    }
 }
