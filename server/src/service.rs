@@ -142,6 +142,8 @@ pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, no
             "This license cannot be borrowed",
         ));
     }
+    tx.purge_expired(id, now)?;
+    let mut reg = active_registration(tx, id, &who.user, now)?;
     let latest = now + clock::hours(l.terms.max_borrow_time_hours);
     let until = until.unwrap_or(latest);
     // A minute of slack for clocks and for clients that compute "now + max" themselves.
@@ -155,8 +157,6 @@ pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, no
         ));
     }
     let until = until.min(latest);
-    tx.purge_expired(id, now)?;
-    let mut reg = active_registration(tx, id, &who.user, now)?;
     reg.borrowed_until = Some(until);
     tx.put_registration(&reg)?;
     Ok(json!({
