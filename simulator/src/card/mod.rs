@@ -11,5 +11,5 @@ mod pcscd;
 mod vpcd;
 
 pub use applet::{VirtualCard, ATR_YUBIKEY5_NFC};
-pub use pcscd::{require_pcscd, PrivatePcscd, CSOCK_ENV};
+pub use pcscd::{require_pcscd, PrivatePcscd, CSOCK_ENV, YUBICO_READER_NAME};
 pub use vpcd::{CardServer, DEFAULT_VPCD};

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 /// The variable libpcsclite reads to find pcscd's socket.
 pub const CSOCK_ENV: &str = "PCSCLITE_CSOCK_NAME";
 
+/// The reader name libccid gives a real YubiKey 5: yubico-piv-tool's default reader filter
+/// ("Yubikey") and ykman match it, so the tools need no `--reader`.
+pub const YUBICO_READER_NAME: &str = "Yubico YubiKey OTP+FIDO+CCID";
+
 const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 const QUICK_LOCAL_ENV: &str = "KEYFLOAT_QUICK_LOCAL";
 
@@ -59,6 +63,7 @@ pub struct PrivatePcscd {
     child: Option<Child>,
     dir: PathBuf,
     port: u16,
+    name: String,
 }
 
 fn ports_free(port: u16) -> bool {
@@ -68,9 +73,14 @@ fn ports_free(port: u16) -> bool {
 }
 
 impl PrivatePcscd {
-    /// Starts a pcscd whose vpcd slots listen on the first free pair of ports at or after
-    /// `port_hint` (even offsets, up to 200 tries).
+    /// Starts a pcscd whose vpcd reader is named like a real YubiKey ([`YUBICO_READER_NAME`])
+    /// and whose slots listen on the first free pair of ports at or after `port_hint`.
     pub fn start(port_hint: u16) -> io::Result<Self> {
+        Self::start_named(port_hint, YUBICO_READER_NAME)
+    }
+
+    /// Like [`PrivatePcscd::start`] with another reader name (e.g. "Virtual PCD", Debian's).
+    pub fn start_named(port_hint: u16, reader_name: &str) -> io::Result<Self> {
         let port = (0..200u16)
             .map(|i| port_hint.saturating_add(i * 2))
             .find(|p| *p < u16::MAX && ports_free(*p))
@@ -82,10 +92,15 @@ impl PrivatePcscd {
         fs::write(
             dir.join("conf/vpcd"),
             format!(
-                "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME /dev/null:0x{port:X}\nLIBPATH {VPCD_DRIVER}\nCHANNELID 0x{port:X}\n"
+                "FRIENDLYNAME \"{reader_name}\"\nDEVICENAME /dev/null:0x{port:X}\nLIBPATH {VPCD_DRIVER}\nCHANNELID 0x{port:X}\n"
             ),
         )?;
-        let mut me = Self { child: None, dir, port };
+        let mut me = Self {
+            child: None,
+            dir,
+            port,
+            name: reader_name.to_string(),
+        };
         me.spawn()?;
         Ok(me)
     }
@@ -143,7 +158,7 @@ impl PrivatePcscd {
 
     /// The reader name of vpcd slot `slot` (0 or 1).
     pub fn reader(&self, slot: u8) -> String {
-        format!("Virtual PCD 00 {slot:02X}")
+        format!("{} 00 {slot:02X}", self.name)
     }
 
     /// Where a virtual card connects to be inserted in slot `slot`.

@@ -1,0 +1,214 @@
+//! Real third-party PC/SC clients (yubico-piv-tool, OpenSC) and `keyfloat keys` against the
+//! virtual YubiKey served to a real pcscd through vpcd.
+//!
+//! Each test starts its own private pcscd (own mount namespace, own vpcd ports) and talks to
+//! it only through child processes given `PCSCLITE_CSOCK_NAME`, so the tests run in parallel
+//! and never touch the system pcscd. They FAIL when pcscd / vpcd / the tools are missing,
+//! unless `KEYFLOAT_QUICK_LOCAL=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+
+struct Rig {
+    pcscd: PrivatePcscd,
+    card: CardServer,
+    vendor: VendorSigningKey,
+    certificate: Vec<u8>,
+    dir: PathBuf,
+}
+
+/// pcscd + a provisioned card with `serial` in slot 0; `None` when skipping is allowed.
+fn rig(port_hint: u16, serial: u32) -> Option<Rig> {
+    if !require_pcscd().expect("pcscd is required for this test") {
+        return None;
+    }
+    let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
+    let vendor = VendorSigningKey::generate();
+    let spec = provision_sim_key(SimKeySpec::generate("card", serial), &vendor);
+    let certificate = spec.certificate.clone().expect("provisioned");
+    let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
+    let dir = std::env::temp_dir().join(format!("keyfloat-pcsc-tools-{}-{port_hint}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    Some(Rig {
+        pcscd,
+        card,
+        vendor,
+        certificate,
+        dir,
+    })
+}
+
+impl Rig {
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env(CSOCK_ENV, self.pcscd.socket());
+        c
+    }
+
+    /// Runs the command until it succeeds and `accept`s its stdout (the card shows up at
+    /// pcscd's next 400 ms poll), for at most 10 s; returns the last output.
+    fn run_until(&self, mut make: impl FnMut() -> Command, accept: impl Fn(&str) -> bool) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = make().output().expect("tool runs");
+            if out.status.success() && accept(&String::from_utf8_lossy(&out.stdout)) {
+                return out;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "command never succeeded: {}\nstdout:\n{}\nstderr:\n{}\npcscd log: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr),
+                    self.pcscd.log_path().display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.card.remove();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn pem_body(der: &[u8]) -> String {
+    keyfloat_hal::trust::KeyCertificate::from_der(der)
+        .expect("certificate parses")
+        .to_pem()
+}
+
+#[test]
+fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
+    let Some(rig) = rig(0x9D00, 31415926) else { return };
+    let status = rig.run_until(
+        || {
+            let mut c = rig.cmd("yubico-piv-tool");
+            c.args(["-r", "", "-a", "status"]);
+            c
+        },
+        |s| s.contains("Serial Number"),
+    );
+    let text = stdout(&status);
+    assert!(text.contains("Serial Number:\t31415926"), "{text}");
+    assert!(text.contains("Version:\t5.4.3"), "{text}");
+    assert!(text.contains("Slot 9e:"), "{text}");
+    assert!(text.contains("ECCP256"), "{text}");
+    assert!(text.contains("PIN tries left:\t3"), "{text}");
+
+    // Default reader filter ("Yubikey") matches the private reader's name.
+    let cert = rig.run_until(
+        || {
+            let mut c = rig.cmd("yubico-piv-tool");
+            c.args(["-a", "read-certificate", "-s", "9e"]);
+            c
+        },
+        |s| s.contains("BEGIN CERTIFICATE"),
+    );
+    assert_eq!(
+        stdout(&cert).trim(),
+        pem_body(&rig.certificate).trim(),
+        "the tool reads back exactly the provisioned certificate"
+    );
+
+    let pem = rig.dir.join("cert.pem");
+    std::fs::write(&pem, stdout(&cert)).expect("write pem");
+    let sig = rig.run_until(
+        || {
+            let mut c = rig.cmd("yubico-piv-tool");
+            c.args(["-a", "test-signature", "-s", "9e", "-i"]).arg(&pem);
+            c
+        },
+        |_| true,
+    );
+    let all = format!("{}{}", stdout(&sig), String::from_utf8_lossy(&sig.stderr));
+    assert!(all.contains("Successful ECDSA verification"), "{all}");
+}
+
+#[test]
+fn opensc_sees_a_piv_card_with_the_card_auth_certificate() {
+    let Some(rig) = rig(0x9D20, 27182818) else { return };
+    let name = rig.run_until(
+        || {
+            let mut c = rig.cmd("opensc-tool");
+            c.args(["-r", "0", "-n"]);
+            c
+        },
+        |s| s.contains("Personal Identity Verification Card"),
+    );
+    assert!(stdout(&name).contains("Personal Identity Verification Card"));
+    let certs = rig.run_until(
+        || {
+            let mut c = rig.cmd("pkcs15-tool");
+            c.args(["-r", "0", "--list-certificates"]);
+            c
+        },
+        |s| s.contains("Card Authentication"),
+    );
+    assert!(stdout(&certs).contains("ID             : 04"), "{}", stdout(&certs));
+    let module = [
+        "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so",
+        "/usr/lib/aarch64-linux-gnu/opensc-pkcs11.so",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("opensc-pkcs11.so installed with opensc");
+    let objects = rig.run_until(
+        || {
+            let mut c = rig.cmd("pkcs11-tool");
+            c.args(["--module", module, "--list-objects"]);
+            c
+        },
+        |s| s.contains("CARD AUTH"),
+    );
+    let text = stdout(&objects);
+    assert!(text.contains("Private Key Object; EC"), "{text}");
+    assert!(text.contains("CN=keyfloat key 27182818"), "{text}");
+}
+
+#[test]
+fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
+    let Some(rig) = rig(0x9D40, 16180339) else { return };
+    let keyfloat = env!("CARGO_BIN_EXE_keyfloat");
+    let rows = |extra: &[&str]| -> serde_json::Value {
+        let out = rig.run_until(
+            || {
+                let mut c = rig.cmd(keyfloat);
+                c.args(["keys", "--json", "--key-backend", "pcsc"]).args(extra);
+                c
+            },
+            |s| s.contains("16180339"),
+        );
+        serde_json::from_slice(&out.stdout).expect("keys --json is JSON")
+    };
+    let plain = rows(&[]);
+    let row = &plain[0];
+    assert_eq!(row["backend"], "pcsc");
+    assert_eq!(row["path"], rig.pcscd.reader(0));
+    assert_eq!(row["serial"], "16180339");
+    assert_eq!(row["firmware"], "5.4.3");
+    assert_eq!(row["proof"], "serial_only");
+
+    let vendor_pub = rig.dir.join("vendor.pub.pem");
+    std::fs::write(&vendor_pub, rig.vendor.public_key().to_pem()).expect("write vendor key");
+    let verified = rows(&["--vendor-public-key", vendor_pub.to_str().expect("utf-8 path")]);
+    assert_eq!(verified[0]["proof"], "verified", "{verified}");
+
+    let other = rig.dir.join("other.pub.pem");
+    std::fs::write(&other, VendorSigningKey::generate().public_key().to_pem()).expect("write key");
+    let wrong = rows(&["--vendor-public-key", other.to_str().expect("utf-8 path")]);
+    assert_eq!(wrong[0]["proof"], "invalid", "{wrong}");
+    assert_eq!(wrong[0]["reason"], "wrong_vendor", "{wrong}");
+}
