@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+use keyfloat_hal::trust::{VendorPublicKey, VendorValidator};
 use keyfloat_hal::{BackendKind, KeyValidator, SerialReadable, Validation};
 use serde::Serialize;
 
@@ -16,6 +18,10 @@ pub struct Args {
     /// Which backends to look at.
     #[arg(long, value_enum, default_value = "auto")]
     key_backend: KeyBackendArg,
+    /// Check each key's certificate and proof of possession against this vendor public key
+    /// (a PEM file, or the PEM itself); without it only serials are read.
+    #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
+    vendor_public_key: Option<String>,
 }
 
 /// One line of output.
@@ -31,7 +37,15 @@ struct Row {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let validator = SerialReadable;
+    // With a vendor key, keys are judged as a server would (serial-only dongles are listed
+    // as such, not refused); without one, only serials are read.
+    let validator: Box<dyn KeyValidator> = match &args.vendor_public_key {
+        Some(v) => Box::new(
+            VendorValidator::new(VendorPublicKey::from_path_or_inline(v).context("--vendor-public-key")?)
+                .allow_serial_only(true),
+        ),
+        None => Box::new(SerialReadable),
+    };
     let mut rows = Vec::new();
     for provider in providers(args.key_backend, None)? {
         let infos = match provider.list() {

@@ -1,11 +1,126 @@
-//! `keyfloat vendor`.
+//! `keyfloat vendor`: the vendor's signing key and the certificates that provision keys.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use keyfloat_hal::trust::{issue_key_certificate, key_public_from_pem, KeyCertificate, VendorSigningKey};
+use keyfloat_hal::Serial;
 
 /// Subcommands of `keyfloat vendor`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Create a vendor signing key (ECDSA P-256). Keep it offline; servers get the public half.
+    Keygen(KeygenArgs),
+    /// Sign a certificate for a key's slot-9E public key, naming the key's serial.
+    SignKeyCert(SignKeyCertArgs),
+}
+
+/// Arguments of `keyfloat vendor keygen`.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (PKCS#8 PEM, mode 0600). Never overwritten.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Where to write the public key (SPKI PEM) that servers are configured with.
+    #[arg(long, value_name = "FILE")]
+    public_out: Option<PathBuf>,
+}
+
+/// Arguments of `keyfloat vendor sign-key-cert`.
+#[derive(Debug, clap::Args)]
+pub struct SignKeyCertArgs {
+    /// The vendor's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    vendor_key: PathBuf,
+    /// The key's serial, as `yubico-piv-tool -a status` or `ykman info` shows it.
+    #[arg(long)]
+    serial: String,
+    /// The key's slot-9E public key: the PEM `yubico-piv-tool -a generate -s 9e -A ECCP256` prints.
+    #[arg(long, value_name = "FILE")]
+    public_key: PathBuf,
+    /// Validity in days from now.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    days: u32,
+    /// Where to write the certificate (PEM unless --der or the name ends in .der).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Write DER instead of PEM.
+    #[arg(long)]
+    der: bool,
+}
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Keygen(a) => keygen(a),
+        Command::SignKeyCert(a) => sign_key_cert(a),
+    }
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    if let Some(public_out) = &args.public_out {
+        if public_out == &args.out {
+            bail!("--out and --public-out must be different files");
+        }
+    }
+    let key = VendorSigningKey::generate();
+    key.write_pem_file(&args.out)
+        .with_context(|| format!("cannot create the vendor key {}", args.out.display()))?;
+    let public = key.public_key();
+    if let Some(public_out) = &args.public_out {
+        std::fs::write(public_out, public.to_pem())
+            .with_context(|| format!("cannot write the public key {}", public_out.display()))?;
+    }
+    println!("vendor key written to {} (mode 0600)", args.out.display());
+    if let Some(public_out) = &args.public_out {
+        println!("public key written to {}", public_out.display());
+    }
+    println!("fingerprint (SHA-256 of the public key): {}", public.fingerprint());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
+    let vendor = VendorSigningKey::read_pem_file(&args.vendor_key)
+        .with_context(|| format!("vendor key {}", args.vendor_key.display()))?;
+    let text = std::fs::read_to_string(&args.public_key)
+        .with_context(|| format!("cannot read the key's public key {}", args.public_key.display()))?;
+    let public = key_public_from_pem(&text).with_context(|| {
+        format!(
+            "{}: expected the slot-9E public key PEM (yubico-piv-tool -a generate -s 9e -A ECCP256 -o pub.pem)",
+            args.public_key.display()
+        )
+    })?;
+    let serial = Serial::new(args.serial.trim());
+    let validity = Duration::from_secs(u64::from(args.days) * 86_400);
+    let der = issue_key_certificate(&vendor, &serial, &public, validity).context("cannot sign the certificate")?;
+    let cert = KeyCertificate::from_der(&der).context("the new certificate does not parse back")?;
+    let as_der = args.der || has_extension(&args.out, "der");
+    let bytes = if as_der {
+        der.clone()
+    } else {
+        cert.to_pem().into_bytes()
+    };
+    std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "certificate for key serial {serial} signed by vendor {}, valid until {}, written to {} ({})",
+        vendor.public_key().fingerprint_short(),
+        rfc3339(cert.not_after()),
+        args.out.display(),
+        if as_der { "DER" } else { "PEM" }
+    );
+    println!(
+        "import it with: yubico-piv-tool -a import-certificate -s 9e -i {}{}",
+        args.out.display(),
+        if as_der { " -K DER" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    keyfloat_server::license_file::format_rfc3339(t.into())
 }

@@ -346,9 +346,13 @@ mod tests {
         let e = VendorPublicKey::from_pem(ed).unwrap_err();
         assert_eq!(e.code(), "wrong_key_type");
         assert!(e.to_string().contains("Ed25519"), "{e}");
-        // An Ed25519 private key (RFC 8410 example).
-        let ed = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
-        let e = VendorSigningKey::from_pem(ed).unwrap_err();
+        // An Ed25519 PKCS#8 private key, built at run time so no private key PEM sits in the tree.
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+        ];
+        der.extend_from_slice(&[7u8; 32]);
+        let ed = pem::encode("PRIVATE KEY", &der);
+        let e = VendorSigningKey::from_pem(&ed).unwrap_err();
         assert_eq!(e.code(), "wrong_key_type");
         assert!(e.to_string().contains("Ed25519"), "{e}");
     }
