@@ -1,4 +1,6 @@
 #![doc = include_str!("../README.md")]
 
 pub mod card;
+#[cfg(feature = "hid")]
 pub mod hid;
+pub mod scenario;

@@ -1,0 +1,619 @@
+//! The virtual-mode runner and the builder API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
+use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{
+    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider, KeyStatus,
+    MonitorConfig, Serial,
+};
+
+use super::format::{Action, Expect, KeySpec, Mode, Provisioning, ScenarioSpec, StepSpec};
+use super::http::{HttpTarget, Response};
+use super::trace::{HttpOutcome, TraceLine};
+use super::ScenarioError;
+
+/// The process named as the holder while a key is contended.
+pub const CONTENDER: &str = "keyfloat-contender";
+
+/// Monitor timing in virtual time: fast enough that scenarios stay short.
+const VIRTUAL_MONITOR: MonitorConfig = MonitorConfig {
+    revalidate_every: Duration::from_millis(500),
+    retry_initial: Duration::from_millis(5),
+    retry_max: Duration::from_millis(50),
+};
+
+/// Builds a [`Scenario`] in Rust, with the same verbs as the file format.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyfloat_simulator::scenario::{Provisioning, Scenario};
+///
+/// let mut sim = Scenario::builder("unplug-reverts").seed(7).key("alpha", 12345678, Provisioning::Valid).build().unwrap();
+/// sim.plug("alpha").unwrap();
+/// assert_eq!(sim.hardware_id_label(), "alpha");
+/// sim.advance(Duration::from_millis(5));
+/// sim.unplug("alpha").unwrap();
+/// assert_eq!(sim.hardware_id_label(), "machine");
+/// let trace = sim.finish();
+/// assert_eq!(trace.len(), 3);
+/// ```
+#[derive(Debug)]
+pub struct ScenarioBuilder {
+    name: String,
+    seed: u64,
+    keys: Vec<KeySpec>,
+}
+
+impl ScenarioBuilder {
+    /// Seed for key material (same seed, same trace).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Adds a key the scenario can plug.
+    pub fn key(mut self, name: &str, serial: u32, provisioning: Provisioning) -> Self {
+        self.keys.push(KeySpec {
+            name: name.into(),
+            serial,
+            provisioning,
+        });
+        self
+    }
+
+    /// Builds the scenario (no key plugged, time zero).
+    pub fn build(self) -> Result<Scenario, ScenarioError> {
+        Scenario::new(self.name, self.seed, &self.keys)
+    }
+}
+
+/// A running virtual scenario: a simulated bus, the real monitor and cell, a virtual clock,
+/// optionally a server, and the trace so far.
+pub struct Scenario {
+    name: String,
+    bus: SimBus,
+    validator: Arc<VendorValidator>,
+    driver: Driver,
+    source: Box<dyn HotplugSource>,
+    reader: CellReader,
+    machine_id: HardwareId,
+    now: Duration,
+    releases: BTreeMap<Duration, Vec<String>>,
+    names_by_serial: BTreeMap<String, String>,
+    http: Option<Box<dyn HttpTarget>>,
+    /// After a server restart the new monitor has not run yet: nothing is pumped until time moves.
+    pump_suspended: bool,
+    step: usize,
+    trace: Vec<TraceLine>,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+fn run_err(scenario: &str, step: usize, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Run {
+        scenario: scenario.into(),
+        step,
+        message: message.into(),
+    }
+}
+
+impl Scenario {
+    /// Starts a builder.
+    pub fn builder(name: &str) -> ScenarioBuilder {
+        ScenarioBuilder {
+            name: name.into(),
+            seed: 0,
+            keys: Vec::new(),
+        }
+    }
+
+    fn new(name: String, seed: u64, keys: &[KeySpec]) -> Result<Self, ScenarioError> {
+        // Fresh vendor keys per run: traces name keys and states, never key material, so the
+        // seed still fixes the trace.
+        let vendor = VendorSigningKey::generate();
+        let other_vendor = VendorSigningKey::generate();
+        let bus = SimBus::new();
+        let mut names_by_serial = BTreeMap::new();
+        for k in keys {
+            let spec = SimKeySpec::from_seed(&k.name, k.serial, seed);
+            let spec = match k.provisioning {
+                Provisioning::Valid | Provisioning::CorruptSigner => try_provision_sim_key(spec, &vendor),
+                Provisioning::WrongVendor => try_provision_sim_key(spec, &other_vendor),
+                Provisioning::Unprovisioned => Ok(spec),
+                Provisioning::SerialMismatch => {
+                    let other = Serial::from(k.serial.wrapping_add(1));
+                    let public = p256::PublicKey::from(spec.verifying_key());
+                    issue_key_certificate(&vendor, &other, &public, Duration::from_secs(365 * 86400))
+                        .map(|der| spec.with_certificate(der))
+                }
+            }
+            .map_err(|e| run_err(&name, 0, format!("cannot provision key {:?}: {e}", k.name)))?;
+            bus.insert(spec);
+            if k.provisioning == Provisioning::CorruptSigner {
+                bus.corrupt(&k.name, true)
+                    .map_err(|e| run_err(&name, 0, e.to_string()))?;
+            }
+            names_by_serial.insert(k.serial.to_string(), k.name.clone());
+        }
+        let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+        let machine_id = HardwareId::new(format!("machine-{seed:016x}"));
+        let (driver, source, reader) = Self::monitor(&bus, &validator, &machine_id)?;
+        Ok(Self {
+            name,
+            bus,
+            validator,
+            driver,
+            source,
+            reader,
+            machine_id,
+            now: Duration::ZERO,
+            releases: BTreeMap::new(),
+            names_by_serial,
+            http: None,
+            pump_suspended: false,
+            step: 0,
+            trace: Vec::new(),
+        })
+    }
+
+    fn monitor(
+        bus: &SimBus,
+        validator: &Arc<VendorValidator>,
+        machine_id: &HardwareId,
+    ) -> Result<(Driver, Box<dyn HotplugSource>, CellReader), ScenarioError> {
+        let cell = HardwareIdCell::new(machine_id.clone());
+        let reader = cell.reader();
+        let provider = bus.provider();
+        let source = provider.watch().map_err(|e| run_err("", 0, e.to_string()))?;
+        let validator: Arc<dyn keyfloat_hal::KeyValidator> = validator.clone();
+        let driver = Driver::new(cell, vec![Arc::new(provider)], validator, VIRTUAL_MONITOR);
+        Ok((driver, source, reader))
+    }
+
+    /// Connects a server; its requests see this scenario's cell.
+    pub fn attach_server(&mut self, target: Box<dyn HttpTarget>) {
+        self.http = Some(target);
+    }
+
+    /// The reader of the cell the monitor publishes to.
+    pub fn reader(&self) -> &CellReader {
+        &self.reader
+    }
+
+    /// The simulated bus.
+    pub fn bus(&self) -> &SimBus {
+        &self.bus
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Sets the step index recorded in trace lines.
+    pub fn set_step(&mut self, step: usize) {
+        self.step = step;
+    }
+
+    /// The hardware ID in force as a trace label: a key name, `machine`, or the raw ID.
+    pub fn hardware_id_label(&self) -> String {
+        let id = self.reader.hardware_id();
+        if id == self.machine_id {
+            "machine".into()
+        } else {
+            self.names_by_serial
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        }
+    }
+
+    fn pump(&mut self) {
+        if self.pump_suspended {
+            return;
+        }
+        loop {
+            match self.source.next_event(Duration::ZERO) {
+                Ok(Some(ev)) => {
+                    self.driver.handle(self.now, Input::Hotplug(ev));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("simulated bus: {e}");
+                    break;
+                }
+            }
+        }
+        self.driver.handle(self.now, Input::Tick);
+    }
+
+    /// Lets virtual time pass until `t`, running every re-validation and contention release
+    /// due on the way, in time order.
+    pub fn advance_to(&mut self, t: Duration) {
+        if t > self.now {
+            self.pump_suspended = false;
+        }
+        loop {
+            let next_release = self.releases.keys().next().copied().filter(|r| *r <= t);
+            let next_deadline = self.driver.next_deadline().filter(|d| *d <= t && *d > self.now);
+            let next = match (next_release, next_deadline) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            self.now = self.now.max(next);
+            if let Some(names) = self.releases.remove(&next) {
+                for n in names {
+                    let _ = self.bus.make_busy(&n, None);
+                }
+            }
+            self.pump();
+        }
+        self.now = self.now.max(t);
+        self.pump();
+    }
+
+    /// Lets `d` of virtual time pass.
+    pub fn advance(&mut self, d: Duration) -> &TraceLine {
+        self.advance_to(self.now + d);
+        self.record(format!("advance {}", humantime::format_duration(d)), None)
+    }
+
+    fn verb(&mut self, action: String, r: keyfloat_hal::Result<()>) -> Result<&TraceLine, ScenarioError> {
+        r.map_err(|e| run_err(&self.name, self.step, e.to_string()))?;
+        self.pump();
+        Ok(self.record(action, None))
+    }
+
+    /// Plugs a key in.
+    pub fn plug(&mut self, key: &str) -> Result<&TraceLine, ScenarioError> {
+        let r = self.bus.plug(key);
+        self.verb(format!("plug {key}"), r)
+    }
+
+    /// Pulls a key out.
+    pub fn unplug(&mut self, key: &str) -> Result<&TraceLine, ScenarioError> {
+        let r = self.bus.unplug(key);
+        self.verb(format!("unplug {key}"), r)
+    }
+
+    /// Pulls `out`, plugs `into`.
+    pub fn swap(&mut self, out: &str, into: &str) -> Result<&TraceLine, ScenarioError> {
+        let r = self.bus.swap(out, into);
+        self.verb(format!("swap {out}->{into}"), r)
+    }
+
+    /// Another process holds `key` exclusively for `d`; the monitor's next check finds it busy.
+    pub fn contend(&mut self, key: &str, d: Duration) -> Result<&TraceLine, ScenarioError> {
+        let holder = Holder {
+            pid: 4242,
+            command: CONTENDER.into(),
+        };
+        let r = self.bus.make_busy(key, Some(holder));
+        self.releases.entry(self.now + d).or_default().push(key.to_string());
+        self.driver.handle(self.now, Input::RevalidateAll);
+        self.verb(format!("contend {key} {}", humantime::format_duration(d)), r)
+    }
+
+    /// The next I/O with `key` fails; the monitor notices at once and retries with backoff.
+    pub fn io_error(&mut self, key: &str) -> Result<&TraceLine, ScenarioError> {
+        let r = self.bus.fail_next(key, ErrorKind::Io);
+        self.driver.handle(self.now, Input::RevalidateAll);
+        self.verb(format!("io_error {key}"), r)
+    }
+
+    /// Restarts the server and its monitor: a fresh cell that trusts no key until the new
+    /// monitor re-proves it (which happens when time next moves).
+    pub fn restart_server(&mut self) -> Result<&TraceLine, ScenarioError> {
+        let (driver, source, reader) = Self::monitor(&self.bus, &self.validator, &self.machine_id)?;
+        self.driver = driver;
+        self.source = source;
+        self.reader = reader.clone();
+        self.pump_suspended = true;
+        if let Some(http) = self.http.as_mut() {
+            http.restart(reader)
+                .map_err(|e| run_err(&self.name, self.step, format!("server restart failed: {e}")))?;
+        }
+        Ok(self.record("restart_server".into(), None))
+    }
+
+    /// Sends a request to the attached server.
+    pub fn http(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(Response, &TraceLine), ScenarioError> {
+        let name = self.name.clone();
+        let step = self.step;
+        let http = self
+            .http
+            .as_mut()
+            .ok_or_else(|| run_err(&name, step, "no server attached"))?;
+        let resp = http.request(method, path, body);
+        let outcome = HttpOutcome {
+            status: resp.status,
+            code: resp.code(),
+        };
+        let line = self.record(format!("{method} {path}"), Some(outcome));
+        Ok((resp, line))
+    }
+
+    /// Whether the attached server has exited on purpose.
+    pub fn server_exited(&self) -> bool {
+        self.http.as_ref().is_some_and(|h| h.exited())
+    }
+
+    fn record(&mut self, action: String, http: Option<HttpOutcome>) -> &TraceLine {
+        let snap = self.reader.snapshot();
+        let reason = snap.primary_key().and_then(|k| match &k.status {
+            KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
+            KeyStatus::Error { code, .. } => Some((*code).to_string()),
+            _ => None,
+        });
+        let line = TraceLine {
+            at_us: u64::try_from(self.now.as_micros()).unwrap_or(u64::MAX),
+            step: self.step,
+            action,
+            hardware_id: self.hardware_id_label(),
+            key_state: snap.state().as_str().into(),
+            reason,
+            generation: snap.generation,
+            http,
+        };
+        self.trace.push(line);
+        self.trace.last().expect("just pushed")
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &[TraceLine] {
+        &self.trace
+    }
+
+    /// Ends the scenario and returns its trace.
+    pub fn finish(self) -> Vec<TraceLine> {
+        self.trace
+    }
+}
+
+/// The result of running one scenario file.
+#[derive(Debug)]
+pub struct RunReport {
+    /// Scenario name.
+    pub name: String,
+    /// Mode it ran in.
+    pub mode: Mode,
+    /// The trace.
+    pub trace: Vec<TraceLine>,
+}
+
+/// Runs a scenario in virtual mode, with `server` (if given) for its HTTP steps.
+pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory>) -> Result<RunReport, ScenarioError> {
+    if !spec.modes.contains(&Mode::Virtual) {
+        return Err(ScenarioError::UnsupportedMode(
+            spec.name.clone(),
+            Mode::Virtual.as_str(),
+        ));
+    }
+    let mut sim = Scenario::new(spec.name.clone(), spec.seed, &spec.keys)?;
+    if let Some(make) = server {
+        let target = make(sim.reader().clone()).map_err(|e| run_err(&spec.name, 0, format!("server: {e}")))?;
+        sim.attach_server(target);
+    }
+    for (i, step) in spec.steps.iter().enumerate() {
+        sim.set_step(i);
+        run_step(&mut sim, spec, i, step)?;
+    }
+    Ok(RunReport {
+        name: spec.name.clone(),
+        mode: Mode::Virtual,
+        trace: sim.finish(),
+    })
+}
+
+/// Parses and runs a file in virtual mode (see [`run_spec`]).
+pub fn run_file(
+    path: &std::path::Path,
+    server: Option<super::server::ServerFactory>,
+) -> Result<RunReport, ScenarioError> {
+    run_spec(&ScenarioSpec::load(path)?, server)
+}
+
+fn json_body(v: &Option<toml::Value>) -> Option<serde_json::Value> {
+    v.as_ref().and_then(|v| serde_json::to_value(v).ok())
+}
+
+fn run_step(sim: &mut Scenario, spec: &ScenarioSpec, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+    sim.advance_to(step.at);
+    let key = step.key.as_deref().unwrap_or_default();
+    let mut response = None;
+    match step.action {
+        Action::Plug => {
+            sim.plug(key)?;
+        }
+        Action::Unplug => {
+            sim.unplug(key)?;
+        }
+        Action::Swap => {
+            sim.swap(key, step.to.as_deref().unwrap_or_default())?;
+        }
+        Action::Contend => {
+            sim.contend(key, step.duration.unwrap_or_default())?;
+        }
+        Action::IoError => {
+            sim.io_error(key)?;
+        }
+        Action::RestartServer => {
+            sim.restart_server()?;
+        }
+        Action::Advance => {
+            sim.record("advance".into(), None);
+        }
+        Action::RestartPcscd => {
+            return Err(ScenarioError::UnsupportedMode(
+                spec.name.clone(),
+                Mode::Virtual.as_str(),
+            ));
+        }
+        Action::Http => {
+            let h = step
+                .http
+                .as_ref()
+                .ok_or_else(|| run_err(&spec.name, i, "http step without request"))?;
+            let (resp, _) = sim.http(&h.method, &h.path, json_body(&h.body).as_ref())?;
+            response = Some(resp);
+        }
+        Action::Flap => {
+            flap(sim, spec, i, step)?;
+        }
+    }
+    if let Some(expect) = &step.expect {
+        check(sim, spec, i, step, expect, response.as_ref())?;
+    }
+    Ok(())
+}
+
+/// `cycles` × (unplug, request, plug, request), each half cycle `period / 2` apart. Every
+/// response must be a success while the key was valid and `hardware_key_not_accessible`
+/// while it was not (never a 5xx), and the server must count exactly the successes.
+fn flap(sim: &mut Scenario, spec: &ScenarioSpec, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+    let key = step.key.as_deref().unwrap_or_default();
+    let half = step.period.unwrap_or_default() / 2;
+    let cycles = step.cycles.unwrap_or(0);
+    let check_invariants = step.expect.as_ref().is_some_and(|e| e.flap_invariants);
+    let mut t = sim.now();
+    for c in 0..cycles {
+        for plug in [false, true] {
+            sim.advance_to(t);
+            if plug {
+                sim.plug(key)?;
+            } else {
+                sim.unplug(key)?;
+            }
+            if let Some(h) = &step.http {
+                let valid_now = sim.reader().check().valid_key().is_some();
+                let (resp, _) = sim.http(&h.method, &h.path, json_body(&h.body).as_ref())?;
+                if check_invariants {
+                    let ok = if valid_now {
+                        (200..300).contains(&resp.status)
+                    } else {
+                        resp.status == 400 && resp.code().as_deref() == Some("hardware_key_not_accessible")
+                    };
+                    if !ok {
+                        return Err(expectation(
+                            spec,
+                            i,
+                            step,
+                            format!(
+                                "flap cycle {c} ({}): key {} but the server answered {} {}",
+                                if plug { "plugged" } else { "unplugged" },
+                                if valid_now { "valid" } else { "not valid" },
+                                resp.status,
+                                resp.body
+                            ),
+                        ));
+                    }
+                }
+            }
+            t += half;
+        }
+    }
+    Ok(())
+}
+
+fn expectation(spec: &ScenarioSpec, i: usize, step: &StepSpec, message: String) -> ScenarioError {
+    ScenarioError::Expectation {
+        scenario: spec.name.clone(),
+        step: i,
+        action: format!("{:?}", step.action).to_lowercase(),
+        at: humantime::format_duration(step.at).to_string(),
+        message,
+    }
+}
+
+fn check(
+    sim: &Scenario,
+    spec: &ScenarioSpec,
+    i: usize,
+    step: &StepSpec,
+    expect: &Expect,
+    response: Option<&Response>,
+) -> Result<(), ScenarioError> {
+    let fail = |m: String| Err(expectation(spec, i, step, m));
+    let line = sim.trace().last();
+    let snap = sim.reader().snapshot();
+    if let Some(want) = &expect.hardware_id {
+        let got = sim.hardware_id_label();
+        if &got != want {
+            return fail(format!("expected hardware_id={want}, got {got}"));
+        }
+    }
+    if let Some(want) = &expect.key_state {
+        let got = snap.state().as_str();
+        if got != want {
+            return fail(format!("expected key_state={want}, got {got}"));
+        }
+    }
+    if let Some(want) = &expect.reason {
+        let got = line.and_then(|l| l.reason.clone()).unwrap_or_else(|| "none".into());
+        if &got != want {
+            return fail(format!("expected reason={want}, got {got}"));
+        }
+    }
+    if let Some(want) = &expect.holder {
+        let holders: Vec<String> = snap
+            .keys
+            .iter()
+            .flat_map(|k| match &k.status {
+                KeyStatus::Error { holders, .. } => holders.iter().map(|h| h.command.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if !holders.iter().any(|h| h == want) {
+            return fail(format!("expected holder {want} to be named, got {holders:?}"));
+        }
+    }
+    if expect.status.is_some() || expect.code.is_some() || !expect.json.is_empty() {
+        let Some(resp) = response else {
+            return fail("expected an HTTP result but the step sent no request".into());
+        };
+        if let Some(want) = expect.status {
+            if resp.status != want {
+                return fail(format!("expected status {want}, got {} {}", resp.status, resp.body));
+            }
+        }
+        if let Some(want) = &expect.code {
+            if resp.code().as_deref() != Some(want.as_str()) {
+                return fail(format!("expected code {want}, got {} {}", resp.status, resp.body));
+            }
+        }
+        for (pointer, want) in &expect.json {
+            let want = serde_json::to_value(want).unwrap_or_default();
+            let got = resp.body.pointer(pointer);
+            if got != Some(&want) {
+                return fail(format!(
+                    "expected {pointer} = {want} in the response, got {}",
+                    resp.body
+                ));
+            }
+        }
+    }
+    if let Some(want) = expect.server_exited {
+        if sim.server_exited() != want {
+            return fail(format!("expected server_exited={want}"));
+        }
+    }
+    Ok(())
+}
