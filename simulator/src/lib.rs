@@ -2,5 +2,6 @@
 
 pub mod card;
 #[cfg(feature = "hid")]
+#[cfg(feature = "hid")]
 pub mod hid;
 pub mod scenario;

@@ -1,11 +1,315 @@
-//! `keyfloat serve`.
+//! `keyfloat serve`: the floating-license server.
+//!
+//! Exit codes: 0 after a graceful shutdown (SIGTERM/SIGINT; licenses are never deactivated),
+//! 2 on a start-up error, 3 ([`keyfloat_server::EXIT_NO_HARDWARE_KEY`]) when
+//! `crashIfNoHardwareKey` stops the server because a key-bound license was used without
+//! its valid key.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Arguments of `keyfloat serve`.
+use anyhow::Context;
+use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
+use keyfloat_hal::trust::{provision_sim_key, VendorPublicKey, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyState, KeyValidator, MonitorConfig, Validation};
+use keyfloat_server::auth::TokenKeys;
+use keyfloat_server::model::AuditEvent;
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SimControl, SqliteStore, StateParts, Store};
+
+use super::common::KeyBackendArg;
+
+/// Name of the simulated key created by `--key-backend sim`.
+pub const SIM_KEY_NAME: &str = "sim-key";
+
+/// Arguments of `keyfloat serve`. Flags override the `--config` file.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
+    /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8080]; port 0 picks a free port. The bound address
+    /// is printed on stdout as `listening on http://ADDR`.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Port only (keeps the host of --listen).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Data directory: database and JWT secret [default: keyfloat-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Key backends to watch [default: auto].
+    #[arg(long, value_enum)]
+    pub key_backend: Option<KeyBackendArg>,
+    /// Authentication mode: JWT logins, admin/user roles (`--user-authentication [true|false]`).
+    #[arg(long, alias = "userAuthentication", num_args = 0..=1, default_missing_value = "true")]
+    pub user_authentication: Option<bool>,
+    /// Exit with status 3 instead of answering hardware_key_not_accessible.
+    #[arg(long, alias = "crashIfNoHardwareKey", num_args = 0..=1, default_missing_value = "true")]
+    pub crash_if_no_hardware_key: Option<bool>,
+    /// Vendor public key (PEM file path or inline PEM): validates keys and license files.
+    #[arg(long)]
+    pub vendor_public_key: Option<String>,
+    /// Re-prove the key in force this often (seconds) [default: 60].
+    #[arg(long)]
+    pub revalidate_secs: Option<u64>,
+    /// DEMO/CI ONLY, with --key-backend sim: vendor signing key (PEM) that provisions the
+    /// simulated key; the server then trusts that vendor.
+    #[arg(long)]
+    pub sim_vendor_key: Option<PathBuf>,
+    /// Serial of the simulated key.
+    #[arg(long, default_value_t = 12345678)]
+    pub sim_serial: u32,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`keyfloat serve` is not available in this build yet")
+fn backend_of(a: KeyBackendArg) -> KeyBackend {
+    match a {
+        KeyBackendArg::Auto => KeyBackend::Auto,
+        KeyBackendArg::Pcsc => KeyBackend::Pcsc,
+        KeyBackendArg::Hid => KeyBackend::Hid,
+        KeyBackendArg::Sim => KeyBackend::Sim,
+    }
+}
+
+fn arg_of(b: KeyBackend) -> KeyBackendArg {
+    match b {
+        KeyBackend::Auto => KeyBackendArg::Auto,
+        KeyBackend::Pcsc => KeyBackendArg::Pcsc,
+        KeyBackend::Hid => KeyBackendArg::Hid,
+        KeyBackend::Sim => KeyBackendArg::Sim,
+    }
+}
+
+/// The file configuration with the flags applied.
+pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
+    let mut c = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(v) = &args.listen {
+        c.listen = v.clone();
+        c.port = None;
+    }
+    if let Some(v) = args.port {
+        c.port = Some(v);
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = args.key_backend {
+        c.key_backend = backend_of(v);
+    }
+    if let Some(v) = args.user_authentication {
+        c.user_authentication = v;
+    }
+    if let Some(v) = args.crash_if_no_hardware_key {
+        c.crash_if_no_hardware_key = v;
+    }
+    if let Some(v) = &args.vendor_public_key {
+        c.vendor_public_key = Some(v.clone());
+    }
+    if let Some(v) = args.revalidate_secs {
+        c.revalidate_secs = v;
+    }
+    if let Some(v) = &args.sim_vendor_key {
+        c.sim_vendor_key = Some(v.clone());
+    }
+    Ok(c)
+}
+
+/// Used when no vendor public key is configured: keys are listed but never trusted, so
+/// key-bound licenses can be neither added nor used (licenses without the flag work).
+#[derive(Debug)]
+struct NoVendorKey;
+
+impl KeyValidator for NoVendorKey {
+    fn validate(&self, key: &mut dyn HardwareKey) -> Validation {
+        match key.read_serial() {
+            Ok(serial) => Validation::Invalid {
+                serial: Some(serial),
+                reason: InvalidReason::WrongVendor,
+            },
+            Err(e) => Validation::Failed(e),
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = effective_config(&args)?;
+    let sim_serial = args.sim_serial;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(config, sim_serial))
+}
+
+async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
+    let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let tokens = TokenKeys::load_or_create(&data_dir).context("loading the JWT secret")?;
+
+    let mut vendor: Option<VendorPublicKey> = match &config.vendor_public_key {
+        Some(v) => Some(VendorPublicKey::from_path_or_inline(v).context("reading vendor_public_key")?),
+        None => None,
+    };
+    let sim = if config.key_backend == KeyBackend::Sim {
+        tracing::warn!("##########################################################################");
+        tracing::warn!("## --key-backend sim: SIMULATED hardware key. DEMO / CI ONLY.            ##");
+        tracing::warn!("## A simulated key can never satisfy a license signed by a real vendor.  ##");
+        tracing::warn!("##########################################################################");
+        let bus = SimBus::new();
+        if let Some(path) = &config.sim_vendor_key {
+            let sk = VendorSigningKey::read_pem_file(path)
+                .with_context(|| format!("reading --sim-vendor-key {}", path.display()))?;
+            if vendor.is_none() {
+                vendor = Some(sk.public_key());
+            }
+            bus.insert(provision_sim_key(SimKeySpec::generate(SIM_KEY_NAME, sim_serial), &sk));
+        } else {
+            tracing::warn!("no --sim-vendor-key: the simulated key is unprovisioned and will never be valid");
+            bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
+        }
+        bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
+        Some(SimControl {
+            bus,
+            key: SIM_KEY_NAME.into(),
+        })
+    } else {
+        None
+    };
+
+    let providers = super::common::providers(arg_of(config.key_backend), sim.as_ref().map(|s| &s.bus))?;
+    let validator: Arc<dyn KeyValidator> = match &vendor {
+        Some(pk) => Arc::new(VendorValidator::new(pk.clone())),
+        None => {
+            tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
+            Arc::new(NoVendorKey)
+        }
+    };
+    let machine_id = keyfloat_hal::machine_hardware_id().context("reading the machine id")?;
+    let cell = HardwareIdCell::new(machine_id);
+    let reader = cell.reader();
+    let monitor = keyfloat_hal::spawn_monitor(
+        cell,
+        providers,
+        validator,
+        MonitorConfig {
+            revalidate_every: Duration::from_secs(config.revalidate_secs.max(1)),
+            ..MonitorConfig::default()
+        },
+    )
+    .context("starting the key monitor")?;
+
+    let key_policy = if config.crash_if_no_hardware_key {
+        let store = Arc::clone(&store);
+        KeyPolicy::Crash(Arc::new(move |reason: &str| {
+            tracing::error!(reason, "crashIfNoHardwareKey: stopping the server (exit status 3)");
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "flushing the store failed");
+            }
+            std::process::exit(i32::from(keyfloat_server::EXIT_NO_HARDWARE_KEY));
+        }))
+    } else {
+        KeyPolicy::Refuse
+    };
+
+    let state = AppState::new(StateParts {
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        keys: reader.clone(),
+        tokens,
+        user_authentication: config.user_authentication,
+        key_policy,
+        sim,
+        backend: config.key_backend.as_str().into(),
+        vendor_key: vendor,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
+
+    tokio::spawn(audit_key_events(state.clone()));
+
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        %local,
+        auth = config.user_authentication,
+        crash_if_no_hardware_key = config.crash_if_no_hardware_key,
+        data_dir = %data_dir.display(),
+        "keyfloat server started"
+    );
+    println!("listening on http://{local}");
+    keyfloat_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("shutting down: flushing the store (licenses stay activated)");
+    store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
+    monitor.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Records key changes (valid, lost, invalid) in the audit table. The cell has no
+/// notification, so this polls its generation — one atomic load — ten times a second.
+async fn audit_key_events(state: AppState) {
+    let mut last_generation = u32::MAX;
+    let mut last: Option<(KeyState, Option<String>)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let generation = state.keys().check().generation();
+        if generation == last_generation {
+            continue;
+        }
+        last_generation = generation;
+        let snap = state.keys().snapshot();
+        let serial = snap
+            .primary_key()
+            .and_then(|k| k.serial.as_ref().or(k.info.serial.as_ref()))
+            .map(|s| s.as_str().to_owned());
+        let now = (snap.state(), serial.clone());
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        let kind = match now.0 {
+            KeyState::Valid => "key_valid",
+            KeyState::Absent => "key_absent",
+            KeyState::Validating => "key_validating",
+            KeyState::Invalid => "key_invalid",
+            KeyState::Error => "key_error",
+        };
+        let detail = format!(
+            "hardware id in force {}; key {}",
+            snap.hardware_id.as_str(),
+            serial.as_deref().unwrap_or("-")
+        );
+        last = Some(now);
+        let event = AuditEvent::new(kind, Some("monitor"), None, detail);
+        let _ = keyfloat_server::store::transact(state.store(), move |tx| Ok(tx.audit(&event)?)).await;
+    }
 }
