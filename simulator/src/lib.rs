@@ -2,6 +2,5 @@
 
 pub mod card;
 #[cfg(feature = "hid")]
-#[cfg(feature = "hid")]
 pub mod hid;
 pub mod scenario;
