@@ -209,7 +209,9 @@ impl<S: Send + Sync> FromRequest<S> for Params {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
         let bytes = read_body(req.into_body()).await?;
-        let body = if is_form {
+        // curl -d sends JSON as form-urlencoded by default: a body that looks like JSON is JSON.
+        let looks_json = matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
+        let body = if is_form && !looks_json {
             Self::from_query(&String::from_utf8_lossy(&bytes))
         } else {
             Self::from_json(&bytes)?
