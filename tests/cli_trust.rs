@@ -1,5 +1,6 @@
 //! The vendor workflow through the real binary: keygen → sign-key-cert → license issue →
 //! verify → tamper → verify fails. Plus: no private key PEM is ever part of the source tree.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

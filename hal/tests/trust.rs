@@ -1,5 +1,6 @@
 //! The vendor trust chain end to end: simulated keys provisioned (or not) by a vendor key,
 //! judged by `VendorValidator`, directly and through the monitor `Driver` into the cell.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -599,6 +599,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -751,9 +752,11 @@ mod tests {
         assert_eq!(verify_license(&sign_raw(&json), &public).unwrap(), small_doc());
     }
 
+    type Mutation = fn(&mut LicenseDoc);
+
     #[test]
     fn validate_names_the_bad_value() {
-        let cases: Vec<(fn(&mut LicenseDoc), &str)> = vec![
+        let cases: Vec<(Mutation, &str)> = vec![
             (|d| d.license_id = 0, "license_id"),
             (|d| d.product = "a b".into(), "product"),
             (|d| d.license_type = "forever".into(), "license_type"),

@@ -384,6 +384,7 @@ fn common_name(name: &Name) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -92,6 +92,7 @@ pub(crate) fn label_name(label: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

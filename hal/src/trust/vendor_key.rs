@@ -313,6 +313,7 @@ pub(crate) fn read_text_file(path: &Path, what: &'static str) -> Result<String, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
