@@ -47,11 +47,15 @@ pub fn issue_key_certificate(
     key_public: &p256::PublicKey,
     validity: Duration,
 ) -> Result<Vec<u8>, TrustError> {
+    if validity.is_zero() {
+        return Err(TrustError::InvalidArgument("the validity period is empty".into()));
+    }
     let now = SystemTime::now();
     let not_after = now
         .checked_add(validity)
         .ok_or_else(|| TrustError::InvalidArgument("validity period is too long".into()))?;
-    issue_key_certificate_for_period(vendor, serial, key_public, now - CLOCK_SKEW, not_after)
+    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    issue_key_certificate_for_period(vendor, serial, key_public, not_before, not_after)
 }
 
 /// Like [`issue_key_certificate`] with an explicit validity period.
@@ -437,6 +441,8 @@ mod tests {
         let (_, pk) = key_pair();
         let now = SystemTime::now();
         let e = issue_key_certificate_for_period(&vendor, &Serial::from(1), &pk, now, now).unwrap_err();
+        assert_eq!(e.code(), "invalid_argument");
+        let e = issue_key_certificate(&vendor, &Serial::from(1), &pk, Duration::ZERO).unwrap_err();
         assert_eq!(e.code(), "invalid_argument");
         let e = issue_key_certificate(&vendor, &Serial::new(""), &pk, Duration::from_secs(60)).unwrap_err();
         assert_eq!(e.code(), "invalid_argument");
