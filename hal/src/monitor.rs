@@ -328,8 +328,9 @@ impl Driver {
         while let Some(input) = queue.pop_front() {
             let step = self.monitor.apply(now, input);
             if let Some(snapshot) = step.publish {
-                log_change(&snapshot);
-                published = Some(self.cell.publish(snapshot));
+                let generation = self.cell.publish(snapshot);
+                log_change(&self.cell.snapshot());
+                published = Some(generation);
             }
             for id in step.validate {
                 let validation = self.validate(&id);

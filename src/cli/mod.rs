@@ -5,6 +5,7 @@ pub mod demo;
 pub mod doctor;
 pub mod keys;
 pub mod license;
+pub mod scenario;
 pub mod serve;
 pub mod simulate;
 pub mod user;

@@ -16,6 +16,12 @@ pub enum Command {
     /// Serve a virtual provisioned YubiKey to pcscd through vsmartcard's vpcd reader.
     /// Type `remove` / `insert` on stdin to unplug / replug it; stopping the process unplugs it.
     Card(CardArgs),
+    /// Run scenario files, print their traces, exit non-zero naming the scenario and step of
+    /// the first failed expectation.
+    Run(super::scenario::RunArgs),
+    /// Hold a reader with an exclusive PC/SC connection (the contender of pcsc-mode scenarios).
+    #[command(hide = true)]
+    Hold(super::scenario::HoldArgs),
 }
 
 /// Arguments of `keyfloat simulate card`.
@@ -39,6 +45,8 @@ pub struct CardArgs {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Card(args) => card(args),
+        Command::Run(args) => super::scenario::run(args),
+        Command::Hold(args) => super::scenario::hold(args),
     }
 }
 

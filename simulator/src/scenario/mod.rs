@@ -4,6 +4,8 @@
 
 mod format;
 mod http;
+#[cfg(feature = "pcsc")]
+pub mod pcsc_mode;
 mod run;
 mod server;
 mod trace;

@@ -1,0 +1,448 @@
+//! The `pcsc` run mode: the same scenario against a real pcscd (a private one, in its own
+//! mount namespace, so `restart_pcscd` can kill and restart it), with each scenario key served
+//! as a virtual YubiKey through vpcd, the real PC/SC backend and monitor on a thread, and the
+//! in-process server reading that monitor's cell.
+//!
+//! Time is real here. pcscd polls vpcd readers every 400 ms, so steps run back to back and
+//! the expectations of a device step (`plug`, `unplug`, `swap`, `contend`, `restart_pcscd`,
+//! `advance`) are *eventual*: they must hold within [`SETTLE`]. HTTP expectations are checked
+//! once (requests change state). Contention is a real second PC/SC client — a child process
+//! named `kf-contender` — holding the card with an exclusive connection.
+//!
+//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process: run this mode in a process of its
+//! own (`keyfloat simulate run --mode pcsc`), one scenario per process.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyfloat_hal::backend::pcsc::PcscProvider;
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{
+    spawn_monitor, CellReader, HardwareId, HardwareIdCell, KeyStatus, MonitorConfig, MonitorHandle, Serial,
+};
+
+use super::format::{Action, Expect, Mode, Provisioning, ScenarioSpec, StepSpec};
+use super::http::{HttpTarget, Response};
+use super::run::RunReport;
+use super::server::InProcessServer;
+use super::trace::{HttpOutcome, TraceLine};
+use super::ScenarioError;
+use crate::card::{CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+
+/// How long a device step's expectations may take to hold.
+pub const SETTLE: Duration = Duration::from_secs(8);
+/// Shortest exclusive hold, so pcscd's 400 ms poll and the monitor's retries can see it.
+const MIN_HOLD: Duration = Duration::from_secs(3);
+/// Name of the contending process (≤ 15 bytes: `/proc/PID/comm` is truncated there).
+pub const PCSC_CONTENDER: &str = "kf-contender";
+
+const MONITOR: MonitorConfig = MonitorConfig {
+    revalidate_every: Duration::from_millis(250),
+    retry_initial: Duration::from_millis(50),
+    retry_max: Duration::from_millis(500),
+};
+
+struct PcscRun {
+    spec: ScenarioSpec,
+    pcscd: PrivatePcscd,
+    cards: BTreeMap<String, (u8, SimKeySpec)>,
+    servers: BTreeMap<String, CardServer>,
+    names_by_serial: BTreeMap<String, String>,
+    machine_id: HardwareId,
+    reader: CellReader,
+    _monitor: MonitorHandle,
+    http: Option<InProcessServer>,
+    holders: Vec<Child>,
+    start: Instant,
+    trace: Vec<TraceLine>,
+    step: usize,
+}
+
+fn run_err(spec: &ScenarioSpec, step: usize, message: impl Into<String>) -> ScenarioError {
+    ScenarioError::Run {
+        scenario: spec.name.clone(),
+        step,
+        message: message.into(),
+    }
+}
+
+/// Runs `spec` in pcsc mode (see the module docs). Needs pcscd, vsmartcard-vpcd and `unshare`.
+pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
+    if !spec.modes.contains(&Mode::Pcsc) {
+        return Err(ScenarioError::UnsupportedMode(spec.name.clone(), Mode::Pcsc.as_str()));
+    }
+    if spec.keys.len() > 2 {
+        return Err(run_err(
+            spec,
+            0,
+            "pcsc mode serves at most two keys (the vpcd reader has two slots)",
+        ));
+    }
+    let mut run = PcscRun::start(spec)?;
+    for (i, step) in spec.steps.iter().enumerate() {
+        run.step = i;
+        run.step_once(i, step)?;
+    }
+    Ok(RunReport {
+        name: spec.name.clone(),
+        mode: Mode::Pcsc,
+        trace: std::mem::take(&mut run.trace),
+    })
+}
+
+impl PcscRun {
+    fn start(spec: &ScenarioSpec) -> Result<Self, ScenarioError> {
+        let pcscd = PrivatePcscd::start(0xA000 + (std::process::id() % 2000) as u16 * 2)
+            .map_err(|e| run_err(spec, 0, format!("cannot start pcscd: {e}")))?;
+        // Before the first PC/SC call of this process.
+        std::env::set_var(CSOCK_ENV, pcscd.socket());
+        let vendor = VendorSigningKey::generate();
+        let other_vendor = VendorSigningKey::generate();
+        let mut cards = BTreeMap::new();
+        let mut names_by_serial = BTreeMap::new();
+        for (slot, k) in spec.keys.iter().enumerate() {
+            let base = SimKeySpec::from_seed(&k.name, k.serial, spec.seed);
+            let provisioned = match k.provisioning {
+                Provisioning::Valid => try_provision_sim_key(base, &vendor),
+                Provisioning::WrongVendor => try_provision_sim_key(base, &other_vendor),
+                Provisioning::Unprovisioned => Ok(base),
+                // The certificate of this key, but another key signs: proofs never verify.
+                Provisioning::CorruptSigner => try_provision_sim_key(base, &vendor).map(|mut s| {
+                    s.signing_key = SimKeySpec::from_seed("impostor", k.serial, spec.seed).signing_key;
+                    s
+                }),
+                Provisioning::SerialMismatch => {
+                    let public = p256::PublicKey::from(base.verifying_key());
+                    let other = Serial::from(k.serial.wrapping_add(1));
+                    issue_key_certificate(&vendor, &other, &public, Duration::from_secs(86400))
+                        .map(|der| base.with_certificate(der))
+                }
+            }
+            .map_err(|e| run_err(spec, 0, format!("cannot provision {}: {e}", k.name)))?;
+            let slot = u8::try_from(slot).unwrap_or(0);
+            cards.insert(k.name.clone(), (slot, provisioned));
+            names_by_serial.insert(k.serial.to_string(), k.name.clone());
+        }
+        let machine_id = HardwareId::new(format!("machine-{:016x}", spec.seed));
+        let cell = HardwareIdCell::new(machine_id.clone());
+        let reader = cell.reader();
+        let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
+            .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
+        let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
+            Some(InProcessServer::start(spec, reader.clone()).map_err(|e| run_err(spec, 0, e))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            pcscd,
+            cards,
+            servers: BTreeMap::new(),
+            names_by_serial,
+            machine_id,
+            reader,
+            _monitor: monitor,
+            http,
+            holders: Vec::new(),
+            start: Instant::now(),
+            trace: Vec::new(),
+            step: 0,
+        })
+    }
+
+    fn plug(&mut self, key: &str) -> Result<(), ScenarioError> {
+        if let Some(server) = self.servers.get(key) {
+            server.insert();
+            return Ok(());
+        }
+        let (slot, spec) = self
+            .cards
+            .get(key)
+            .cloned()
+            .ok_or_else(|| run_err(&self.spec, self.step, format!("unknown key {key}")))?;
+        let server = CardServer::connect(self.pcscd.vpcd_addr(slot), VirtualCard::new(&spec))
+            .map_err(|e| run_err(&self.spec, self.step, format!("cannot serve card {key}: {e}")))?;
+        self.servers.insert(key.to_string(), server);
+        Ok(())
+    }
+
+    fn unplug(&mut self, key: &str) {
+        if let Some(server) = self.servers.get(key) {
+            server.remove();
+        }
+    }
+
+    fn contend(&mut self, key: &str, hold: Duration) -> Result<(), ScenarioError> {
+        let slot = self.cards.get(key).map(|(s, _)| *s).unwrap_or(0);
+        let reader = self.pcscd.reader(slot);
+        let exe = std::env::current_exe().map_err(|e| run_err(&self.spec, self.step, e.to_string()))?;
+        // Exec through a link named like the contender, so /proc/PID/comm names it.
+        let dir = std::env::temp_dir().join(format!("keyfloat-contender-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let link: PathBuf = dir.join(PCSC_CONTENDER);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&exe, &link).map_err(|e| run_err(&self.spec, self.step, e.to_string()))?;
+        let mut child = Command::new(&link)
+            .args(["simulate", "hold", "--reader", &reader, "--millis"])
+            .arg(hold.max(MIN_HOLD).as_millis().to_string())
+            .env(CSOCK_ENV, self.pcscd.socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| run_err(&self.spec, self.step, format!("cannot start the contender: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| run_err(&self.spec, self.step, "contender has no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.trim() == "HOLDING" => break,
+                Some(Ok(_)) => {}
+                other => {
+                    let _ = child.kill();
+                    return Err(run_err(
+                        &self.spec,
+                        self.step,
+                        format!("the contender could not take the card: {other:?}"),
+                    ));
+                }
+            }
+        }
+        self.holders.push(child);
+        Ok(())
+    }
+
+    fn label(&self) -> String {
+        let id = self.reader.hardware_id();
+        if id == self.machine_id {
+            "machine".into()
+        } else {
+            self.names_by_serial
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        }
+    }
+
+    fn record(&mut self, action: String, http: Option<HttpOutcome>) {
+        let snap = self.reader.snapshot();
+        let reason = snap.primary_key().and_then(|k| match &k.status {
+            KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
+            KeyStatus::Error { code, .. } => Some((*code).to_string()),
+            _ => None,
+        });
+        let line = TraceLine {
+            at_us: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            step: self.step,
+            action,
+            hardware_id: self.label(),
+            key_state: snap.state().as_str().into(),
+            reason,
+            generation: snap.generation,
+            http,
+        };
+        self.trace.push(line);
+    }
+
+    /// The cell-level expectations that hold right now, or why not.
+    fn cell_mismatch(&self, expect: &Expect) -> Option<String> {
+        let snap = self.reader.snapshot();
+        if let Some(want) = &expect.hardware_id {
+            let got = self.label();
+            if &got != want {
+                return Some(format!("expected hardware_id={want}, got {got}"));
+            }
+        }
+        if let Some(want) = &expect.key_state {
+            if snap.state().as_str() != want {
+                return Some(format!("expected key_state={want}, got {}", snap.state().as_str()));
+            }
+        }
+        let primary = snap.primary_key();
+        if let Some(want) = &expect.reason {
+            let got = primary.and_then(|k| match &k.status {
+                KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
+                KeyStatus::Error { code, .. } => Some((*code).to_string()),
+                _ => None,
+            });
+            if got.as_deref() != Some(want.as_str()) {
+                return Some(format!(
+                    "expected reason={want}, got {}",
+                    got.unwrap_or_else(|| "none".into())
+                ));
+            }
+        }
+        if expect.holder.is_some() {
+            let holders: Vec<String> = snap
+                .keys
+                .iter()
+                .flat_map(|k| match &k.status {
+                    KeyStatus::Error { holders, .. } => holders.iter().map(|h| h.command.clone()).collect(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            if !holders.iter().any(|h| h == PCSC_CONTENDER) {
+                return Some(format!(
+                    "expected the contender ({PCSC_CONTENDER}) to be named as holder, got {holders:?}"
+                ));
+            }
+        }
+        None
+    }
+
+    fn expectation(&self, i: usize, step: &StepSpec, message: String) -> ScenarioError {
+        ScenarioError::Expectation {
+            scenario: self.spec.name.clone(),
+            step: i,
+            action: format!("{:?}", step.action).to_lowercase(),
+            at: format!("{:.0?} (pcsc mode)", self.start.elapsed()),
+            message,
+        }
+    }
+
+    fn settle(&self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+        let Some(expect) = &step.expect else { return Ok(()) };
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.cell_mismatch(expect) {
+                None => return Ok(()),
+                Some(m) if Instant::now() >= deadline => {
+                    return Err(self.expectation(i, step, format!("{m} (waited {SETTLE:?})")));
+                }
+                Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn step_once(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+        let key = step.key.clone().unwrap_or_default();
+        match step.action {
+            Action::Plug => self.plug(&key)?,
+            Action::Unplug => self.unplug(&key),
+            Action::Swap => {
+                self.unplug(&key);
+                self.plug(step.to.as_deref().unwrap_or_default())?;
+            }
+            Action::Contend => self.contend(&key, step.duration.unwrap_or_default())?,
+            Action::RestartPcscd => {
+                let before = self.reader.snapshot().generation;
+                self.pcscd
+                    .restart()
+                    .map_err(|e| run_err(&self.spec, i, format!("pcscd restart failed: {e}")))?;
+                // The expectations are about recovery: first see the monitor notice the outage.
+                let deadline = Instant::now() + SETTLE;
+                while self.reader.snapshot().generation == before {
+                    if Instant::now() >= deadline {
+                        return Err(self.expectation(i, step, "the monitor never noticed pcscd going away".into()));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            Action::Advance => {
+                let prev = i.checked_sub(1).map_or(Duration::ZERO, |p| self.spec.steps[p].at);
+                std::thread::sleep(step.at.saturating_sub(prev).min(Duration::from_secs(10)));
+            }
+            Action::Http => {
+                let h = step
+                    .http
+                    .clone()
+                    .ok_or_else(|| run_err(&self.spec, i, "http step without request"))?;
+                let body = h.body.as_ref().and_then(|b| serde_json::to_value(b).ok());
+                let server = self.http.as_mut().ok_or_else(|| run_err(&self.spec, i, "no server"))?;
+                let resp: Response = server.request(&h.method, &h.path, body.as_ref());
+                self.record(
+                    format!("{} {}", h.method, h.path),
+                    Some(HttpOutcome {
+                        status: resp.status,
+                        code: resp.code(),
+                    }),
+                );
+                if let Some(e) = &step.expect {
+                    if let Some(m) = self.cell_mismatch(e) {
+                        return Err(self.expectation(i, step, m));
+                    }
+                    if let Some(want) = e.status {
+                        if resp.status != want {
+                            return Err(self.expectation(
+                                i,
+                                step,
+                                format!("expected status {want}, got {} {}", resp.status, resp.body),
+                            ));
+                        }
+                    }
+                    if let Some(want) = &e.code {
+                        if resp.code().as_deref() != Some(want.as_str()) {
+                            return Err(self.expectation(
+                                i,
+                                step,
+                                format!("expected code {want}, got {} {}", resp.status, resp.body),
+                            ));
+                        }
+                    }
+                    for (pointer, want) in &e.json {
+                        let want = serde_json::to_value(want).unwrap_or_default();
+                        if resp.body.pointer(pointer) != Some(&want) {
+                            return Err(self.expectation(
+                                i,
+                                step,
+                                format!("expected {pointer} = {want}, got {}", resp.body),
+                            ));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Action::Flap | Action::IoError | Action::RestartServer => {
+                return Err(ScenarioError::UnsupportedMode(
+                    self.spec.name.clone(),
+                    Mode::Pcsc.as_str(),
+                ));
+            }
+        }
+        let result = self.settle(i, step);
+        self.record(format!("{:?} {key}", step.action).to_lowercase(), None);
+        result
+    }
+}
+
+impl Drop for PcscRun {
+    fn drop(&mut self) {
+        for mut h in self.holders.drain(..) {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        self.servers.clear();
+    }
+}
+
+/// Holds `reader` with an exclusive PC/SC connection for `hold`, printing `HOLDING` once it
+/// has the card (what the contender process does).
+pub fn hold_exclusively(reader: &str, hold: Duration) -> Result<(), String> {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(|e| format!("pcsc: {e}"))?;
+    let name = std::ffi::CString::new(reader).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let card = loop {
+        match ctx.connect(&name, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("waiting for the card: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("cannot connect exclusively to {reader}: {e}")),
+        }
+    };
+    println!("HOLDING");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(hold);
+    drop(card);
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `keyfloat simulate run` end to end: the shipped suite in virtual mode (with the
+//! determinism check) and in pcsc mode (real private pcscd + virtual YubiKey through vpcd),
+//! and a deliberately broken expectation.
+//!
+//! The pcsc arm fails when pcscd / vsmartcard-vpcd / unshare are missing, unless
+//! `KEYFLOAT_QUICK_LOCAL=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn keyfloat() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keyfloat"));
+    c.env("RUST_LOG", "error");
+    c
+}
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulator/scenarios");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("scenarios")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn pcsc_available() -> bool {
+    match keyfloat_simulator::card::require_pcscd() {
+        Ok(available) => available,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn suite_passes_in_virtual_mode_deterministically() {
+    let out = keyfloat()
+        .args([
+            "simulate",
+            "run",
+            "--mode",
+            "virtual",
+            "--check-determinism",
+            "--skip-unsupported",
+        ])
+        .args(scenarios())
+        .output()
+        .expect("run keyfloat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.matches("PASS").count() >= 10, "{stdout}");
+}
+
+/// One process per scenario: libpcsclite binds a process to one pcscd socket.
+#[test]
+fn suite_passes_in_pcsc_mode() {
+    if !pcsc_available() {
+        return;
+    }
+    let mut passed = 0;
+    for file in scenarios() {
+        let out = keyfloat()
+            .args(["simulate", "run", "--mode", "pcsc", "--skip-unsupported"])
+            .arg(&file)
+            .output()
+            .expect("run keyfloat");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {stdout}\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        passed += stdout.matches("PASS").count();
+    }
+    assert!(passed >= 5, "only {passed} scenarios support pcsc mode");
+}
+
+#[test]
+fn a_broken_expectation_fails_the_run_naming_scenario_and_step() {
+    let dir = std::env::temp_dir().join(format!("keyfloat-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        r#"
+name = "deliberately-broken"
+seed = 3
+[[keys]]
+name = "alpha"
+serial = 1
+[[steps]]
+at = "0ms"
+action = "plug"
+key = "alpha"
+expect = { hardware_id = "machine" }
+"#,
+    )
+    .expect("write");
+    let out = keyfloat()
+        .args(["simulate", "run"])
+        .arg(&file)
+        .output()
+        .expect("run keyfloat");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("FAIL scenario \"deliberately-broken\" step 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("expected hardware_id=machine, got alpha"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn json_trace_is_written_on_request() {
+    let out_file = std::env::temp_dir().join(format!("keyfloat-trace-{}.json", std::process::id()));
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulator/scenarios/contention.toml");
+    let out = keyfloat()
+        .args(["simulate", "run", "--json-trace"])
+        .arg(&out_file)
+        .arg(scenario)
+        .output()
+        .expect("run keyfloat");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).expect("trace")).expect("json");
+    assert_eq!(v[0]["scenario"], "contention");
+    assert_eq!(v[0]["trace"][1]["reason"], "KEY_BUSY");
+    let _ = std::fs::remove_file(out_file);
+}
