@@ -158,6 +158,7 @@ pub fn parse_bearer(header: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -458,6 +458,7 @@ pub fn license_list_entry(l: &License, seats_in_use: usize, feature_in_use: &BTr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -222,6 +222,7 @@ impl<S: Send + Sync> FromRequest<S> for Params {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -356,6 +356,7 @@ pub fn usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<(usize, BTreeMap<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -586,6 +586,7 @@ impl Tx for SqliteTx<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::error::ApiError;
