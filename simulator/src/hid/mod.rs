@@ -702,7 +702,7 @@ fn cbor_ok(map: Vec<(Value, Value)>) -> Vec<u8> {
     out
 }
 
-fn get<'a>(map: &'a [(Value, Value)], key: u8) -> Option<&'a Value> {
+fn get(map: &[(Value, Value)], key: u8) -> Option<&Value> {
     map.iter()
         .find(|(k, _)| matches!(k, Value::Integer(i) if i128::from(*i) == i128::from(key)))
         .map(|(_, v)| v)

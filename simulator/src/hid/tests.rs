@@ -221,3 +221,37 @@ fn provisioning_needs_a_certificate() {
     assert_eq!(cred.credential_id, credential_id(&spec));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever a host writes, the virtual key answers or ignores it; it never panics.
+    #[test]
+    fn arbitrary_reports_never_panic_the_virtual_key(
+        writes in proptest::collection::vec(proptest::collection::vec(0u8.., 65..=65), 0..12),
+        features in proptest::collection::vec(proptest::collection::vec(0u8.., 9..=9), 0..12),
+    ) {
+        let (t, _) = bus();
+        let mut fido = t.open("simhid/a/1").unwrap();
+        let mut otp = t.open("simhid/a/0").unwrap();
+        let mut buf = [0u8; 64];
+        // Allocate a channel so that half the packets reach the message layer.
+        let mut init = [0u8; 65];
+        init[1..].copy_from_slice(&ctaphid::fragment(ctaphid::BROADCAST_CID, ctaphid::cmd::INIT, &[7; 8]).unwrap()[0]);
+        fido.write(&init).unwrap();
+        fido.read_timeout(&mut buf, Duration::ZERO).unwrap();
+        let cid = [buf[15], buf[16], buf[17], buf[18]];
+        for w in &writes {
+            let mut w = w.clone();
+            if w[0] % 2 == 0 {
+                w[1..5].copy_from_slice(&cid);
+            }
+            let _ = fido.write(&w);
+            while fido.read_timeout(&mut buf, Duration::ZERO).unwrap_or(0) > 0 {}
+        }
+        let mut fbuf = [0u8; 9];
+        for f in &features {
+            let _ = otp.send_feature_report(f);
+            let _ = otp.get_feature_report(&mut fbuf);
+        }
+    }
+}
