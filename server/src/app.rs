@@ -50,13 +50,19 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health_show))
         .route("/sim/plug", post(sim::sim_plug))
         .route("/sim/unplug", post(sim::sim_unplug));
-    Router::new()
+    let router = Router::new()
         .merge(crate::web::routes())
         .route("/auth", get(login::auth_login))
         .nest("/api/v4", v4)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state);
+    with_error_layers(router)
+}
+
+/// The layers every response passes: JSON error safety net and panic catcher.
+fn with_error_layers(router: Router) -> Router {
+    router
         .layer(map_response(json_errors))
         .layer(CatchPanicLayer::custom(panic_response))
 }
@@ -116,4 +122,43 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        panic!("handler bug")
+    }
+
+    async fn plain_teapot() -> (StatusCode, &'static str) {
+        (StatusCode::IM_A_TEAPOT, "short and stout")
+    }
+
+    #[tokio::test]
+    async fn panics_and_bare_errors_become_json() {
+        let app = with_error_layers(Router::new().route("/boom", get(boom)).route("/tea", get(plain_teapot)));
+        let res = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "internal_server_error");
+        let res = app
+            .oneshot(Request::get("/tea").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "bad_request");
+        assert_eq!(v["status"], 418);
+    }
 }

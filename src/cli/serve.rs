@@ -313,3 +313,54 @@ async fn audit_key_events(state: AppState) {
         let _ = keyfloat_server::store::transact(state.store(), move |tx| Ok(tx.audit(&event)?)).await;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> ServerConfig {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied())).unwrap();
+        effective_config(&cli.args).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_yaml_file_and_camel_case_keys_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "listen: 0.0.0.0:9000\nuserAuthentication: true\ncrashIfNoHardwareKey: true\nkey_backend: sim\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p]);
+        assert!(c.user_authentication && c.crash_if_no_hardware_key);
+        assert_eq!(c.listen_addr(), "0.0.0.0:9000");
+        assert_eq!(c.key_backend, KeyBackend::Sim);
+        let c = parse(&[
+            "--config",
+            p,
+            "--user-authentication",
+            "false",
+            "--port",
+            "9100",
+            "--key-backend",
+            "pcsc",
+        ]);
+        assert!(!c.user_authentication && c.crash_if_no_hardware_key);
+        assert_eq!(c.listen_addr(), "0.0.0.0:9100");
+        assert_eq!(c.key_backend, KeyBackend::Pcsc);
+        let c = parse(&["--crash-if-no-hardware-key", "--user-authentication"]);
+        assert!(c.crash_if_no_hardware_key && c.user_authentication);
+        assert_eq!(c.listen_addr(), "127.0.0.1:8080");
+    }
+}

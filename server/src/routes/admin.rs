@@ -14,7 +14,7 @@ use crate::license_file::{self, LicenseDoc};
 use crate::model::{
     self, AuditEvent, Auth, ConsumptionTerms, FeatureKind, FeatureTerms, License, LicenseSource, LicenseTerms,
 };
-use crate::params::{read_body, Params};
+use crate::params::Params;
 use crate::routes::Admin;
 use crate::service;
 use crate::state::AppState;
@@ -369,7 +369,14 @@ pub async fn licenses_upload(
             .await
             .map_err(|e| ApiError::bad_request("invalid_multipart", e.body_text()))?
     } else {
-        read_body(req.into_body()).await?
+        let limit = usize::try_from(license_file::MAX_LICENSE_FILE_LEN).unwrap_or(usize::MAX);
+        axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "License file too large",
+            )
+        })?
     };
     let doc = license_file::verify_license_bytes(&bytes, &vendor)
         .map_err(|e| ApiError::bad_request("license_file_invalid", format!("{} ({})", e, e.code())))?;
