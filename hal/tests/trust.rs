@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{
-    issue_key_certificate, issue_key_certificate_for_period, provision_sim_key, KeyCertificate, VendorPublicKey,
-    VendorSigningKey, VendorValidator,
+    issue_key_certificate, issue_key_certificate_for_period, issue_key_certificate_spki, key_spki_from_pem,
+    provision_sim_key, KeyCertificate, VendorPublicKey, VendorSigningKey, VendorValidator,
 };
 use keyfloat_hal::{
     BackendKind, Driver, Error, ErrorKind, Firmware, HardwareId, HardwareIdCell, HardwareKey, Holder, Input,
@@ -440,4 +440,86 @@ fn huge_inputs_are_too_large() {
         KeyCertificate::from_pem_or_der(huge.as_bytes()).unwrap_err().code(),
         "too_large"
     );
+}
+
+/// A key with an RSA proof key (a PIV RSA-2048 slot): signs challenges PKCS#1 v1.5/SHA-256.
+#[derive(Debug)]
+struct RsaKey {
+    info: KeyInfo,
+    key: rsa::RsaPrivateKey,
+    certificate: Vec<u8>,
+    scheme: SignatureScheme,
+}
+
+impl HardwareKey for RsaKey {
+    fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+    fn read_serial(&mut self) -> keyfloat_hal::Result<Serial> {
+        Ok(Serial::from(99))
+    }
+    fn read_firmware(&mut self) -> keyfloat_hal::Result<Firmware> {
+        Ok(Firmware::new(5, 7, 1))
+    }
+    fn read_certificate(&mut self) -> keyfloat_hal::Result<Vec<u8>> {
+        Ok(self.certificate.clone())
+    }
+    fn sign_challenge(&mut self, challenge: &[u8]) -> keyfloat_hal::Result<Proof> {
+        use rsa::signature::{SignatureEncoding, Signer};
+        let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(self.key.clone());
+        Ok(Proof {
+            scheme: self.scheme,
+            signed_prefix: Vec::new(),
+            signature: signer.sign(challenge).to_vec(),
+        })
+    }
+}
+
+#[test]
+fn rsa_proof_keys_are_verified_and_weak_ones_refused() {
+    use rsa::pkcs8::EncodePublicKey;
+    let vendor = VendorSigningKey::generate();
+    let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
+    let spki = key.to_public_key().to_public_key_der().unwrap();
+    let now = SystemTime::now();
+    let cert = issue_key_certificate_spki(&vendor, &Serial::from(99), spki.as_bytes(), now - DAY, now + DAY).unwrap();
+    let mut dongle = RsaKey {
+        info: ScriptedKey::new(ProofCapability::Signature).info,
+        key,
+        certificate: cert,
+        scheme: SignatureScheme::RsaPkcs1Sha256,
+    };
+    let validator = VendorValidator::new(vendor.public_key());
+    assert!(matches!(
+        validator.validate(&mut dongle),
+        Validation::Valid {
+            proof: ProofStatus::Verified,
+            ..
+        }
+    ));
+    // The right signature labelled with the wrong scheme does not pass.
+    dongle.scheme = SignatureScheme::EcdsaP256Sha256;
+    assert_eq!(
+        reason(&validator.validate(&mut dongle)),
+        Some(InvalidReason::BadSignature)
+    );
+
+    // The PEM form yubico-piv-tool prints is accepted; RSA-1024 is refused.
+    let pem = dongle
+        .key
+        .to_public_key()
+        .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap();
+    assert_eq!(key_spki_from_pem(&pem).unwrap(), spki.as_bytes());
+    let weak = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024).unwrap();
+    let weak_pem = weak
+        .to_public_key()
+        .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap();
+    let e = key_spki_from_pem(&weak_pem).unwrap_err();
+    assert_eq!(e.code(), "wrong_key_type");
+    assert!(e.to_string().contains("RSA-1024"), "{e}");
+    let weak_spki = weak.to_public_key().to_public_key_der().unwrap();
+    let e = issue_key_certificate_spki(&vendor, &Serial::from(1), weak_spki.as_bytes(), now, now + DAY).unwrap_err();
+    assert_eq!(e.code(), "wrong_key_type");
 }

@@ -20,10 +20,11 @@ use x509_cert::Certificate;
 
 use super::error::TrustError;
 use super::pem;
-use super::vendor_key::{p256_public_from_pem, p256_public_from_spki_der, verify_p256, MAX_PEM_FILE_LEN};
+use super::proof_key::ProofKey;
+use super::vendor_key::{p256_public_from_pem, p256_public_from_spki_der, MAX_PEM_FILE_LEN};
 use super::{VendorPublicKey, VendorSigningKey};
 use crate::backend::sim::SimKeySpec;
-use crate::key::{Proof, Serial, SignatureScheme};
+use crate::key::{Proof, Serial};
 
 const OID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 const OID_SERIAL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
@@ -73,8 +74,8 @@ pub fn issue_key_certificate_for_period(
 }
 
 /// Like [`issue_key_certificate_for_period`] for a SubjectPublicKeyInfo in DER (what
-/// `yubico-piv-tool -a generate` prints, once un-PEMed). Only P-256 keys are accepted: they
-/// are the only proof keys a server can verify.
+/// `yubico-piv-tool -a generate` prints, once un-PEMed; see [`super::key_spki_from_pem`]).
+/// Only P-256 and RSA 2048–4096 keys are accepted: the proof keys a server can verify.
 pub fn issue_key_certificate_spki(
     vendor: &VendorSigningKey,
     serial: &Serial,
@@ -82,8 +83,8 @@ pub fn issue_key_certificate_spki(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<Vec<u8>, TrustError> {
-    // Parsing first rejects RSA / other curves with a clear message.
-    p256_public_from_spki_der(spki_der)?;
+    // Parsing first rejects other key types with a clear message.
+    ProofKey::from_spki_der(spki_der)?;
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)
         .map_err(|e| TrustError::KeyInvalid(format!("SubjectPublicKeyInfo does not parse: {e}")))?;
     check_serial(serial)?;
@@ -331,36 +332,31 @@ impl KeyCertificate {
         vendor.verify(&tbs, sig)
     }
 
-    /// The certified public key, when it is a P-256 key.
+    /// The certified key, when it is a P-256 key.
     pub fn public_key(&self) -> Result<p256::PublicKey, TrustError> {
-        let spki = self
-            .cert
+        p256_public_from_spki_der(&self.spki_der()?)
+    }
+
+    /// The certified key as SubjectPublicKeyInfo DER.
+    pub fn spki_der(&self) -> Result<Vec<u8>, TrustError> {
+        self.cert
             .tbs_certificate
             .subject_public_key_info
             .to_der()
-            .map_err(|e| TrustError::CertificateInvalid(format!("public key does not re-encode: {e}")))?;
-        p256_public_from_spki_der(&spki).map_err(|e| match e {
-            TrustError::WrongKeyType { found, .. } => TrustError::UnsupportedAlgorithm(format!(
-                "certified key is {found}; keyfloat verifies P-256 proof keys (provision slot 9E with -A ECCP256)"
-            )),
-            other => other,
-        })
+            .map_err(|e| TrustError::CertificateInvalid(format!("public key does not re-encode: {e}")))
     }
 
     /// Checks a proof of possession: `proof` must be the certified key's signature over
-    /// `proof.signed_message(challenge)`.
+    /// `proof.signed_message(challenge)`, in the scheme matching the certified key
+    /// (ECDSA P-256/SHA-256 or RSA PKCS#1 v1.5/SHA-256).
     pub fn verify_proof(&self, challenge: &[u8], proof: &Proof) -> Result<(), TrustError> {
-        let key = self.public_key()?;
-        match proof.scheme {
-            SignatureScheme::EcdsaP256Sha256 => verify_p256(
-                &p256::ecdsa::VerifyingKey::from(key),
-                &proof.signed_message(challenge),
-                &proof.signature,
-            ),
-            SignatureScheme::RsaPkcs1Sha256 => Err(TrustError::SignatureInvalid(
-                "the key answered with an RSA signature but its certificate holds a P-256 key".into(),
-            )),
-        }
+        let key = ProofKey::from_spki_der(&self.spki_der()?).map_err(|e| match e {
+            TrustError::WrongKeyType { found, .. } => {
+                TrustError::UnsupportedAlgorithm(format!("certified key is {found}"))
+            }
+            other => other,
+        })?;
+        key.verify(proof.scheme, &proof.signed_message(challenge), &proof.signature)
     }
 }
 
@@ -391,6 +387,7 @@ fn common_name(name: &Name) -> Option<String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::key::SignatureScheme;
 
     fn key_pair() -> (p256::ecdsa::SigningKey, p256::PublicKey) {
         let sk = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);

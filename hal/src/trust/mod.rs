@@ -28,6 +28,7 @@
 mod certificate;
 mod error;
 mod pem;
+mod proof_key;
 mod validator;
 mod vendor_key;
 
@@ -36,5 +37,6 @@ pub use certificate::{
     provision_sim_key, try_provision_sim_key, KeyCertificate, SIM_CERT_VALIDITY,
 };
 pub use error::TrustError;
+pub use proof_key::key_spki_from_pem;
 pub use validator::{system_clock, Clock, VendorValidator};
 pub use vendor_key::{VendorPublicKey, VendorSigningKey, MAX_PEM_FILE_LEN};
