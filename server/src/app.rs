@@ -53,11 +53,12 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .merge(crate::web::routes())
         .route("/auth", get(login::auth_login))
+        .route("/metrics", get(crate::metrics::metrics_show))
         .nest("/api/v4", v4)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
-    with_error_layers(router)
+    with_error_layers(router).layer(axum::middleware::from_fn(crate::metrics::track))
 }
 
 /// The layers every response passes: JSON error safety net and panic catcher.

@@ -91,7 +91,9 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        (self.status, Json(self.body())).into_response()
+        let mut res = (self.status, Json(self.body())).into_response();
+        res.extensions_mut().insert(crate::metrics::ErrorCode(self.code));
+        res
     }
 }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod license_file;
+pub mod metrics;
 
 pub mod app;
 pub mod auth;
