@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use keyfloat_hal::trust::{issue_key_certificate, key_public_from_pem, KeyCertificate, VendorSigningKey};
+use keyfloat_hal::trust::{issue_key_certificate_spki, key_spki_from_pem, KeyCertificate, VendorSigningKey};
 use keyfloat_hal::Serial;
 
 /// Subcommands of `keyfloat vendor`.
@@ -37,7 +37,8 @@ pub struct SignKeyCertArgs {
     /// The key's serial, as `yubico-piv-tool -a status` or `ykman info` shows it.
     #[arg(long)]
     serial: String,
-    /// The key's slot-9E public key: the PEM `yubico-piv-tool -a generate -s 9e -A ECCP256` prints.
+    /// The key's slot-9E public key: the PEM `yubico-piv-tool -a generate -s 9e -A ECCP256`
+    /// prints (RSA2048 keys are accepted too).
     #[arg(long, value_name = "FILE")]
     public_key: PathBuf,
     /// Validity in days from now.
@@ -85,15 +86,19 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("vendor key {}", args.vendor_key.display()))?;
     let text = std::fs::read_to_string(&args.public_key)
         .with_context(|| format!("cannot read the key's public key {}", args.public_key.display()))?;
-    let public = key_public_from_pem(&text).with_context(|| {
+    let spki = key_spki_from_pem(&text).with_context(|| {
         format!(
             "{}: expected the slot-9E public key PEM (yubico-piv-tool -a generate -s 9e -A ECCP256 -o pub.pem)",
             args.public_key.display()
         )
     })?;
     let serial = Serial::new(args.serial.trim());
-    let validity = Duration::from_secs(u64::from(args.days) * 86_400);
-    let der = issue_key_certificate(&vendor, &serial, &public, validity).context("cannot sign the certificate")?;
+    let now = SystemTime::now();
+    // Back-dated a little so a server whose clock lags accepts it at once.
+    let not_before = now - Duration::from_secs(300);
+    let not_after = now + Duration::from_secs(u64::from(args.days) * 86_400);
+    let der = issue_key_certificate_spki(&vendor, &serial, &spki, not_before, not_after)
+        .context("cannot sign the certificate")?;
     let cert = KeyCertificate::from_der(&der).context("the new certificate does not parse back")?;
     let as_der = args.der || has_extension(&args.out, "der");
     let bytes = if as_der {
