@@ -326,6 +326,7 @@ fn fido_only_key_with_visible_usb_serial_is_verified() {
             otp: false,
             fido: true,
             usb_serial_visible: true,
+            serial_api_visible: true,
         },
     );
     rig.hid.plug("f").unwrap();
@@ -418,4 +419,45 @@ fn spawned_monitor_follows_plug_and_unplug_by_polling() {
     );
     handle.stop();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serial_hidden_from_otp_falls_back_to_the_usb_serial_or_fails_typed() {
+    let mut rig = Rig::new("hidden", vendor_validator);
+    let spec = rig.add_key("shown", 6006);
+    rig.hid.insert_with(
+        spec,
+        SimHidInterfaces {
+            usb_serial_visible: true,
+            serial_api_visible: false,
+            ..SimHidInterfaces::default()
+        },
+    );
+    rig.hid.plug("shown").unwrap();
+    let s = rig.step();
+    assert_eq!(status_of(&s), &verified());
+    assert_eq!(s.hardware_id, HardwareId::new("6006"));
+    rig.hid.unplug("shown").unwrap();
+
+    let spec = rig.add_key("hidden", 7007);
+    rig.hid.insert_with(
+        spec,
+        SimHidInterfaces {
+            serial_api_visible: false,
+            ..SimHidInterfaces::default()
+        },
+    );
+    rig.hid.plug("hidden").unwrap();
+    let s = rig.step();
+    assert!(
+        matches!(
+            status_of(&s),
+            KeyStatus::Error {
+                kind: ErrorKind::Unsupported,
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    assert_eq!(s.hardware_id, HardwareId::new(MACHINE));
 }

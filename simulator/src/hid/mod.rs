@@ -85,6 +85,8 @@ pub struct SimHidInterfaces {
     pub fido: bool,
     /// Whether the USB iSerial string shows the serial (the "serial visible over USB" flag).
     pub usb_serial_visible: bool,
+    /// Whether the OTP interface tells the serial (the "serial API visible" flag).
+    pub serial_api_visible: bool,
 }
 
 impl Default for SimHidInterfaces {
@@ -93,6 +95,7 @@ impl Default for SimHidInterfaces {
             otp: true,
             fido: true,
             usb_serial_visible: false,
+            serial_api_visible: true,
         }
     }
 }
@@ -560,8 +563,10 @@ fn otp_write(d: &mut Device, report: &[u8]) {
         if crc != crc16(&frame[..64]) {
             return; // the key ignores a corrupted frame; the host sees no answer
         }
-        let Kind::YubiKey { spec, .. } = &d.kind else { return };
-        if frame[64] == SLOT_DEVICE_SERIAL {
+        let Kind::YubiKey { spec, interfaces } = &d.kind else {
+            return;
+        };
+        if frame[64] == SLOT_DEVICE_SERIAL && interfaces.serial_api_visible {
             if let Some(serial) = serial_u32(spec) {
                 let mut resp = serial.to_be_bytes().to_vec();
                 let crc = !crc16(&resp);

@@ -471,10 +471,15 @@ impl HardwareKey for HidKey {
             (HidKeyKind::YubiKey, Some(otp)) => {
                 let timing = self.config.otp_timing;
                 let path = otp.path.clone();
-                let n = with_conn(self.transport.as_ref(), &mut self.otp, &path, |c| {
+                let read = with_conn(self.transport.as_ref(), &mut self.otp, &path, |c| {
                     otp::OtpInterface::new(c, timing).read_serial()
-                })?;
-                Serial::from(n)
+                });
+                match (read, &self.device.primary.serial_number) {
+                    (Ok(n), _) => Serial::from(n),
+                    // Serial hidden from the OTP interface, but shown as the USB serial string.
+                    (Err(e), Some(usb)) if e.kind() == ErrorKind::Unsupported => Serial::new(usb.clone()),
+                    (Err(e), _) => return Err(e),
+                }
             }
             _ => {
                 // Generic dongle, or a YubiKey without its OTP interface: the USB serial string,

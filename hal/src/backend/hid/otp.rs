@@ -260,12 +260,11 @@ impl<'a> OtpInterface<'a> {
                     ));
                 }
             } else if trailer == 0 {
-                // A plain status report: the key has nothing (more) to say.
-                return Err(if response.is_empty() {
-                    Error::new(ErrorKind::Protocol, "YubiKey rejected the OTP command (no data)")
-                } else {
-                    Error::new(ErrorKind::Protocol, "OTP response ended early")
-                });
+                // A plain status report: the command produced no data (or stopped short).
+                if response.is_empty() {
+                    return Ok(response);
+                }
+                return Err(Error::new(ErrorKind::Protocol, "OTP response ended early"));
             } else if Instant::now() >= deadline {
                 let what = if trailer & RESP_TIMEOUT_WAIT_FLAG != 0 {
                     "YubiKey waited for a touch"
@@ -279,9 +278,16 @@ impl<'a> OtpInterface<'a> {
         }
     }
 
-    /// Reads the serial (slot 0x10). Fails with `Protocol` when the key hides its serial.
+    /// Reads the serial (slot 0x10). [`ErrorKind::Unsupported`] when the key answers with no
+    /// data: its configuration hides the serial (the "serial API visible" flag is off).
     pub fn read_serial(&mut self) -> Result<u32> {
         let resp = self.send_and_receive(SLOT_DEVICE_SERIAL, &[])?;
+        if resp.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "the YubiKey does not show its serial over OTP (serial-api-visible is off)",
+            ));
+        }
         parse_serial_response(&resp)
     }
 }
@@ -442,8 +448,17 @@ mod tests {
     }
 
     #[test]
-    fn no_answer_is_protocol_and_slow_answer_times_out() {
+    fn hidden_serial_is_unsupported_and_slow_answer_times_out() {
         let (mut conn, _) = scripted(vec![Ok(READY), Ok(READY), Ok(READY)]);
+        assert_eq!(
+            OtpInterface::new(&mut conn, fast()).read_serial().unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+        // Data, then a plain status: cut short.
+        let mut reads = vec![Ok(READY), Ok(READY)];
+        reads.push(serial_reports(1).remove(0));
+        reads.push(Ok(READY));
+        let (mut conn, _) = scripted(reads);
         assert_eq!(
             OtpInterface::new(&mut conn, fast()).read_serial().unwrap_err().kind(),
             ErrorKind::Protocol
