@@ -123,11 +123,16 @@ impl HidConfig {
     /// Defaults, overridden by [`PROVISIONING_DIR_ENV`], [`DONGLES_ENV`] and [`POLL_MS_ENV`].
     /// Values that do not parse are logged and ignored (the backend still runs).
     pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`HidConfig::from_env`], reading the variables through `var`.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Self {
         let mut c = Self::default();
-        if let Some(dir) = std::env::var_os(PROVISIONING_DIR_ENV).filter(|d| !d.is_empty()) {
+        if let Some(dir) = var(PROVISIONING_DIR_ENV).filter(|d| !d.is_empty()) {
             c.provisioning = Some(ProvisioningStore::new(dir));
         }
-        if let Ok(list) = std::env::var(DONGLES_ENV) {
+        if let Some(list) = var(DONGLES_ENV) {
             for item in list.split(',').filter(|s| !s.trim().is_empty()) {
                 match item.parse() {
                     Ok(id) => c.dongles.push(id),
@@ -135,7 +140,7 @@ impl HidConfig {
                 }
             }
         }
-        if let Ok(ms) = std::env::var(POLL_MS_ENV) {
+        if let Some(ms) = var(POLL_MS_ENV) {
             match ms.trim().parse::<u64>() {
                 Ok(ms) if ms > 0 => c.poll_interval = Duration::from_millis(ms),
                 _ => tracing::warn!(target: "keyfloat::key", value = %ms, "ignoring invalid {POLL_MS_ENV}"),

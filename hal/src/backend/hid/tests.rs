@@ -220,20 +220,21 @@ fn generic_dongles_are_serial_only() {
 
 #[test]
 fn config_reads_the_environment_leniently() {
-    // Only this test touches these variables.
-    std::env::set_var(DONGLES_ENV, "096e:0006, bogus");
-    std::env::set_var(POLL_MS_ENV, "40");
-    std::env::set_var(PROVISIONING_DIR_ENV, "/tmp/keyfloat-creds");
-    let c = HidConfig::from_env();
-    std::env::remove_var(DONGLES_ENV);
-    std::env::remove_var(POLL_MS_ENV);
-    std::env::remove_var(PROVISIONING_DIR_ENV);
+    // Through a lookup function: setting real variables would race with other test threads.
+    let vars = std::collections::HashMap::from([
+        (DONGLES_ENV, "096e:0006, bogus"),
+        (POLL_MS_ENV, "40"),
+        (PROVISIONING_DIR_ENV, "/tmp/keyfloat-creds"),
+    ]);
+    let c = HidConfig::from_lookup(|name| vars.get(name).map(|v| v.to_string()));
     assert_eq!(c.dongles, vec![DONGLE]);
     assert_eq!(c.poll_interval, Duration::from_millis(40));
     assert_eq!(
         c.provisioning.unwrap().dir(),
         std::path::Path::new("/tmp/keyfloat-creds")
     );
+    let c = HidConfig::from_lookup(|name| (name == POLL_MS_ENV).then(|| "0".to_string()));
+    assert_eq!(c, HidConfig::default(), "a zero interval is ignored");
     assert_eq!(HidConfig::default().poll_interval, Duration::from_millis(250));
     assert_eq!(HidConfig::default().rp_id, "keyfloat.license");
 }
