@@ -120,12 +120,23 @@ pub async fn track(req: Request<Body>, next: Next) -> Response<Body> {
     let method = req.method().clone();
     let res = next.run(req).await;
     let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
-    Metrics::global().record_request(
-        route.as_deref().unwrap_or("other"),
-        method.as_str(),
-        res.status().as_u16(),
-        code,
-    );
+    let route = route.as_deref().unwrap_or("other");
+    let status = res.status().as_u16();
+    Metrics::global().record_request(route, method.as_str(), status, code);
+    // One log line per refused action (the gate, or a missing/insufficient login).
+    match code {
+        Some(GATE_CODE) => tracing::warn!(
+            target: "keyfloat::gate",
+            route,
+            method = %method,
+            code = GATE_CODE,
+            "action refused: no valid hardware key for a key-bound license"
+        ),
+        Some(code @ ("unauthorized" | "forbidden")) => {
+            tracing::info!(target: "keyfloat::gate", route, method = %method, code, status, "request refused")
+        }
+        _ => {}
+    }
     res
 }
 
@@ -418,11 +429,13 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<KeyEvent> {
 }
 
 /// Logs, counts and audits every key event, polling the cell's generation (one atomic
-/// load) every 50 ms; runs until the task is dropped with the runtime.
+/// load) every 10 ms; runs until the task is dropped with the runtime. A flap shorter than
+/// one tick is not reported as events (the cell has no change notification), but it still
+/// counts in `keyfloat_key_cell_generation`.
 pub async fn watch_keys(state: AppState) {
     let mut last = Arc::new(Snapshot::no_key(state.keys().snapshot().machine_id.clone()));
     let mut last_generation = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

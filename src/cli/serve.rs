@@ -13,9 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{provision_sim_key, VendorPublicKey, VendorSigningKey, VendorValidator};
-use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyState, KeyValidator, MonitorConfig, Validation};
+use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::model::AuditEvent;
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SimControl, SqliteStore, StateParts, Store};
 
 use super::common::KeyBackendArg;
@@ -146,7 +145,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(serve(config, sim_serial))
 }
 
-async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
+/// The server loop (also used by `keyfloat demo`): store, key monitor, app, until SIGTERM.
+pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
     let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let tokens = TokenKeys::load_or_create(&data_dir).context("loading the JWT secret")?;
@@ -229,7 +229,8 @@ async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode
     .await
     .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
 
-    tokio::spawn(audit_key_events(state.clone()));
+    // Key events: one log line, one audit row and one metric each.
+    tokio::spawn(keyfloat_server::metrics::watch_keys(state.clone()));
 
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -271,46 +272,6 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-    }
-}
-
-/// Records key changes (valid, lost, invalid) in the audit table. The cell has no
-/// notification, so this polls its generation — one atomic load — ten times a second.
-async fn audit_key_events(state: AppState) {
-    let mut last_generation = u32::MAX;
-    let mut last: Option<(KeyState, Option<String>)> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let generation = state.keys().check().generation();
-        if generation == last_generation {
-            continue;
-        }
-        last_generation = generation;
-        let snap = state.keys().snapshot();
-        let serial = snap
-            .primary_key()
-            .and_then(|k| k.serial.as_ref().or(k.info.serial.as_ref()))
-            .map(|s| s.as_str().to_owned());
-        let now = (snap.state(), serial.clone());
-        if last.as_ref() == Some(&now) {
-            continue;
-        }
-        let kind = match now.0 {
-            KeyState::Valid => "key_valid",
-            KeyState::Absent => "key_absent",
-            KeyState::Validating => "key_validating",
-            KeyState::Invalid => "key_invalid",
-            KeyState::Error => "key_error",
-        };
-        let detail = format!(
-            "hardware id in force {}; key {}",
-            snap.hardware_id.as_str(),
-            serial.as_deref().unwrap_or("-")
-        );
-        last = Some(now);
-        let event = AuditEvent::new(kind, Some("monitor"), None, detail);
-        let _ = keyfloat_server::store::transact(state.store(), move |tx| Ok(tx.audit(&event)?)).await;
     }
 }
 
