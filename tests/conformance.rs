@@ -1,0 +1,454 @@
+//! One conformance suite, three backends: the same cases — plug, swap, unplug, busy (another
+//! process holds the key), a transient I/O fault, a key that signs garbage — run through the
+//! real monitor thread, the vendor trust chain and the hardware-ID cell, against
+//! - `sim`: the simulated dongle;
+//! - `hid`: the HID backend through its transport seam, against the virtual HID YubiKey (no HID
+//!   device can exist on CI machines, so the seam is where the backend meets a device);
+//! - `pcsc`: the PC/SC backend through a real (private) pcscd, with virtual YubiKeys served by
+//!   vpcd and a real second PC/SC client (`keyfloat simulate hold`) holding the card.
+//!
+//! The pcsc arm fails when pcscd / vsmartcard-vpcd are missing, unless `KEYFLOAT_QUICK_LOCAL=1`.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{
+    spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, Holder, KeyProvider, KeyState, KeyStatus,
+    MonitorConfig, MonitorHandle, ProofStatus,
+};
+
+/// The keys of the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum K {
+    /// Genuine, serial 11111111.
+    Good,
+    /// Genuine, another serial.
+    Other,
+    /// Genuine certificate, but the key signs garbage.
+    Garbage,
+}
+
+impl K {
+    fn name(self) -> &'static str {
+        match self {
+            K::Good => "good",
+            K::Other => "other",
+            K::Garbage => "garbage",
+        }
+    }
+    fn serial(self) -> u32 {
+        match self {
+            K::Good => 11_111_111,
+            K::Other => 22_222_222,
+            K::Garbage => 33_333_333,
+        }
+    }
+    /// The key material: provisioned by `vendor`; `Garbage` gets an impostor signing key.
+    fn spec(self, vendor: &VendorSigningKey) -> SimKeySpec {
+        let mut spec = provision_sim_key(SimKeySpec::from_seed(self.name(), self.serial(), 5), vendor);
+        if self == K::Garbage {
+            spec.signing_key = SimKeySpec::from_seed("impostor", self.serial(), 5).signing_key;
+        }
+        spec
+    }
+}
+
+/// What a backend arm must offer.
+trait Rig {
+    fn plug(&mut self, k: K);
+    fn unplug(&mut self, k: K);
+    /// Another process takes the key exclusively.
+    fn hold(&mut self, k: K);
+    fn release(&mut self, k: K);
+    /// The key's I/O fails (until `heal`, or once, depending on the backend).
+    fn fault(&mut self, k: K);
+    fn heal(&mut self, k: K);
+    /// Whether busy errors name the holder process on this backend.
+    fn names_holders(&self) -> bool;
+    /// How long hot-plug may take to show.
+    fn settle(&self) -> Duration;
+}
+
+const MACHINE: &str = "conformance-machine";
+const MONITOR: MonitorConfig = MonitorConfig {
+    revalidate_every: Duration::from_millis(200),
+    retry_initial: Duration::from_millis(50),
+    retry_max: Duration::from_millis(300),
+};
+
+/// Watches the cell on a thread, keeping every distinct (state, reason) it saw, so short
+/// transient states (a retried I/O error) are not missed.
+struct Recorder {
+    seen: Arc<Mutex<Vec<(KeyState, Option<String>)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(reader: CellReader) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut last = 0;
+            while !st.load(Ordering::Relaxed) {
+                let snap = reader.snapshot();
+                if snap.generation != last {
+                    last = snap.generation;
+                    let reason = snap.primary_key().and_then(|k| match &k.status {
+                        KeyStatus::Error { code, .. } => Some((*code).to_string()),
+                        KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
+                        _ => None,
+                    });
+                    s.lock().expect("recorder").push((snap.state(), reason));
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        Self {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+    fn take(&self) -> Vec<(KeyState, Option<String>)> {
+        std::mem::take(&mut *self.seen.lock().expect("recorder"))
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait(reader: &CellReader, limit: Duration, what: &str, cond: impl Fn(&keyfloat_hal::Snapshot) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let snap = reader.snapshot();
+        if cond(&snap) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; cell: {:#?}",
+            **snap
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn in_force_is(s: &keyfloat_hal::Snapshot, k: K) -> bool {
+    s.hardware_id.as_str() == k.serial().to_string()
+        && s.in_force.as_ref().is_some_and(|v| {
+            v.status
+                == KeyStatus::Valid {
+                    proof: ProofStatus::Verified,
+                }
+        })
+}
+
+/// The suite. `reader` is the cell the arm's monitor publishes to.
+fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
+    let t = rig.settle();
+    let machine = |s: &keyfloat_hal::Snapshot| s.hardware_id.as_str() == MACHINE && s.in_force.is_none();
+
+    // Plug: the key's serial becomes the hardware ID, with a verified proof.
+    rig.plug(K::Good);
+    wait(reader, t, "good in force", |s| in_force_is(s, K::Good));
+
+    // Swap: the other genuine key takes over.
+    rig.unplug(K::Good);
+    rig.plug(K::Other);
+    wait(reader, t, "other in force", |s| in_force_is(s, K::Other));
+
+    // Unplug: back to the machine's ID, nothing attached.
+    rig.unplug(K::Other);
+    wait(reader, t, "machine id", |s| machine(s) && s.state() == KeyState::Absent);
+
+    // Busy: another process holds the key — reported as busy (never absent), holder named.
+    rig.plug(K::Good);
+    wait(reader, t, "good in force", |s| in_force_is(s, K::Good));
+    rig.hold(K::Good);
+    let names = rig.names_holders();
+    wait(reader, t, "busy", |s| {
+        machine(s)
+            && s.keys.iter().any(|k| match &k.status {
+                KeyStatus::Error { kind, holders, .. } => *kind == ErrorKind::Busy && (!names || !holders.is_empty()),
+                _ => false,
+            })
+    });
+    rig.release(K::Good);
+    wait(reader, t, "recovered after release", |s| in_force_is(s, K::Good));
+
+    // A transient I/O fault: the key leaves force, the monitor retries, it comes back.
+    let recorder = Recorder::start(reader.clone());
+    rig.fault(K::Good);
+    wait(reader, t, "fault noticed", |s| {
+        machine(s) && s.state() == KeyState::Error
+    });
+    rig.heal(K::Good);
+    wait(reader, t, "recovered after fault", |s| in_force_is(s, K::Good));
+    let seen = recorder.take();
+    assert!(seen.iter().any(|(st, _)| *st == KeyState::Error), "{seen:?}");
+    drop(recorder);
+
+    // A key that signs garbage is invalid (bad signature), never in force.
+    rig.unplug(K::Good);
+    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    rig.plug(K::Garbage);
+    wait(reader, t, "garbage invalid", |s| {
+        machine(s)
+            && s.keys.iter().any(|k| {
+                k.status
+                    == KeyStatus::Invalid {
+                        reason: keyfloat_hal::InvalidReason::BadSignature,
+                    }
+            })
+    });
+    rig.unplug(K::Garbage);
+    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+}
+
+fn monitor(provider: Arc<dyn KeyProvider>, vendor: &VendorSigningKey) -> (CellReader, MonitorHandle) {
+    let cell = HardwareIdCell::new(HardwareId::new(MACHINE));
+    let reader = cell.reader();
+    let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+    let handle = spawn_monitor(cell, vec![provider], validator, MONITOR).expect("monitor");
+    (reader, handle)
+}
+
+fn holder() -> Holder {
+    Holder {
+        pid: 4242,
+        command: "other-client".into(),
+    }
+}
+
+// ---------------------------------------------------------------- sim arm
+
+struct SimRig(SimBus);
+
+impl Rig for SimRig {
+    fn plug(&mut self, k: K) {
+        self.0.plug(k.name()).expect("plug");
+    }
+    fn unplug(&mut self, k: K) {
+        self.0.unplug(k.name()).expect("unplug");
+    }
+    fn hold(&mut self, k: K) {
+        self.0.make_busy(k.name(), Some(holder())).expect("busy");
+    }
+    fn release(&mut self, k: K) {
+        self.0.make_busy(k.name(), None).expect("release");
+    }
+    fn fault(&mut self, k: K) {
+        // A stuck error until healed: fail every operation.
+        self.0.make_busy(k.name(), None).expect("release");
+        self.0.fail_next(k.name(), ErrorKind::Io).expect("fail");
+    }
+    fn heal(&mut self, _k: K) {}
+    fn names_holders(&self) -> bool {
+        true
+    }
+    fn settle(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+}
+
+#[test]
+fn sim_backend_conforms() {
+    let vendor = VendorSigningKey::generate();
+    let bus = SimBus::new();
+    for k in [K::Good, K::Other, K::Garbage] {
+        bus.insert(k.spec(&vendor));
+    }
+    let (reader, _monitor) = monitor(Arc::new(bus.provider()), &vendor);
+    conformance(&mut SimRig(bus), &reader);
+}
+
+// ---------------------------------------------------------------- hid arm
+
+#[cfg(feature = "hid")]
+mod hid_arm {
+    use super::*;
+    use keyfloat_hal::backend::hid::{HidConfig, HidProvider, ProvisioningStore};
+    use keyfloat_simulator::hid::{provision, SimHidTransport};
+
+    struct HidRig(SimHidTransport);
+
+    impl Rig for HidRig {
+        fn plug(&mut self, k: K) {
+            self.0.plug(k.name()).expect("plug");
+        }
+        fn unplug(&mut self, k: K) {
+            self.0.unplug(k.name()).expect("unplug");
+        }
+        fn hold(&mut self, k: K) {
+            self.0.make_busy(k.name(), Some(holder())).expect("busy");
+        }
+        fn release(&mut self, k: K) {
+            self.0.make_busy(k.name(), None).expect("release");
+        }
+        fn fault(&mut self, k: K) {
+            self.0.fail_next(k.name(), ErrorKind::Io).expect("fail");
+        }
+        fn heal(&mut self, _k: K) {}
+        fn names_holders(&self) -> bool {
+            true
+        }
+        fn settle(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+    }
+
+    #[test]
+    fn hid_backend_conforms_through_its_transport_seam() {
+        let vendor = VendorSigningKey::generate();
+        let dir = std::env::temp_dir().join(format!("keyfloat-conformance-hid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = ProvisioningStore::new(&dir);
+        let hid = SimHidTransport::new();
+        for k in [K::Good, K::Other, K::Garbage] {
+            let spec = k.spec(&vendor);
+            // The credential file names the genuine certificate; the garbage key signs with another key.
+            provision(&store, &spec).expect("provision");
+            hid.insert(spec);
+        }
+        let config = HidConfig {
+            poll_interval: Duration::from_millis(20),
+            provisioning: Some(store),
+            ..HidConfig::default()
+        };
+        let provider = Arc::new(HidProvider::new(Arc::new(hid.clone()), config));
+        let (reader, _monitor) = monitor(provider, &vendor);
+        conformance(&mut HidRig(hid), &reader);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+// ---------------------------------------------------------------- pcsc arm
+
+#[cfg(feature = "pcsc")]
+mod pcsc_arm {
+    use super::*;
+    use keyfloat_hal::backend::pcsc::PcscProvider;
+    use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+
+    struct PcscRig {
+        pcscd: PrivatePcscd,
+        specs: BTreeMap<K, SimKeySpec>,
+        cards: BTreeMap<K, CardServer>,
+        holders: BTreeMap<K, Child>,
+    }
+
+    /// Good on slot 0; Other and Garbage share slot 1 (never plugged together).
+    fn slot(k: K) -> u8 {
+        u8::from(k != K::Good)
+    }
+
+    impl Rig for PcscRig {
+        fn plug(&mut self, k: K) {
+            if let Some(c) = self.cards.get(&k) {
+                c.insert();
+                return;
+            }
+            let card = VirtualCard::new(&self.specs[&k]);
+            let server = CardServer::connect(self.pcscd.vpcd_addr(slot(k)), card).expect("serve card");
+            self.cards.insert(k, server);
+        }
+        fn unplug(&mut self, k: K) {
+            if let Some(c) = self.cards.get(&k) {
+                c.remove();
+            }
+        }
+        fn hold(&mut self, k: K) {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_keyfloat"))
+                .args([
+                    "simulate",
+                    "hold",
+                    "--reader",
+                    &self.pcscd.reader(slot(k)),
+                    "--millis",
+                    "60000",
+                ])
+                .env(CSOCK_ENV, self.pcscd.socket())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn holder");
+            let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("holder output");
+            assert_eq!(line.trim(), "HOLDING", "the holder could not take the card");
+            self.holders.insert(k, child);
+        }
+        fn release(&mut self, k: K) {
+            if let Some(mut c) = self.holders.remove(&k) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        fn fault(&mut self, k: K) {
+            // A wedged card: it stops answering; the backend's deadline turns that into a timeout.
+            self.cards[&k].set_hang(true);
+        }
+        fn heal(&mut self, k: K) {
+            // pcscd's vpcd driver waits forever for the swallowed command's answer: a wedged
+            // card is only cured by pulling it, as with real hardware.
+            let card = &self.cards[&k];
+            card.set_hang(false);
+            card.remove();
+            std::thread::sleep(Duration::from_millis(500));
+            card.insert();
+        }
+        fn names_holders(&self) -> bool {
+            true
+        }
+        fn settle(&self) -> Duration {
+            Duration::from_secs(15)
+        }
+    }
+
+    impl Drop for PcscRig {
+        fn drop(&mut self) {
+            for k in self.holders.keys().copied().collect::<Vec<_>>() {
+                self.release(k);
+            }
+        }
+    }
+
+    #[test]
+    fn pcsc_backend_conforms_through_a_real_pcscd() {
+        if !require_pcscd().unwrap_or_else(|e| panic!("{e}")) {
+            return;
+        }
+        let pcscd = PrivatePcscd::start(0xB200).expect("private pcscd");
+        // Before this process's first PC/SC call (libpcsclite reads it once).
+        std::env::set_var(CSOCK_ENV, pcscd.socket());
+        let vendor = VendorSigningKey::generate();
+        let specs = [K::Good, K::Other, K::Garbage]
+            .into_iter()
+            .map(|k| (k, k.spec(&vendor)))
+            .collect();
+        let timeouts = keyfloat_hal::backend::pcsc::Timeouts {
+            call: Duration::from_millis(1500),
+            probe: Duration::from_secs(2),
+        };
+        let (reader, _monitor) = monitor(Arc::new(PcscProvider::with_timeouts(timeouts)), &vendor);
+        let mut rig = PcscRig {
+            pcscd,
+            specs,
+            cards: BTreeMap::new(),
+            holders: BTreeMap::new(),
+        };
+        conformance(&mut rig, &reader);
+    }
+}
