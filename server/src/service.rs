@@ -38,42 +38,49 @@ pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiEr
 }
 
 fn feature_usage(tx: &mut dyn Tx, id: u64, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
-    let mut m = BTreeMap::new();
-    for r in tx.feature_registrations(Some(id), None)? {
-        if r.expires_at > now {
-            *m.entry(r.feature).or_insert(0) += 1;
-        }
-    }
-    Ok(m)
+    Ok(tx.feature_usage(id, now)?)
 }
 
 fn seats_in_use(tx: &mut dyn Tx, id: u64, now: i64) -> Result<usize, ApiError> {
-    Ok(tx.registrations(Some(id))?.iter().filter(|r| r.is_active(now)).count())
+    Ok(tx.count_active_registrations(id, now)?)
 }
+
+/// Heartbeats closer together than this only extend a seat in memory of the next write:
+/// re-registering within a second of the last extension writes nothing.
+const RENEW_GRANULARITY: i64 = 1_000_000;
 
 /// `POST /register`: take a seat, or renew the one this user holds.
 pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Value, ApiError> {
     let l = live_license(tx, id, now)?;
-    tx.purge_expired(id, now)?;
-    let regs = tx.registrations(Some(id))?;
     let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
-    let reg = match regs.iter().find(|r| r.user == who.user) {
-        Some(existing) => Registration {
-            expires_at: now + timeout,
-            os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
-            ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
-            user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
-            ..existing.clone()
-        },
+    let existing = tx.registration(id, &who.user)?.filter(|r| r.is_active(now));
+    let reg = match existing {
+        Some(existing) => {
+            let renewed = Registration {
+                expires_at: (now + timeout).max(existing.expires_at),
+                os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
+                ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
+                user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
+                ..existing.clone()
+            };
+            let same_info = renewed.os_hostname == existing.os_hostname
+                && renewed.ip_local == existing.ip_local
+                && renewed.user_info == existing.user_info;
+            if !same_info || renewed.expires_at - existing.expires_at >= RENEW_GRANULARITY {
+                tx.put_registration(&renewed)?;
+            }
+            renewed
+        }
         None => {
-            let active = regs.iter().filter(|r| r.is_active(now)).count();
-            if active >= l.terms.floating_users as usize {
+            if seats_in_use(tx, id, now)? >= l.terms.floating_users as usize {
                 return Err(ApiError::bad_request(
                     "floating_not_available",
                     "No floating slots left for this license",
                 ));
             }
-            Registration {
+            // A new seat is the moment to drop lapsed ones (and the user's own lapsed row).
+            tx.purge_expired(id, now)?;
+            let reg = Registration {
                 license_id: id,
                 user: who.user.clone(),
                 registered_at: now,
@@ -82,10 +89,11 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
                 os_hostname: who.os_hostname.clone(),
                 ip_local: who.ip_local.clone(),
                 user_info: who.user_info.clone(),
-            }
+            };
+            tx.put_registration(&reg)?;
+            reg
         }
     };
-    tx.put_registration(&reg)?;
     let in_use = seats_in_use(tx, id, now)?;
     let features = feature_usage(tx, id, now)?;
     Ok(register_response(&l, &reg, in_use, &features, now))
@@ -122,15 +130,12 @@ pub fn unregister(tx: &mut dyn Tx, id: u64, user: &str) -> Result<bool, ApiError
 }
 
 fn active_registration(tx: &mut dyn Tx, id: u64, user: &str, now: i64) -> Result<Registration, ApiError> {
-    tx.registrations(Some(id))?
-        .into_iter()
-        .find(|r| r.user == user && r.is_active(now))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "user_not_registered",
-                format!("User {user} is not registered to this license"),
-            )
-        })
+    tx.registration(id, user)?.filter(|r| r.is_active(now)).ok_or_else(|| {
+        ApiError::bad_request(
+            "user_not_registered",
+            format!("User {user} is not registered to this license"),
+        )
+    })
 }
 
 /// `POST /borrow`: keep the seat until `until` (`None` = the longest allowed).
@@ -142,7 +147,6 @@ pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, no
             "This license cannot be borrowed",
         ));
     }
-    tx.purge_expired(id, now)?;
     let mut reg = active_registration(tx, id, &who.user, now)?;
     let latest = now + clock::hours(l.terms.max_borrow_time_hours);
     let until = until.unwrap_or(latest);
@@ -296,7 +300,6 @@ pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, 
     let l = live_license(tx, id, now)?;
     let (index, f) = feature(&l, code)?;
     let f = f.clone();
-    tx.purge_expired(id, now)?;
     active_registration(tx, id, &who.user, now)?;
     let timeout = clock::minutes(
         f.floating_timeout_minutes
@@ -305,11 +308,14 @@ pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, 
     );
     let mut registered_at = now;
     if let Some(users) = f.floating_users {
-        let slots = tx.feature_registrations(Some(id), Some(code))?;
-        match slots.iter().find(|r| r.user == who.user) {
+        match tx
+            .feature_registration(id, code, &who.user)?
+            .filter(|r| r.expires_at > now)
+        {
             Some(mine) => registered_at = mine.registered_at,
             None => {
-                if slots.iter().filter(|r| r.expires_at > now).count() >= users as usize {
+                let in_use = tx.feature_usage(id, now)?.get(code).copied().unwrap_or(0);
+                if in_use >= users as usize {
                     return Err(ApiError::bad_request(
                         "feature_not_available",
                         format!("No floating slots left for feature {code}"),

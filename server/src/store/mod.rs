@@ -61,6 +61,10 @@ pub trait Tx {
 
     /// Registrations of a license (`None` = all licenses).
     fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>>;
+    /// The registration of (license, user), live or lapsed.
+    fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>>;
+    /// Seats held at `now` (not lapsed, or borrowed).
+    fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
     /// Inserts or replaces the registration of (license, user).
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()>;
     /// Removes one registration and the user's feature slots on that license.
@@ -76,6 +80,15 @@ pub trait Tx {
         license_id: Option<u64>,
         feature: Option<&str>,
     ) -> StoreResult<Vec<FeatureRegistration>>;
+    /// One user's slot of a feature.
+    fn feature_registration(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: &str,
+    ) -> StoreResult<Option<FeatureRegistration>>;
+    /// Live slots per feature of a license.
+    fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<std::collections::BTreeMap<String, usize>>;
     /// Inserts or replaces a feature slot.
     fn put_feature_registration(&mut self, r: &FeatureRegistration) -> StoreResult<()>;
     /// Releases one user's slot (`Some(user)`) or every slot of the feature (`None`).

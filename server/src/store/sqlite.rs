@@ -1,7 +1,7 @@
 //! The embedded store: one SQLite database (WAL, `synchronous=FULL`) in the data dir,
 //! written by one thread that group-commits batches of jobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
@@ -10,7 +10,9 @@ use std::thread::JoinHandle;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Job, Store, StoreError, StoreResult, Tx};
-use crate::model::{Account, AuditEvent, FeatureRegistration, License, LicenseSource, Registration, Role};
+use crate::model::{
+    Account, AuditEvent, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
+};
 
 /// File name inside the data dir.
 pub const DB_FILE: &str = "keyfloat.db";
@@ -189,6 +191,7 @@ impl Store for SqliteStore {
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
+    let mut terms = HashMap::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -201,7 +204,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            let result = run_batch(&conn, &mut batch);
+            let result = run_batch(&conn, &mut terms, &mut batch);
+            if result.is_err() {
+                // A failed commit rolled back inserts the cache may already know about.
+                terms.clear();
+            }
             if let Err(e) = &result {
                 tracing::error!(error = %e, jobs = batch.len(), "batch commit failed");
             }
@@ -220,9 +227,9 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+fn run_batch(conn: &Connection, terms: &mut HashMap<u64, LicenseTerms>, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let mut tx = SqliteTx { conn };
+    let mut tx = SqliteTx { conn, terms };
     for job in batch.iter_mut() {
         if let Err(e) = conn.execute_batch("SAVEPOINT job") {
             let _ = conn.execute_batch("ROLLBACK");
@@ -248,6 +255,9 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
 
 struct SqliteTx<'c> {
     conn: &'c Connection,
+    /// Parsed terms by license id: terms never change after insertion, so every request
+    /// after the first skips the JSON parse. Only consulted for rows that exist.
+    terms: &'c mut HashMap<u64, LicenseTerms>,
 }
 
 // License ids are u64 on the wire; SQLite integers are i64. The cast keeps all 64 bits.
@@ -271,9 +281,17 @@ impl SqliteTx<'_> {
         Ok((uid(r.get(0)?), r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
     }
 
-    fn build(&self, row: (u64, String, String, String, i64, i64)) -> StoreResult<License> {
+    fn build(&mut self, row: (u64, String, String, String, i64, i64)) -> StoreResult<License> {
         let (id, terms, hw, source, added_at, total) = row;
-        let terms = serde_json::from_str(&terms).map_err(|e| StoreError(format!("license {id}: bad terms: {e}")))?;
+        let terms = match self.terms.get(&id) {
+            Some(t) => t.clone(),
+            None => {
+                let t: LicenseTerms =
+                    serde_json::from_str(&terms).map_err(|e| StoreError(format!("license {id}: bad terms: {e}")))?;
+                self.terms.insert(id, t.clone());
+                t
+            }
+        };
         Ok(License {
             id,
             terms,
@@ -352,6 +370,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_license(&mut self, l: &License) -> StoreResult<()> {
+        self.terms.insert(l.id, l.terms.clone());
         let terms = serde_json::to_string(&l.terms).map_err(|e| StoreError(e.to_string()))?;
         let seq: i64 = self
             .conn
@@ -378,6 +397,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn delete_license(&mut self, id: u64) -> StoreResult<bool> {
+        self.terms.remove(&id);
         Ok(self.conn.execute("DELETE FROM licenses WHERE id = ?1", [sid(id)])? > 0)
     }
 
@@ -404,6 +424,27 @@ impl Tx for SqliteTx<'_> {
         ))?;
         let rows = st.query_map([license_id.map(sid)], reg_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {REG_COLS} FROM registrations WHERE license_id = ?1 AND user = ?2"
+            ))?
+            .query_row(params![sid(license_id), user], reg_from_row)
+            .optional()?)
+    }
+
+    fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM registrations WHERE license_id = ?1
+                   AND (expires_at > ?2 OR (borrowed_until IS NOT NULL AND borrowed_until > ?2))",
+            )?
+            .query_row(params![sid(license_id), now], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()> {
@@ -478,6 +519,35 @@ impl Tx for SqliteTx<'_> {
              ORDER BY license_id, feature, registered_at"
         ))?;
         let rows = st.query_map(params![license_id.map(sid), feature], freg_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn feature_registration(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: &str,
+    ) -> StoreResult<Option<FeatureRegistration>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {FREG_COLS} FROM feature_registrations WHERE license_id = ?1 AND feature = ?2 AND user = ?3"
+            ))?
+            .query_row(params![sid(license_id), feature, user], freg_from_row)
+            .optional()?)
+    }
+
+    fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<BTreeMap<String, usize>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT feature, COUNT(*) FROM feature_registrations WHERE license_id = ?1 AND expires_at > ?2
+             GROUP BY feature",
+        )?;
+        let rows = st.query_map(params![sid(license_id), now], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                usize::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+            ))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
