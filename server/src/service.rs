@@ -49,8 +49,31 @@ fn seats_in_use(tx: &mut dyn Tx, id: u64, now: i64) -> Result<usize, ApiError> {
 /// re-registering within a second of the last extension writes nothing.
 const RENEW_GRANULARITY: i64 = 1_000_000;
 
+/// What a registration produced; the response is rendered from it outside the store's
+/// writer thread (see [`Registered::to_json`]) so the writer only does database work.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The license with its totals.
+    pub license: License,
+    /// The seat.
+    pub registration: Registration,
+    /// Seats in use.
+    pub in_use: usize,
+    /// Live slots per feature.
+    pub features: BTreeMap<String, usize>,
+    /// When.
+    pub now: i64,
+}
+
+impl Registered {
+    /// The register response body.
+    pub fn to_json(&self) -> Value {
+        register_response(&self.license, &self.registration, self.in_use, &self.features, self.now)
+    }
+}
+
 /// `POST /register`: take a seat, or renew the one this user holds.
-pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Value, ApiError> {
+pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, ApiError> {
     let l = live_license(tx, id, now)?;
     let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
     let existing = tx.registration(id, &who.user)?.filter(|r| r.is_active(now));
@@ -96,7 +119,13 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
     };
     let in_use = seats_in_use(tx, id, now)?;
     let features = feature_usage(tx, id, now)?;
-    Ok(register_response(&l, &reg, in_use, &features, now))
+    Ok(Registered {
+        license: l,
+        registration: reg,
+        in_use,
+        features,
+        now,
+    })
 }
 
 /// The register body (spec §4.2): `license_json` as a string plus the license fields at

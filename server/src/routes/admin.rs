@@ -398,12 +398,17 @@ pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) ->
                 continue;
             }
             let (seats, features) = service::usage(tx, &l, now)?;
-            out.push(model::license_list_entry(&l, seats, &features));
+            out.push((l, seats, features));
         }
         Ok(out)
     })
     .await?;
-    Ok(Json(Value::Array(list)))
+    // Rendered here, not on the store's writer thread.
+    Ok(Json(Value::Array(
+        list.iter()
+            .map(|(l, seats, features)| model::license_list_entry(l, *seats, features))
+            .collect(),
+    )))
 }
 
 /// `GET /api/v4/registrations`: live seats and feature slots (optionally `?license_id=`).

@@ -62,7 +62,9 @@ pub async fn licenses_register(State(st): State<AppState>, _c: Caller, p: Params
     let id = st.gate(&product, license_id, action::REGISTER)?;
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| service::register(tx, id, &who, now)).await?,
+        transact(st.store(), move |tx| service::register(tx, id, &who, now))
+            .await?
+            .to_json(),
     ))
 }
 
