@@ -991,3 +991,32 @@ async fn seat_limit_holds_under_concurrency() {
     let (_, list) = h.get("/api/v4/license?product=cons").await;
     assert_eq!(list[0]["total_consumptions"], 25);
 }
+
+#[tokio::test]
+async fn sim_endpoints_exist_only_with_the_sim_backend() {
+    use keyfloat_server::auth::TokenKeys;
+    use keyfloat_server::{app, AppState, SqliteStore, StateParts, Store};
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cell = keyfloat_hal::HardwareIdCell::new(keyfloat_hal::HardwareId::new("m"));
+    let state = AppState::new(StateParts {
+        store: Arc::new(SqliteStore::open(dir.path()).unwrap()) as Arc<dyn Store>,
+        keys: cell.reader(),
+        tokens: TokenKeys::from_secret(&[3; 32]),
+        user_authentication: false,
+        key_policy: KeyPolicy::Refuse,
+        sim: None,
+        backend: "pcsc".into(),
+        vendor_key: None,
+    })
+    .await
+    .unwrap();
+    let res = app(state)
+        .oneshot(Request::post("/api/v4/sim/unplug").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["code"], "not_found");
+}
