@@ -183,7 +183,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
 
     let providers = super::common::providers(arg_of(config.key_backend), sim.as_ref().map(|s| &s.bus))?;
     let validator: Arc<dyn KeyValidator> = match &vendor {
-        Some(pk) => Arc::new(VendorValidator::new(pk.clone())),
+        Some(pk) => Arc::new(VendorValidator::new(*pk)),
         None => {
             tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
             Arc::new(NoVendorKey)
