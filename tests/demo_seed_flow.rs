@@ -34,9 +34,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_demo(data: &std::path::Path) -> Demo {
+fn start_demo(data: &std::path::Path, global: &[&str]) -> Demo {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(BIN)
+        .args(global)
         .args(["demo", "--listen", &listen, "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "info")
@@ -141,7 +142,7 @@ fn wait_metric(base: &str, line: &str) {
 fn demo_prints_a_seed_flow_that_works_and_unplug_refuses_with_the_page_error() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
-    let demo = start_demo(&data);
+    let demo = start_demo(&data, &[]);
     let text = demo.banner.join("\n");
     assert!(text.contains("admin login: admin / demo-admin"), "{text}");
     assert!(text.contains(&format!("export KF=http://{}", demo.base)), "{text}");
@@ -271,4 +272,55 @@ fn demo_refuses_a_data_dir_that_has_data() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+#[test]
+fn log_json_gives_one_json_line_per_key_event_and_refused_action() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demo");
+    let demo = start_demo(&data, &["--log-json"]);
+    let (s, b) = http(&demo.base, "GET", "/auth", None, Some(&basic("admin", "demo-admin"))).unwrap();
+    assert_eq!(s, 200, "{b}");
+    let token = serde_json::from_str::<Value>(&b).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    wait_key(&demo.base, &token, "valid");
+    let (s, _) = http(&demo.base, "POST", "/api/v4/sim/unplug", None, Some(&bearer)).unwrap();
+    assert_eq!(s, 200);
+    wait_key(&demo.base, &token, "absent");
+    let (s, _) = http(
+        &demo.base,
+        "POST",
+        "/api/v4/add_consumption",
+        Some(r#"{"product":"hwbased","consumptions":1}"#),
+        Some(&bearer),
+    )
+    .unwrap();
+    assert_eq!(s, 400);
+    let log = data.with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+            .collect();
+        let pulled = lines
+            .iter()
+            .any(|v| v["fields"]["event"] == "pulled" && v["fields"]["serial"] == "12345678");
+        let refused = lines.iter().any(|v| {
+            v["fields"]["code"] == "hardware_key_not_accessible" && v["fields"]["route"] == "/api/v4/add_consumption"
+        });
+        if pulled && refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log lacks the key event or the refusal:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

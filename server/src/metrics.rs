@@ -478,9 +478,11 @@ fn log_and_count(e: &KeyEvent) {
     let serial = e.serial.as_deref().unwrap_or("?");
     match e.event {
         "invalid" | "contended" | "error" => {
-            tracing::warn!(event = e.event, key = %e.key, serial, reason = %e.reason, detail = %e.detail, "key event")
+            tracing::warn!(target: "keyfloat::key", event = e.event, key = %e.key, serial, reason = %e.reason, detail = %e.detail, "key event")
         }
-        _ => tracing::info!(event = e.event, key = %e.key, serial, detail = %e.detail, "key event"),
+        _ => {
+            tracing::info!(target: "keyfloat::key", event = e.event, key = %e.key, serial, detail = %e.detail, "key event")
+        }
     }
 }
 
