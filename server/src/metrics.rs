@@ -19,7 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{MatchedPath, State};
-use axum::http::{header, Request, Response};
+use axum::http::{header, Method, Request, Response};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use keyfloat_hal::{KeyId, KeyState, KeyStatus, Snapshot};
@@ -42,15 +42,44 @@ const GATE_CODE: &str = "hardware_key_not_accessible";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct RequestKey {
     route: String,
-    method: String,
+    method: &'static str,
     status: u16,
     code: &'static str,
+}
+
+/// One counter of a route: method, status and error code.
+#[derive(Debug)]
+struct Cell {
+    method: &'static str,
+    status: u16,
+    code: &'static str,
+    n: AtomicU64,
+}
+
+/// The counters of one route pattern; few cells, so a linear scan beats hashing.
+#[derive(Debug, Default)]
+struct RouteCells(ArcSwap<Vec<Arc<Cell>>>);
+
+impl RouteCells {
+    fn bump(&self, method: &'static str, status: u16, code: &'static str) -> bool {
+        let cells = self.0.load();
+        match cells
+            .iter()
+            .find(|c| c.status == status && c.method == method && c.code == code)
+        {
+            Some(c) => {
+                c.n.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Process-wide counters (see the module docs).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: ArcSwap<HashMap<RequestKey, Arc<AtomicU64>>>,
+    requests: ArcSwap<HashMap<Box<str>, Arc<RouteCells>>>,
     key_events: ArcSwap<HashMap<(&'static str, String), Arc<AtomicU64>>>,
     grow: Mutex<()>,
 }
@@ -74,21 +103,60 @@ fn bump<K: std::hash::Hash + Eq + Clone>(map: &ArcSwap<HashMap<K, Arc<AtomicU64>
     map.store(Arc::new(next));
 }
 
+/// Bounded method labels (extension methods would be unbounded).
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
 impl Metrics {
     /// The process-wide registry.
     pub fn global() -> &'static Metrics {
         &GLOBAL
     }
 
-    /// Counts one answered request.
-    pub fn record_request(&self, route: &str, method: &str, status: u16, code: Option<&'static str>) {
-        let key = RequestKey {
-            route: route.to_owned(),
-            method: method.to_owned(),
-            status,
-            code: code.unwrap_or(""),
+    /// Counts one answered request. Steady state: two lock-free loads, a hash lookup by
+    /// `&str`, a short scan and one relaxed atomic add — no allocation, no lock.
+    pub fn record_request(&self, route: &str, method: &Method, status: u16, code: Option<&'static str>) {
+        let method = method_label(method);
+        let code = code.unwrap_or("");
+        if let Some(cells) = self.requests.load().get(route) {
+            if cells.bump(method, status, code) {
+                return;
+            }
+        }
+        // First request of this combination: grow the maps under the writer lock.
+        let _g = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+        let routes = self.requests.load_full();
+        let cells = match routes.get(route) {
+            Some(c) => Arc::clone(c),
+            None => {
+                let c = Arc::new(RouteCells::default());
+                let mut next = (*routes).clone();
+                next.insert(route.into(), Arc::clone(&c));
+                self.requests.store(Arc::new(next));
+                c
+            }
         };
-        bump(&self.requests, &self.grow, key);
+        if cells.bump(method, status, code) {
+            return;
+        }
+        let mut next = (**cells.0.load()).clone();
+        next.push(Arc::new(Cell {
+            method,
+            status,
+            code,
+            n: AtomicU64::new(1),
+        }));
+        cells.0.store(Arc::new(next));
     }
 
     /// Counts one key event (`event` like `plugged`, `detail` like the invalid reason).
@@ -97,11 +165,19 @@ impl Metrics {
     }
 
     fn requests(&self) -> BTreeMap<RequestKey, u64> {
-        self.requests
-            .load()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
-            .collect()
+        let mut out = BTreeMap::new();
+        for (route, cells) in self.requests.load().iter() {
+            for c in cells.0.load().iter() {
+                let key = RequestKey {
+                    route: route.to_string(),
+                    method: c.method,
+                    status: c.status,
+                    code: c.code,
+                };
+                out.insert(key, c.n.load(Ordering::Relaxed));
+            }
+        }
+        out
     }
 
     fn key_events(&self) -> BTreeMap<(&'static str, String), u64> {
@@ -116,13 +192,14 @@ impl Metrics {
 /// Axum middleware: counts requests by matched route, method, status and error code.
 /// The route is the route *pattern* (bounded label set); unmatched paths count as `other`.
 pub async fn track(req: Request<Body>, next: Next) -> Response<Body> {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    // MatchedPath and standard methods clone without allocating.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let method = req.method().clone();
     let res = next.run(req).await;
     let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
-    let route = route.as_deref().unwrap_or("other");
+    let route = matched.as_ref().map_or("other", MatchedPath::as_str);
     let status = res.status().as_u16();
-    Metrics::global().record_request(route, method.as_str(), status, code);
+    Metrics::global().record_request(route, &method, status, code);
     // One log line per refused action (the gate, or a missing/insufficient login).
     match code {
         Some(GATE_CODE) => tracing::warn!(
@@ -237,7 +314,7 @@ fn render(m: &Metrics, snap: &Snapshot, backend: &str, licenses: &[LicenseUsage]
     out.push_str("# TYPE keyfloat_http_requests_total counter\n");
     let mut by_status: BTreeMap<(&str, &str, u16), u64> = BTreeMap::new();
     for (k, n) in &requests {
-        *by_status.entry((&k.route, &k.method, k.status)).or_default() += n;
+        *by_status.entry((&k.route, k.method, k.status)).or_default() += n;
     }
     for ((route, method, status), n) in &by_status {
         let _ = writeln!(
@@ -563,11 +640,33 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_first_requests_lose_no_count() {
+        let m = Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = Arc::clone(&m);
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        let status = if i % 2 == 0 { 200 } else { 400 + t };
+                        m.record_request("/api/v4/register", &Method::POST, status, None);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total: u64 = m.requests().values().sum();
+        assert_eq!(total, 4000);
+        assert_eq!(m.requests().len(), 5);
+    }
+
+    #[test]
     fn counters_render_with_labels_and_gate_refusals() {
         let m = Metrics::default();
-        m.record_request("/api/v4/add_feature_consumption", "POST", 400, Some(GATE_CODE));
-        m.record_request("/api/v4/add_feature_consumption", "POST", 400, Some(GATE_CODE));
-        m.record_request("/api/v4/register", "POST", 200, None);
+        m.record_request("/api/v4/add_feature_consumption", &Method::POST, 400, Some(GATE_CODE));
+        m.record_request("/api/v4/add_feature_consumption", &Method::POST, 400, Some(GATE_CODE));
+        m.record_request("/api/v4/register", &Method::POST, 200, None);
         m.record_key_event("invalid", "wrong_vendor");
         let lic = LicenseUsage {
             id: 7,
