@@ -162,8 +162,12 @@ where
     }
 }
 
-/// Runs `f` in a transaction and resolves once its batch is committed.
-pub async fn transact<T, F>(store: &dyn Store, f: F) -> Result<T, ApiError>
+/// Queues `f` now (before the returned future is first polled) and resolves once its
+/// batch is committed.
+pub fn transact<T, F>(
+    store: &dyn Store,
+    f: F,
+) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
@@ -174,8 +178,10 @@ where
         result: None,
         reply,
     }));
-    rx.await
-        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+    async move {
+        rx.await
+            .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+    }
 }
 
 /// Blocking variant for the CLI and start-up (not for async contexts).

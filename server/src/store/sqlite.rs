@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -81,10 +82,20 @@ enum Msg {
     Flush(mpsc::Sender<StoreResult<()>>),
 }
 
+/// Group-commit counters: `jobs / batches` is the mean batch size.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Transactions committed (or attempted).
+    pub batches: AtomicU64,
+    /// Jobs run.
+    pub jobs: AtomicU64,
+}
+
 /// SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
+    stats: Arc<CommitStats>,
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -134,15 +145,23 @@ impl SqliteStore {
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(CommitStats::default());
+        let writer_stats = Arc::clone(&stats);
         let writer = std::thread::Builder::new()
             .name("keyfloat-store".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_stats))
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(Self {
             path,
+            stats,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
     }
 
     /// The database file.
@@ -188,7 +207,7 @@ impl Store for SqliteStore {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>, stats: &CommitStats) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     let mut terms = HashMap::new();
@@ -205,6 +224,8 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
         }
         if !batch.is_empty() {
             let result = run_batch(&conn, &mut terms, &mut batch);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
             if result.is_err() {
                 // A failed commit rolled back inserts the cache may already know about.
                 terms.clear();
@@ -230,18 +251,20 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>) {
 fn run_batch(conn: &Connection, terms: &mut HashMap<u64, LicenseTerms>, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut tx = SqliteTx { conn, terms };
+    // Prepared once per connection: the per-job savepoint costs no SQL parsing.
+    let step = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]).map(|_| ()));
     for job in batch.iter_mut() {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = step("SAVEPOINT job") {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
         let keep = job.run(&mut tx);
         let end = if keep {
-            "RELEASE job"
+            step("RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            step("ROLLBACK TO job").and_then(|()| step("RELEASE job"))
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
@@ -696,6 +719,52 @@ mod tests {
         });
         assert_eq!(refused.unwrap_err().code, "nope");
         assert!(transact_blocking(&s, |tx| Ok(tx.account("x")?)).unwrap().is_none());
+    }
+
+    /// Jobs queued while a batch is running are committed together in the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_jobs_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                crate::store::transact(s.as_ref(), move |_| {
+                    let _ = started_tx.send(());
+                    let _ = hold.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        started.recv().unwrap();
+        let before = s.stats().batches.load(Ordering::Relaxed);
+        // `transact` queues at call time: all 100 are queued behind the blocker.
+        let jobs: Vec<_> = (0..100)
+            .map(|i| {
+                crate::store::transact(s.as_ref(), move |tx| {
+                    tx.put_account(&Account {
+                        username: format!("u{i}"),
+                        password_hash: "h".into(),
+                        role: Role::User,
+                    })?;
+                    Ok(())
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        let batches = s.stats().batches.load(Ordering::Relaxed) - before;
+        assert!(batches <= 2, "100 queued jobs took {batches} commits");
+        let n = crate::store::transact(s.as_ref(), |tx| Ok(tx.accounts()?.len()))
+            .await
+            .unwrap();
+        assert_eq!(n, 100);
     }
 
     #[test]
