@@ -329,6 +329,28 @@ fn config_page_login_add_key_license_pull_key_and_force_release() {
         "[...document.querySelectorAll('#licenses tr[data-product=hwbased]')].some(r => r.textContent.includes('required') && r.textContent.includes('12345678'))",
     );
 
+    // User Auth: the dropdown swaps the license-key field for username + password.
+    s.click("#add-auth option[value=user]");
+    s.wait_js(
+        "user fields shown, key field hidden",
+        "!document.getElementById('add-user-fields').hidden && document.getElementById('add-key-fields').hidden",
+    );
+    s.type_into("#add-product", "userprod");
+    s.type_into("#add-username", "license-user@example.com");
+    s.type_into("#add-password", "license-pw");
+    s.click("#add-submit");
+    s.wait_js(
+        "the User Auth license row, not key-bound",
+        "[...document.querySelectorAll('#licenses tr[data-product=userprod]')].some(r => r.textContent.includes('User Auth') && !r.textContent.includes('required'))",
+    );
+    // A missing parameter shows the API's message and code.
+    s.type_into("#add-product", "broken");
+    s.click("#add-submit");
+    s.wait_js(
+        "the API error for a license with neither key nor user",
+        "document.getElementById('message').className === 'error' && document.getElementById('message').textContent.includes('missing_parameters')",
+    );
+
     // A user takes a seat through the API; the page shows it.
     let (st, login) = http(&server.addr, "GET", "/auth", None, Some(&basic("admin", "s3cret-pw"))).unwrap();
     assert_eq!(st, 200, "{login}");
