@@ -202,10 +202,22 @@ impl<'a> Session<'a> {
         v[ELEMENT].as_str().unwrap().to_owned()
     }
 
+    /// Finds and clicks; retried while the page re-renders the element (stale reference).
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.driver
-            .call("POST", &self.path(&format!("/element/{e}/click")), Some(json!({})));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let e = self.find(css);
+            match self
+                .driver
+                .try_call("POST", &self.path(&format!("/element/{e}/click")), Some(json!({})))
+            {
+                Ok(_) => return,
+                Err(err) if Instant::now() < deadline && err["error"] == "stale element reference" => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("click {css}: {err}"),
+            }
+        }
     }
 
     fn type_into(&self, css: &str, text: &str) {
