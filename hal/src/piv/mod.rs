@@ -166,7 +166,7 @@ impl Apdu {
 
     /// Whether the short encoding can carry this command.
     pub fn fits_short(&self) -> bool {
-        self.data.len() <= 255 && self.le.is_none_or(|l| l <= 256)
+        self.data.len() <= 255 && self.le.map_or(true, |l| l <= 256)
     }
 
     /// Encodes the command: short form when it fits, extended form otherwise.

@@ -121,6 +121,22 @@ impl PrivatePcscd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
+        // A test binary keeps its pcscd in a static, which is never dropped: a watchdog
+        // kills pcscd when this process exits (checking the pid still is that pcscd).
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 1; done; \
+                 grep -qF \"$3\" /proc/\"$2\"/cmdline 2>/dev/null && kill -9 \"$2\"",
+                "sh",
+                &std::process::id().to_string(),
+                &child.id().to_string(),
+            ])
+            .arg(self.dir.join("conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

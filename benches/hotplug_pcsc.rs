@@ -1,0 +1,154 @@
+//! Hot-plug latency through a real pcscd: from the virtual card's socket open / close to
+//! (a) a plain `SCardGetStatusChange` listener seeing PRESENT / EMPTY and (b) keyfloat's
+//! monitor changing the hardware ID in the cell — both on the same private pcscd, in the
+//! same run, same cycles. The difference (b − a) is keyfloat's own cost (probe + validation).
+//!
+//! `cargo bench --bench hotplug_pcsc` runs 10 cycles; `cargo test --benches` runs 2 as a
+//! smoke test. Needs root, pcscd and vsmartcard-vpcd (fails without them unless
+//! `KEYFLOAT_QUICK_LOCAL=1`).
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyfloat_hal::backend::pcsc::PcscProvider;
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::{spawn_monitor, HardwareId, HardwareIdCell, KeyProvider, MonitorConfig, SerialReadable};
+use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+
+/// A plain listener: reports (when, card present) for every change of `reader`.
+fn listener(reader: String, stop: Arc<AtomicBool>, tx: mpsc::Sender<(Instant, bool)>) {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("context");
+    let name = CString::new(reader).expect("reader name");
+    let mut states = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+    while !stop.load(Ordering::Relaxed) {
+        match ctx.get_status_change(Some(Duration::from_millis(200)), &mut states) {
+            Ok(()) => {
+                let now = Instant::now();
+                let ev = states[0].event_state();
+                let present = ev.contains(pcsc::State::PRESENT) && !ev.contains(pcsc::State::EMPTY);
+                let was = states[0].current_state().contains(pcsc::State::PRESENT);
+                if present != was || states[0].current_state() == pcsc::State::UNAWARE {
+                    let _ = tx.send((now, present));
+                }
+                states[0].sync_current_state();
+            }
+            Err(pcsc::Error::Timeout) => {}
+            Err(e) => panic!("listener: {e}"),
+        }
+    }
+}
+
+struct Stats(Vec<f64>);
+
+impl Stats {
+    fn line(&mut self, label: &str) -> String {
+        self.0.sort_by(f64::total_cmp);
+        let n = self.0.len();
+        let pick = |q: f64| self.0[((n as f64 - 1.0) * q).round() as usize];
+        format!(
+            "{label:<34} n={n:<3} min {:>8.2} ms  median {:>8.2} ms  p99 {:>8.2} ms",
+            pick(0.0),
+            pick(0.5),
+            pick(0.99)
+        )
+    }
+}
+
+fn main() {
+    if !require_pcscd().expect("pcscd is required for this benchmark") {
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let cycles = if full { 10 } else { 2 };
+    let pcscd = PrivatePcscd::start(0x9F00).expect("private pcscd");
+    std::env::set_var(CSOCK_ENV, pcscd.socket());
+    let reader_name = pcscd.reader(0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let l = {
+        let stop = Arc::clone(&stop);
+        let r = reader_name.clone();
+        std::thread::spawn(move || listener(r, stop, tx))
+    };
+    // The listener's initial report (empty slot).
+    let _ = rx.recv_timeout(Duration::from_secs(2));
+
+    let machine = HardwareId::new("machine");
+    let cell = HardwareIdCell::new(machine.clone());
+    let reader = cell.reader();
+    let provider: Arc<dyn KeyProvider> = Arc::new(PcscProvider::new());
+    let monitor =
+        spawn_monitor(cell, vec![provider], Arc::new(SerialReadable), MonitorConfig::default()).expect("monitor");
+
+    let spec = SimKeySpec::generate("bench", 7654321);
+    let serial = HardwareId::new("7654321");
+    let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
+    card.remove();
+    std::thread::sleep(Duration::from_millis(900));
+    while rx.try_recv().is_ok() {}
+
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    let mut phase = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(200 + seed % 400)
+    };
+    let (mut ins_l, mut ins_c, mut rem_l, mut rem_c, mut ins_d, mut rem_d) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let wait_cell = |want: &HardwareId| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if reader.hardware_id() == *want {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "cell never showed {want}");
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    };
+    let wait_listener = |want: bool| loop {
+        let (at, present) = rx.recv_timeout(Duration::from_secs(10)).expect("listener event");
+        if present == want {
+            return at;
+        }
+    };
+    for _ in 0..cycles {
+        std::thread::sleep(phase());
+        let t0 = Instant::now();
+        card.insert();
+        let tc = wait_cell(&serial);
+        let tl = wait_listener(true);
+        ins_l.push(ms(tl - t0));
+        ins_c.push(ms(tc - t0));
+        ins_d.push(ms(tc.saturating_duration_since(tl)));
+
+        std::thread::sleep(phase());
+        let t0 = Instant::now();
+        card.remove();
+        let tc = wait_cell(&machine);
+        let tl = wait_listener(false);
+        rem_l.push(ms(tl - t0));
+        rem_c.push(ms(tc - t0));
+        rem_d.push(ms(tc.saturating_duration_since(tl)));
+    }
+    println!("hot-plug latency through pcscd ({cycles} cycles, random phase; pcscd polls vpcd every 400 ms)");
+    println!("{}", Stats(ins_l).line("insert -> get_status_change"));
+    println!("{}", Stats(ins_c).line("insert -> cell shows serial"));
+    println!("{}", Stats(ins_d).line("insert: cell after listener"));
+    println!("{}", Stats(rem_l).line("remove -> get_status_change"));
+    println!("{}", Stats(rem_c).line("remove -> cell shows machine ID"));
+    println!("{}", Stats(rem_d).line("remove: cell after listener"));
+
+    monitor.stop();
+    card.stop();
+    stop.store(true, Ordering::Relaxed);
+    let _ = l.join();
+}

@@ -1,0 +1,236 @@
+//! The PC/SC backend end to end: the virtual YubiKey on a real (private) pcscd, keyfloat's
+//! provider, the monitor and the hardware-ID cell.
+//!
+//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process, so this test binary uses one
+//! private pcscd (started on first use, socket path stable across restarts) and runs its
+//! scenarios one at a time. The "other process holding the card" is this binary re-run as
+//! a child (`holder_child_process`), which is a no-op unless the parent sets its variable.
+//! Fails when pcscd / vpcd are missing, unless `KEYFLOAT_QUICK_LOCAL=1`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use keyfloat_hal::backend::pcsc::{PcscKey, PcscProvider, Timeouts};
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{
+    spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, KeyProvider, KeyStatus,
+    KeyValidator, MonitorConfig, Serial, Snapshot, Validation,
+};
+use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+
+const HOLD_ENV: &str = "KEYFLOAT_TEST_HOLD_READER";
+
+/// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
+fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
+    static PCSCD: OnceLock<Option<Mutex<PrivatePcscd>>> = OnceLock::new();
+    let slot = PCSCD.get_or_init(|| {
+        if !require_pcscd().expect("pcscd is required for this test") {
+            return None;
+        }
+        let p = PrivatePcscd::start(0x9E00).expect("private pcscd");
+        // Before any PC/SC call in this process (libpcsclite caches it).
+        std::env::set_var(CSOCK_ENV, p.socket());
+        Some(Mutex::new(p))
+    });
+    slot.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn provisioned(serial: u32) -> (SimKeySpec, VendorSigningKey) {
+    let vendor = VendorSigningKey::generate();
+    (provision_sim_key(SimKeySpec::generate("card", serial), &vendor), vendor)
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn wait_snapshot(reader: &CellReader, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = reader.snapshot();
+        if cond(&s) {
+            return Arc::clone(&s);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; last snapshot: {s:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn fast_monitor() -> MonitorConfig {
+    MonitorConfig {
+        revalidate_every: Duration::from_millis(300),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+    }
+}
+
+#[test]
+fn provider_finds_opens_and_proves_the_card() {
+    let Some(pcscd) = pcscd() else { return };
+    let (spec, vendor) = provisioned(20240601);
+    let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
+    let provider = PcscProvider::new();
+    let mut found = Vec::new();
+    wait_for("the card to be listed", Duration::from_secs(5), || {
+        found = provider.list().expect("list");
+        !found.is_empty()
+    });
+    assert_eq!(found.len(), 1, "{found:?}");
+    let info = &found[0];
+    assert_eq!(info.path, pcscd.reader(0));
+    assert_eq!(info.serial, Some(Serial::from(20240601)));
+    assert_eq!(info.firmware.map(|f| f.to_string()).as_deref(), Some("5.4.3"));
+
+    let mut key = provider.open(&info.id).expect("open");
+    assert_eq!(key.read_serial().expect("serial"), Serial::from(20240601));
+    assert_eq!(
+        key.read_certificate().expect("certificate"),
+        spec.certificate.clone().expect("cert")
+    );
+    let validator = VendorValidator::new(vendor.public_key());
+    match validator.validate(key.as_mut()) {
+        Validation::Valid { serial, .. } => assert_eq!(serial, Serial::from(20240601)),
+        other => panic!("expected valid, got {other:?}"),
+    }
+    drop(key);
+
+    // A card that stops answering: the call returns Timeout at its deadline, never hangs.
+    let mut key = PcscKey::open(
+        &pcscd.reader(0),
+        Timeouts {
+            call: Duration::from_millis(800),
+            probe: Duration::from_millis(800),
+        },
+    )
+    .expect("open");
+    card.set_hang(true);
+    let started = Instant::now();
+    assert_eq!(key.read_serial().expect_err("hung").kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Unplugging the wedged card unblocks pcscd (removal is reported at once).
+    card.remove();
+    card.set_hang(false);
+    wait_for("the slot to be empty", Duration::from_secs(5), || {
+        provider.readers().expect("readers").iter().all(|(_, present)| !present)
+    });
+    card.stop();
+}
+
+/// Runs this test binary again as another process that holds `reader` exclusively until
+/// its stdin closes.
+fn spawn_holder(reader: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "holder_child_process", "--nocapture", "--test-threads=1"])
+        .env(HOLD_ENV, reader)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn holder");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim_end().ends_with("HOLDING") => break,
+            Some(Ok(_)) => {}
+            other => panic!("holder did not start: {other:?}"),
+        }
+    }
+    // Keep reading so the child never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
+/// Not a scenario: the body of the holder process (see [`spawn_holder`]).
+#[test]
+fn holder_child_process() {
+    let Ok(reader) = std::env::var(HOLD_ENV) else { return };
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("context");
+    let name = std::ffi::CString::new(reader).expect("reader name");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Our monitor may hold a shared connection for a moment: retry until exclusive.
+    let card = loop {
+        match ctx.connect(&name, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot hold the card: {e}"),
+        }
+    };
+    println!("HOLDING");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+}
+
+#[test]
+fn monitor_follows_insert_remove_contention_and_pcscd_restarts() {
+    let Some(mut pcscd) = pcscd() else { return };
+    let (spec, vendor) = provisioned(5550123);
+    let machine = HardwareId::new("machine-id-of-this-test");
+    let cell = HardwareIdCell::new(machine.clone());
+    let reader = cell.reader();
+    let provider: Arc<dyn KeyProvider> = Arc::new(PcscProvider::new());
+    let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+    let monitor = spawn_monitor(cell, vec![provider], validator, fast_monitor()).expect("monitor");
+    let serial = HardwareId::new("5550123");
+
+    // Inserted -> the key's serial is the hardware ID.
+    let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
+    wait_snapshot(&reader, "card serial in force", |s| s.hardware_id == serial);
+
+    // Removed -> back to the machine ID.
+    card.remove();
+    wait_snapshot(&reader, "machine ID after removal", |s| {
+        s.hardware_id == machine && s.keys.is_empty()
+    });
+
+    // Re-inserted -> serial again.
+    card.insert();
+    wait_snapshot(&reader, "serial after re-insertion", |s| s.hardware_id == serial);
+
+    // Another process holds the card exclusively -> busy, holder named; never "absent".
+    let mut holder = spawn_holder(&pcscd.reader(0));
+    let holder_pid = holder.id();
+    let busy = wait_snapshot(&reader, "busy key naming the holder", |s| {
+        s.keys.iter().any(|k| {
+            matches!(&k.status, KeyStatus::Error { kind: ErrorKind::Busy, holders, .. }
+                if holders.iter().any(|h| h.pid == holder_pid))
+        })
+    });
+    assert_eq!(busy.hardware_id, machine, "a busy key is not in force");
+    assert_eq!(busy.keys.len(), 1, "the busy key is still attached: {busy:#?}");
+
+    // Released -> recovered by the monitor's retry.
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    wait_snapshot(&reader, "serial after the holder let go", |s| s.hardware_id == serial);
+
+    // pcscd dies -> keys detached, backend error shown; restarted -> key back by itself.
+    pcscd.stop();
+    wait_snapshot(&reader, "machine ID while pcscd is down", |s| {
+        s.hardware_id == machine
+            && s.backend_error
+                .as_ref()
+                .is_some_and(|e| e.code == "KEY_SERVICE_UNAVAILABLE")
+    });
+    pcscd.restart().expect("pcscd restarts");
+    wait_snapshot(&reader, "serial after pcscd restart", |s| {
+        s.hardware_id == serial && s.backend_error.is_none()
+    });
+
+    monitor.stop();
+    card.stop();
+}
