@@ -492,6 +492,7 @@ fn note_key_error(r: &mut Report, key: &mut Key, e: &keyfloat_hal::Error, proc_r
     }
 }
 
+#[cfg(feature = "pcsc")]
 fn invalid_hint(reason: &str) -> &'static str {
     match reason {
         "unprovisioned" => {
