@@ -102,6 +102,19 @@ fn provider_finds_opens_and_proves_the_card() {
         Validation::Valid { serial, .. } => assert_eq!(serial, Serial::from(20240601)),
         other => panic!("expected valid, got {other:?}"),
     }
+
+    // Another client (yubico-piv-tool) disconnects with RESET: our open handle sees
+    // ResetCard, reconnects and re-selects PIV by itself.
+    let status = Command::new("yubico-piv-tool")
+        .args(["-r", "", "-a", "status"])
+        .output()
+        .expect("yubico-piv-tool runs");
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("20240601"),
+        "{status:?}"
+    );
+    assert_eq!(key.read_serial().expect("serial after a reset"), Serial::from(20240601));
+    assert!(key.sign_challenge(b"after reset").is_ok());
     drop(key);
 
     // A card that stops answering: the call returns Timeout at its deadline, never hangs.

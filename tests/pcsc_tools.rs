@@ -212,3 +212,74 @@ fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
     assert_eq!(wrong[0]["proof"], "invalid", "{wrong}");
     assert_eq!(wrong[0]["reason"], "wrong_vendor", "{wrong}");
 }
+
+#[test]
+fn simulate_card_command_serves_unplugs_and_replugs() {
+    use std::io::{BufRead, BufReader, Write};
+    if !require_pcscd().expect("pcscd is required for this test") {
+        return;
+    }
+    let pcscd = PrivatePcscd::start(0x9D60).expect("private pcscd");
+    let keyfloat = env!("CARGO_BIN_EXE_keyfloat");
+    let vpcd = pcscd.vpcd_addr(0).to_string();
+    let vendor_key = std::env::temp_dir().join(format!("keyfloat-sim-card-vendor-{}.pem", std::process::id()));
+    VendorSigningKey::generate()
+        .write_pem_file(&vendor_key)
+        .expect("vendor key file");
+    let mut card = Command::new(keyfloat)
+        .args([
+            "simulate",
+            "card",
+            "--serial",
+            "11223344",
+            "--vpcd",
+            &vpcd,
+            "--reader-slot",
+            "1",
+        ])
+        .arg("--vendor-key")
+        .arg(&vendor_key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("keyfloat simulate card");
+    let mut stdin = card.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(card.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("banner").expect("banner");
+    assert!(first.contains("serial 11223344"), "{first}");
+
+    let keys = || -> serde_json::Value {
+        let out = Command::new(keyfloat)
+            .args(["keys", "--json", "--key-backend", "pcsc"])
+            .env(CSOCK_ENV, pcscd.socket())
+            .output()
+            .expect("keyfloat keys");
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let wait_keys = |what: &str, cond: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = keys();
+            if cond(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let listed = wait_keys("the card in slot 1", &|v| v[0]["serial"] == "11223344");
+    assert_eq!(listed[0]["path"], pcscd.reader(1));
+
+    writeln!(stdin, "remove").expect("stdin");
+    assert_eq!(lines.next().expect("ack").expect("ack"), "removed");
+    wait_keys("no card", &|v| v.as_array().is_some_and(Vec::is_empty));
+
+    writeln!(stdin, "insert").expect("stdin");
+    assert_eq!(lines.next().expect("ack").expect("ack"), "inserted");
+    wait_keys("the card again", &|v| v[0]["serial"] == "11223344");
+
+    writeln!(stdin, "quit").expect("stdin");
+    assert!(card.wait().expect("exit").success());
+    let _ = std::fs::remove_file(&vendor_key);
+}
