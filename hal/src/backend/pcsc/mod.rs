@@ -188,7 +188,10 @@ impl CardChannel for PcscChannel {
             };
             match outcome {
                 Some(result) => return result,
-                None => self.reconnect()?,
+                None => {
+                    tracing::debug!(target: "keyfloat::key", "card was reset by another client; reconnecting");
+                    self.reconnect()?;
+                }
             }
         }
         Err(Error::new(

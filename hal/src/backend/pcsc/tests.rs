@@ -247,3 +247,50 @@ fn non_piv_cards_are_probed_once_per_insertion() {
     assert!(out.is_empty());
     assert_eq!(probes, 1);
 }
+
+mod tracker_model {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any sequence of reader observations gives, per reader, alternating Attached /
+        /// Detached events, and the keys reported attached are exactly the tracked ones.
+        #[test]
+        fn events_alternate_and_match_the_tracked_state(
+            ops in prop::collection::vec((0usize..3, any::<bool>(), 0u32..3, any::<bool>()), 0..60)
+        ) {
+            let readers = ["R0", "R1", "R2"];
+            let mut counts = [0u32; 3];
+            let mut t = Tracker::default();
+            let mut attached: BTreeSet<String> = BTreeSet::new();
+            for (r, present, bump, is_key) in ops {
+                counts[r] += bump;
+                let mut out = Vec::new();
+                let mut identify = |reader: &str| if is_key { key_probe(1)(reader) } else { Probe::NotAKey };
+                if r == 2 && !present && bump == 2 {
+                    // The reader itself goes away.
+                    let listed: Vec<String> = readers[..2].iter().map(|s| s.to_string()).collect();
+                    t.retain_readers(&listed, &mut out);
+                } else {
+                    t.observe(readers[r], present, counts[r], &mut identify, &mut out);
+                }
+                for ev in out {
+                    match ev {
+                        HotplugEvent::Attached(info) => prop_assert!(attached.insert(info.id.to_string())),
+                        HotplugEvent::Detached(id) => prop_assert!(attached.remove(id.as_str())),
+                        HotplugEvent::Error(e) => prop_assert!(false, "unexpected error event {e}"),
+                    }
+                }
+                let tracked: BTreeSet<String> = t
+                    .readers
+                    .values()
+                    .filter_map(|s| s.key.as_ref().map(|k| k.id.to_string()))
+                    .collect();
+                prop_assert_eq!(&tracked, &attached);
+            }
+        }
+    }
+}
