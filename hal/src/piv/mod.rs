@@ -1,6 +1,6 @@
 //! PIV / YubiKey APDU codec: command builders, response parsers and status-word mapping.
 //! Pure — no I/O. [`session`] runs the operations over an [`ApduTransport`]; the PC/SC
-//! backend supplies the real transport, tests a [`scripted::ScriptedTransport`], and the
+//! backend supplies the real transport, tests a `scripted::ScriptedTransport` (feature `mock`), and the
 //! simulator's virtual card parses commands with [`Apdu::parse`].
 
 use std::fmt;

@@ -5,7 +5,7 @@
 //! - Connections are shared and every operation runs inside one short transaction, so the
 //!   key coexists with other well-behaved clients. A reset by someone else (`ResetCard`)
 //!   reconnects and re-runs the operation (which always starts with SELECT PIV).
-//! - Every PC/SC call runs on a worker thread with a deadline ([`worker`]): a card that
+//! - Every PC/SC call runs on a worker thread with a deadline (see `worker.rs`): a card that
 //!   never answers gives [`ErrorKind::Timeout`] instead of a stuck monitor.
 //! - Contention is never reported as absence: `SharingViolation` is [`ErrorKind::Busy`]
 //!   naming candidate holder processes ([`crate::holders`]).
