@@ -245,5 +245,26 @@ fn monitor_follows_insert_remove_contention_and_pcscd_restarts() {
     });
 
     monitor.stop();
+
+    // Held by another process when the monitor starts: attached as a busy key (never
+    // absent), identified and validated as soon as the holder lets go.
+    let mut holder = spawn_holder(&pcscd.reader(0));
+    let holder_pid = holder.id();
+    let cell = HardwareIdCell::new(machine.clone());
+    let reader = cell.reader();
+    let provider: Arc<dyn KeyProvider> = Arc::new(PcscProvider::new());
+    let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+    let monitor = spawn_monitor(cell, vec![provider], validator, fast_monitor()).expect("monitor");
+    wait_snapshot(&reader, "busy key at start-up", |s| {
+        s.keys.len() == 1
+            && matches!(&s.keys[0].status, KeyStatus::Error { kind: ErrorKind::Busy, holders, .. }
+                if holders.iter().any(|h| h.pid == holder_pid))
+    });
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    wait_snapshot(&reader, "serial once the holder let go", |s| {
+        s.hardware_id == serial && s.keys[0].info.serial == Some(Serial::from(5550123))
+    });
+    monitor.stop();
     card.stop();
 }

@@ -322,8 +322,11 @@ impl HardwareKey for PcscKey {
 /// What probing one reader found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Probe {
-    /// A YubiKey-like PIV card (or one we cannot ask right now: busy, not answering).
+    /// A YubiKey-like PIV card (or one that does not answer in time).
     Key(KeyInfo),
+    /// A card another process holds: reported as a key (never as absent), identified
+    /// once it is free.
+    Busy(KeyInfo),
     /// No card, or a card that is not a PIV key.
     NotAKey,
 }
@@ -356,7 +359,7 @@ pub(crate) fn probe_outcome(reader: &str, result: Result<session::Identity>) -> 
         }
         Err(e) if e.kind() == ErrorKind::Busy => {
             info.model = "smart card (held by another process)".into();
-            Probe::Key(info)
+            Probe::Busy(info)
         }
         Err(e) if e.kind() == ErrorKind::Timeout => {
             info.model = "smart card (not answering)".into();
@@ -426,7 +429,7 @@ impl KeyProvider for PcscProvider {
             .into_iter()
             .filter(|(_, present)| *present)
             .filter_map(|(reader, _)| match probe(&reader, self.timeouts) {
-                Probe::Key(info) => Some(info),
+                Probe::Key(info) | Probe::Busy(info) => Some(info),
                 Probe::NotAKey => None,
             })
             .collect())

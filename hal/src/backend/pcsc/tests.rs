@@ -131,10 +131,11 @@ fn busy_card_is_busy_and_names_holders_never_absent() {
     // The /proc scan ran (it never lists ourselves).
     assert!(busy.holders().iter().all(|h| h.pid != std::process::id()));
     match probe_outcome("Virtual PCD 00 00", Err(busy.clone())) {
-        Probe::Key(info) => {
+        Probe::Busy(info) => {
             assert_eq!(info.serial, None);
             assert!(info.model.contains("held by another process"));
         }
+        Probe::Key(_) => panic!("a busy card is re-identified once free: expected Probe::Busy"),
         Probe::NotAKey => panic!("a busy card must not be reported as absent"),
     }
     let script = ScriptedTransport::new().expect_err(h(SELECT_PIV), busy);
@@ -233,6 +234,30 @@ fn tracker_turns_reader_states_into_events() {
 }
 
 #[test]
+fn a_card_busy_at_insertion_is_reported_then_identified_when_released() {
+    let mut t = Tracker::default();
+    let mut out = Vec::new();
+    let busy = |r: &str| {
+        let mut info = bare_info(r);
+        info.model = "smart card (held by another process)".into();
+        Probe::Busy(info)
+    };
+    t.observe("R0", true, 1, &mut |r| busy(r), &mut out);
+    assert!(matches!(out.as_slice(), [HotplugEvent::Attached(i)] if i.serial.is_none()));
+    out.clear();
+    // Still held: a state change (someone else's connect) probes again, no event.
+    t.observe("R0", true, 1, &mut |r| busy(r), &mut out);
+    assert!(out.is_empty());
+    // Released: the same key again, now with its serial.
+    t.observe("R0", true, 1, &mut key_probe(9), &mut out);
+    assert!(matches!(out.as_slice(), [HotplugEvent::Attached(i)] if i.serial == Some(Serial::from(9))));
+    out.clear();
+    // Identified: later state changes do not probe any more.
+    t.observe("R0", true, 1, &mut |_| panic!("no probe expected"), &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
 fn non_piv_cards_are_probed_once_per_insertion() {
     let mut t = Tracker::default();
     let mut out = Vec::new();
@@ -269,7 +294,11 @@ mod tracker_model {
             for (r, present, bump, is_key) in ops {
                 counts[r] += bump;
                 let mut out = Vec::new();
-                let mut identify = |reader: &str| if is_key { key_probe(1)(reader) } else { Probe::NotAKey };
+                let mut identify = |reader: &str| match (is_key, bump) {
+                    (true, 0) => { let mut i = bare_info(reader); i.model = "busy".into(); Probe::Busy(i) }
+                    (true, _) => key_probe(1)(reader),
+                    (false, _) => Probe::NotAKey,
+                };
                 if r == 2 && !present && bump == 2 {
                     // The reader itself goes away.
                     let listed: Vec<String> = readers[..2].iter().map(|s| s.to_string()).collect();

@@ -34,6 +34,9 @@ pub(crate) struct Seen {
     pub count: u32,
     /// The key we reported for the card in it, `None` when the card is not a key.
     pub key: Option<KeyInfo>,
+    /// The card was held by another process when probed: probe again on the next change
+    /// of the reader's state (the holder letting go) to report its serial.
+    pub busy: bool,
 }
 
 /// The reader bookkeeping, free of PC/SC types so it can be unit tested.
@@ -52,8 +55,11 @@ impl Tracker {
         identify: &mut dyn FnMut(&str) -> Probe,
         out: &mut Vec<HotplugEvent>,
     ) {
-        if let Some(seen) = self.readers.get(reader) {
+        if let Some(seen) = self.readers.get_mut(reader) {
             if present && seen.count == count {
+                if seen.busy {
+                    Self::reprobe(seen, identify(reader), out);
+                }
                 return;
             }
             // Removed, or removed and re-inserted since the last look.
@@ -62,14 +68,36 @@ impl Tracker {
             }
         }
         if present {
-            let key = match identify(reader) {
-                Probe::Key(info) => Some(info),
-                Probe::NotAKey => None,
+            let (key, busy) = match identify(reader) {
+                Probe::Key(info) => (Some(info), false),
+                Probe::Busy(info) => (Some(info), true),
+                Probe::NotAKey => (None, false),
             };
             if let Some(info) = &key {
                 out.push(HotplugEvent::Attached(info.clone()));
             }
-            self.readers.insert(reader.to_string(), Seen { count, key });
+            self.readers.insert(reader.to_string(), Seen { count, key, busy });
+        }
+    }
+
+    /// A card reported while busy has been probed again.
+    fn reprobe(seen: &mut Seen, probe: Probe, out: &mut Vec<HotplugEvent>) {
+        match probe {
+            Probe::Busy(_) => {}
+            Probe::Key(info) => {
+                seen.busy = false;
+                if seen.key.as_ref() != Some(&info) {
+                    // Same id, fuller info: the monitor replaces the entry and validates it.
+                    out.push(HotplugEvent::Attached(info.clone()));
+                    seen.key = Some(info);
+                }
+            }
+            Probe::NotAKey => {
+                seen.busy = false;
+                if let Some(key) = seen.key.take() {
+                    out.push(HotplugEvent::Detached(key.id));
+                }
+            }
         }
     }
 
