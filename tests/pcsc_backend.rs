@@ -22,6 +22,7 @@ use keyfloat_hal::{
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 
 const HOLD_ENV: &str = "KEYFLOAT_TEST_HOLD_READER";
+const HOLD_MODE_ENV: &str = "KEYFLOAT_TEST_HOLD_MODE";
 
 /// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
 fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
@@ -117,6 +118,19 @@ fn provider_finds_opens_and_proves_the_card() {
     assert!(key.sign_challenge(b"after reset").is_ok());
     drop(key);
 
+    // Another client sits in a long transaction: our connect waits inside pcscd until our
+    // deadline, and that is reported as busy naming the holder, not as a hang or absence.
+    let mut holder = spawn_holder_in(&pcscd.reader(0), "transaction");
+    let quick = Timeouts {
+        call: Duration::from_millis(700),
+        probe: Duration::from_millis(700),
+    };
+    let e = PcscKey::open(&pcscd.reader(0), quick).expect_err("locked by a transaction");
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.holders().iter().any(|h| h.pid == holder.id()), "{e}");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+
     // A card that stops answering: the call returns Timeout at its deadline, never hangs.
     let mut key = PcscKey::open(
         &pcscd.reader(0),
@@ -142,9 +156,14 @@ fn provider_finds_opens_and_proves_the_card() {
 /// Runs this test binary again as another process that holds `reader` exclusively until
 /// its stdin closes.
 fn spawn_holder(reader: &str) -> Child {
+    spawn_holder_in(reader, "exclusive")
+}
+
+fn spawn_holder_in(reader: &str, mode: &str) -> Child {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "holder_child_process", "--nocapture", "--test-threads=1"])
         .env(HOLD_ENV, reader)
+        .env(HOLD_MODE_ENV, mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -172,8 +191,15 @@ fn holder_child_process() {
     let name = std::ffi::CString::new(reader).expect("reader name");
     let deadline = Instant::now() + Duration::from_secs(10);
     // Our monitor may hold a shared connection for a moment: retry until exclusive.
-    let card = loop {
-        match ctx.connect(&name, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY) {
+    // "exclusive": an exclusive connection; "transaction": a shared one inside a transaction.
+    let transaction = std::env::var(HOLD_MODE_ENV).as_deref() == Ok("transaction");
+    let mode = if transaction {
+        pcsc::ShareMode::Shared
+    } else {
+        pcsc::ShareMode::Exclusive
+    };
+    let mut card = loop {
+        match ctx.connect(&name, mode, pcsc::Protocols::ANY) {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;
@@ -182,9 +208,15 @@ fn holder_child_process() {
             Err(e) => panic!("cannot hold the card: {e}"),
         }
     };
+    let tx = if transaction {
+        Some(card.transaction().expect("begin transaction"))
+    } else {
+        None
+    };
     println!("HOLDING");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
+    drop(tx);
     let _ = card.disconnect(pcsc::Disposition::LeaveCard);
 }
 

@@ -238,10 +238,27 @@ impl fmt::Debug for PcscKey {
 
 impl PcscKey {
     /// Connects (shared) to the card in `reader`.
+    ///
+    /// pcscd makes `SCardConnect` wait (without a timeout) while another client holds a
+    /// transaction on the card, so a connect that misses its deadline is reported as
+    /// [`ErrorKind::Busy`] naming the candidate holders.
     pub fn open(reader: &str, timeouts: Timeouts) -> Result<Self> {
         let owned = reader.to_string();
         let worker = Worker::start(&format!("keyfloat-pcsc-{reader}"), timeouts.call, move || {
             PcscChannel::connect(&owned).map(|c| Box::new(c) as Box<dyn CardChannel>)
+        })
+        .map_err(|e| {
+            if e.kind() != ErrorKind::Timeout {
+                return e;
+            }
+            Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "the card in {reader:?} stayed locked for {} ms (another client's transaction, or a wedged card)",
+                    timeouts.call.as_millis()
+                ),
+            )
+            .with_holders(candidate_holders())
         })?;
         Ok(Self {
             info: bare_info(reader),
