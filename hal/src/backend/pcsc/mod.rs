@@ -244,7 +244,7 @@ impl PcscKey {
     /// [`ErrorKind::Busy`] naming the candidate holders.
     pub fn open(reader: &str, timeouts: Timeouts) -> Result<Self> {
         let owned = reader.to_string();
-        let worker = Worker::start(&format!("keyfloat-pcsc-{reader}"), timeouts.call, move || {
+        let worker = Worker::start("keyfloat-pcsc-key", timeouts.call, move || {
             PcscChannel::connect(&owned).map(|c| Box::new(c) as Box<dyn CardChannel>)
         })
         .map_err(|e| {

@@ -323,3 +323,16 @@ mod tracker_model {
         }
     }
 }
+
+#[test]
+fn odd_key_ids_are_errors_not_panics() {
+    let provider = PcscProvider::new();
+    let e = provider
+        .open(&KeyId::new(BackendKind::Pcsc, "bad\0reader"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidData);
+    let e = provider
+        .open(&KeyId::new(BackendKind::Hid, "/dev/hidraw0"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotPresent);
+}
