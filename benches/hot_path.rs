@@ -5,6 +5,10 @@
 //! encoded in the word). Baselines hold the same facts in a snapshot struct behind
 //! `RwLock<Arc<_>>`, `Mutex<_>` and `arc_swap::ArcSwap`.
 //!
+//! `floor_atomic_u64` is the floor on this machine: a bare shared `AtomicU64` loaded and
+//! compared (its writer only stores the word, so it flips far more often than the cell's,
+//! which publishes a whole snapshot each time).
+//!
 //! Two more subjects run the server's real code over the same cell: `server_check_key` is
 //! `AppState::check_key` for the license's catalog entry (the key part of the gate), and
 //! `server_gate` is `AppState::gate` — catalog lookup by product and `license_id`, then the
@@ -20,7 +24,7 @@
 //! Run: `cargo bench --bench hot_path`. CI runs it once untimed: `cargo test --benches`.
 
 use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -139,9 +143,21 @@ fn server_state(reader: CellReader) -> (AppState, Entry, tempfile::TempDir) {
 /// The candidates, each with the same check and the same flip.
 #[derive(Clone)]
 enum Subject {
+    /// The floor: a bare shared `AtomicU64` (token in the low half), loaded and compared.
+    Floor(Arc<AtomicU64>),
     Cell(CellReader, Arc<Mutex<HardwareIdCell>>, KeyToken),
-    ServerCheckKey(AppState, Entry, Arc<Mutex<HardwareIdCell>>, Arc<tempfile::TempDir>),
-    ServerGate(AppState, Arc<Mutex<HardwareIdCell>>, Arc<tempfile::TempDir>),
+    // The last field keeps the store's directory alive for as long as the state lives.
+    ServerCheckKey(
+        AppState,
+        Entry,
+        Arc<Mutex<HardwareIdCell>>,
+        #[allow(dead_code)] Arc<tempfile::TempDir>,
+    ),
+    ServerGate(
+        AppState,
+        Arc<Mutex<HardwareIdCell>>,
+        #[allow(dead_code)] Arc<tempfile::TempDir>,
+    ),
     RwLock(Arc<RwLock<Arc<Snap>>>),
     Mutex(Arc<Mutex<Snap>>),
     ArcSwap(Arc<ArcSwap<Snap>>),
@@ -166,6 +182,7 @@ impl Subject {
             }
         };
         vec![
+            ("floor_atomic_u64", Subject::Floor(Arc::new(AtomicU64::new(1)))),
             ("cell", Subject::Cell(reader, Arc::new(Mutex::new(cell)), token)),
             server("server_check_key"),
             server("server_gate"),
@@ -185,6 +202,7 @@ impl Subject {
     #[inline]
     fn check(&self) -> bool {
         match self {
+            Subject::Floor(word) => word.load(Ordering::Acquire) as u32 == 1,
             Subject::Cell(reader, _, token) => reader.check().is(*token),
             Subject::ServerCheckKey(state, entry, _, _) => state.check_key(entry, ACTION).is_ok(),
             Subject::ServerGate(state, _, _) => state.gate(PRODUCT, Some(LICENSE_ID), ACTION).is_ok(),
@@ -197,6 +215,7 @@ impl Subject {
     /// One plug or unplug, as the monitor would publish it.
     fn flip(&self, valid: bool, generation: u64, machine: &HardwareId) {
         match self {
+            Subject::Floor(word) => word.store(generation << 32 | u64::from(valid), Ordering::Release),
             Subject::Cell(_, cell, _) | Subject::ServerCheckKey(_, _, cell, _) | Subject::ServerGate(_, cell, _) => {
                 let s = if valid {
                     key_snapshot(machine)

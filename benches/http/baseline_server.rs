@@ -1,0 +1,181 @@
+//! The HTTP baseline `scripts/bench-http.sh` measures keyfloat against, in the same run:
+//! a minimal axum 0.8 server (same runtime and HTTP stack as `keyfloat serve`) that does
+//! the least a licensing endpoint has to do.
+//!
+//! - `GET  /static`: a fixed small JSON body (routing + HTTP only).
+//! - `POST /json`: parses a ~300 B JSON body and answers ~500 B of JSON built from it.
+//! - `POST /json_db`: the same, plus one row written per request to SQLite (WAL,
+//!   `synchronous=FULL`) by one writer thread that group-commits everything queued (up to
+//!   512 requests per transaction, one fsync per batch) and answers after the commit.
+//!
+//! Run: `cargo run --release --example baseline_server -- --listen 127.0.0.1:0 --data-dir DIR`;
+//! it prints `listening on http://ADDR` and serves until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// Most rows committed together, as in the keyfloat store.
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<i64, String>>;
+
+#[derive(Clone)]
+struct Db(mpsc::Sender<(String, Reply)>);
+
+fn open(dir: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(dir.join("baseline.db"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, user TEXT NOT NULL, body TEXT NOT NULL)",
+    )?;
+    Ok(conn)
+}
+
+/// One transaction per drained batch; every request of the batch is answered after COMMIT.
+fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
+    let mut batch: Vec<(String, Reply)> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = (|| -> rusqlite::Result<Vec<i64>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut ids = Vec::with_capacity(batch.len());
+            {
+                let mut st = conn.prepare_cached("INSERT INTO rows (user, body) VALUES (?1, ?2)")?;
+                for (body, _) in &batch {
+                    let user = serde_json::from_str::<Value>(body)
+                        .ok()
+                        .and_then(|v| v["user"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    st.execute((user, body))?;
+                    ids.push(conn.last_insert_rowid());
+                }
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(ids)
+        })();
+        match result {
+            Ok(ids) => {
+                for ((_, reply), id) in batch.drain(..).zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// ~500 B of JSON derived from the request, like a register answer.
+fn answer(req: &Value, row: Option<i64>) -> Value {
+    json!({
+        "id": 1_000_000_000_000_001u64,
+        "product": req["product"],
+        "user": req["user"],
+        "os_hostname": req["os_hostname"],
+        "ip_local": req["ip_local"],
+        "row": row,
+        "license_type": "perpetual",
+        "floating_users": 100000,
+        "floating_timeout": 30,
+        "floating_slots_in_use": 1,
+        "is_floating": true,
+        "is_floating_cloud": false,
+        "is_borrowed": false,
+        "borrowed_until": null,
+        "max_borrow_time": 24,
+        "registered_at": "2026-01-01T00:00:00.000000Z",
+        "validity_period": null,
+        "product_features": [],
+        "hardware_key_required": true,
+        "activation_hardware_id": "12345678",
+    })
+}
+
+async fn plain(Json(req): Json<Value>) -> Json<Value> {
+    Json(answer(&req, None))
+}
+
+async fn durable(State(db): State<Db>, body: String) -> Result<Json<Value>, (StatusCode, String)> {
+    let req: Value = serde_json::from_str(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    let (tx, rx) = oneshot::channel();
+    db.0.send((body, tx))
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "writer stopped".to_owned()))?;
+    let id = rx
+        .await
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "writer dropped".to_owned()))?
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(Json(answer(&req, Some(id))))
+}
+
+async fn fixed() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+fn arg(name: &str) -> Option<String> {
+    let mut it = std::env::args();
+    while let Some(a) = it.next() {
+        if a == name {
+            return it.next();
+        }
+    }
+    None
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
+    let dir = PathBuf::from(arg("--data-dir").ok_or("--data-dir DIR is required")?);
+    std::fs::create_dir_all(&dir)?;
+    let conn = open(&dir)?;
+    let (tx, rx) = mpsc::channel();
+    let writer = std::thread::spawn(move || writer(conn, rx));
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let app = Router::new()
+            .route("/static", get(fixed))
+            .route("/json", post(plain))
+            .route("/json_db", post(durable))
+            .with_state(Db(tx));
+        let listener = tokio::net::TcpListener::bind(&listen).await?;
+        println!("listening on http://{}", listener.local_addr()?);
+        axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    // The router (and its sender) is gone: the writer drains and stops.
+    let _ = writer.join();
+    Ok(())
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+}

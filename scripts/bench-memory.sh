@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Memory benchmark: RSS of `keyfloat serve` (release, simulated provisioned key) holding
+# USERS (default 10,000) active floating registrations. Not run in CI.
+#
+#   ./scripts/bench-memory.sh            # 10,000 users
+#   USERS=2000 ./scripts/bench-memory.sh
+#
+# Registers USERS distinct users on one license with enough seats (16 keep-alive client
+# threads on loopback, so the store group-commits), then reads VmRSS / VmHWM from
+# /proc/PID/status: right after start, after the registrations, and after listing every
+# registration and license once (the admin pages that materialise them all). Target
+# (DESIGN.md §9): RSS <= 64 MiB at 10,000 active registrations.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+USERS=${USERS:-10000}
+
+cargo build --release --quiet --bin keyfloat
+KF=target/release/keyfloat
+TMP=$(mktemp -d /tmp/keyfloat-bench-memory.XXXXXX)
+PID=
+cleanup() {
+    if [ -n "$PID" ]; then
+        kill "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+$KF vendor keygen --out "$TMP/vendor.pem" --public-out "$TMP/vendor.pub.pem" >/dev/null
+RUST_LOG=warn $KF serve --listen 127.0.0.1:0 --data-dir "$TMP/kf" --key-backend sim \
+    --sim-vendor-key "$TMP/vendor.pem" >"$TMP/out" 2>"$TMP/err" &
+PID=$!
+ADDR=
+for _ in $(seq 100); do
+    ADDR=$(sed -n 's|^listening on http://||p' "$TMP/out")
+    [ -n "$ADDR" ] && break
+    sleep 0.1
+done
+[ -n "$ADDR" ] || { cat "$TMP/err" >&2; exit 1; }
+
+mem() { # label
+    awk -v label="$1" '/^VmRSS|^VmHWM/ { v[$1] = $2 }
+        END { printf "%-40s VmRSS %7.1f MiB   VmHWM %7.1f MiB\n", label, v["VmRSS:"] / 1024, v["VmHWM:"] / 1024 }' \
+        "/proc/$PID/status"
+}
+
+ID=$(curl -fsS "http://$ADDR/api/v4/addProduct?product=mem&licenseKey=MEM&floatingUsers=$((USERS * 2))&floatingTimeout=600" |
+    sed -n 's/.*"license_id":\([0-9]*\).*/\1/p')
+[ -n "$ID" ] || { echo "addProduct failed" >&2; exit 1; }
+mem "started, one license"
+
+START=$(date +%s.%N)
+python3 - "$ADDR" "$ID" "$USERS" <<'EOF'
+import http.client, json, sys, threading
+
+addr, license_id, users = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port = addr.rsplit(":", 1)
+THREADS = 16
+failures = []
+
+def worker(k):
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    for i in range(k, users, THREADS):
+        body = json.dumps({
+            "product": "mem", "license_id": license_id, "user": f"user-{i:06d}",
+            "os_hostname": f"host-{i:06d}.example.internal", "ip_local": "192.168.100.200",
+            "user_info": "keyfloat memory benchmark",
+        })
+        conn.request("POST", "/api/v4/register", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            failures.append((i, r.status, data[:200]))
+            return
+
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
+for t in ts: t.start()
+for t in ts: t.join()
+if failures:
+    sys.exit(f"registration failed: {failures[:3]}")
+EOF
+END=$(date +%s.%N)
+ACTIVE=$(curl -fsS "http://$ADDR/api/v4/license?license_id=$ID" | grep -o '"floating_in_use_devices":[0-9]*' | head -1 | cut -d: -f2)
+mem "after $USERS registrations"
+curl -fsS "http://$ADDR/api/v4/registrations" -o /dev/null
+curl -fsS "http://$ADDR/api/v4/license" -o /dev/null
+mem "after listing registrations + licenses"
+awk -v n="$USERS" -v a="$START" -v b="$END" 'BEGIN { printf "registered %d users in %.1f s (%.0f/s)\n", n, b - a, n / (b - a) }'
+echo "active seats reported by /license: ${ACTIVE:-unknown}"
+du -sh "$TMP/kf" | awk '{ print "data dir on disk: " $1 }'
