@@ -124,8 +124,8 @@ pub struct Snapshot {
 /// A backend-level failure shown in the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendError {
-    /// Which backend.
-    pub backend: BackendKind,
+    /// Which backend, when the failure came with one.
+    pub backend: Option<BackendKind>,
     /// Stable error code.
     pub code: &'static str,
     /// Message.

@@ -105,7 +105,7 @@ pub struct Monitor {
     keys: BTreeMap<KeyId, Entry>,
     pending: BTreeSet<KeyId>,
     in_force: Option<KeyId>,
-    backend_errors: BTreeMap<BackendKind, Error>,
+    backend_errors: BTreeMap<Option<BackendKind>, Error>,
     published: Snapshot,
 }
 
@@ -128,7 +128,8 @@ impl Monitor {
     pub fn apply(&mut self, now: Duration, input: Input) -> Step {
         match input {
             Input::Hotplug(HotplugEvent::Attached(info)) => {
-                self.backend_errors.remove(&info.backend);
+                self.backend_errors.remove(&Some(info.backend));
+                self.backend_errors.remove(&None);
                 let id = info.id.clone();
                 let same = self.keys.get(&id).is_some_and(|e| e.info == info);
                 if !same {
@@ -155,11 +156,11 @@ impl Monitor {
                 }
             }
             Input::Hotplug(HotplugEvent::Error(e)) => {
-                // A source's own error names no backend; drivers send `BackendFailed`.
-                self.backend_errors.insert(BackendKind::Sim, e);
+                // A source's own error names no backend (`spawn` sends `BackendFailed` instead).
+                self.backend_errors.insert(None, e);
             }
             Input::BackendFailed { backend, error } => {
-                self.backend_errors.insert(backend, error);
+                self.backend_errors.insert(Some(backend), error);
             }
             Input::Validated { id, validation } => self.validated(now, id, validation),
             Input::RevalidateAll => {

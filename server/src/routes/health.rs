@@ -41,7 +41,7 @@ pub fn key_state(snap: &Snapshot) -> Value {
             .or_else(|| snap.keys.is_empty().then(|| "no key attached".to_owned())),
         "keys": snap.keys.iter().map(key_json).collect::<Vec<_>>(),
         "backend_error": snap.backend_error.as_ref().map(|e| json!({
-            "backend": e.backend.as_str(), "code": e.code, "message": e.message,
+            "backend": e.backend.map(|b| b.as_str()), "code": e.code, "message": e.message,
         })),
         "generation": snap.generation,
     })
