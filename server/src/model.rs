@@ -8,55 +8,9 @@ use serde_json::{json, Map, Value};
 
 use crate::clock::{format_micros, format_opt};
 
-/// How the license was authorised on activation (Key Auth or User Auth).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub enum Auth {
-    /// Key Auth: a license key.
-    Key {
-        /// The license key.
-        license_key: String,
-    },
-    /// User Auth: a license user; only the argon2 hash of the password is kept.
-    User {
-        /// License user name (e-mail).
-        username: String,
-        /// Argon2 PHC string.
-        password_hash: String,
-    },
-}
-
-/// Consumption terms of a consumption license.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConsumptionTerms {
-    /// Included consumptions.
-    pub max_consumptions: i64,
-    /// No upper limit at all.
-    #[serde(default)]
-    pub allow_unlimited: bool,
-    /// Overages beyond `max_consumptions` allowed.
-    #[serde(default)]
-    pub allow_overages: bool,
-    /// Overage cap; 0 with `allow_overages` means unlimited overages (LicenseSpring rule).
-    #[serde(default)]
-    pub max_overages: i64,
-    /// Negative amounts (refunds) allowed.
-    #[serde(default)]
-    pub allow_negative: bool,
-    /// `daily`, `weekly`, `monthly`, `annually` (reported; resets are the cloud's job).
-    #[serde(default)]
-    pub reset_period: Option<String>,
-}
-
-/// Activation or consumption feature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureKind {
-    /// On/off feature; floating when it has `floating_users`.
-    Activation,
-    /// Counted feature.
-    Consumption,
-}
+// The terms shared with signed license files are the license file's own types: one
+// definition, so an uploaded file and `addProduct` produce the same thing.
+pub use crate::license_file::{ConsumptionTerms, FeatureKind, FeatureTerms, LicenseAuth as Auth};
 
 impl FeatureKind {
     /// Wire name (`feature_type`).
@@ -66,33 +20,6 @@ impl FeatureKind {
             Self::Consumption => "consumption",
         }
     }
-}
-
-/// One feature of a license.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeatureTerms {
-    /// Feature code.
-    pub code: String,
-    /// Display name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Kind.
-    pub kind: FeatureKind,
-    /// Floating slots; `None` = not a floating feature.
-    #[serde(default)]
-    pub floating_users: Option<u32>,
-    /// Slot timeout; defaults to the license's.
-    #[serde(default)]
-    pub floating_timeout_minutes: Option<u32>,
-    /// Consumption features: included consumptions.
-    #[serde(default)]
-    pub max_consumption: Option<i64>,
-    /// Overages allowed.
-    #[serde(default)]
-    pub allow_overages: bool,
-    /// Overage cap (0 with `allow_overages` = unlimited).
-    #[serde(default)]
-    pub max_overages: i64,
 }
 
 /// The static terms of a license.

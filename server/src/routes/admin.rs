@@ -161,47 +161,13 @@ pub fn terms_from_doc(doc: &LicenseDoc) -> ApiResult<LicenseTerms> {
     Ok(LicenseTerms {
         product: doc.product.clone(),
         product_name: doc.product_name.clone(),
-        auth: match &doc.auth {
-            license_file::LicenseAuth::Key { license_key } => Auth::Key {
-                license_key: license_key.clone(),
-            },
-            license_file::LicenseAuth::User {
-                username,
-                password_hash,
-            } => Auth::User {
-                username: username.clone(),
-                password_hash: password_hash.clone(),
-            },
-        },
+        auth: doc.auth.clone(),
         license_type: doc.license_type.clone(),
         floating_users: doc.floating_users,
         floating_timeout_minutes: doc.floating_timeout_minutes,
         max_borrow_time_hours: doc.max_borrow_time_hours,
-        consumption: doc.consumption.as_ref().map(|c| ConsumptionTerms {
-            max_consumptions: c.max_consumptions,
-            allow_unlimited: c.allow_unlimited,
-            allow_overages: c.allow_overages,
-            max_overages: c.max_overages,
-            allow_negative: c.allow_negative,
-            reset_period: c.reset_period.clone(),
-        }),
-        features: doc
-            .features
-            .iter()
-            .map(|f| FeatureTerms {
-                code: f.code.clone(),
-                name: f.name.clone(),
-                kind: match f.kind {
-                    license_file::FeatureKind::Consumption => FeatureKind::Consumption,
-                    _ => FeatureKind::Activation,
-                },
-                floating_users: f.floating_users,
-                floating_timeout_minutes: f.floating_timeout_minutes,
-                max_consumption: f.max_consumption,
-                allow_overages: f.allow_overages,
-                max_overages: f.max_overages,
-            })
-            .collect(),
+        consumption: doc.consumption.clone(),
+        features: doc.features.clone(),
         valid_from: micros(doc.valid_from_time().map_err(bad)?),
         valid_until: micros(doc.valid_until_time().map_err(bad)?),
         hardware_key_required: doc.hardware_key_required,
