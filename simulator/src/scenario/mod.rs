@@ -2,6 +2,7 @@
 //! same verbs ([`Scenario::builder`]), and runners for the `virtual` mode (in-process, sim
 //! backend, virtual clock, deterministic) and the `pcsc` mode (real pcscd + virtual card).
 
+mod expect;
 mod format;
 mod http;
 #[cfg(feature = "pcsc")]

@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 use keyfloat_hal::backend::pcsc::PcscProvider;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
-use keyfloat_hal::{
-    spawn_monitor, CellReader, HardwareId, HardwareIdCell, KeyStatus, MonitorConfig, MonitorHandle, Serial,
-};
+use keyfloat_hal::{spawn_monitor, CellReader, HardwareId, HardwareIdCell, MonitorConfig, MonitorHandle, Serial};
 
+use super::expect::{cell_mismatch, reason, response_mismatch};
 use super::format::{Action, Expect, Mode, Provisioning, ScenarioSpec, StepSpec};
 use super::http::{HttpTarget, Response};
 use super::run::RunReport;
@@ -234,11 +233,7 @@ impl PcscRun {
 
     fn record(&mut self, action: String, http: Option<HttpOutcome>) {
         let snap = self.reader.snapshot();
-        let reason = snap.primary_key().and_then(|k| match &k.status {
-            KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
-            KeyStatus::Error { code, .. } => Some((*code).to_string()),
-            _ => None,
-        });
+        let reason = reason(&snap);
         let line = TraceLine {
             at_us: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
             step: self.step,
@@ -252,50 +247,9 @@ impl PcscRun {
         self.trace.push(line);
     }
 
-    /// The cell-level expectations that hold right now, or why not.
+    /// The cell-level expectations that do not hold right now, if any.
     fn cell_mismatch(&self, expect: &Expect) -> Option<String> {
-        let snap = self.reader.snapshot();
-        if let Some(want) = &expect.hardware_id {
-            let got = self.label();
-            if &got != want {
-                return Some(format!("expected hardware_id={want}, got {got}"));
-            }
-        }
-        if let Some(want) = &expect.key_state {
-            if snap.state().as_str() != want {
-                return Some(format!("expected key_state={want}, got {}", snap.state().as_str()));
-            }
-        }
-        let primary = snap.primary_key();
-        if let Some(want) = &expect.reason {
-            let got = primary.and_then(|k| match &k.status {
-                KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
-                KeyStatus::Error { code, .. } => Some((*code).to_string()),
-                _ => None,
-            });
-            if got.as_deref() != Some(want.as_str()) {
-                return Some(format!(
-                    "expected reason={want}, got {}",
-                    got.unwrap_or_else(|| "none".into())
-                ));
-            }
-        }
-        if expect.holder.is_some() {
-            let holders: Vec<String> = snap
-                .keys
-                .iter()
-                .flat_map(|k| match &k.status {
-                    KeyStatus::Error { holders, .. } => holders.iter().map(|h| h.command.clone()).collect(),
-                    _ => Vec::new(),
-                })
-                .collect();
-            if !holders.iter().any(|h| h == PCSC_CONTENDER) {
-                return Some(format!(
-                    "expected the contender ({PCSC_CONTENDER}) to be named as holder, got {holders:?}"
-                ));
-            }
-        }
-        None
+        cell_mismatch(expect, &self.reader.snapshot(), &self.label(), Some(PCSC_CONTENDER))
     }
 
     fn expectation(&self, i: usize, step: &StepSpec, message: String) -> ScenarioError {
@@ -366,36 +320,8 @@ impl PcscRun {
                     }),
                 );
                 if let Some(e) = &step.expect {
-                    if let Some(m) = self.cell_mismatch(e) {
+                    if let Some(m) = self.cell_mismatch(e).or_else(|| response_mismatch(e, Some(&resp))) {
                         return Err(self.expectation(i, step, m));
-                    }
-                    if let Some(want) = e.status {
-                        if resp.status != want {
-                            return Err(self.expectation(
-                                i,
-                                step,
-                                format!("expected status {want}, got {} {}", resp.status, resp.body),
-                            ));
-                        }
-                    }
-                    if let Some(want) = &e.code {
-                        if resp.code().as_deref() != Some(want.as_str()) {
-                            return Err(self.expectation(
-                                i,
-                                step,
-                                format!("expected code {want}, got {} {}", resp.status, resp.body),
-                            ));
-                        }
-                    }
-                    for (pointer, want) in &e.json {
-                        let want = serde_json::to_value(want).unwrap_or_default();
-                        if resp.body.pointer(pointer) != Some(&want) {
-                            return Err(self.expectation(
-                                i,
-                                step,
-                                format!("expected {pointer} = {want}, got {}", resp.body),
-                            ));
-                        }
                     }
                 }
                 return Ok(());

@@ -7,10 +7,11 @@ use std::time::Duration;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
-    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider, KeyStatus,
+    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider,
     MonitorConfig, Serial,
 };
 
+use super::expect::{cell_mismatch, reason, response_mismatch};
 use super::format::{Action, Expect, KeySpec, Mode, Provisioning, ScenarioSpec, StepSpec};
 use super::http::{HttpTarget, Response};
 use super::trace::{HttpOutcome, TraceLine};
@@ -358,11 +359,7 @@ impl Scenario {
 
     fn record(&mut self, action: String, http: Option<HttpOutcome>) -> &TraceLine {
         let snap = self.reader.snapshot();
-        let reason = snap.primary_key().and_then(|k| match &k.status {
-            KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
-            KeyStatus::Error { code, .. } => Some((*code).to_string()),
-            _ => None,
-        });
+        let reason = reason(&snap);
         let line = TraceLine {
             at_us: u64::try_from(self.now.as_micros()).unwrap_or(u64::MAX),
             step: self.step,
@@ -551,69 +548,15 @@ fn check(
     expect: &Expect,
     response: Option<&Response>,
 ) -> Result<(), ScenarioError> {
-    let fail = |m: String| Err(expectation(spec, i, step, m));
-    let line = sim.trace().last();
     let snap = sim.reader().snapshot();
-    if let Some(want) = &expect.hardware_id {
-        let got = sim.hardware_id_label();
-        if &got != want {
-            return fail(format!("expected hardware_id={want}, got {got}"));
-        }
+    let mismatch = cell_mismatch(expect, &snap, &sim.hardware_id_label(), None)
+        .or_else(|| response_mismatch(expect, response))
+        .or_else(|| {
+            let want = expect.server_exited?;
+            (sim.server_exited() != want).then(|| format!("expected server_exited={want}"))
+        });
+    match mismatch {
+        Some(m) => Err(expectation(spec, i, step, m)),
+        None => Ok(()),
     }
-    if let Some(want) = &expect.key_state {
-        let got = snap.state().as_str();
-        if got != want {
-            return fail(format!("expected key_state={want}, got {got}"));
-        }
-    }
-    if let Some(want) = &expect.reason {
-        let got = line.and_then(|l| l.reason.clone()).unwrap_or_else(|| "none".into());
-        if &got != want {
-            return fail(format!("expected reason={want}, got {got}"));
-        }
-    }
-    if let Some(want) = &expect.holder {
-        let holders: Vec<String> = snap
-            .keys
-            .iter()
-            .flat_map(|k| match &k.status {
-                KeyStatus::Error { holders, .. } => holders.iter().map(|h| h.command.clone()).collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        if !holders.iter().any(|h| h == want) {
-            return fail(format!("expected holder {want} to be named, got {holders:?}"));
-        }
-    }
-    if expect.status.is_some() || expect.code.is_some() || !expect.json.is_empty() {
-        let Some(resp) = response else {
-            return fail("expected an HTTP result but the step sent no request".into());
-        };
-        if let Some(want) = expect.status {
-            if resp.status != want {
-                return fail(format!("expected status {want}, got {} {}", resp.status, resp.body));
-            }
-        }
-        if let Some(want) = &expect.code {
-            if resp.code().as_deref() != Some(want.as_str()) {
-                return fail(format!("expected code {want}, got {} {}", resp.status, resp.body));
-            }
-        }
-        for (pointer, want) in &expect.json {
-            let want = serde_json::to_value(want).unwrap_or_default();
-            let got = resp.body.pointer(pointer);
-            if got != Some(&want) {
-                return fail(format!(
-                    "expected {pointer} = {want} in the response, got {}",
-                    resp.body
-                ));
-            }
-        }
-    }
-    if let Some(want) = expect.server_exited {
-        if sim.server_exited() != want {
-            return fail(format!("expected server_exited={want}"));
-        }
-    }
-    Ok(())
 }
