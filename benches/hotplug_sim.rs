@@ -10,12 +10,16 @@
 //! - `plug → attached seen`: the cell's generation moved (the "validating" picture);
 //! - `plug → valid in force`: the check word names the key again (includes validation);
 //! - `validation alone`: `VendorValidator::validate` on the same key, no threads — the
-//!   part of `plug → valid` that is cryptography, not hand-off.
+//!   part of `plug → valid` that is cryptography, not hand-off;
+//! - `two-hop floor`: the same thread topology with nothing in it (channel → thread →
+//!   channel → thread → atomic store) — what two wake-ups cost on this machine, the floor
+//!   under `unplug → key gone` and `plug → attached seen`.
 //!
 //! `cargo bench --bench hotplug_sim` runs 200 cycles; `cargo test --benches` runs 3 as a
 //! smoke test. No network, no devices.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
@@ -62,6 +66,45 @@ fn wait_until(start: Instant, what: &str, mut done: impl FnMut() -> bool) -> Dur
         assert!(start.elapsed() < DEADLINE, "{what}: not visible within {DEADLINE:?}");
         std::thread::yield_now();
     }
+}
+
+/// Two forwarding threads like watcher → monitor, then a store the main thread spins on.
+fn two_hop_floor(cycles: usize) -> Stats {
+    let word = Arc::new(AtomicU64::new(0));
+    let (tx1, rx1) = mpsc::channel::<u64>();
+    let (tx2, rx2) = mpsc::channel::<u64>();
+    let hop1 = std::thread::spawn(move || {
+        while let Ok(v) = rx1.recv_timeout(Duration::from_millis(100)).or_else(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => Ok(0),
+            mpsc::RecvTimeoutError::Disconnected => Err(()),
+        }) {
+            if v != 0 && tx2.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    let w = Arc::clone(&word);
+    let hop2 = std::thread::spawn(move || {
+        while let Ok(v) = rx2.recv_timeout(Duration::from_millis(200)).or_else(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => Ok(0),
+            mpsc::RecvTimeoutError::Disconnected => Err(()),
+        }) {
+            if v != 0 {
+                w.store(v, Ordering::Release);
+            }
+        }
+    });
+    let mut stats = Stats::default();
+    for i in 1..=cycles as u64 {
+        std::thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        tx1.send(i).expect("hop 1");
+        stats.push(wait_until(t, "two-hop floor", || word.load(Ordering::Acquire) == i));
+    }
+    drop(tx1);
+    let _ = hop1.join();
+    let _ = hop2.join();
+    stats
 }
 
 fn main() {
@@ -124,10 +167,12 @@ fn main() {
         valid.push(wait_until(t, "plug (valid)", || reader.check().is(token)));
     }
     monitor.stop();
+    let mut floor = two_hop_floor(cycles);
 
     println!("hotplug_sim: {cycles} cycles, sim backend, real monitor thread, VendorValidator");
     println!("{}", gone.line("unplug → key gone"));
     println!("{}", attached.line("plug → attached seen"));
     println!("{}", valid.line("plug → valid in force"));
     println!("{}", validation.line("validation alone"));
+    println!("{}", floor.line("two-hop floor"));
 }
