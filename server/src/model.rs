@@ -386,7 +386,7 @@ pub fn license_list_entry(l: &License, seats_in_use: usize, feature_in_use: &BTr
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> License {

@@ -41,6 +41,7 @@ fn feature_usage(tx: &mut dyn Tx, id: u64, now: i64) -> Result<BTreeMap<String, 
     Ok(tx.feature_usage(id, now)?)
 }
 
+/// Seats in use now; lapsed seats (and their feature slots) are dropped on the way.
 fn seats_in_use(tx: &mut dyn Tx, id: u64, now: i64) -> Result<usize, ApiError> {
     Ok(tx.count_active_registrations(id, now)?)
 }
@@ -101,8 +102,6 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
                     "No floating slots left for this license",
                 ));
             }
-            // A new seat is the moment to drop lapsed ones (and the user's own lapsed row).
-            tx.purge_expired(id, now)?;
             let reg = Registration {
                 license_id: id,
                 user: who.user.clone(),

@@ -22,7 +22,8 @@ pub const DB_FILE: &str = "keyfloat.db";
 const MAX_BATCH: usize = 512;
 
 /// Schema migrations; `PRAGMA user_version` = how many have been applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE licenses (
     id INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -75,7 +76,27 @@ CREATE TABLE audit (
     license_id INTEGER,
     detail TEXT NOT NULL
 );
-"#];
+"#,
+    // Seats in O(1): a new seat used to count (and purge) by walking every registration of
+    // its license, ~6 ms per seat at 10,000 seats. Expired rows are now found through an
+    // index and the seat rows of each license are counted by triggers; after a purge every
+    // remaining row is an active seat, so the count is one row read.
+    r#"
+CREATE INDEX registrations_by_expiry ON registrations(license_id, expires_at);
+CREATE TABLE seat_counts (
+    license_id INTEGER PRIMARY KEY REFERENCES licenses(id) ON DELETE CASCADE,
+    n INTEGER NOT NULL
+);
+INSERT INTO seat_counts (license_id, n) SELECT license_id, COUNT(*) FROM registrations GROUP BY license_id;
+CREATE TRIGGER seat_counts_insert AFTER INSERT ON registrations BEGIN
+    INSERT INTO seat_counts (license_id, n) VALUES (new.license_id, 1)
+        ON CONFLICT (license_id) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER seat_counts_delete AFTER DELETE ON registrations BEGIN
+    UPDATE seat_counts SET n = n - 1 WHERE license_id = old.license_id;
+END;
+"#,
+];
 
 enum Msg {
     Job(Box<dyn Job>),
@@ -460,20 +481,27 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
-        let n: i64 = self
+        // Lapsed seats are dropped first (an index seek over the expired rows only); every
+        // row left is then active, and the trigger-kept counter is the answer.
+        self.purge_expired(license_id, now)?;
+        let n: Option<i64> = self
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM registrations WHERE license_id = ?1
-                   AND (expires_at > ?2 OR (borrowed_until IS NOT NULL AND borrowed_until > ?2))",
-            )?
-            .query_row(params![sid(license_id), now], |r| r.get(0))?;
-        Ok(usize::try_from(n).unwrap_or(0))
+            .prepare_cached("SELECT n FROM seat_counts WHERE license_id = ?1")?
+            .query_row(params![sid(license_id)], |r| r.get(0))
+            .optional()?;
+        Ok(usize::try_from(n.unwrap_or(0)).unwrap_or(0))
     }
 
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()> {
         self.conn
             .prepare_cached(&format!(
-                "INSERT OR REPLACE INTO registrations ({REG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                // An upsert, not INSERT OR REPLACE: the replace's implicit delete would not
+                // fire the seat-count trigger.
+                "INSERT INTO registrations ({REG_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (license_id, user) DO UPDATE SET registered_at = excluded.registered_at,
+                   expires_at = excluded.expires_at, borrowed_until = excluded.borrowed_until,
+                   os_hostname = excluded.os_hostname, ip_local = excluded.ip_local,
+                   user_info = excluded.user_info"
             ))?
             .execute(params![
                 sid(r.license_id),
@@ -703,6 +731,54 @@ mod tests {
         let s = SqliteStore::open(dir.path()).unwrap();
         let acc = transact_blocking(&s, |tx| Ok(tx.account("a")?)).unwrap();
         assert_eq!(acc.map(|a| a.role), Some(Role::Admin));
+    }
+
+    /// The trigger-kept seat counter agrees with the rows through new seats, renewals
+    /// (upserts), lapses, releases, a refused job and a license removal.
+    #[test]
+    fn seat_counter_follows_the_registrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let license = crate::model::tests::sample();
+        let id = license.id;
+        let reg = move |user: &str, expires_at: i64| Registration {
+            license_id: id,
+            user: user.into(),
+            registered_at: 0,
+            expires_at,
+            borrowed_until: None,
+            os_hostname: None,
+            ip_local: None,
+            user_info: None,
+        };
+        let count = |now: i64| transact_blocking(&s, move |tx| Ok(tx.count_active_registrations(id, now)?)).unwrap();
+        transact_blocking(&s, move |tx| {
+            tx.insert_license(&license)?;
+            for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
+                tx.put_registration(&reg(user, 100 + i as i64))?;
+            }
+            // A renewal is an upsert: still three seats.
+            tx.put_registration(&reg("a", 500))?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(count(50), 3);
+        // "b" (expires 101) and "c" (102) lapse; "a" (500) stays.
+        assert_eq!(count(200), 1);
+        let refused = transact_blocking(&s, move |tx| -> Result<(), ApiError> {
+            tx.put_registration(&reg("d", 900))?;
+            Err(ApiError::bad_request("nope", "refused"))
+        });
+        assert!(refused.is_err());
+        assert_eq!(count(200), 1, "a refused job's seat is not counted");
+        transact_blocking(&s, move |tx| Ok(tx.delete_registration(id, "a")?)).unwrap();
+        assert_eq!(count(200), 0);
+        transact_blocking(&s, move |tx| {
+            tx.put_registration(&reg("e", 900))?;
+            Ok(tx.delete_license(id)?)
+        })
+        .unwrap();
+        assert_eq!(count(200), 0);
     }
 
     #[test]
