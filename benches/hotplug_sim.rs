@@ -13,7 +13,9 @@
 //!   part of `plug → valid` that is cryptography, not hand-off;
 //! - `two-hop floor`: the same thread topology with nothing in it (channel → thread →
 //!   channel → thread → atomic store) — what two wake-ups cost on this machine, the floor
-//!   under `unplug → key gone` and `plug → attached seen`.
+//!   under `unplug → key gone` and `plug → attached seen`;
+//! - `one-hop floor`: the same with one thread — what a monitor thread that waited on the
+//!   source itself (no forwarding watcher thread) would pay.
 //!
 //! `cargo bench --bench hotplug_sim` runs 200 cycles; `cargo test --benches` runs 3 as a
 //! smoke test. No network, no devices.
@@ -68,42 +70,42 @@ fn wait_until(start: Instant, what: &str, mut done: impl FnMut() -> bool) -> Dur
     }
 }
 
-/// Two forwarding threads like watcher → monitor, then a store the main thread spins on.
-fn two_hop_floor(cycles: usize) -> Stats {
+/// `hops` threads in a chain over `mpsc` (like watcher → monitor), the last one storing the
+/// value the main thread spins on: what the thread hand-off alone costs on this machine.
+fn hop_floor(cycles: usize, hops: usize) -> Stats {
     let word = Arc::new(AtomicU64::new(0));
-    let (tx1, rx1) = mpsc::channel::<u64>();
-    let (tx2, rx2) = mpsc::channel::<u64>();
-    let hop1 = std::thread::spawn(move || {
-        while let Ok(v) = rx1.recv_timeout(Duration::from_millis(100)).or_else(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Ok(0),
-            mpsc::RecvTimeoutError::Disconnected => Err(()),
-        }) {
-            if v != 0 && tx2.send(v).is_err() {
-                return;
+    let (first, mut rx) = mpsc::channel::<u64>();
+    let mut threads = Vec::new();
+    for hop in 0..hops {
+        let last = hop + 1 == hops;
+        let (tx, next_rx) = mpsc::channel::<u64>();
+        let w = Arc::clone(&word);
+        let this_rx = std::mem::replace(&mut rx, next_rx);
+        // Idle timeouts like the watcher's and the monitor's; they are never on the path.
+        threads.push(std::thread::spawn(move || loop {
+            match this_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(v) if last => w.store(v, Ordering::Release),
+                Ok(v) => {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
-        }
-    });
-    let w = Arc::clone(&word);
-    let hop2 = std::thread::spawn(move || {
-        while let Ok(v) = rx2.recv_timeout(Duration::from_millis(200)).or_else(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => Ok(0),
-            mpsc::RecvTimeoutError::Disconnected => Err(()),
-        }) {
-            if v != 0 {
-                w.store(v, Ordering::Release);
-            }
-        }
-    });
+        }));
+    }
     let mut stats = Stats::default();
     for i in 1..=cycles as u64 {
         std::thread::sleep(Duration::from_millis(2));
         let t = Instant::now();
-        tx1.send(i).expect("hop 1");
-        stats.push(wait_until(t, "two-hop floor", || word.load(Ordering::Acquire) == i));
+        first.send(i).expect("first hop");
+        stats.push(wait_until(t, "hop floor", || word.load(Ordering::Acquire) == i));
     }
-    drop(tx1);
-    let _ = hop1.join();
-    let _ = hop2.join();
+    drop(first);
+    for t in threads {
+        let _ = t.join();
+    }
     stats
 }
 
@@ -167,12 +169,14 @@ fn main() {
         valid.push(wait_until(t, "plug (valid)", || reader.check().is(token)));
     }
     monitor.stop();
-    let mut floor = two_hop_floor(cycles);
+    let mut floor2 = hop_floor(cycles, 2);
+    let mut floor1 = hop_floor(cycles, 1);
 
     println!("hotplug_sim: {cycles} cycles, sim backend, real monitor thread, VendorValidator");
     println!("{}", gone.line("unplug → key gone"));
     println!("{}", attached.line("plug → attached seen"));
     println!("{}", valid.line("plug → valid in force"));
     println!("{}", validation.line("validation alone"));
-    println!("{}", floor.line("two-hop floor"));
+    println!("{}", floor2.line("two-hop floor"));
+    println!("{}", floor1.line("one-hop floor"));
 }
