@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::cell::{BackendError, HardwareIdCell, KeyStatus, KeyView, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
-use crate::key::{BackendKind, Firmware, HardwareId, HotplugEvent, KeyId, KeyInfo, KeyProvider, Serial};
+use crate::key::{BackendKind, Firmware, HardwareId, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Serial};
 use crate::validate::{KeyValidator, Validation};
 
 /// Timing knobs of the monitor.
@@ -421,13 +421,105 @@ impl Drop for MonitorHandle {
     }
 }
 
+/// What a watcher hands to the monitor.
 enum Message {
     Event(HotplugEvent),
     BackendFailed(BackendKind, Error),
 }
 
-/// Runs a monitor on its own thread, one watcher thread per provider. Watchers that fail
-/// (e.g. pcscd stopped) detach their keys, report the error and re-watch with backoff.
+impl Message {
+    fn into_input(self) -> Input {
+        match self {
+            Message::Event(ev) => Input::Hotplug(ev),
+            Message::BackendFailed(backend, error) => Input::BackendFailed { backend, error },
+        }
+    }
+}
+
+/// One provider's hot-plug source, kept alive: a source that fails (e.g. pcscd stopped)
+/// detaches the keys it reported, reports the error and is re-opened with backoff.
+struct Watcher {
+    provider: Arc<dyn KeyProvider>,
+    config: MonitorConfig,
+    source: Option<Box<dyn HotplugSource>>,
+    failures: u32,
+    retry_at: Instant,
+    attached: BTreeSet<KeyId>,
+}
+
+impl Watcher {
+    fn new(provider: Arc<dyn KeyProvider>, config: MonitorConfig) -> Self {
+        Self {
+            provider,
+            config,
+            source: None,
+            failures: 0,
+            retry_at: Instant::now(),
+            attached: BTreeSet::new(),
+        }
+    }
+
+    fn failed(&mut self, e: Error) -> Message {
+        self.failures += 1;
+        self.retry_at = Instant::now() + self.config.backoff(self.failures);
+        Message::BackendFailed(self.provider.kind(), e)
+    }
+
+    /// Waits up to `timeout` for what the source has to say.
+    fn poll(&mut self, timeout: Duration, stop: &AtomicBool) -> Vec<Message> {
+        let kind = self.provider.kind();
+        let Some(source) = self.source.as_mut() else {
+            let wait = self.retry_at.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                sleep_unless_stopped(stop, wait.min(timeout));
+                return Vec::new();
+            }
+            return match self.provider.watch() {
+                Ok(source) => {
+                    self.source = Some(source);
+                    self.failures = 0;
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!(target: "keyfloat::key", backend = %kind, error = %e, "cannot watch for keys; retrying");
+                    vec![self.failed(e)]
+                }
+            };
+        };
+        match source.next_event(timeout) {
+            Ok(None) => Vec::new(),
+            Ok(Some(HotplugEvent::Error(e))) => vec![Message::BackendFailed(kind, e)],
+            Ok(Some(ev)) => {
+                match &ev {
+                    HotplugEvent::Attached(info) => {
+                        self.attached.insert(info.id.clone());
+                    }
+                    HotplugEvent::Detached(id) => {
+                        self.attached.remove(id);
+                    }
+                    HotplugEvent::Error(_) => {}
+                }
+                vec![Message::Event(ev)]
+            }
+            Err(e) => {
+                tracing::warn!(target: "keyfloat::key", backend = %kind, error = %e, "key watcher failed; re-watching");
+                self.source = None;
+                // The keys this source reported can no longer be reached through it.
+                let mut out: Vec<Message> = std::mem::take(&mut self.attached)
+                    .into_iter()
+                    .map(|id| Message::Event(HotplugEvent::Detached(id)))
+                    .collect();
+                out.push(self.failed(e));
+                out
+            }
+        }
+    }
+}
+
+/// Runs a monitor on its own thread. With one provider (the usual case) the monitor thread
+/// waits on that provider's source itself, so a hot-plug event costs one thread wake-up;
+/// with several, one watcher thread per provider forwards events over a channel. Watchers
+/// that fail (e.g. pcscd stopped) detach their keys, report the error and re-watch with backoff.
 pub fn spawn(
     cell: HardwareIdCell,
     providers: Vec<Arc<dyn KeyProvider>>,
@@ -435,21 +527,37 @@ pub fn spawn(
     config: MonitorConfig,
 ) -> Result<MonitorHandle> {
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel::<Message>();
     let mut threads = Vec::new();
-    for provider in &providers {
-        let provider = Arc::clone(provider);
-        let tx = tx.clone();
-        let stop = Arc::clone(&stop);
-        let name = format!("keyfloat-watch-{}", provider.kind());
-        threads.push(
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || watch_loop(provider, tx, stop, config))?,
-        );
-    }
-    drop(tx);
-    let mut driver = Driver::new(cell, providers, validator, config);
+    let mut driver = Driver::new(cell, providers.clone(), validator, config);
+    let mut wait_for_events: Box<dyn FnMut(Duration) -> Option<Vec<Message>> + Send> =
+        if let [only] = providers.as_slice() {
+            let mut watcher = Watcher::new(Arc::clone(only), config);
+            let stop = Arc::clone(&stop);
+            Box::new(move |wait| Some(watcher.poll(wait, &stop)))
+        } else {
+            let (tx, rx) = mpsc::channel::<Message>();
+            for provider in &providers {
+                let mut watcher = Watcher::new(Arc::clone(provider), config);
+                let tx = tx.clone();
+                let stop = Arc::clone(&stop);
+                let name = format!("keyfloat-watch-{}", provider.kind());
+                threads.push(std::thread::Builder::new().name(name).spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for msg in watcher.poll(Duration::from_millis(100), &stop) {
+                            if tx.send(msg).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                })?);
+            }
+            drop(tx);
+            Box::new(move |wait| match rx.recv_timeout(wait) {
+                Ok(msg) => Some(vec![msg]),
+                Err(mpsc::RecvTimeoutError::Timeout) => Some(Vec::new()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            })
+        };
     let stop2 = Arc::clone(&stop);
     threads.push(
         std::thread::Builder::new()
@@ -462,84 +570,17 @@ pub fn spawn(
                         .next_deadline()
                         .map_or(Duration::from_millis(200), |d| d.saturating_sub(now))
                         .min(Duration::from_millis(200));
-                    match rx.recv_timeout(wait) {
-                        Ok(Message::Event(ev)) => {
-                            driver.handle(start.elapsed(), Input::Hotplug(ev));
-                        }
-                        Ok(Message::BackendFailed(backend, error)) => {
-                            driver.handle(start.elapsed(), Input::BackendFailed { backend, error });
-                        }
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            driver.handle(start.elapsed(), Input::Tick);
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    let Some(messages) = wait_for_events(wait) else { break };
+                    if messages.is_empty() {
+                        driver.handle(start.elapsed(), Input::Tick);
+                    }
+                    for msg in messages {
+                        driver.handle(start.elapsed(), msg.into_input());
                     }
                 }
             })?,
     );
     Ok(MonitorHandle { stop, threads })
-}
-
-fn watch_loop(provider: Arc<dyn KeyProvider>, tx: mpsc::Sender<Message>, stop: Arc<AtomicBool>, config: MonitorConfig) {
-    let kind = provider.kind();
-    let mut failures = 0u32;
-    let mut attached: BTreeSet<KeyId> = BTreeSet::new();
-    while !stop.load(Ordering::Relaxed) {
-        let mut source = match provider.watch() {
-            Ok(s) => s,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(target: "keyfloat::key", backend = %kind, error = %e, "cannot watch for keys; retrying");
-                if tx.send(Message::BackendFailed(kind, e)).is_err() {
-                    return;
-                }
-                sleep_unless_stopped(&stop, config.backoff(failures));
-                continue;
-            }
-        };
-        failures = 0;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match source.next_event(Duration::from_millis(100)) {
-                Ok(None) => {}
-                Ok(Some(ev)) => {
-                    match &ev {
-                        HotplugEvent::Attached(info) => {
-                            attached.insert(info.id.clone());
-                        }
-                        HotplugEvent::Detached(id) => {
-                            attached.remove(id);
-                        }
-                        HotplugEvent::Error(_) => {}
-                    }
-                    let msg = match ev {
-                        HotplugEvent::Error(e) => Message::BackendFailed(kind, e),
-                        ev => Message::Event(ev),
-                    };
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(target: "keyfloat::key", backend = %kind, error = %e, "key watcher failed; re-watching");
-                    // The keys this source reported can no longer be reached through it.
-                    for id in std::mem::take(&mut attached) {
-                        if tx.send(Message::Event(HotplugEvent::Detached(id))).is_err() {
-                            return;
-                        }
-                    }
-                    if tx.send(Message::BackendFailed(kind, e)).is_err() {
-                        return;
-                    }
-                    failures += 1;
-                    sleep_unless_stopped(&stop, config.backoff(failures));
-                    break;
-                }
-            }
-        }
-    }
 }
 
 fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
