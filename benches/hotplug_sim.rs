@@ -1,9 +1,11 @@
-//! Hot-plug latency of the simulated backend through the real monitor thread: from
-//! `SimBus::plug` / `SimBus::unplug` returning to the change being visible in the
-//! hardware-ID cell (`CellReader::check()`), with a provisioned sim key and the real
-//! `VendorValidator`. The chain measured is: bus → watcher thread (`next_event`, wakes on
-//! the channel) → monitor thread (`recv_timeout`, wakes on the channel) → `Driver::handle`
-//! (for a plug: publish "validating", open + prove + verify, publish "valid") → cell word.
+//! Hot-plug latency of the simulated backend through the real monitor thread: from the
+//! moment `SimBus::plug` / `SimBus::unplug` is called (on a trigger thread) to the change
+//! being visible in the hardware-ID cell (`CellReader::check()`, spun on by the main
+//! thread), with a provisioned sim key and the real `VendorValidator`. The chain measured
+//! is: bus → the monitor's source (`next_event`, wakes on the channel; with several
+//! providers a watcher thread per provider forwards to the monitor thread, one more hop) →
+//! `Driver::handle` (for a plug: publish "validating", open + prove + verify, publish
+//! "valid") → cell word.
 //!
 //! Reported per cycle:
 //! - `unplug → key gone`: the check word no longer names the key;
@@ -59,14 +61,71 @@ impl Stats {
     }
 }
 
-/// Spins (yielding) until `done` holds; the time from `start`, or a panic at the deadline.
-fn wait_until(start: Instant, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+/// Spins until `done` holds and returns when it saw it; panics at the deadline.
+fn spin_until(what: &str, mut done: impl FnMut() -> bool) -> Instant {
+    let start = Instant::now();
     loop {
         if done() {
-            return start.elapsed();
+            return Instant::now();
         }
-        assert!(start.elapsed() < DEADLINE, "{what}: not visible within {DEADLINE:?}");
-        std::thread::yield_now();
+        let waited = start.elapsed();
+        assert!(waited < DEADLINE, "{what}: not visible within {DEADLINE:?}");
+        // Pure spin; yield only if something seems to be stuck behind this thread.
+        if waited > Duration::from_millis(2) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+type Action = Box<dyn FnOnce() + Send>;
+
+/// Runs each action on its own thread and reports when it started. The change is caused
+/// there, not on the observing thread: an observer that caused it itself would be the
+/// CPU the woken monitor thread is queued on (the scheduler places a wakee near its
+/// waker), and on a 2-vCPU machine the spinning observer then delays the very thread it
+/// waits for. Here the trigger thread blocks right after the action, like a bus or pcscd
+/// would, and the observer spins on the other CPU like a request handler.
+struct Trigger {
+    actions: mpsc::Sender<Action>,
+    started: mpsc::Receiver<Instant>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Trigger {
+    fn new() -> Self {
+        let (actions, rx) = mpsc::channel::<Action>();
+        let (tx, started) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            while let Ok(action) = rx.recv() {
+                let t = Instant::now();
+                action();
+                if tx.send(t).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            actions,
+            started,
+            thread,
+        }
+    }
+
+    /// Starts `action` on the trigger thread.
+    fn fire(&self, action: impl FnOnce() + Send + 'static) {
+        self.actions.send(Box::new(action)).expect("trigger thread");
+    }
+
+    /// When the last fired action started.
+    fn started(&self) -> Instant {
+        self.started.recv().expect("trigger thread")
+    }
+
+    fn stop(self) {
+        drop(self.actions);
+        let _ = self.thread.join();
     }
 }
 
@@ -95,13 +154,16 @@ fn hop_floor(cycles: usize, hops: usize) -> Stats {
             }
         }));
     }
+    let trigger = Trigger::new();
     let mut stats = Stats::default();
     for i in 1..=cycles as u64 {
         std::thread::sleep(Duration::from_millis(2));
-        let t = Instant::now();
-        first.send(i).expect("first hop");
-        stats.push(wait_until(t, "hop floor", || word.load(Ordering::Acquire) == i));
+        let first = first.clone();
+        trigger.fire(move || first.send(i).expect("first hop"));
+        let seen = spin_until("hop floor", || word.load(Ordering::Acquire) == i);
+        stats.push(seen.saturating_duration_since(trigger.started()));
     }
+    trigger.stop();
     drop(first);
     for t in threads {
         let _ = t.join();
@@ -149,25 +211,29 @@ fn main() {
     .expect("monitor");
 
     bus.plug(KEY).expect("plug");
-    wait_until(Instant::now(), "first plug", || reader.check().is(token));
+    spin_until("first plug", || reader.check().is(token));
 
+    let trigger = Trigger::new();
     let (mut gone, mut attached, mut valid) = (Stats::default(), Stats::default(), Stats::default());
     for _ in 0..cycles {
         // Let the previous change settle (no validation in flight).
         std::thread::sleep(Duration::from_millis(2));
-        let t = Instant::now();
-        bus.unplug(KEY).expect("unplug");
-        gone.push(wait_until(t, "unplug", || !reader.check().is(token)));
+        let b = bus.clone();
+        trigger.fire(move || b.unplug(KEY).expect("unplug"));
+        let seen = spin_until("unplug", || !reader.check().is(token));
+        gone.push(seen.saturating_duration_since(trigger.started()));
 
         std::thread::sleep(Duration::from_millis(2));
         let before = reader.check().generation();
-        let t = Instant::now();
-        bus.plug(KEY).expect("plug");
-        attached.push(wait_until(t, "plug (attached)", || {
-            reader.check().generation() != before
-        }));
-        valid.push(wait_until(t, "plug (valid)", || reader.check().is(token)));
+        let b = bus.clone();
+        trigger.fire(move || b.plug(KEY).expect("plug"));
+        let seen_attached = spin_until("plug (attached)", || reader.check().generation() != before);
+        let seen_valid = spin_until("plug (valid)", || reader.check().is(token));
+        let t = trigger.started();
+        attached.push(seen_attached.saturating_duration_since(t));
+        valid.push(seen_valid.saturating_duration_since(t));
     }
+    trigger.stop();
     monitor.stop();
     let mut floor2 = hop_floor(cycles, 2);
     let mut floor1 = hop_floor(cycles, 1);
