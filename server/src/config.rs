@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// `--key-backend sim`: vendor signing key that provisions the simulated key.
     #[serde(alias = "simVendorKey")]
     pub sim_vendor_key: Option<PathBuf>,
+    /// Accept keys that can only show a serial (generic HID dongles) for key-bound licenses.
+    /// Off by default: such a key proves presence, not identity.
+    #[serde(alias = "allowSerialOnlyKeys")]
+    pub allow_serial_only_keys: bool,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             vendor_public_key: None,
             revalidate_secs: 60,
             sim_vendor_key: None,
+            allow_serial_only_keys: false,
         }
     }
 }
@@ -152,5 +157,7 @@ mod tests {
         assert!(d.user_authentication);
         assert_eq!(ServerConfig::from_yaml("").unwrap(), ServerConfig::default());
         assert!(ServerConfig::from_yaml("key_backend: usb\n").is_err());
+        assert!(!c.allow_serial_only_keys, "serial-only keys are refused unless allowed");
+        assert!(ServerConfig::from_yaml("allowSerialOnlyKeys: true\n").unwrap().allow_serial_only_keys);
     }
 }

@@ -58,6 +58,9 @@ pub struct Args {
     /// simulated key; the server then trusts that vendor.
     #[arg(long)]
     pub sim_vendor_key: Option<PathBuf>,
+    /// Accept serial-only keys (generic HID dongles: presence, not proof) for key-bound licenses.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_serial_only_keys: Option<bool>,
     /// Serial of the simulated key.
     #[arg(long, default_value_t = 12345678)]
     pub sim_serial: u32,
@@ -114,6 +117,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = &args.sim_vendor_key {
         c.sim_vendor_key = Some(v.clone());
+    }
+    if let Some(v) = args.allow_serial_only_keys {
+        c.allow_serial_only_keys = v;
     }
     Ok(c)
 }
@@ -183,7 +189,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
 
     let providers = super::common::providers(arg_of(config.key_backend), sim.as_ref().map(|s| &s.bus))?;
     let validator: Arc<dyn KeyValidator> = match &vendor {
-        Some(pk) => Arc::new(VendorValidator::new(*pk)),
+        Some(pk) => Arc::new(VendorValidator::new(*pk).allow_serial_only(config.allow_serial_only_keys)),
         None => {
             tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
             Arc::new(NoVendorKey)
