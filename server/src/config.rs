@@ -158,6 +158,10 @@ mod tests {
         assert_eq!(ServerConfig::from_yaml("").unwrap(), ServerConfig::default());
         assert!(ServerConfig::from_yaml("key_backend: usb\n").is_err());
         assert!(!c.allow_serial_only_keys, "serial-only keys are refused unless allowed");
-        assert!(ServerConfig::from_yaml("allowSerialOnlyKeys: true\n").unwrap().allow_serial_only_keys);
+        assert!(
+            ServerConfig::from_yaml("allowSerialOnlyKeys: true\n")
+                .unwrap()
+                .allow_serial_only_keys
+        );
     }
 }
