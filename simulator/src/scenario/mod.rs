@@ -5,6 +5,7 @@
 mod expect;
 mod format;
 mod http;
+mod keys;
 #[cfg(feature = "pcsc")]
 pub mod pcsc_mode;
 mod run;

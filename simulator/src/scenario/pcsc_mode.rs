@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
-use keyfloat_hal::{spawn_monitor, CellReader, HardwareId, HardwareIdCell, MonitorConfig, MonitorHandle, Serial};
+use keyfloat_hal::trust::VendorValidator;
+use keyfloat_hal::{spawn_monitor, CellReader, HardwareIdCell, MonitorConfig, MonitorHandle};
 
 use super::expect::{cell_mismatch, reason, response_mismatch};
-use super::format::{Action, Expect, Mode, Provisioning, ScenarioSpec, StepSpec};
+use super::format::{Action, Expect, Mode, ScenarioSpec, StepSpec};
 use super::http::{HttpTarget, Response};
+use super::keys::ScenarioKeys;
 use super::run::RunReport;
 use super::server::InProcessServer;
 use super::trace::{HttpOutcome, TraceLine};
@@ -51,8 +52,7 @@ struct PcscRun {
     pcscd: PrivatePcscd,
     cards: BTreeMap<String, (u8, SimKeySpec)>,
     servers: BTreeMap<String, CardServer>,
-    names_by_serial: BTreeMap<String, String>,
-    machine_id: HardwareId,
+    keys: ScenarioKeys,
     reader: CellReader,
     _monitor: MonitorHandle,
     http: Option<InProcessServer>,
@@ -100,37 +100,21 @@ impl PcscRun {
             .map_err(|e| run_err(spec, 0, format!("cannot start pcscd: {e}")))?;
         // Before the first PC/SC call of this process.
         std::env::set_var(CSOCK_ENV, pcscd.socket());
-        let vendor = VendorSigningKey::generate();
-        let other_vendor = VendorSigningKey::generate();
-        let mut cards = BTreeMap::new();
-        let mut names_by_serial = BTreeMap::new();
-        for (slot, k) in spec.keys.iter().enumerate() {
-            let base = SimKeySpec::from_seed(&k.name, k.serial, spec.seed);
-            let provisioned = match k.provisioning {
-                Provisioning::Valid => try_provision_sim_key(base, &vendor),
-                Provisioning::WrongVendor => try_provision_sim_key(base, &other_vendor),
-                Provisioning::Unprovisioned => Ok(base),
-                // The certificate of this key, but another key signs: proofs never verify.
-                Provisioning::CorruptSigner => try_provision_sim_key(base, &vendor).map(|mut s| {
-                    s.signing_key = SimKeySpec::from_seed("impostor", k.serial, spec.seed).signing_key;
-                    s
-                }),
-                Provisioning::SerialMismatch => {
-                    let public = p256::PublicKey::from(base.verifying_key());
-                    let other = Serial::from(k.serial.wrapping_add(1));
-                    issue_key_certificate(&vendor, &other, &public, Duration::from_secs(86400))
-                        .map(|der| base.with_certificate(der))
-                }
-            }
-            .map_err(|e| run_err(spec, 0, format!("cannot provision {}: {e}", k.name)))?;
-            let slot = u8::try_from(slot).unwrap_or(0);
-            cards.insert(k.name.clone(), (slot, provisioned));
-            names_by_serial.insert(k.serial.to_string(), k.name.clone());
-        }
-        let machine_id = HardwareId::new(format!("machine-{:016x}", spec.seed));
-        let cell = HardwareIdCell::new(machine_id.clone());
+        let keys = ScenarioKeys::provision(&spec.keys, spec.seed).map_err(|e| run_err(spec, 0, e))?;
+        let cards = spec
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, k)| {
+                Some((
+                    k.name.clone(),
+                    (u8::try_from(slot).ok()?, keys.specs.get(&k.name)?.clone()),
+                ))
+            })
+            .collect();
+        let cell = HardwareIdCell::new(keys.machine_id.clone());
         let reader = cell.reader();
-        let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+        let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
         let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
             .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
         let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
@@ -143,8 +127,7 @@ impl PcscRun {
             pcscd,
             cards,
             servers: BTreeMap::new(),
-            names_by_serial,
-            machine_id,
+            keys,
             reader,
             _monitor: monitor,
             http,
@@ -220,15 +203,7 @@ impl PcscRun {
     }
 
     fn label(&self) -> String {
-        let id = self.reader.hardware_id();
-        if id == self.machine_id {
-            "machine".into()
-        } else {
-            self.names_by_serial
-                .get(id.as_str())
-                .cloned()
-                .unwrap_or_else(|| id.to_string())
-        }
+        self.keys.label(&self.reader.hardware_id())
     }
 
     fn record(&mut self, action: String, http: Option<HttpOutcome>) {

@@ -4,16 +4,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::backend::sim::SimBus;
+use keyfloat_hal::trust::VendorValidator;
 use keyfloat_hal::{
-    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider,
-    MonitorConfig, Serial,
+    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider, MonitorConfig,
 };
 
 use super::expect::{cell_mismatch, reason, response_mismatch};
 use super::format::{Action, Expect, KeySpec, Mode, Provisioning, ScenarioSpec, StepSpec};
 use super::http::{HttpTarget, Response};
+use super::keys::ScenarioKeys;
 use super::trace::{HttpOutcome, TraceLine};
 use super::ScenarioError;
 
@@ -84,7 +84,7 @@ pub struct Scenario {
     machine_id: HardwareId,
     now: Duration,
     releases: BTreeMap<Duration, Vec<String>>,
-    names_by_serial: BTreeMap<String, String>,
+    keys: ScenarioKeys,
     http: Option<Box<dyn HttpTarget>>,
     /// After a server restart the new monitor has not run yet: nothing is pumped until time moves.
     pump_suspended: bool,
@@ -120,35 +120,13 @@ impl Scenario {
     }
 
     fn new(name: String, seed: u64, keys: &[KeySpec]) -> Result<Self, ScenarioError> {
-        // Fresh vendor keys per run: traces name keys and states, never key material, so the
-        // seed still fixes the trace.
-        let vendor = VendorSigningKey::generate();
-        let other_vendor = VendorSigningKey::generate();
+        let keys = ScenarioKeys::provision(keys, seed).map_err(|e| run_err(&name, 0, e))?;
         let bus = SimBus::new();
-        let mut names_by_serial = BTreeMap::new();
-        for k in keys {
-            let spec = SimKeySpec::from_seed(&k.name, k.serial, seed);
-            let spec = match k.provisioning {
-                Provisioning::Valid | Provisioning::CorruptSigner => try_provision_sim_key(spec, &vendor),
-                Provisioning::WrongVendor => try_provision_sim_key(spec, &other_vendor),
-                Provisioning::Unprovisioned => Ok(spec),
-                Provisioning::SerialMismatch => {
-                    let other = Serial::from(k.serial.wrapping_add(1));
-                    let public = p256::PublicKey::from(spec.verifying_key());
-                    issue_key_certificate(&vendor, &other, &public, Duration::from_secs(365 * 86400))
-                        .map(|der| spec.with_certificate(der))
-                }
-            }
-            .map_err(|e| run_err(&name, 0, format!("cannot provision key {:?}: {e}", k.name)))?;
-            bus.insert(spec);
-            if k.provisioning == Provisioning::CorruptSigner {
-                bus.corrupt(&k.name, true)
-                    .map_err(|e| run_err(&name, 0, e.to_string()))?;
-            }
-            names_by_serial.insert(k.serial.to_string(), k.name.clone());
+        for spec in keys.specs.values() {
+            bus.insert(spec.clone());
         }
-        let validator = Arc::new(VendorValidator::new(vendor.public_key()));
-        let machine_id = HardwareId::new(format!("machine-{seed:016x}"));
+        let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
+        let machine_id = keys.machine_id.clone();
         let (driver, source, reader) = Self::monitor(&bus, &validator, &machine_id)?;
         Ok(Self {
             name,
@@ -160,7 +138,7 @@ impl Scenario {
             machine_id,
             now: Duration::ZERO,
             releases: BTreeMap::new(),
-            names_by_serial,
+            keys,
             http: None,
             pump_suspended: false,
             step: 0,
@@ -209,15 +187,7 @@ impl Scenario {
 
     /// The hardware ID in force as a trace label: a key name, `machine`, or the raw ID.
     pub fn hardware_id_label(&self) -> String {
-        let id = self.reader.hardware_id();
-        if id == self.machine_id {
-            "machine".into()
-        } else {
-            self.names_by_serial
-                .get(id.as_str())
-                .cloned()
-                .unwrap_or_else(|| id.to_string())
-        }
+        self.keys.label(&self.reader.hardware_id())
     }
 
     fn pump(&mut self) {

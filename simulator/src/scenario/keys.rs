@@ -1,0 +1,74 @@
+//! A scenario's keys, provisioned as the file says — the same for both run modes — and the
+//! labels traces use for hardware IDs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey};
+use keyfloat_hal::{HardwareId, Serial};
+
+use super::format::{KeySpec, Provisioning};
+
+/// The vendor the scenario's server trusts, the key material of every scenario key, and the
+/// machine ID of the scenario.
+pub(crate) struct ScenarioKeys {
+    /// The trusted vendor.
+    pub vendor: VendorSigningKey,
+    /// Key name → provisioned key material.
+    pub specs: BTreeMap<String, SimKeySpec>,
+    /// The machine's own hardware ID in this scenario.
+    pub machine_id: HardwareId,
+    names_by_serial: BTreeMap<String, String>,
+}
+
+impl ScenarioKeys {
+    /// Provisions `keys`. Vendor keys are fresh per run: traces name keys and states, never
+    /// key material, so the seed still fixes the trace.
+    pub fn provision(keys: &[KeySpec], seed: u64) -> Result<Self, String> {
+        let vendor = VendorSigningKey::generate();
+        let other_vendor = VendorSigningKey::generate();
+        let mut specs = BTreeMap::new();
+        let mut names_by_serial = BTreeMap::new();
+        for k in keys {
+            let base = SimKeySpec::from_seed(&k.name, k.serial, seed);
+            let spec = match k.provisioning {
+                Provisioning::Valid => try_provision_sim_key(base, &vendor),
+                Provisioning::WrongVendor => try_provision_sim_key(base, &other_vendor),
+                Provisioning::Unprovisioned => Ok(base),
+                // The genuine certificate, but another key signs: no proof ever verifies.
+                Provisioning::CorruptSigner => try_provision_sim_key(base, &vendor).map(|mut s| {
+                    s.signing_key = SimKeySpec::from_seed("impostor", k.serial, seed).signing_key;
+                    s
+                }),
+                Provisioning::SerialMismatch => {
+                    let public = p256::PublicKey::from(base.verifying_key());
+                    let other = Serial::from(k.serial.wrapping_add(1));
+                    issue_key_certificate(&vendor, &other, &public, Duration::from_secs(365 * 86400))
+                        .map(|der| base.with_certificate(der))
+                }
+            }
+            .map_err(|e| format!("cannot provision key {:?}: {e}", k.name))?;
+            specs.insert(k.name.clone(), spec);
+            names_by_serial.insert(k.serial.to_string(), k.name.clone());
+        }
+        Ok(Self {
+            vendor,
+            specs,
+            machine_id: HardwareId::new(format!("machine-{seed:016x}")),
+            names_by_serial,
+        })
+    }
+
+    /// `id` as a trace label: a key name, `machine`, or the raw ID.
+    pub fn label(&self, id: &HardwareId) -> String {
+        if *id == self.machine_id {
+            "machine".into()
+        } else {
+            self.names_by_serial
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_else(|| id.to_string())
+        }
+    }
+}
