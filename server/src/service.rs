@@ -37,8 +37,12 @@ pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiEr
     Ok(l)
 }
 
-fn feature_usage(tx: &mut dyn Tx, id: u64, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
-    Ok(tx.feature_usage(id, now)?)
+/// Live slots per feature; a license without features needs no query.
+fn feature_usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
+    if l.terms.features.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    Ok(tx.feature_usage(l.id, now)?)
 }
 
 /// Seats in use now; lapsed seats (and their feature slots) are dropped on the way.
@@ -78,7 +82,7 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
     let l = live_license(tx, id, now)?;
     let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
     let existing = tx.registration(id, &who.user)?.filter(|r| r.is_active(now));
-    let reg = match existing {
+    let (reg, in_use) = match existing {
         Some(existing) => {
             let renewed = Registration {
                 expires_at: (now + timeout).max(existing.expires_at),
@@ -93,10 +97,11 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
             if !same_info || renewed.expires_at - existing.expires_at >= RENEW_GRANULARITY {
                 tx.put_registration(&renewed)?;
             }
-            renewed
+            (renewed, seats_in_use(tx, id, now)?)
         }
         None => {
-            if seats_in_use(tx, id, now)? >= l.terms.floating_users as usize {
+            let taken = seats_in_use(tx, id, now)?;
+            if taken >= l.terms.floating_users as usize {
                 return Err(ApiError::bad_request(
                     "floating_not_available",
                     "No floating slots left for this license",
@@ -113,11 +118,11 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
                 user_info: who.user_info.clone(),
             };
             tx.put_registration(&reg)?;
-            reg
+            // The count just taken (lapsed seats purged) plus this one.
+            (reg, taken + 1)
         }
     };
-    let in_use = seats_in_use(tx, id, now)?;
-    let features = feature_usage(tx, id, now)?;
+    let features = feature_usage(tx, &l, now)?;
     Ok(Registered {
         license: l,
         registration: reg,
@@ -314,7 +319,7 @@ pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64
     }
     tx.set_feature_total(id, code, total)?;
     l.feature_totals.insert(code.to_owned(), total);
-    let usage = feature_usage(tx, id, now)?;
+    let usage = feature_usage(tx, &l, now)?;
     let mut o = model::feature_object(&l, index, &f, usage.get(code).copied().unwrap_or(0));
     if let Value::Object(m) = &mut o {
         m.insert("license_id".into(), json!(id));
@@ -362,7 +367,7 @@ pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, 
             user_info: who.user_info.clone(),
         })?;
     }
-    let usage = feature_usage(tx, id, now)?;
+    let usage = feature_usage(tx, &l, now)?;
     let mut o = model::feature_object(&l, index, &f, usage.get(code).copied().unwrap_or(0));
     if let Value::Object(m) = &mut o {
         m.insert("license_id".into(), json!(id));
@@ -386,7 +391,7 @@ pub fn feature_release(tx: &mut dyn Tx, id: u64, code: &str, user: Option<&str>,
 
 /// Seats and feature slots of a license, for the license list.
 pub fn usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<(usize, BTreeMap<String, usize>), ApiError> {
-    Ok((seats_in_use(tx, l.id, now)?, feature_usage(tx, l.id, now)?))
+    Ok((seats_in_use(tx, l.id, now)?, feature_usage(tx, l, now)?))
 }
 
 #[cfg(test)]
