@@ -197,10 +197,17 @@ impl KeyCheck {
 
 #[derive(Debug)]
 struct Shared {
-    word: AtomicU64,
+    word: CheckWord,
     snapshot: ArcSwap<Snapshot>,
     tokens: Mutex<HashMap<Serial, KeyToken>>,
 }
+
+/// The check word on a cache line of its own: a publication writes the snapshot pointer
+/// (and, on first sight of a serial, the token map) without invalidating the readers' copy
+/// of the word; only the word's own store does.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CheckWord(AtomicU64);
 
 impl Shared {
     fn token(&self, serial: &Serial) -> KeyToken {
@@ -235,7 +242,7 @@ impl HardwareIdCell {
     pub fn new(machine_id: HardwareId) -> Self {
         let snapshot = Snapshot::no_key(machine_id);
         let shared = Arc::new(Shared {
-            word: AtomicU64::new(0),
+            word: CheckWord(AtomicU64::new(0)),
             snapshot: ArcSwap::from_pointee(snapshot),
             tokens: Mutex::new(HashMap::new()),
         });
@@ -268,7 +275,7 @@ impl HardwareIdCell {
             .map_or(0, |s| self.shared.token(s).get());
         let word = ((self.generation & 0xFFFF_FFFF) << 32) | u64::from(token);
         self.shared.snapshot.store(Arc::new(snapshot));
-        self.shared.word.store(word, Ordering::Release);
+        self.shared.word.0.store(word, Ordering::Release);
         self.generation
     }
 
@@ -282,7 +289,7 @@ impl CellReader {
     /// The hot-path check: one atomic load. No lock, no allocation, no I/O.
     #[inline]
     pub fn check(&self) -> KeyCheck {
-        KeyCheck(self.shared.word.load(Ordering::Acquire))
+        KeyCheck(self.shared.word.0.load(Ordering::Acquire))
     }
 
     /// Whether the valid key in force is the one `bound` stands for.
