@@ -21,7 +21,7 @@ use x509_cert::Certificate;
 use super::error::TrustError;
 use super::pem;
 use super::proof_key::ProofKey;
-use super::vendor_key::{p256_public_from_pem, p256_public_from_spki_der, MAX_PEM_FILE_LEN};
+use super::vendor_key::{check_len, p256_public_from_pem, p256_public_from_spki_der};
 use super::{VendorPublicKey, VendorSigningKey};
 use crate::backend::sim::SimKeySpec;
 use crate::key::{Proof, Serial};
@@ -208,13 +208,7 @@ impl KeyCertificate {
     /// Parses a DER certificate. Only canonical DER is accepted, so the bytes the vendor
     /// signed are exactly the bytes re-encoded for verification.
     pub fn from_der(der: &[u8]) -> Result<Self, TrustError> {
-        if der.len() as u64 > MAX_PEM_FILE_LEN {
-            return Err(TrustError::TooLarge {
-                what: "certificate",
-                size: der.len() as u64,
-                limit: MAX_PEM_FILE_LEN,
-            });
-        }
+        check_len("certificate", der.len() as u64)?;
         let cert = Certificate::from_der(der)
             .map_err(|e| TrustError::CertificateInvalid(format!("not a DER X.509 certificate: {e}")))?;
         let reencoded = cert
@@ -235,13 +229,7 @@ impl KeyCertificate {
         let Some(text) = text else {
             return Self::from_der(bytes);
         };
-        if text.len() as u64 > MAX_PEM_FILE_LEN {
-            return Err(TrustError::TooLarge {
-                what: "certificate PEM",
-                size: text.len() as u64,
-                limit: MAX_PEM_FILE_LEN,
-            });
-        }
+        check_len("certificate PEM", text.len() as u64)?;
         let blocks = pem::blocks(text)?;
         let block = blocks
             .iter()
@@ -388,6 +376,7 @@ fn common_name(name: &Name) -> Option<String> {
 mod tests {
     use super::*;
     use crate::key::SignatureScheme;
+    use crate::trust::vendor_key::MAX_PEM_FILE_LEN;
 
     fn key_pair() -> (p256::ecdsa::SigningKey, p256::PublicKey) {
         let sk = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);

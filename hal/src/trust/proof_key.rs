@@ -8,7 +8,7 @@ use rsa::traits::PublicKeyParts;
 
 use super::error::TrustError;
 use super::pem::{self, algorithm_name, label_name, OID_EC_PUBLIC_KEY};
-use super::vendor_key::{p256_public_from_spki_der, verify_p256, MAX_PEM_FILE_LEN};
+use super::vendor_key::{check_len, p256_public_from_spki_der, verify_p256};
 use crate::key::SignatureScheme;
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -26,13 +26,7 @@ pub(crate) enum ProofKey {
 impl ProofKey {
     /// Parses a SubjectPublicKeyInfo (DER), accepting only the key types above.
     pub(crate) fn from_spki_der(der: &[u8]) -> Result<Self, TrustError> {
-        if der.len() as u64 > MAX_PEM_FILE_LEN {
-            return Err(TrustError::TooLarge {
-                what: "public key",
-                size: der.len() as u64,
-                limit: MAX_PEM_FILE_LEN,
-            });
-        }
+        check_len("public key", der.len() as u64)?;
         let spki = SubjectPublicKeyInfoRef::try_from(der)
             .map_err(|e| TrustError::KeyInvalid(format!("SubjectPublicKeyInfo does not parse: {e}")))?;
         if spki.algorithm.oid == OID_EC_PUBLIC_KEY {
@@ -95,13 +89,7 @@ impl ProofKey {
 /// Parses the dongle's slot-9E public key as SPKI PEM (what `yubico-piv-tool -a generate`
 /// prints) and returns its DER, after checking it is a P-256 or RSA 2048–4096 key.
 pub fn key_spki_from_pem(text: &str) -> Result<Vec<u8>, TrustError> {
-    if text.len() as u64 > MAX_PEM_FILE_LEN {
-        return Err(TrustError::TooLarge {
-            what: "public key PEM",
-            size: text.len() as u64,
-            limit: MAX_PEM_FILE_LEN,
-        });
-    }
+    check_len("public key PEM", text.len() as u64)?;
     let blocks = pem::blocks(text)?;
     let Some(block) = blocks.first() else {
         return Err(TrustError::PemInvalid(

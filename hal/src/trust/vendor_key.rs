@@ -282,7 +282,8 @@ pub(crate) fn p256_public_from_spki_der(der: &[u8]) -> Result<p256::PublicKey, T
     p256::PublicKey::from_public_key_der(der).map_err(|e| TrustError::KeyInvalid(format!("not a point on P-256: {e}")))
 }
 
-fn check_len(what: &'static str, size: u64) -> Result<(), TrustError> {
+/// Refuses input larger than [`MAX_PEM_FILE_LEN`] before parsing it.
+pub(crate) fn check_len(what: &'static str, size: u64) -> Result<(), TrustError> {
     if size > MAX_PEM_FILE_LEN {
         return Err(TrustError::TooLarge {
             what,
@@ -302,12 +303,7 @@ pub(crate) fn read_text_file(path: &Path, what: &'static str) -> Result<String, 
         .read_to_end(&mut buf)
         .map_err(|e| TrustError::io("read", path, e))?;
     if buf.len() as u64 > MAX_PEM_FILE_LEN {
-        let size = std::fs::metadata(path).map_or(buf.len() as u64, |m| m.len());
-        return Err(TrustError::TooLarge {
-            what,
-            size,
-            limit: MAX_PEM_FILE_LEN,
-        });
+        check_len(what, std::fs::metadata(path).map_or(buf.len() as u64, |m| m.len()))?;
     }
     String::from_utf8(buf).map_err(|_| TrustError::PemInvalid(format!("{} is not a text file", path.display())))
 }
