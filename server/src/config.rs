@@ -112,7 +112,7 @@ impl ServerConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_norway::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Reads a YAML file.
