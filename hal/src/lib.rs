@@ -22,10 +22,3 @@ pub use key::{
 pub use machine_id::{hardware_id_from_file, hardware_id_from_machine_id, machine_hardware_id, MACHINE_ID_ENV};
 pub use monitor::{spawn as spawn_monitor, Driver, Input, Monitor, MonitorConfig, MonitorHandle, Step};
 pub use validate::{InvalidReason, KeyValidator, ProofStatus, SerialReadable, Validation};
-
-/// mockall mocks of the public traits (feature `mock`, and in this crate's tests).
-#[cfg(any(test, feature = "mock"))]
-pub mod mock {
-    pub use crate::key::{MockHardwareKey, MockHotplugSource, MockKeyProvider};
-    pub use crate::validate::MockKeyValidator;
-}

@@ -1,6 +1,7 @@
 //! Property test: random sequences of plug / unplug / swap / busy / I/O error / corrupt /
 //! time steps drive the real monitor (sim backend → Driver → cell), and after every step the
 //! cell is checked against a simple model of the bus.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
