@@ -4,8 +4,7 @@
 //! same run, same cycles. The difference (b − a) is keyfloat's own cost (probe + validation).
 //!
 //! `cargo bench --bench hotplug_pcsc` runs 10 cycles; `cargo test --benches` runs 2 as a
-//! smoke test. Needs root, pcscd and vsmartcard-vpcd (fails without them unless
-//! `KEYFLOAT_QUICK_LOCAL=1`).
+//! smoke test. Needs root, pcscd and vsmartcard-vpcd (fails without them).
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,8 +2,8 @@
 //! determinism check) and in pcsc mode (real private pcscd + virtual YubiKey through vpcd),
 //! and a deliberately broken expectation.
 //!
-//! The pcsc arm fails when pcscd / vsmartcard-vpcd / unshare are missing, unless
-//! `KEYFLOAT_QUICK_LOCAL=1`.
+//! The pcsc arm fails when pcscd / vsmartcard-vpcd / unshare are missing; it is
+//! reported as ignored by a plain `cargo test`; `./scripts/dev.sh test` runs them (`--include-ignored`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,6 +57,7 @@ fn suite_passes_in_virtual_mode_deterministically() {
 }
 
 /// One process per scenario: libpcsclite binds a process to one pcscd socket.
+#[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn suite_passes_in_pcsc_mode() {
     if !pcsc_available() {

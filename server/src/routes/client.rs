@@ -100,7 +100,7 @@ pub async fn licenses_unregister_all(State(st): State<AppState>, _c: Caller, p: 
             catalog
                 .entries()
                 .iter()
-                .filter(|e| e.key.map_or(true, |t| keys.is(t)))
+                .filter(|e| e.key.is_none_or(|t| keys.is(t)))
                 .map(|e| e.id)
                 .collect()
         }

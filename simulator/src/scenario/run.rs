@@ -18,7 +18,7 @@ use super::trace::{HttpOutcome, TraceLine};
 use super::ScenarioError;
 
 /// The process named as the holder while a key is contended.
-pub const CONTENDER: &str = "keyfloat-contender";
+pub(crate) const CONTENDER: &str = "keyfloat-contender";
 
 /// Monitor timing in virtual time: fast enough that scenarios stay short.
 const VIRTUAL_MONITOR: MonitorConfig = MonitorConfig {
