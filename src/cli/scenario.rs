@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keyfloat_simulator::scenario::{in_process_server, run_spec, Mode, RunReport, ScenarioError, ScenarioSpec};
+use keyfloat_simulator::scenario::{
+    in_process_server, run_spec, Mode, RunReport, ScenarioError, ScenarioSpec, TraceLine,
+};
 
 /// Arguments of `keyfloat simulate run`.
 #[derive(Debug, clap::Args)]
@@ -20,8 +22,16 @@ pub struct RunArgs {
     /// Run each scenario twice and fail if the traces differ (virtual mode).
     #[arg(long)]
     check_determinism: bool,
-    /// Skip scenarios that do not support the mode instead of failing.
+    /// Print every trace line (by default long traces, e.g. a 1 kHz flap, are condensed to
+    /// their first and last lines).
     #[arg(long)]
+    full_trace: bool,
+    /// Fail on a scenario that does not support the mode (by default it is skipped with a
+    /// `SKIP` line).
+    #[arg(long)]
+    strict_modes: bool,
+    /// Accepted for compatibility: skipping unsupported scenarios is the default now.
+    #[arg(long, hide = true)]
     skip_unsupported: bool,
 }
 
@@ -79,6 +89,21 @@ fn run_one(spec: &ScenarioSpec, mode: ModeArg) -> Result<RunReport, ScenarioErro
     }
 }
 
+/// Prints a trace; a flap step makes thousands of lines, so unless `full` only the first and
+/// last lines of a long trace are shown.
+fn print_trace(trace: &[TraceLine], full: bool) {
+    const HEAD: usize = 30;
+    const TAIL: usize = 20;
+    let n = trace.len();
+    if full || n <= HEAD + TAIL + 10 {
+        trace.iter().for_each(|line| println!("{line}"));
+        return;
+    }
+    trace[..HEAD].iter().for_each(|line| println!("{line}"));
+    println!("   ... {} lines (--full-trace shows them) ...", n - HEAD - TAIL);
+    trace[n - TAIL..].iter().for_each(|line| println!("{line}"));
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mode = match args.mode {
         ModeArg::Virtual => Mode::Virtual,
@@ -95,8 +120,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        if !spec.modes.contains(&mode) && args.skip_unsupported {
-            println!("SKIP {} (supports {:?}, not {})", spec.name, spec.modes, mode.as_str());
+        if !spec.modes.contains(&mode) && !args.strict_modes {
+            let supported: Vec<&str> = spec.modes.iter().map(|m| m.as_str()).collect();
+            println!(
+                "SKIP {} (runs in {}, not {})",
+                spec.name,
+                supported.join(", "),
+                mode.as_str()
+            );
             continue;
         }
         println!("== {} ({})", spec.name, mode.as_str());
@@ -117,15 +148,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
         match result {
             Ok(report) => {
-                // A flap step makes thousands of lines; show the first and last few.
-                let n = report.trace.len();
-                for (i, line) in report.trace.iter().enumerate() {
-                    if n <= 60 || i < 30 || i >= n - 20 {
-                        println!("{line}");
-                    } else if i == 30 {
-                        println!("   ... {} lines ...", n - 50);
-                    }
-                }
+                print_trace(&report.trace, args.full_trace);
                 println!("PASS {}", spec.name);
                 reports.push(report);
             }
