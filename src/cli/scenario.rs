@@ -76,16 +76,39 @@ pub enum ModeArg {
     Pcsc,
 }
 
-fn run_one(spec: &ScenarioSpec, mode: ModeArg) -> Result<RunReport, ScenarioError> {
-    match mode {
-        ModeArg::Virtual => run_spec(spec, in_process_server(spec)),
-        #[cfg(feature = "pcsc")]
-        ModeArg::Pcsc => keyfloat_simulator::scenario::pcsc_mode::run_spec(spec),
-        #[cfg(not(feature = "pcsc"))]
-        ModeArg::Pcsc => Err(ScenarioError::UnsupportedMode(
-            spec.name.clone(),
-            "pcsc (not compiled in)",
-        )),
+/// What scenarios run against: nothing for virtual mode, the private pcscd of this process
+/// for pcsc mode.
+enum Rig {
+    Virtual,
+    #[cfg(feature = "pcsc")]
+    Pcsc(keyfloat_simulator::card::PrivatePcscd),
+}
+
+impl Rig {
+    fn start(mode: ModeArg) -> anyhow::Result<Self> {
+        match mode {
+            ModeArg::Virtual => Ok(Rig::Virtual),
+            #[cfg(feature = "pcsc")]
+            ModeArg::Pcsc => {
+                use anyhow::Context as _;
+                let pcscd = keyfloat_simulator::scenario::pcsc_mode::start_private_pcscd()
+                    .context("starting a private pcscd (needs root, pcscd, vsmartcard-vpcd)")?;
+                // libpcsclite reads the socket name once, at this process's first PC/SC call,
+                // which comes after this line.
+                std::env::set_var(keyfloat_simulator::card::CSOCK_ENV, pcscd.socket());
+                Ok(Rig::Pcsc(pcscd))
+            }
+            #[cfg(not(feature = "pcsc"))]
+            ModeArg::Pcsc => anyhow::bail!("--mode pcsc: this build has no pcsc feature"),
+        }
+    }
+
+    fn run(&mut self, spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
+        match self {
+            Rig::Virtual => run_spec(spec, in_process_server(spec)),
+            #[cfg(feature = "pcsc")]
+            Rig::Pcsc(pcscd) => keyfloat_simulator::scenario::pcsc_mode::run_spec(spec, pcscd),
+        }
     }
 }
 
@@ -109,6 +132,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Virtual => Mode::Virtual,
         ModeArg::Pcsc => Mode::Pcsc,
     };
+    let mut rig = Rig::start(args.mode)?;
     let mut reports = Vec::new();
     let mut failed = false;
     for path in &args.files {
@@ -131,9 +155,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         println!("== {} ({})", spec.name, mode.as_str());
-        let result = run_one(&spec, args.mode).and_then(|report| {
+        let result = rig.run(&spec).and_then(|report| {
             if args.check_determinism && args.mode == ModeArg::Virtual {
-                let again = run_one(&spec, args.mode)?;
+                let again = rig.run(&spec)?;
                 if let Some(i) = report.trace.iter().zip(&again.trace).position(|(a, b)| a != b) {
                     return Err(ScenarioError::NotDeterministic(spec.name.clone(), i));
                 }

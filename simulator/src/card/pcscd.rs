@@ -15,12 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The variable libpcsclite reads to find pcscd's socket.
-pub const CSOCK_ENV: &str = "PCSCLITE_CSOCK_NAME";
-
-/// The reader name libccid gives a real YubiKey 5: yubico-piv-tool's default reader filter
-/// ("Yubikey") and ykman match it, so the tools need no `--reader`.
-pub const YUBICO_READER_NAME: &str = "Yubico YubiKey OTP+FIDO+CCID";
+use super::YUBICO_READER_NAME;
 
 const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 

@@ -9,8 +9,10 @@
 //! once (requests change state). Contention is a real second PC/SC client — a child process
 //! named `kf-contender` — holding the card with an exclusive connection.
 //!
-//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process: run this mode in a process of its
-//! own (`keyfloat simulate run --mode pcsc`), one scenario per process.
+//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process, so the caller owns the private
+//! pcscd: it starts one ([`start_private_pcscd`]) and points `PCSCLITE_CSOCK_NAME` at its socket
+//! before the process's first PC/SC call (`keyfloat simulate run --mode pcsc` does), then runs
+//! scenarios against it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -47,9 +49,9 @@ const MONITOR: MonitorConfig = MonitorConfig {
     retry_max: Duration::from_millis(500),
 };
 
-struct PcscRun {
+struct PcscRun<'p> {
     spec: ScenarioSpec,
-    pcscd: PrivatePcscd,
+    pcscd: &'p mut PrivatePcscd,
     cards: BTreeMap<String, (u8, SimKeySpec)>,
     servers: BTreeMap<String, CardServer>,
     keys: ScenarioKeys,
@@ -70,8 +72,16 @@ fn run_err(spec: &ScenarioSpec, step: usize, message: impl Into<String>) -> Scen
     }
 }
 
-/// Runs `spec` in pcsc mode (see the module docs). Needs pcscd, vsmartcard-vpcd and `unshare`.
-pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
+/// Starts the private pcscd scenarios run against (needs root, pcscd, vsmartcard-vpcd and
+/// `unshare`). Point `PCSCLITE_CSOCK_NAME` ([`CSOCK_ENV`]) at its socket before the first PC/SC
+/// call of the process.
+pub fn start_private_pcscd() -> std::io::Result<PrivatePcscd> {
+    PrivatePcscd::start(0xA000 + (std::process::id() % 2000) as u16 * 2)
+}
+
+/// Runs `spec` in pcsc mode against `pcscd`, which must be the pcscd this process's PC/SC
+/// calls go to (see the module docs).
+pub fn run_spec(spec: &ScenarioSpec, pcscd: &mut PrivatePcscd) -> Result<RunReport, ScenarioError> {
     if !spec.modes.contains(&Mode::Pcsc) {
         return Err(ScenarioError::UnsupportedMode(spec.name.clone(), Mode::Pcsc.as_str()));
     }
@@ -82,7 +92,7 @@ pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
             "pcsc mode serves at most two keys (the vpcd reader has two slots)",
         ));
     }
-    let mut run = PcscRun::start(spec)?;
+    let mut run = PcscRun::start(spec, pcscd)?;
     for (i, step) in spec.steps.iter().enumerate() {
         run.step = i;
         run.step_once(i, step)?;
@@ -94,12 +104,8 @@ pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
     })
 }
 
-impl PcscRun {
-    fn start(spec: &ScenarioSpec) -> Result<Self, ScenarioError> {
-        let pcscd = PrivatePcscd::start(0xA000 + (std::process::id() % 2000) as u16 * 2)
-            .map_err(|e| run_err(spec, 0, format!("cannot start pcscd: {e}")))?;
-        // Before the first PC/SC call of this process.
-        std::env::set_var(CSOCK_ENV, pcscd.socket());
+impl<'p> PcscRun<'p> {
+    fn start(spec: &ScenarioSpec, pcscd: &'p mut PrivatePcscd) -> Result<Self, ScenarioError> {
         let keys = ScenarioKeys::provision(&spec.keys, spec.seed).map_err(|e| run_err(spec, 0, e))?;
         let cards = spec
             .keys
@@ -314,7 +320,7 @@ impl PcscRun {
     }
 }
 
-impl Drop for PcscRun {
+impl Drop for PcscRun<'_> {
     fn drop(&mut self) {
         for mut h in self.holders.drain(..) {
             let _ = h.kill();

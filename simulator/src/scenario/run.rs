@@ -367,7 +367,7 @@ pub struct RunReport {
 }
 
 /// Runs a scenario in virtual mode, with `server` (if given) for its HTTP steps.
-pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory>) -> Result<RunReport, ScenarioError> {
+pub fn run_spec(spec: &ScenarioSpec, server: Option<super::http::ServerFactory>) -> Result<RunReport, ScenarioError> {
     if !spec.modes.contains(&Mode::Virtual) {
         return Err(ScenarioError::UnsupportedMode(
             spec.name.clone(),
@@ -393,7 +393,7 @@ pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory
 /// Parses and runs a file in virtual mode (see [`run_spec`]).
 pub fn run_file(
     path: &std::path::Path,
-    server: Option<super::server::ServerFactory>,
+    server: Option<super::http::ServerFactory>,
 ) -> Result<RunReport, ScenarioError> {
     run_spec(&ScenarioSpec::load(path)?, server)
 }
