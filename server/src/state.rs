@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use keyfloat_hal::backend::sim::SimBus;
 use keyfloat_hal::trust::VendorPublicKey;
 use keyfloat_hal::{CellReader, KeyToken, Serial};
 
@@ -101,13 +100,15 @@ impl fmt::Debug for KeyPolicy {
     }
 }
 
-/// The simulated bus of `--key-backend sim` (plug/unplug endpoints).
-#[derive(Debug, Clone)]
-pub struct SimControl {
-    /// The bus the monitor watches.
-    pub bus: SimBus,
+/// Plugs and unplugs the demo's simulated key (`/api/v4/sim/plug|unplug`). The server knows
+/// no backend: whoever built the key source (the CLI, for `--key-backend sim`) injects this.
+pub trait KeyControl: Send + Sync + fmt::Debug {
     /// Name of the key the endpoints plug and unplug.
-    pub key: String,
+    fn key(&self) -> &str;
+    /// Plugs the key in.
+    fn plug(&self) -> Result<(), String>;
+    /// Pulls the key out.
+    fn unplug(&self) -> Result<(), String>;
 }
 
 /// Shared by every handler. Cheap to clone.
@@ -123,7 +124,7 @@ struct Inner {
     tokens: TokenKeys,
     user_authentication: bool,
     key_policy: KeyPolicy,
-    sim: Option<SimControl>,
+    sim: Option<Arc<dyn KeyControl>>,
     backend: String,
     vendor_key: Option<VendorPublicKey>,
     admin_lock: tokio::sync::Mutex<()>,
@@ -152,8 +153,8 @@ pub struct StateParts {
     pub user_authentication: bool,
     /// Missing-key behaviour.
     pub key_policy: KeyPolicy,
-    /// Simulated bus (only with `--key-backend sim`).
-    pub sim: Option<SimControl>,
+    /// Plug/unplug of the simulated key (only with `--key-backend sim`).
+    pub sim: Option<Arc<dyn KeyControl>>,
     /// `--key-backend` name, for health.
     pub backend: String,
     /// Verifies uploaded license files (uploads are refused without it).
@@ -218,9 +219,9 @@ impl AppState {
         self.inner.user_authentication
     }
 
-    /// Simulated bus, if any.
-    pub fn sim(&self) -> Option<&SimControl> {
-        self.inner.sim.as_ref()
+    /// Plug/unplug of the simulated key, if any.
+    pub fn sim(&self) -> Option<&dyn KeyControl> {
+        self.inner.sim.as_deref()
     }
 
     /// The configured vendor public key.

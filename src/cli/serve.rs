@@ -15,7 +15,7 @@ use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{provision_sim_key, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SimControl, SqliteStore, StateParts, Store};
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
 
 use super::common::KeyBackendArg;
 
@@ -179,7 +179,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
         }
         bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
-        Some(SimControl {
+        Some(super::common::SimKeyControl {
             bus,
             key: SIM_KEY_NAME.into(),
         })
@@ -228,7 +228,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         tokens,
         user_authentication: config.user_authentication,
         key_policy,
-        sim,
+        sim: sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
         backend: config.key_backend.as_str().into(),
         vendor_key: vendor,
     })
