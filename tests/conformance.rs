@@ -79,6 +79,7 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(200),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(300),
+    ..MonitorConfig::DEFAULT
 };
 
 /// Watches the cell on a thread, keeping every distinct (state, reason) it saw, so short

@@ -45,6 +45,7 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(250),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(500),
+    ..MonitorConfig::DEFAULT
 };
 
 struct PcscRun {

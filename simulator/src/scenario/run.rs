@@ -25,6 +25,7 @@ const VIRTUAL_MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(500),
     retry_initial: Duration::from_millis(5),
     retry_max: Duration::from_millis(50),
+    ..MonitorConfig::DEFAULT
 };
 
 /// Builds a [`Scenario`] in Rust, with the same verbs as the file format.
