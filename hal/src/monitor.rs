@@ -877,3 +877,155 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
         std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ProofCapability;
+    use crate::validate::{InvalidReason, ProofStatus};
+
+    const GRACE: MonitorConfig = MonitorConfig {
+        grace: Duration::from_secs(2),
+        ..MonitorConfig::DEFAULT
+    };
+
+    fn info(path: &str) -> KeyInfo {
+        KeyInfo {
+            id: KeyId::new(BackendKind::Sim, path),
+            backend: BackendKind::Sim,
+            path: path.into(),
+            serial: None,
+            model: "sim".into(),
+            firmware: None,
+            capability: ProofCapability::Signature,
+        }
+    }
+
+    fn valid(serial: &str) -> Validation {
+        Validation::Valid {
+            serial: Serial::new(serial),
+            firmware: None,
+            proof: ProofStatus::Verified,
+        }
+    }
+
+    /// Attaches `path` and answers its validation with `v`.
+    fn plug(m: &mut Monitor, now: Duration, path: &str, v: Validation) -> Step {
+        let step = m.apply(now, Input::Hotplug(HotplugEvent::Attached(info(path))));
+        let [req] = step.validate.as_slice() else {
+            panic!("one request expected")
+        };
+        m.apply(
+            now,
+            Input::Validated {
+                id: req.id.clone(),
+                ticket: req.ticket,
+                validation: v,
+            },
+        )
+    }
+
+    fn unplug(m: &mut Monitor, now: Duration, path: &str) {
+        m.apply(
+            now,
+            Input::Hotplug(HotplugEvent::Detached(KeyId::new(BackendKind::Sim, path))),
+        );
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn grace_keeps_the_serial_until_it_expires_and_never_extends_itself() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        plug(&mut m, ms(0), "a", valid("111"));
+        unplug(&mut m, ms(10), "a");
+        let s = m.snapshot();
+        assert_eq!(s.state(), crate::cell::KeyState::Grace);
+        assert_eq!(s.hardware_id.as_str(), "111");
+        assert_eq!(m.next_deadline(), Some(ms(2010)));
+        m.apply(ms(2009), Input::Tick);
+        assert!(m.snapshot().grace.is_some());
+        m.apply(ms(2010), Input::Tick);
+        let s = m.snapshot();
+        assert_eq!((s.grace.is_none(), s.grace_ended), (true, Some(GraceEnd::Expired)));
+        assert_eq!(s.hardware_id.as_str(), "machine");
+        m.apply(ms(9000), Input::Tick);
+        assert!(m.snapshot().grace.is_none());
+    }
+
+    #[test]
+    fn grace_ends_on_return_swap_or_failed_proof() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        plug(&mut m, ms(0), "a", valid("111"));
+        unplug(&mut m, ms(10), "a");
+        plug(&mut m, ms(300), "a", valid("111"));
+        assert_eq!(m.snapshot().grace_ended, Some(GraceEnd::Returned));
+        assert!(m.snapshot().in_force.is_some());
+
+        unplug(&mut m, ms(400), "a");
+        plug(&mut m, ms(500), "b", valid("222"));
+        let s = m.snapshot();
+        assert_eq!(
+            (s.grace_ended, s.hardware_id.as_str()),
+            (Some(GraceEnd::Replaced), "222")
+        );
+
+        unplug(&mut m, ms(600), "b");
+        assert!(m.snapshot().grace.is_some());
+        let bad = Validation::Invalid {
+            serial: Some(Serial::new("222")),
+            reason: InvalidReason::BadSignature,
+        };
+        plug(&mut m, ms(700), "b", bad);
+        let s = m.snapshot();
+        assert_eq!(
+            (s.grace_ended, s.hardware_id.as_str()),
+            (Some(GraceEnd::FailedProof), "machine")
+        );
+    }
+
+    #[test]
+    fn grace_never_starts_for_a_key_that_was_never_valid() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        let bad = Validation::Invalid {
+            serial: Some(Serial::new("111")),
+            reason: InvalidReason::WrongVendor,
+        };
+        plug(&mut m, ms(0), "a", bad);
+        unplug(&mut m, ms(10), "a");
+        assert!(m.snapshot().grace.is_none());
+        let step = m.apply(ms(20), Input::Hotplug(HotplugEvent::Attached(info("a"))));
+        assert_eq!(step.validate.len(), 1);
+        unplug(&mut m, ms(30), "a");
+        assert!(m.snapshot().grace.is_none());
+    }
+
+    #[test]
+    fn an_unreadable_key_in_force_starts_the_grace_and_a_hung_one_times_out_into_it() {
+        let config = MonitorConfig {
+            validate_timeout: ms(500),
+            revalidate_every: ms(1000),
+            ..GRACE
+        };
+        let mut m = Monitor::new(HardwareId::new("machine"), config);
+        plug(&mut m, ms(0), "a", valid("111"));
+        // Re-validation due at 1000 ms; its answer never comes.
+        let step = m.apply(ms(1000), Input::Tick);
+        assert_eq!(step.validate.len(), 1);
+        assert!(m.snapshot().in_force.is_some());
+        let step = m.apply(ms(1500), Input::Tick);
+        assert!(step.validate.is_empty(), "no second attempt while the first hangs");
+        let s = m.snapshot();
+        assert!(s.in_force.is_none());
+        assert_eq!(s.state(), crate::cell::KeyState::Grace);
+        assert!(matches!(
+            &s.keys[0].status,
+            KeyStatus::Error {
+                kind: ErrorKind::Timeout,
+                ..
+            }
+        ));
+    }
+}
