@@ -58,6 +58,8 @@ struct PcscRun {
     _monitor: MonitorHandle,
     http: Option<InProcessServer>,
     holders: Vec<Child>,
+    /// Stalled keys (by name) and when their stall ends.
+    stalls: BTreeMap<String, Instant>,
     start: Instant,
     trace: Vec<TraceLine>,
     step: usize,
@@ -116,7 +118,11 @@ impl PcscRun {
         let cell = HardwareIdCell::new(keys.machine_id.clone());
         let reader = cell.reader();
         let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
-        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
+        let config = MonitorConfig {
+            grace: spec.server.key_grace.unwrap_or_default(),
+            ..MONITOR
+        };
+        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, config)
             .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
         let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
             Some(InProcessServer::start(spec, reader.clone()).map_err(|e| run_err(spec, 0, e))?)
@@ -133,6 +139,7 @@ impl PcscRun {
             _monitor: monitor,
             http,
             holders: Vec::new(),
+            stalls: BTreeMap::new(),
             start: Instant::now(),
             trace: Vec::new(),
             step: 0,
@@ -151,8 +158,35 @@ impl PcscRun {
             .ok_or_else(|| run_err(&self.spec, self.step, format!("unknown key {key}")))?;
         let server = CardServer::connect(self.pcscd.vpcd_addr(slot), VirtualCard::new(&spec))
             .map_err(|e| run_err(&self.spec, self.step, format!("cannot serve card {key}: {e}")))?;
+        // A stalled card powers up (pcscd sees it) but answers no command.
+        server.set_hang(self.stalls.get(key).is_some_and(|t| *t > Instant::now()));
         self.servers.insert(key.to_string(), server);
         Ok(())
+    }
+
+    /// `key`'s card stops answering commands for `d` (power-up still works).
+    fn stall(&mut self, key: &str, d: Duration) {
+        self.stalls.insert(key.to_string(), Instant::now() + d);
+        if let Some(server) = self.servers.get(key) {
+            server.set_hang(true);
+        }
+    }
+
+    /// Ends the stalls whose time is up.
+    fn release_stalls(&mut self) {
+        let now = Instant::now();
+        let over: Vec<String> = self
+            .stalls
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in over {
+            self.stalls.remove(&k);
+            if let Some(server) = self.servers.get(&k) {
+                server.set_hang(false);
+            }
+        }
     }
 
     fn unplug(&mut self, key: &str) {
@@ -254,7 +288,9 @@ impl PcscRun {
 
     fn step_once(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let key = step.key.clone().unwrap_or_default();
+        self.release_stalls();
         match step.action {
+            Action::Stall => self.stall(&key, step.duration.unwrap_or_default()),
             Action::Plug => self.plug(&key)?,
             Action::Unplug => self.unplug(&key),
             Action::Swap => {
