@@ -184,7 +184,14 @@ impl PcscRun {
         for k in over {
             self.stalls.remove(&k);
             if let Some(server) = self.servers.get(&k) {
+                // pcscd's vpcd driver waits forever for the swallowed command's answer: as
+                // with real hardware, the stall ends with the card re-seated.
                 server.set_hang(false);
+                if server.is_inserted() {
+                    server.remove();
+                    std::thread::sleep(Duration::from_millis(300));
+                    server.insert();
+                }
             }
         }
     }
@@ -272,10 +279,11 @@ impl PcscRun {
         }
     }
 
-    fn settle(&self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+    fn settle(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let Some(expect) = &step.expect else { return Ok(()) };
         let deadline = Instant::now() + SETTLE;
         loop {
+            self.release_stalls();
             match self.cell_mismatch(expect) {
                 None => return Ok(()),
                 Some(m) if Instant::now() >= deadline => {
@@ -315,6 +323,7 @@ impl PcscRun {
             Action::Advance => {
                 let prev = i.checked_sub(1).map_or(Duration::ZERO, |p| self.spec.steps[p].at);
                 std::thread::sleep(step.at.saturating_sub(prev).min(Duration::from_secs(10)));
+                self.release_stalls();
             }
             Action::Http => {
                 let h = step
