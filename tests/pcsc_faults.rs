@@ -24,7 +24,7 @@ fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
         if !require_pcscd().expect("pcscd is required for this test") {
             return None;
         }
-        let p = PrivatePcscd::start(0x9C40).expect("private pcscd");
+        let p = PrivatePcscd::start(0x9A80).expect("private pcscd");
         std::env::set_var(CSOCK_ENV, p.socket());
         Some(Mutex::new(p))
     });
@@ -261,7 +261,10 @@ consumptions = 1000000
         // pcscd polls the slot every few hundred ms, so it may not even notice a hiccup;
         // when it did, the grace ended with the key's return.
         let ended = reader.snapshot().grace_ended;
-        assert!(ended.is_none() || ended == Some(keyfloat_hal::GraceEnd::Returned), "{ended:?}");
+        assert!(
+            ended.is_none() || ended == Some(keyfloat_hal::GraceEnd::Returned),
+            "{ended:?}"
+        );
     }
     eprintln!("5 hiccups of 300 ms with a 5 s grace: {ok} requests answered 200, {refused} refused ({in_grace} sent in grace)");
     assert!(in_grace > 0, "the grace period was never seen");
