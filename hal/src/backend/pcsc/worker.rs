@@ -31,8 +31,16 @@ pub(crate) fn wedged_calls(reader: &str) -> usize {
     wedged_map().get(reader).copied().unwrap_or(0)
 }
 
-/// Fails at once while an earlier call on `reader` is still blocked.
+/// How long a new call waits for an abandoned one on the same reader to return (e.g. a
+/// connect that waited on another client's transaction, which has just ended).
+const WEDGE_PATIENCE: Duration = Duration::from_millis(250);
+
+/// Fails (after a short wait) while an earlier call on `reader` is still blocked.
 pub(crate) fn ensure_not_wedged(reader: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + WEDGE_PATIENCE;
+    while wedged_calls(reader) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     match wedged_calls(reader) {
         0 => Ok(()),
         n => Err(Error::new(
