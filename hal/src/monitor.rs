@@ -1,10 +1,21 @@
 //! The hot-plug monitor: the only component that touches devices.
 //!
 //! [`Monitor`] is a pure state machine — an [`Input`] and the current time in, a [`Step`]
-//! out (a new [`Snapshot`] to publish and the keys to validate) — so the simulator can drive
-//! it deterministically with a virtual clock. [`Driver`] adds the I/O: it opens keys,
-//! runs the [`KeyValidator`] and publishes to the [`HardwareIdCell`]. [`spawn`] runs a
-//! driver on a thread fed by the providers' hot-plug sources.
+//! out (a new [`Snapshot`] to publish and the validations to start) — so the simulator can
+//! drive it deterministically with a virtual clock. [`Driver`] adds the I/O: it publishes to
+//! the [`HardwareIdCell`] and runs validations (open the key, ask the [`KeyValidator`]) when
+//! asked. [`spawn`] runs the state machine on a thread that never touches a device: watcher
+//! threads feed it hot-plug events and one worker thread per key runs that key's
+//! validations, so a key that takes seconds to answer (or never does) delays nothing but
+//! itself. Each validation carries a ticket; an answer about a key that has since been
+//! detached or replaced is discarded, and one that misses `validate_timeout` shows the key
+//! as not answering (out of force) while its worker keeps the attempt.
+//!
+//! **Grace period** (`MonitorConfig::grace`, off by default): when the key in force leaves
+//! or becomes unreadable and no other valid key takes over, its serial stays in force until
+//! the period ends; the same key proved again ends it as valid, another valid key, a failed
+//! proof of that serial or the deadline end it at once. Only a key that was in force opens a
+//! grace period, and a grace period never extends itself.
 //!
 //! **Which key is in force** when several are valid: the key in force stays in force while
 //! it remains valid; when none is in force, the valid key with the smallest [`KeyId`]

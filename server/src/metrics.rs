@@ -551,7 +551,7 @@ pub async fn watch_keys(state: AppState) {
         tick.tick().await;
         if let Some(g) = &last.grace {
             // While in grace: a WARN line every 10 s with the seconds left.
-            if grace_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            if grace_warned.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
                 grace_warned = Some(std::time::Instant::now());
                 let left = g.seconds_left(unix_ms());
                 tracing::warn!(
