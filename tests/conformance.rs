@@ -80,6 +80,7 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(200),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(300),
+    ..MonitorConfig::DEFAULT
 };
 
 type SeenStates = Arc<Mutex<Vec<(KeyState, Option<String>)>>>;

@@ -72,6 +72,7 @@ fn fast_monitor() -> MonitorConfig {
         revalidate_every: Duration::from_millis(300),
         retry_initial: Duration::from_millis(100),
         retry_max: Duration::from_millis(400),
+        ..MonitorConfig::DEFAULT
     }
 }
 

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Off by default: such a key proves presence, not identity.
     #[serde(alias = "allowSerialOnlyKeys")]
     pub allow_serial_only_keys: bool,
+    /// Grace period (seconds) when the key in force disappears or becomes unreadable: its
+    /// serial stays in force meanwhile. 0 = none (key-bound licenses are refused at once).
+    #[serde(alias = "keyGraceSecs")]
+    pub key_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             revalidate_secs: 60,
             sim_vendor_key: None,
             allow_serial_only_keys: false,
+            key_grace_secs: 0,
         }
     }
 }

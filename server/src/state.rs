@@ -12,7 +12,7 @@ use keyfloat_hal::{CellReader, KeyToken, Serial};
 use crate::auth::TokenKeys;
 use crate::error::ApiError;
 use crate::model::License;
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
 /// What the catalog knows about one license: enough to resolve a request and gate it
 /// without touching the store.
@@ -252,6 +252,19 @@ impl AppState {
         }
     }
 
+    /// The gate again, for inside the store job: a key-bound write commits only if its key
+    /// is still the valid key in force when the job's savepoint is about to be released
+    /// (one atomic load there). Take it right after [`AppState::gate`] and run
+    /// [`CommitCheck::verify`] as the last step of the job (see [`gated`]).
+    pub fn commit_check(&self, id: u64, action: &'static str) -> CommitCheck {
+        let entry = self.inner.catalog.load().get(id).cloned();
+        CommitCheck {
+            state: entry.as_ref().and_then(|e| e.key).map(|_| self.clone()),
+            entry,
+            action,
+        }
+    }
+
     fn key_missing(&self, entry: &Entry, action: &str) -> ApiError {
         let err = ApiError::key_not_accessible(action);
         if let KeyPolicy::Crash(hook) = &self.inner.key_policy {
@@ -265,5 +278,39 @@ impl AppState {
             hook(&reason);
         }
         err
+    }
+}
+
+/// The key gate re-checked at commit time. See [`AppState::commit_check`].
+#[derive(Debug, Clone)]
+pub struct CommitCheck {
+    /// `Some` only for a key-bound license (a plain license never pays for the check).
+    state: Option<AppState>,
+    entry: Option<Entry>,
+    action: &'static str,
+}
+
+impl CommitCheck {
+    /// `Err(hardware_key_not_accessible)` when the license's key is no longer in force.
+    /// Returning that error from a store job rolls the job's savepoint back.
+    pub fn verify(&self) -> Result<(), ApiError> {
+        match (&self.state, &self.entry) {
+            (Some(st), Some(entry)) => st.check_key(entry, self.action),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Wraps a store job so that [`CommitCheck::verify`] runs after the job's work and
+/// immediately before the store releases the job's savepoint: a job whose key left in
+/// between is refused and leaves no trace.
+pub fn gated<T, F>(check: CommitCheck, f: F) -> impl FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static
+where
+    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+{
+    move |tx| {
+        let out = f(tx)?;
+        check.verify()?;
+        Ok(out)
     }
 }

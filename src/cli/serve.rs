@@ -26,7 +26,7 @@ pub const SIM_KEY_NAME: &str = "sim-key";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
-    /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key).
+    /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key, key_grace_secs).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Listen address [default: 127.0.0.1:8080]; port 0 picks a free port. The bound address
@@ -61,6 +61,10 @@ pub struct Args {
     /// Accept serial-only keys (generic HID dongles: presence, not proof) for key-bound licenses.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_serial_only_keys: Option<bool>,
+    /// Grace period (seconds) when the key in force disappears or becomes unreadable (USB
+    /// reset, hub glitch): key-bound licenses keep working meanwhile [default: 0 = none].
+    #[arg(long, alias = "keyGraceSecs")]
+    pub key_grace_secs: Option<u64>,
     /// Serial of the simulated key.
     #[arg(long, default_value_t = 12345678)]
     pub sim_serial: u32,
@@ -120,6 +124,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = args.allow_serial_only_keys {
         c.allow_serial_only_keys = v;
+    }
+    if let Some(v) = args.key_grace_secs {
+        c.key_grace_secs = v;
     }
     Ok(c)
 }
@@ -204,6 +211,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         validator,
         MonitorConfig {
             revalidate_every: Duration::from_secs(config.revalidate_secs.max(1)),
+            grace: Duration::from_secs(config.key_grace_secs),
             ..MonitorConfig::default()
         },
     )
@@ -247,6 +255,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         %local,
         auth = config.user_authentication,
         crash_if_no_hardware_key = config.crash_if_no_hardware_key,
+        key_grace_secs = config.key_grace_secs,
         data_dir = %data_dir.display(),
         "keyfloat server started"
     );

@@ -14,7 +14,7 @@ use crate::key::{BackendKind, KeyProvider};
 
 /// The hardware providers compiled into this build (never the simulator: tests and the
 /// simulator inject it explicitly).
-// Pushes under cfg: which backends exist depends on the features.
+// Pushed one by one: each push exists only with its feature.
 #[allow(clippy::vec_init_then_push)]
 pub fn hardware_providers() -> Vec<Arc<dyn KeyProvider>> {
     #[allow(unused_mut)]

@@ -434,6 +434,7 @@ pub async fn registrations_release(
         (None, None) => return Err(ApiError::missing("license_id")),
     };
     let actor = caller.username.clone();
+    let check = st.commit_check(id, RELEASE_ACTION);
     let released = transact(st.store(), move |tx| {
         let released = tx.delete_registration(id, &user)?;
         if released {
@@ -444,6 +445,7 @@ pub async fn registrations_release(
                 format!("user {user} released by an admin"),
             ))?;
         }
+        check.verify()?;
         Ok(released)
     })
     .await?;

@@ -11,7 +11,7 @@ use crate::clock::{self, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::params::Params;
 use crate::service::{self, ClientInfo, OverageRequest};
-use crate::state::AppState;
+use crate::state::{gated, AppState, CommitCheck};
 use crate::store::transact;
 
 /// Key-gate action names, as the refusal message shows them.
@@ -60,9 +60,10 @@ pub async fn licenses_register(State(st): State<AppState>, _c: Caller, p: Params
     let (product, license_id) = target(&p)?;
     let who = client_info(&p, USER)?;
     let id = st.gate(&product, license_id, action::REGISTER)?;
+    let check = st.commit_check(id, action::REGISTER);
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| service::register(tx, id, &who, now))
+        transact(st.store(), gated(check, move |tx| service::register(tx, id, &who, now)))
             .await?
             .to_json(),
     ))
@@ -73,7 +74,8 @@ pub async fn licenses_unregister(State(st): State<AppState>, _c: Caller, p: Para
     let (product, license_id) = target(&p)?;
     let user = p.str_req(USER)?;
     let id = st.gate(&product, license_id, action::UNREGISTER)?;
-    transact(st.store(), move |tx| service::unregister(tx, id, &user)).await?;
+    let check = st.commit_check(id, action::UNREGISTER);
+    transact(st.store(), gated(check, move |tx| service::unregister(tx, id, &user))).await?;
     Ok(text("user_unregistered"))
 }
 
@@ -105,11 +107,16 @@ pub async fn licenses_unregister_all(State(st): State<AppState>, _c: Caller, p: 
                 .collect()
         }
     };
+    let checks: Vec<_> = ids
+        .iter()
+        .map(|id| st.commit_check(*id, action::UNREGISTER_ALL))
+        .collect();
     transact(st.store(), move |tx| {
         for id in ids {
             tx.delete_registrations(Some(id))?;
         }
-        Ok(())
+        // A key that left after the filter above refuses the whole job (nothing released).
+        checks.iter().try_for_each(CommitCheck::verify)
     })
     .await?;
     Ok(text(""))
@@ -126,9 +133,14 @@ pub async fn licenses_borrow(State(st): State<AppState>, _c: Caller, p: Params) 
         })?),
     };
     let id = st.gate(&product, license_id, action::BORROW)?;
+    let check = st.commit_check(id, action::BORROW);
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| service::borrow(tx, id, &who, until, now)).await?,
+        transact(
+            st.store(),
+            gated(check, move |tx| service::borrow(tx, id, &who, until, now)),
+        )
+        .await?,
     ))
 }
 
@@ -143,9 +155,14 @@ pub async fn consumptions_add(State(st): State<AppState>, _c: Caller, p: Params)
         max: p.i64_opt(&["max_overages", "maxOverages"])?,
     };
     let id = st.gate(&product, license_id, action::CONSUMPTION)?;
+    let check = st.commit_check(id, action::CONSUMPTION);
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| service::add_consumption(tx, id, amount, req, now)).await?,
+        transact(
+            st.store(),
+            gated(check, move |tx| service::add_consumption(tx, id, amount, req, now)),
+        )
+        .await?,
     ))
 }
 
@@ -157,11 +174,15 @@ pub async fn feature_consumptions_add(State(st): State<AppState>, _c: Caller, p:
         .i64_opt(&["consumptions"])?
         .ok_or_else(|| ApiError::missing("consumptions"))?;
     let id = st.gate(&product, license_id, action::FEATURE_CONSUMPTION)?;
+    let check = st.commit_check(id, action::FEATURE_CONSUMPTION);
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| {
-            service::add_feature_consumption(tx, id, &feature, amount, now)
-        })
+        transact(
+            st.store(),
+            gated(check, move |tx| {
+                service::add_feature_consumption(tx, id, &feature, amount, now)
+            }),
+        )
         .await?,
     ))
 }
@@ -173,11 +194,13 @@ pub async fn features_register(State(st): State<AppState>, _c: Caller, p: Params
     let feature = p.str_req(&["feature"])?;
     let who = client_info(&p, &["user", "hardware_id"])?;
     let id = st.gate(&product, license_id, action::FEATURE_REGISTER)?;
+    let check = st.commit_check(id, action::FEATURE_REGISTER);
     let now = now_micros();
     Ok(Json(
-        transact(st.store(), move |tx| {
-            service::feature_register(tx, id, &feature, &who, now)
-        })
+        transact(
+            st.store(),
+            gated(check, move |tx| service::feature_register(tx, id, &feature, &who, now)),
+        )
         .await?,
     ))
 }
@@ -188,10 +211,14 @@ pub async fn features_release(State(st): State<AppState>, _c: Caller, p: Params)
     let feature = p.str_req(&["feature"])?;
     let user = p.str_req(USER)?;
     let id = st.gate(&product, license_id, action::FEATURE_RELEASE)?;
+    let check = st.commit_check(id, action::FEATURE_RELEASE);
     let now = now_micros();
-    transact(st.store(), move |tx| {
-        service::feature_release(tx, id, &feature, Some(&user), now)
-    })
+    transact(
+        st.store(),
+        gated(check, move |tx| {
+            service::feature_release(tx, id, &feature, Some(&user), now)
+        }),
+    )
     .await?;
     Ok(text("feature_released"))
 }
@@ -201,10 +228,12 @@ pub async fn features_release_all(State(st): State<AppState>, _c: Caller, p: Par
     let (product, license_id) = target(&p)?;
     let feature = p.str_req(&["feature"])?;
     let id = st.gate(&product, license_id, action::FEATURE_RELEASE_ALL)?;
+    let check = st.commit_check(id, action::FEATURE_RELEASE_ALL);
     let now = now_micros();
-    transact(st.store(), move |tx| {
-        service::feature_release(tx, id, &feature, None, now)
-    })
+    transact(
+        st.store(),
+        gated(check, move |tx| service::feature_release(tx, id, &feature, None, now)),
+    )
     .await?;
     Ok(text("feature_released"))
 }

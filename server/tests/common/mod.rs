@@ -125,6 +125,7 @@ impl Harness {
             revalidate_every: Duration::from_secs(60),
             retry_initial: Duration::from_millis(20),
             retry_max: Duration::from_millis(200),
+            ..MonitorConfig::DEFAULT
         };
         self.monitor =
             Some(keyfloat_hal::spawn_monitor(cell, vec![Arc::new(self.bus.provider())], validator, config).unwrap());

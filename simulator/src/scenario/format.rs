@@ -115,6 +115,9 @@ pub struct ServerSpec {
     /// `crashIfNoHardwareKey`.
     #[serde(default)]
     pub crash_if_no_hardware_key: bool,
+    /// The monitor's grace period (`key_grace = "2s"`); none by default.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub key_grace: Option<Duration>,
 }
 
 /// The verbs.
@@ -142,6 +145,9 @@ pub enum Action {
     Http,
     /// Restart pcscd (pcsc mode only).
     RestartPcscd,
+    /// Every operation on `key` blocks for `duration` (virtual mode: on the virtual clock;
+    /// pcsc mode: the virtual card stops answering APDUs).
+    Stall,
 }
 
 /// An HTTP request step.
@@ -278,7 +284,13 @@ impl ScenarioSpec {
             last = s.at;
             let needs_key = matches!(
                 s.action,
-                Action::Plug | Action::Unplug | Action::Swap | Action::Flap | Action::Contend | Action::IoError
+                Action::Plug
+                    | Action::Unplug
+                    | Action::Swap
+                    | Action::Flap
+                    | Action::Contend
+                    | Action::IoError
+                    | Action::Stall
             );
             if needs_key {
                 let k = s
@@ -301,8 +313,8 @@ impl ScenarioSpec {
             if s.action == Action::Flap && (s.cycles.is_none() || s.period.is_none()) {
                 return Err(bad(i, "flap needs `cycles` and `period`".into()));
             }
-            if s.action == Action::Contend && s.duration.is_none() {
-                return Err(bad(i, "contend needs `duration`".into()));
+            if matches!(s.action, Action::Contend | Action::Stall) && s.duration.is_none() {
+                return Err(bad(i, format!("{:?} needs `duration`", s.action).to_lowercase()));
             }
         }
         Ok(())

@@ -47,6 +47,7 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(250),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(500),
+    ..MonitorConfig::DEFAULT
 };
 
 struct PcscRun<'p> {
@@ -59,6 +60,8 @@ struct PcscRun<'p> {
     _monitor: MonitorHandle,
     http: Option<InProcessServer>,
     holders: Vec<Child>,
+    /// Stalled keys (by name) and when their stall ends.
+    stalls: BTreeMap<String, Instant>,
     start: Instant,
     trace: Vec<TraceLine>,
     step: usize,
@@ -121,7 +124,11 @@ impl<'p> PcscRun<'p> {
         let cell = HardwareIdCell::new(keys.machine_id.clone());
         let reader = cell.reader();
         let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
-        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
+        let config = MonitorConfig {
+            grace: spec.server.key_grace.unwrap_or_default(),
+            ..MONITOR
+        };
+        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, config)
             .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
         let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
             Some(InProcessServer::start(spec, reader.clone()).map_err(|e| run_err(spec, 0, e))?)
@@ -138,6 +145,7 @@ impl<'p> PcscRun<'p> {
             _monitor: monitor,
             http,
             holders: Vec::new(),
+            stalls: BTreeMap::new(),
             start: Instant::now(),
             trace: Vec::new(),
             step: 0,
@@ -156,8 +164,42 @@ impl<'p> PcscRun<'p> {
             .ok_or_else(|| run_err(&self.spec, self.step, format!("unknown key {key}")))?;
         let server = CardServer::connect(self.pcscd.vpcd_addr(slot), VirtualCard::new(&spec))
             .map_err(|e| run_err(&self.spec, self.step, format!("cannot serve card {key}: {e}")))?;
+        // A stalled card powers up (pcscd sees it) but answers no command.
+        server.set_hang(self.stalls.get(key).is_some_and(|t| *t > Instant::now()));
         self.servers.insert(key.to_string(), server);
         Ok(())
+    }
+
+    /// `key`'s card stops answering commands for `d` (power-up still works).
+    fn stall(&mut self, key: &str, d: Duration) {
+        self.stalls.insert(key.to_string(), Instant::now() + d);
+        if let Some(server) = self.servers.get(key) {
+            server.set_hang(true);
+        }
+    }
+
+    /// Ends the stalls whose time is up.
+    fn release_stalls(&mut self) {
+        let now = Instant::now();
+        let over: Vec<String> = self
+            .stalls
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in over {
+            self.stalls.remove(&k);
+            if let Some(server) = self.servers.get(&k) {
+                // pcscd's vpcd driver waits forever for the swallowed command's answer: as
+                // with real hardware, the stall ends with the card re-seated.
+                server.set_hang(false);
+                if server.is_inserted() {
+                    server.remove();
+                    std::thread::sleep(Duration::from_millis(300));
+                    server.insert();
+                }
+            }
+        }
     }
 
     fn unplug(&mut self, key: &str) {
@@ -243,10 +285,11 @@ impl<'p> PcscRun<'p> {
         }
     }
 
-    fn settle(&self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+    fn settle(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let Some(expect) = &step.expect else { return Ok(()) };
         let deadline = Instant::now() + SETTLE;
         loop {
+            self.release_stalls();
             match self.cell_mismatch(expect) {
                 None => return Ok(()),
                 Some(m) if Instant::now() >= deadline => {
@@ -259,7 +302,9 @@ impl<'p> PcscRun<'p> {
 
     fn step_once(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let key = step.key.clone().unwrap_or_default();
+        self.release_stalls();
         match step.action {
+            Action::Stall => self.stall(&key, step.duration.unwrap_or_default()),
             Action::Plug => self.plug(&key)?,
             Action::Unplug => self.unplug(&key),
             Action::Swap => {
@@ -284,6 +329,7 @@ impl<'p> PcscRun<'p> {
             Action::Advance => {
                 let prev = i.checked_sub(1).map_or(Duration::ZERO, |p| self.spec.steps[p].at);
                 std::thread::sleep(step.at.saturating_sub(prev).min(Duration::from_secs(10)));
+                self.release_stalls();
             }
             Action::Http => {
                 let h = step
