@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use keyfloat_hal::trust::{issue_key_certificate_spki, key_spki_from_pem, KeyCertificate, VendorSigningKey};
-use keyfloat_hal::Serial;
+use keyfloat_hal::trust::attestation::{certificate_der, pem_certificates, AttestationRequirement};
+use keyfloat_hal::trust::{
+    issue_key_certificate_attested, key_spki_from_pem, AttestationRoots, KeyCertificate, VendorSigningKey,
+};
+use keyfloat_hal::{KeyAttestation, Serial};
 
 /// Subcommands of `keyfloat vendor`.
 #[derive(Debug, clap::Subcommand)]
@@ -50,6 +53,19 @@ pub struct SignKeyCertArgs {
     /// Write DER instead of PEM.
     #[arg(long)]
     der: bool,
+    /// The key's attestation of slot 9E (`yubico-piv-tool -a attest -s 9e`, PEM or DER).
+    /// With it the certificate is only signed if the attestation proves the key was
+    /// generated on a genuine key, and it records that (servers with `require_attestation`
+    /// demand it).
+    #[arg(long, value_name = "FILE", requires_all = ["attestation_intermediate", "attestation_root"])]
+    attestation: Option<PathBuf>,
+    /// The key's attestation certificate, slot F9 (`yubico-piv-tool -a read-certificate -s f9`);
+    /// further CA certificates may follow in the same file.
+    #[arg(long, value_name = "FILE", requires = "attestation")]
+    attestation_intermediate: Option<PathBuf>,
+    /// A trusted attestation root (PEM file; repeatable): Yubico's PIV root CA in production.
+    #[arg(long, value_name = "FILE", requires = "attestation")]
+    attestation_root: Vec<String>,
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -97,7 +113,11 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     // Back-dated a little so a server whose clock lags accepts it at once.
     let not_before = now - Duration::from_secs(300);
     let not_after = now + Duration::from_secs(u64::from(args.days) * 86_400);
-    let der = issue_key_certificate_spki(&vendor, &serial, &spki, not_before, not_after)
+    let attested = match &args.attestation {
+        Some(path) => Some(check_attestation(&args, path, &serial, &spki)?),
+        None => None,
+    };
+    let der = issue_key_certificate_attested(&vendor, &serial, &spki, not_before, not_after, attested)
         .context("cannot sign the certificate")?;
     let cert = KeyCertificate::from_der(&der).context("the new certificate does not parse back")?;
     let as_der = args.der || has_extension(&args.out, "der");
@@ -108,7 +128,8 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
     println!(
-        "certificate for key serial {serial} signed by vendor {}, valid until {}, written to {} ({})",
+        "{}certificate for key serial {serial} signed by vendor {}, valid until {}, written to {} ({})",
+        if attested.is_some() { "attested " } else { "" },
         vendor.public_key().fingerprint_short(),
         rfc3339(cert.not_after()),
         args.out.display(),
@@ -120,6 +141,45 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
         if as_der { " -K DER" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the attestation files against the roots, the serial and the public key; the
+/// SHA-256 of the attestation certificate on success, a refusal naming the reason otherwise.
+fn check_attestation(args: &SignKeyCertArgs, path: &Path, serial: &Serial, spki: &[u8]) -> anyhow::Result<[u8; 32]> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let certificate = certificate_der(&read(path)?).with_context(|| format!("--attestation {}", path.display()))?;
+    let intermediate_path = args
+        .attestation_intermediate
+        .as_deref()
+        .context("--attestation needs --attestation-intermediate")?;
+    let bytes = read(intermediate_path)?;
+    let intermediates = match std::str::from_utf8(&bytes).ok().filter(|t| t.contains("-----BEGIN ")) {
+        Some(text) => pem_certificates(text),
+        None => Ok(vec![bytes]),
+    }
+    .with_context(|| format!("--attestation-intermediate {}", intermediate_path.display()))?;
+    let roots = AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?;
+    let attestation = KeyAttestation {
+        certificate,
+        intermediates,
+    };
+    let requirement = AttestationRequirement {
+        serial,
+        spki_der: spki,
+    };
+    match requirement.check(&roots, &attestation, SystemTime::now()) {
+        Ok(facts) => {
+            println!(
+                "attestation verified: serial {}, firmware {}, PIN policy {}, touch policy {}",
+                facts.serial.map(|s| s.to_string()).unwrap_or_default(),
+                facts.firmware.map(|f| f.to_string()).unwrap_or_else(|| "?".into()),
+                facts.pin_policy.map(|p| p.to_string()).unwrap_or_default(),
+                facts.touch_policy.map(|p| p.to_string()).unwrap_or_default(),
+            );
+            Ok(facts.certificate_sha256)
+        }
+        Err(e) => bail!("refused ({}): {e}; no certificate was signed", e.code()),
+    }
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {

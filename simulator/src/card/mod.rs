@@ -7,9 +7,11 @@
 //!   run in parallel with each other and with the system pcscd.
 
 mod applet;
+mod mgmt;
 mod pcscd;
 mod vpcd;
 
 pub use applet::{VirtualCard, ATR_YUBIKEY5_NFC};
+pub use mgmt::{ManagementKey, MGMT_DEFAULT_KEY};
 pub use pcscd::{require_pcscd, PrivatePcscd, CSOCK_ENV, YUBICO_READER_NAME};
 pub use vpcd::{CardServer, DEFAULT_VPCD};
