@@ -114,7 +114,10 @@ impl PcscRun {
             .collect();
         let cell = HardwareIdCell::new(keys.machine_id.clone());
         let reader = cell.reader();
-        let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
+        let validator = Arc::new(
+            VendorValidator::new(keys.vendor.public_key())
+                .require_attestation(spec.server.require_attestation.then(|| keys.attestation_roots.clone())),
+        );
         let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
             .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
         let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
