@@ -349,11 +349,15 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
     assert_eq!(rows[0]["attested"], false, "{rows}");
 }
 
-/// `ykman piv keys attest 9e -` against the virtual card, verified with openssl. ykman is
-/// `KEYFLOAT_YKMAN`, else the one beside `KEYFLOAT_PYTHON` (`./scripts/dev.sh` installs
-/// yubikey-manager into that venv), else `ykman` on PATH.
+/// `keyfloat simulate card --unprovisioned --attestation-root-out root.pem` (the README's
+/// way to try the recipe) in a child process; `yubico-piv-tool` generates the key, then
+/// `ykman piv keys attest 9e -` and `ykman piv certificates export f9` read what `openssl
+/// verify` accepts with the test root. ykman is `KEYFLOAT_YKMAN`, else the one beside
+/// `KEYFLOAT_PYTHON` (`./scripts/dev.sh` installs yubikey-manager into that venv), else
+/// `ykman` on PATH.
 #[test]
-fn ykman_attests_and_openssl_accepts_the_chain() {
+fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
+    use std::io::{BufRead, BufReader, Write};
     let beside_python = std::env::var_os("KEYFLOAT_PYTHON")
         .map(|p| Path::new(&p).with_file_name("ykman"))
         .filter(|p| p.is_file())
@@ -372,31 +376,75 @@ fn ykman_attests_and_openssl_accepts_the_chain() {
         eprintln!("SKIPPED (KEYFLOAT_QUICK_LOCAL=1): ykman missing");
         return;
     }
-    const SERIAL: u32 = 36925814;
-    let Some(rig) = rig(0xA6C0, |ca| {
-        let spec = SimKeySpec::generate("card", SERIAL)
-            .with_attestation(Some(SimAttestation::Device(ca.issue_device(SERIAL).unwrap())));
-        VirtualCard::new(&spec)
-    }) else {
+    if !require_tools(&["yubico-piv-tool", "openssl"]) || !require_pcscd().expect("pcscd is required") {
         return;
-    };
-    let reader = rig.pcscd.reader(0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let out = loop {
-        let mut c = rig.cmd(&ykman, &["--reader", &reader, "piv", "keys", "attest", "9e", "-"]);
-        c.env("YKMAN_NO_EXLUSIVE", "1");
-        let out = c.output().expect("ykman runs");
-        if out.status.success() {
-            break out;
+    }
+    let pcscd = PrivatePcscd::start(0xA6C0).expect("private pcscd");
+    let dir = std::env::temp_dir().join(format!("keyfloat-attest-ykman-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let vpcd = pcscd.vpcd_addr(0).to_string();
+    let mut card = Command::new(KEYFLOAT)
+        .args([
+            "simulate",
+            "card",
+            "--serial",
+            "36925814",
+            "--vpcd",
+            &vpcd,
+            "--unprovisioned",
+            "--attestation-root-out",
+            "root.pem",
+        ])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keyfloat simulate card");
+    let mut stdin = card.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(card.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("banner").expect("banner");
+    assert!(first.contains("serial 36925814"), "{first}");
+
+    let run = |program: &str, args: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new(program)
+                .args(args)
+                .env(CSOCK_ENV, pcscd.socket())
+                .env("YKMAN_NO_EXLUSIVE", "1")
+                .current_dir(&dir)
+                .output()
+                .expect("tool runs");
+            if out.status.success() {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{program} {args:?}: {}", text(&out));
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "ykman: {}", text(&out));
-        std::thread::sleep(Duration::from_millis(200));
     };
-    std::fs::write(rig.dir.join("attest.pem"), &out.stdout).unwrap();
-    rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
-    let verify = rig.run(
+    run(
+        "yubico-piv-tool",
+        &["-a", "generate", "-s", "9e", "-A", "ECCP256", "--pin-policy=never", "--touch-policy=never", "-o", "pub.pem"],
+    );
+    let reader = pcscd.reader(0);
+    let attest = run(&ykman, &["--reader", &reader, "piv", "keys", "attest", "9e", "-"]);
+    assert!(String::from_utf8_lossy(&attest.stdout).starts_with("-----BEGIN CERTIFICATE-----"));
+    std::fs::write(dir.join("attest.pem"), &attest.stdout).expect("write");
+    run(&ykman, &["--reader", &reader, "piv", "certificates", "export", "f9", "f9.pem"]);
+    let verify = run(
         "openssl",
         &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
     );
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"), "{}", text(&verify));
+    // The attested key is the one generate printed.
+    let pubkey = |args: &[&str]| run("openssl", args).stdout;
+    assert_eq!(
+        pubkey(&["x509", "-in", "attest.pem", "-noout", "-pubkey"]),
+        std::fs::read(dir.join("pub.pem")).expect("pub.pem")
+    );
+
+    writeln!(stdin, "quit").expect("stdin");
+    assert!(card.wait().expect("exit").success());
+    let _ = std::fs::remove_dir_all(&dir);
 }
