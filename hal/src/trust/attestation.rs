@@ -383,15 +383,27 @@ pub fn verify_attestation(
     if attestation.intermediates.is_empty() {
         return Err(malformed("no F9 (attestation key) certificate"));
     }
-    if attestation.intermediates.len() > MAX_CHAIN {
+    let leaf = verify_chain(roots, &attestation.certificate, &attestation.intermediates, now)?;
+    attested_facts(&leaf, &attestation.certificate)
+}
+
+/// Verifies that `leaf_der`, through `intermediates` (closest first), chains to one of
+/// `roots` at `now`; returns the parsed leaf. Shared by PIV and FIDO attestation.
+pub(crate) fn verify_chain(
+    roots: &AttestationRoots,
+    leaf_der: &[u8],
+    intermediates: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<Certificate, AttestationError> {
+    if intermediates.len() > MAX_CHAIN {
         return Err(malformed(format!(
             "chain of {} intermediates is longer than {MAX_CHAIN}",
-            attestation.intermediates.len()
+            intermediates.len()
         )));
     }
-    let leaf = parse_cert(&attestation.certificate, "attestation certificate")?;
+    let leaf = parse_cert(leaf_der, "attestation certificate")?;
     let mut chain = vec![leaf];
-    for (i, der) in attestation.intermediates.iter().enumerate() {
+    for (i, der) in intermediates.iter().enumerate() {
         chain.push(parse_cert(der, &format!("intermediate {}", i + 1))?);
     }
     for cert in &chain {
@@ -437,7 +449,12 @@ pub fn verify_attestation(
             ))
         }));
     }
-    attested_facts(&chain[0], &attestation.certificate)
+    Ok(chain.swap_remove(0))
+}
+
+/// The key a (leaf) certificate certifies, when keyfloat can verify with it.
+pub(crate) fn leaf_key(cert: &Certificate) -> Result<ProofKey, AttestationError> {
+    cert_key(cert).map_err(malformed)
 }
 
 fn attested_facts(leaf: &Certificate, der: &[u8]) -> Result<AttestedKey, AttestationError> {

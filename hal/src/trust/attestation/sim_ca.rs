@@ -246,6 +246,13 @@ impl DeviceAttester {
         self
     }
 
+    /// Signs `message` with the attestation key (ECDSA P-256 / SHA-256, DER): what a FIDO
+    /// `packed` attestation statement carries.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        let sig: DerSignature = self.key.sign(message);
+        sig.as_bytes().to_vec()
+    }
+
     /// The attestation certificate for `spki_der` in `slot`, as `INS F9` returns it: signed by
     /// the F9 key, with the YubiKey extensions (firmware, serial, policy, form factor).
     pub fn attest(
