@@ -142,3 +142,31 @@ fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
     assert!(e.to_string().contains("attestation_untrusted"), "{e}");
     assert!(e.to_string().contains("signature"), "{e}");
 }
+
+/// The CLI glue on a machine without HID keys (every CI machine): a clear refusal, no file.
+#[test]
+fn fido_enroll_without_a_key_says_so() {
+    let dir = std::env::temp_dir().join(format!("keyfloat-fido-enroll-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    VendorSigningKey::generate().write_pem_file(dir.join("vendor.pem")).unwrap();
+    std::fs::write(dir.join("root.pem"), SimAttestationCa::generate().unwrap().root_pem()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyfloat"))
+        .args([
+            "vendor",
+            "fido-enroll",
+            "--vendor-key",
+            "vendor.pem",
+            "--fido-attestation-root",
+            "root.pem",
+            "--provisioning-dir",
+            "creds",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("found 0 FIDO keys"), "{err}");
+    assert!(!dir.join("creds").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

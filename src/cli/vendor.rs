@@ -18,6 +18,29 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Sign a certificate for a key's slot-9E public key, naming the key's serial.
     SignKeyCert(SignKeyCertArgs),
+    /// Enroll the FIDO credential of the one YubiKey connected over HID: makeCredential
+    /// (TOUCH THE KEY when asked), verify its packed attestation against the FIDO roots,
+    /// certify the credential key for the key's serial and write `<serial>.cred.json`.
+    #[cfg(feature = "hid")]
+    FidoEnroll(FidoEnrollArgs),
+}
+
+/// Arguments of `keyfloat vendor fido-enroll`.
+#[cfg(feature = "hid")]
+#[derive(Debug, clap::Args)]
+pub struct FidoEnrollArgs {
+    /// The vendor's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    vendor_key: PathBuf,
+    /// A trusted FIDO attestation root (PEM; repeatable): Yubico's FIDO root CA in production.
+    #[arg(long, value_name = "FILE", required = true)]
+    fido_attestation_root: Vec<String>,
+    /// Where the credential file goes (the servers' KEYFLOAT_HID_PROVISIONING_DIR).
+    #[arg(long, value_name = "DIR")]
+    provisioning_dir: PathBuf,
+    /// Validity in days from now.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    days: u32,
 }
 
 /// Arguments of `keyfloat vendor keygen`.
@@ -72,7 +95,68 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Keygen(a) => keygen(a),
         Command::SignKeyCert(a) => sign_key_cert(a),
+        #[cfg(feature = "hid")]
+        Command::FidoEnroll(a) => fido_enroll(a),
     }
+}
+
+#[cfg(feature = "hid")]
+fn fido_enroll(args: FidoEnrollArgs) -> anyhow::Result<ExitCode> {
+    use keyfloat_hal::backend::hid::{HidProvider, ProvisionedCredential, ProvisioningStore};
+    use keyfloat_hal::HardwareKey;
+
+    let vendor = VendorSigningKey::read_pem_file(&args.vendor_key)
+        .with_context(|| format!("vendor key {}", args.vendor_key.display()))?;
+    let roots =
+        AttestationRoots::from_paths_or_inline(&args.fido_attestation_root).context("--fido-attestation-root")?;
+    let provider = HidProvider::system();
+    let keys: Vec<_> = provider
+        .devices()
+        .context("listing HID devices")?
+        .into_iter()
+        .filter(|d| d.fido.is_some())
+        .collect();
+    let [device] = keys.as_slice() else {
+        bail!(
+            "found {} FIDO keys over HID; connect exactly one YubiKey (with its FIDO interface enabled)",
+            keys.len()
+        );
+    };
+    let mut key = provider.open_hid(&device.key_info().id)?;
+    let serial = key.read_serial().context("reading the key's serial (OTP interface)")?;
+    eprintln!("keyfloat: touch the key (serial {serial}) now…");
+    let enrolled = key
+        .enroll_attested(&roots, SystemTime::now())
+        .context("enrolling the FIDO credential")?;
+    let now = SystemTime::now();
+    let der = issue_key_certificate_attested(
+        &vendor,
+        &serial,
+        &enrolled.public_key_der(),
+        now - Duration::from_secs(300),
+        now + Duration::from_secs(u64::from(args.days) * 86_400),
+        Some(enrolled.attestation_sha256),
+    )
+    .context("cannot sign the certificate")?;
+    let store = ProvisioningStore::new(&args.provisioning_dir);
+    let path = store.save(
+        &serial,
+        &ProvisionedCredential {
+            credential_id: enrolled.credential_id,
+            certificate_der: der,
+        },
+    )?;
+    println!(
+        "attested FIDO credential of key {serial} (AAGUID {}) certified and written to {}",
+        hex_lower(&enrolled.aaguid),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "hid")]
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {

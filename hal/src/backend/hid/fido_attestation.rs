@@ -41,6 +41,17 @@ pub struct EnrolledCredential {
     pub attestation_sha256: [u8; 32],
 }
 
+impl EnrolledCredential {
+    /// The credential key as SubjectPublicKeyInfo DER (what the vendor certificate names).
+    pub fn public_key_der(&self) -> Vec<u8> {
+        use p256::pkcs8::EncodePublicKey;
+        self.public_key
+            .to_public_key_der()
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default()
+    }
+}
+
 fn malformed(e: impl std::fmt::Display) -> AttestationError {
     AttestationError::Malformed(e.to_string())
 }
