@@ -73,7 +73,6 @@ fn text(o: &Output) -> String {
 }
 
 impl Rig {
-
     fn cmd(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new(program);
         c.env(CSOCK_ENV, self.pcscd.socket()).args(args).current_dir(&self.dir);
@@ -107,7 +106,14 @@ impl Rig {
     fn vendor_keygen(&self) {
         let out = self.run(
             KEYFLOAT,
-            &["vendor", "keygen", "--out", "vendor.pem", "--public-out", "vendor.pub.pem"],
+            &[
+                "vendor",
+                "keygen",
+                "--out",
+                "vendor.pem",
+                "--public-out",
+                "vendor.pub.pem",
+            ],
         );
         assert!(out.status.success(), "{}", text(&out));
     }
@@ -190,7 +196,9 @@ fn generate_attest_read_f9(rig: &Rig) {
 #[test]
 fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     const SERIAL: u32 = 13572468;
-    let Some(rig) = rig(0xA640, |ca| fresh_card(ca, SERIAL)) else { return };
+    let Some(rig) = rig(0xA640, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
     rig.vendor_keygen();
     generate_attest_read_f9(&rig);
     assert!(rig.card.with_card(|c| c.key_generated()));
@@ -226,7 +234,9 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
 #[test]
 fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     const SERIAL: u32 = 24681357;
-    let Some(rig) = rig(0xA660, |ca| fresh_card(ca, SERIAL)) else { return };
+    let Some(rig) = rig(0xA660, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
     rig.vendor_keygen();
     generate_attest_read_f9(&rig);
     let refused = |out: &Output, code: &str| {
@@ -237,10 +247,17 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     };
 
     // An attestation signed by an unknown root (a CA of the same name, another key).
-    std::fs::write(rig.dir.join("other-root.pem"), SimAttestationCa::generate().unwrap().root_pem()).unwrap();
+    std::fs::write(
+        rig.dir.join("other-root.pem"),
+        SimAttestationCa::generate().unwrap().root_pem(),
+    )
+    .unwrap();
     refused(&rig.sign_attested(SERIAL, "other-root.pem"), "attestation_untrusted");
     // The attestation names another serial than the one to certify.
-    refused(&rig.sign_attested(SERIAL + 1, "root.pem"), "attestation_serial_mismatch");
+    refused(
+        &rig.sign_attested(SERIAL + 1, "root.pem"),
+        "attestation_serial_mismatch",
+    );
     // A different public key: the key was re-generated after the attestation was taken.
     rig.piv_tool(&["-a", "generate", "-s", "9e", "-A", "ECCP256", "-o", "pub.pem"]);
     refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_key_mismatch");
@@ -267,7 +284,9 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
 #[test]
 fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     const SERIAL: u32 = 11223344;
-    let Some(rig) = rig(0xA680, |ca| fresh_card(ca, SERIAL)) else { return };
+    let Some(rig) = rig(0xA680, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
     rig.vendor_keygen();
     // The attacker's software key, imported into the card.
     let soft = p256::SecretKey::random(&mut rand_core::OsRng);
@@ -279,7 +298,11 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     rig.piv_tool(&["-a", "import-key", "-s", "9e", "-i", "soft.pem", "--pin-policy=never"]);
     assert!(!rig.card.with_card(|c| c.key_generated()));
     let attest = rig.run("yubico-piv-tool", &["-a", "attest", "-s", "9e"]);
-    assert!(!attest.status.success(), "an imported key was attested: {}", text(&attest));
+    assert!(
+        !attest.status.success(),
+        "an imported key was attested: {}",
+        text(&attest)
+    );
 
     // A vendor certifying it anyway (the old flow, no attestation): the server refuses it.
     use p256::pkcs8::EncodePublicKey;
@@ -342,7 +365,14 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
     // The same card passes without the attestation requirement: the refusal is the attestation's.
     let out = rig.run(
         KEYFLOAT,
-        &["keys", "--json", "--key-backend", "pcsc", "--vendor-public-key", "vendor.pub.pem"],
+        &[
+            "keys",
+            "--json",
+            "--key-backend",
+            "pcsc",
+            "--vendor-public-key",
+            "vendor.pub.pem",
+        ],
     );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(rows[0]["proof"], "verified", "{rows}");
@@ -425,18 +455,36 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
     };
     run(
         "yubico-piv-tool",
-        &["-a", "generate", "-s", "9e", "-A", "ECCP256", "--pin-policy=never", "--touch-policy=never", "-o", "pub.pem"],
+        &[
+            "-a",
+            "generate",
+            "-s",
+            "9e",
+            "-A",
+            "ECCP256",
+            "--pin-policy=never",
+            "--touch-policy=never",
+            "-o",
+            "pub.pem",
+        ],
     );
     let reader = pcscd.reader(0);
     let attest = run(&ykman, &["--reader", &reader, "piv", "keys", "attest", "9e", "-"]);
     assert!(String::from_utf8_lossy(&attest.stdout).starts_with("-----BEGIN CERTIFICATE-----"));
     std::fs::write(dir.join("attest.pem"), &attest.stdout).expect("write");
-    run(&ykman, &["--reader", &reader, "piv", "certificates", "export", "f9", "f9.pem"]);
+    run(
+        &ykman,
+        &["--reader", &reader, "piv", "certificates", "export", "f9", "f9.pem"],
+    );
     let verify = run(
         "openssl",
         &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
     );
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"), "{}", text(&verify));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"),
+        "{}",
+        text(&verify)
+    );
     // The attested key is the one generate printed.
     let pubkey = |args: &[&str]| run("openssl", args).stdout;
     assert_eq!(

@@ -70,7 +70,10 @@ impl K {
         let attestation = match self {
             K::Imported => None,
             K::Replayer => Some(SimAttestation::Replay(
-                K::Attested.spec(vendor, ca).attestation().expect("attested key attests"),
+                K::Attested
+                    .spec(vendor, ca)
+                    .attestation()
+                    .expect("attested key attests"),
             )),
             _ => Some(SimAttestation::Device(
                 ca.issue_device_from_seed(self.serial(), 5).expect("F9 certificate"),
@@ -178,7 +181,9 @@ fn in_force_is(s: &keyfloat_hal::Snapshot, k: K) -> bool {
 
 fn in_force_with(s: &keyfloat_hal::Snapshot, k: K, proof: ProofStatus) -> bool {
     s.hardware_id.as_str() == k.serial().to_string()
-        && s.in_force.as_ref().is_some_and(|v| v.status == KeyStatus::Valid { proof })
+        && s.in_force
+            .as_ref()
+            .is_some_and(|v| v.status == KeyStatus::Valid { proof })
 }
 
 /// The attestation cases, against a monitor whose validator requires attestation.
@@ -196,7 +201,9 @@ fn attestation_conformance(rig: &mut dyn Rig, reader: &CellReader) {
     };
     // A key generated on the device attests: in force, proof "attested".
     rig.plug(K::Attested);
-    wait(reader, t, "attested in force", |s| in_force_with(s, K::Attested, ProofStatus::Attested));
+    wait(reader, t, "attested in force", |s| {
+        in_force_with(s, K::Attested, ProofStatus::Attested)
+    });
     rig.unplug(K::Attested);
     wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
     // A software key imported into the card: no attestation, refused.

@@ -148,7 +148,9 @@ fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
 fn fido_enroll_without_a_key_says_so() {
     let dir = std::env::temp_dir().join(format!("keyfloat-fido-enroll-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    VendorSigningKey::generate().write_pem_file(dir.join("vendor.pem")).unwrap();
+    VendorSigningKey::generate()
+        .write_pem_file(dir.join("vendor.pem"))
+        .unwrap();
     std::fs::write(dir.join("root.pem"), SimAttestationCa::generate().unwrap().root_pem()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyfloat"))
         .args([

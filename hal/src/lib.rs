@@ -16,8 +16,8 @@ pub mod trust;
 pub use cell::{BackendError, CellReader, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView, Snapshot};
 pub use error::{Error, ErrorKind, Holder, Result};
 pub use key::{
-    BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, KeyAttestation, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof,
-    ProofCapability, Serial, SignatureScheme,
+    BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, HotplugSource, KeyAttestation, KeyId, KeyInfo,
+    KeyProvider, Proof, ProofCapability, Serial, SignatureScheme,
 };
 pub use machine_id::{hardware_id_from_file, hardware_id_from_machine_id, machine_hardware_id, MACHINE_ID_ENV};
 pub use monitor::{spawn as spawn_monitor, Driver, Input, Monitor, MonitorConfig, MonitorHandle, Step};

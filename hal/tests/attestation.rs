@@ -5,10 +5,12 @@
 
 use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{issue_key_certificate, provision_sim_key, AttestationRoots, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{
+    issue_key_certificate, provision_sim_key, AttestationRoots, VendorSigningKey, VendorValidator,
+};
 use keyfloat_hal::{
-    BackendKind, Error, ErrorKind, Firmware, HardwareKey, InvalidReason, KeyAttestation, KeyId, KeyInfo,
-    KeyProvider, KeyValidator, Proof, ProofStatus, Serial, Validation,
+    BackendKind, Error, ErrorKind, Firmware, HardwareKey, InvalidReason, KeyAttestation, KeyId, KeyInfo, KeyProvider,
+    KeyValidator, Proof, ProofStatus, Serial, Validation,
 };
 use p256::pkcs8::EncodePublicKey;
 
@@ -71,16 +73,28 @@ fn reason(v: &Validation) -> Option<InvalidReason> {
 fn an_attested_key_is_attested_only_when_required() {
     let w = World::new();
     let spec = provision_sim_key(w.attested("a", 1001), &w.vendor);
-    assert_eq!(proof(&w.validate(spec.clone(), &w.required())), Some(ProofStatus::Attested));
-    assert_eq!(proof(&w.validate(spec, &w.validator(None))), Some(ProofStatus::Verified));
+    assert_eq!(
+        proof(&w.validate(spec.clone(), &w.required())),
+        Some(ProofStatus::Attested)
+    );
+    assert_eq!(
+        proof(&w.validate(spec, &w.validator(None))),
+        Some(ProofStatus::Verified)
+    );
 }
 
 #[test]
 fn an_imported_key_is_not_attested_but_accepted_without_the_requirement() {
     let w = World::new();
     let spec = provision_sim_key(SimKeySpec::generate("imported", 1002), &w.vendor);
-    assert_eq!(reason(&w.validate(spec.clone(), &w.required())), Some(InvalidReason::NotAttested));
-    assert_eq!(proof(&w.validate(spec, &w.validator(None))), Some(ProofStatus::Verified));
+    assert_eq!(
+        reason(&w.validate(spec.clone(), &w.required())),
+        Some(InvalidReason::NotAttested)
+    );
+    assert_eq!(
+        proof(&w.validate(spec, &w.validator(None))),
+        Some(ProofStatus::Verified)
+    );
 }
 
 #[test]
@@ -89,7 +103,10 @@ fn an_attestation_for_another_serial_is_refused() {
     let device = w.ca.issue_device(1003).unwrap().attesting_serial(9999);
     let spec = SimKeySpec::generate("liar", 1003).with_attestation(Some(SimAttestation::Device(device)));
     let spec = provision_sim_key(spec, &w.vendor);
-    assert_eq!(reason(&w.validate(spec, &w.required())), Some(InvalidReason::NotAttested));
+    assert_eq!(
+        reason(&w.validate(spec, &w.required())),
+        Some(InvalidReason::NotAttested)
+    );
 }
 
 #[test]
@@ -97,7 +114,10 @@ fn an_attestation_from_an_unknown_root_is_refused() {
     let w = World::new();
     let spec = provision_sim_key(w.attested("a", 1004), &w.vendor);
     let other = SimAttestationCa::generate().unwrap().roots().unwrap();
-    assert_eq!(reason(&w.validate(spec, &w.validator(Some(other)))), Some(InvalidReason::NotAttested));
+    assert_eq!(
+        reason(&w.validate(spec, &w.validator(Some(other)))),
+        Some(InvalidReason::NotAttested)
+    );
 }
 
 #[test]
@@ -108,12 +128,18 @@ fn a_replayed_attestation_is_refused_whichever_serial_the_clone_claims() {
     // A clone with its own software key and its own serial, replaying the capture.
     let clone = SimKeySpec::generate("clone", 1006).with_attestation(Some(SimAttestation::Replay(captured.clone())));
     let clone = provision_sim_key(clone, &w.vendor);
-    assert_eq!(reason(&w.validate(clone, &w.required())), Some(InvalidReason::NotAttested));
+    assert_eq!(
+        reason(&w.validate(clone, &w.required())),
+        Some(InvalidReason::NotAttested)
+    );
     // A clone claiming the genuine serial, with a vendor certificate for its own key (a
     // sloppy vendor): the attested key is not the certified one.
     let clone = SimKeySpec::generate("clone2", 1005).with_attestation(Some(SimAttestation::Replay(captured)));
     let clone = provision_sim_key(clone, &w.vendor);
-    assert_eq!(reason(&w.validate(clone, &w.required())), Some(InvalidReason::NotAttested));
+    assert_eq!(
+        reason(&w.validate(clone, &w.required())),
+        Some(InvalidReason::NotAttested)
+    );
 }
 
 #[test]
@@ -129,8 +155,14 @@ fn a_certificate_issued_without_attestation_is_refused_even_if_the_key_attests()
     )
     .unwrap();
     let spec = spec.with_certificate(der);
-    assert_eq!(reason(&w.validate(spec.clone(), &w.required())), Some(InvalidReason::NotAttested));
-    assert_eq!(proof(&w.validate(spec, &w.validator(None))), Some(ProofStatus::Verified));
+    assert_eq!(
+        reason(&w.validate(spec.clone(), &w.required())),
+        Some(InvalidReason::NotAttested)
+    );
+    assert_eq!(
+        proof(&w.validate(spec, &w.validator(None))),
+        Some(ProofStatus::Verified)
+    );
 }
 
 #[test]
@@ -151,7 +183,10 @@ fn a_slot_that_needs_a_pin_or_touch_is_refused() {
             base.clone().with_attestation(Some(SimAttestation::Replay(canned))),
             &w.vendor,
         );
-        assert_eq!(reason(&w.validate(spec, &w.required())), Some(InvalidReason::NotAttested));
+        assert_eq!(
+            reason(&w.validate(spec, &w.required())),
+            Some(InvalidReason::NotAttested)
+        );
     }
 }
 
@@ -224,7 +259,10 @@ fn busy_while_attesting_is_retried_and_garbage_is_not_attested() {
     ];
     for answer in answers {
         let mut garbage = Attesting { inner: open(), answer };
-        assert_eq!(reason(&validator.validate(&mut garbage)), Some(InvalidReason::NotAttested));
+        assert_eq!(
+            reason(&validator.validate(&mut garbage)),
+            Some(InvalidReason::NotAttested)
+        );
     }
 }
 

@@ -174,10 +174,12 @@ mod tests {
                 .allow_serial_only_keys
         );
         assert!(!c.require_attestation, "attestation is opt-in");
-        let a = ServerConfig::from_yaml("requireAttestation: true
+        let a = ServerConfig::from_yaml(
+            "requireAttestation: true
 attestation_roots: [/etc/keyfloat/yubico-piv-root.pem]
-")
-            .unwrap();
+",
+        )
+        .unwrap();
         assert!(a.require_attestation);
         assert_eq!(a.attestation_roots, ["/etc/keyfloat/yubico-piv-root.pem"]);
     }

@@ -169,7 +169,9 @@ impl Report {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
-        Some(path) => Some(keyfloat_server::ServerConfig::load(path).with_context(|| format!("reading {}", path.display()))?),
+        Some(path) => {
+            Some(keyfloat_server::ServerConfig::load(path).with_context(|| format!("reading {}", path.display()))?)
+        }
         None => None,
     };
     let vendor = args
@@ -222,7 +224,11 @@ pub fn diagnose_with(vendor: Option<&str>, attestation_roots: &[String], proc_ro
         Some(v) => match VendorPublicKey::from_path_or_inline(v) {
             Ok(pk) => {
                 r.vendor_key = Some(pk.fingerprint());
-                Box::new(VendorValidator::new(pk).allow_serial_only(true).require_attestation(roots))
+                Box::new(
+                    VendorValidator::new(pk)
+                        .allow_serial_only(true)
+                        .require_attestation(roots),
+                )
             }
             Err(e) => {
                 r.problem(

@@ -24,7 +24,12 @@ pub struct Args {
     vendor_public_key: Option<String>,
     /// Also demand a fresh PIV attestation of slot 9E chaining to this root (PEM file or PEM;
     /// repeatable), as a server with `require_attestation` does.
-    #[arg(long, value_name = "PATH|PEM", requires = "vendor_public_key", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "PATH|PEM",
+        requires = "vendor_public_key",
+        allow_hyphen_values = true
+    )]
     attestation_root: Vec<String>,
 }
 

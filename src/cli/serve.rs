@@ -191,7 +191,9 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             if config.require_attestation {
                 // The simulated key attests with a TEST CA made now, which this server trusts.
                 let ca = SimAttestationCa::generate().context("creating the TEST attestation CA")?;
-                let device = ca.issue_device(sim_serial).context("issuing the simulated F9 certificate")?;
+                let device = ca
+                    .issue_device(sim_serial)
+                    .context("issuing the simulated F9 certificate")?;
                 spec = spec.with_attestation(Some(SimAttestation::Device(device)));
                 attestation_roots.push(ca.root_pem());
                 tracing::warn!("--key-backend sim: trusting a TEST attestation root made now (not Yubico)");

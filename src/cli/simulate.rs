@@ -101,7 +101,10 @@ fn card(args: CardArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.attestation_root_out {
         let ca = SimAttestationCa::generate().context("creating the test attestation CA")?;
         std::fs::write(path, ca.root_pem()).with_context(|| format!("writing {}", path.display()))?;
-        card = card.with_attester(ca.issue_device(args.serial).context("issuing the card's F9 certificate")?);
+        card = card.with_attester(
+            ca.issue_device(args.serial)
+                .context("issuing the card's F9 certificate")?,
+        );
         eprintln!(
             "keyfloat: TEST attestation root (not Yubico) written to {}; keys generated on the card can be attested",
             path.display()

@@ -247,10 +247,7 @@ fn check_attestation(args: &SignKeyCertArgs, path: &Path, serial: &Serial, spki:
         certificate,
         intermediates,
     };
-    let requirement = AttestationRequirement {
-        serial,
-        spki_der: spki,
-    };
+    let requirement = AttestationRequirement { serial, spki_der: spki };
     match requirement.check(&roots, &attestation, SystemTime::now()) {
         Ok(facts) => {
             println!(

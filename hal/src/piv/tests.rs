@@ -303,13 +303,24 @@ fn attestation_reads_the_slot_attestation_then_the_f9_certificate() {
 #[test]
 fn a_key_that_cannot_attest_is_unsupported_not_a_transport_failure() {
     // 6A80: imported key; 6D00: no ATTEST instruction (not a YubiKey, or firmware < 4.3).
-    for (sw, kind) in [("6A80", ErrorKind::Unsupported), ("6D00", ErrorKind::Unsupported), ("6A88", ErrorKind::NotPresent)] {
+    for (sw, kind) in [
+        ("6A80", ErrorKind::Unsupported),
+        ("6D00", ErrorKind::Unsupported),
+        ("6A88", ErrorKind::NotPresent),
+    ] {
         let mut t = ScriptedTransport::new().expect(h("00F99E0000"), h(sw));
-        assert_eq!(session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(), kind, "{sw}");
+        assert_eq!(
+            session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(),
+            kind,
+            "{sw}"
+        );
     }
     // A card answering something that is not a certificate.
     let mut t = ScriptedTransport::new().expect(h("00F99E0000"), h("7C00 9000"));
-    assert_eq!(session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(), ErrorKind::Protocol);
+    assert_eq!(
+        session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
     // An attestation without an F9 certificate: the key cannot be verified.
     let mut t = ScriptedTransport::new()
         .expect(h("00F99E0000"), h("300100 9000"))

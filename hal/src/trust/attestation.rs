@@ -211,8 +211,8 @@ impl AttestationRoots {
             check_len("attestation root", der.len() as u64)?;
             let cert = Certificate::from_der(der)
                 .map_err(|e| TrustError::CertificateInvalid(format!("attestation root does not parse: {e}")))?;
-            let key = cert_key(&cert)
-                .map_err(|e| TrustError::CertificateInvalid(format!("attestation root key: {e}")))?;
+            let key =
+                cert_key(&cert).map_err(|e| TrustError::CertificateInvalid(format!("attestation root key: {e}")))?;
             roots.push(Root {
                 cert,
                 key,
@@ -220,7 +220,9 @@ impl AttestationRoots {
             });
         }
         if roots.is_empty() {
-            return Err(TrustError::InvalidArgument("no attestation root certificate given".into()));
+            return Err(TrustError::InvalidArgument(
+                "no attestation root certificate given".into(),
+            ));
         }
         Ok(Self { roots })
     }
@@ -442,12 +444,8 @@ pub(crate) fn verify_chain(
         }
     }
     if !trusted {
-        return Err(last_err.unwrap_or_else(|| {
-            untrusted(format!(
-                "no configured root is named {}",
-                top.tbs_certificate.issuer
-            ))
-        }));
+        return Err(last_err
+            .unwrap_or_else(|| untrusted(format!("no configured root is named {}", top.tbs_certificate.issuer))));
     }
     Ok(chain.swap_remove(0))
 }
@@ -549,7 +547,11 @@ impl AttestationRequirement<'_> {
 /// equivalent encodings of the same parameters compare equal).
 fn same_spki(a: &[u8], b: &[u8]) -> bool {
     use x509_cert::spki::SubjectPublicKeyInfoOwned;
-    let norm = |d: &[u8]| SubjectPublicKeyInfoOwned::from_der(d).ok().and_then(|s| s.to_der().ok());
+    let norm = |d: &[u8]| {
+        SubjectPublicKeyInfoOwned::from_der(d)
+            .ok()
+            .and_then(|s| s.to_der().ok())
+    };
     matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
 }
 

@@ -33,11 +33,12 @@ mod proof_key;
 mod validator;
 mod vendor_key;
 
-pub use certificate::{
-    issue_key_certificate, issue_key_certificate_attested, issue_key_certificate_for_period, issue_key_certificate_spki, key_public_from_pem,
-    provision_sim_key, try_provision_sim_key, KeyCertificate, SIM_CERT_VALIDITY,
-};
 pub use attestation::{AttestationError, AttestationRoots, AttestedKey};
+pub use certificate::{
+    issue_key_certificate, issue_key_certificate_attested, issue_key_certificate_for_period,
+    issue_key_certificate_spki, key_public_from_pem, provision_sim_key, try_provision_sim_key, KeyCertificate,
+    SIM_CERT_VALIDITY,
+};
 pub use error::TrustError;
 pub use proof_key::key_spki_from_pem;
 pub use validator::{system_clock, Clock, VendorValidator};

@@ -547,16 +547,15 @@ impl VirtualCard {
                 Response::new(tlv(0x7C, &tlv(0x80, &encrypted)), sw::OK)
             }
             // Step 2: the decrypted witness and the host's challenge.
-            (Some(decrypted), Some(challenge)) if decrypted.len() == block && challenge.len() == block => {
-                match witness {
-                    Some(w) if w == decrypted => {
-                        self.mgmt_authenticated = true;
-                        let answer = self.mgmt_key.encrypt(challenge);
-                        Response::new(tlv(0x7C, &tlv(0x82, &answer)), sw::OK)
-                    }
-                    _ => Response::new([], sw::SECURITY_STATUS),
+            (Some(decrypted), Some(challenge)) if decrypted.len() == block && challenge.len() == block => match witness
+            {
+                Some(w) if w == decrypted => {
+                    self.mgmt_authenticated = true;
+                    let answer = self.mgmt_key.encrypt(challenge);
+                    Response::new(tlv(0x7C, &tlv(0x82, &answer)), sw::OK)
                 }
-            }
+                _ => Response::new([], sw::SECURITY_STATUS),
+            },
             _ => Response::new([], sw::WRONG_DATA),
         }
     }

@@ -10,9 +10,7 @@ use des::TdesEde3;
 use keyfloat_hal::Firmware;
 
 /// The factory-default management key of every YubiKey (`01 02 … 08` three times).
-pub const MGMT_DEFAULT_KEY: [u8; 24] = [
-    1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8,
-];
+pub const MGMT_DEFAULT_KEY: [u8; 24] = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8];
 
 /// PIV algorithm ids of management keys.
 pub const ALG_3DES: u8 = 0x03;

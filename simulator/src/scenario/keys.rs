@@ -47,8 +47,8 @@ impl ScenarioKeys {
             }
             .transpose()
             .map_err(|e| format!("cannot issue the F9 certificate of key {:?}: {e}", k.name))?;
-            let base = SimKeySpec::from_seed(&k.name, k.serial, seed)
-                .with_attestation(attester.map(SimAttestation::Device));
+            let base =
+                SimKeySpec::from_seed(&k.name, k.serial, seed).with_attestation(attester.map(SimAttestation::Device));
             let spec = match k.provisioning {
                 Provisioning::Valid | Provisioning::Unattested | Provisioning::AttestedWrongSerial => {
                     try_provision_sim_key(base, &vendor)

@@ -114,7 +114,10 @@ pub fn make_credential_request(rp_id: &str, client_data_hash: &[u8], user_id: &[
         MAKE_CREDENTIAL,
         vec![
             (int(1), Value::Bytes(client_data_hash.to_vec())),
-            (int(2), Value::Map(vec![(Value::Text("id".into()), Value::Text(rp_id.into()))])),
+            (
+                int(2),
+                Value::Map(vec![(Value::Text("id".into()), Value::Text(rp_id.into()))]),
+            ),
             (
                 int(3),
                 Value::Map(vec![
@@ -225,7 +228,8 @@ pub fn parse_attested_credential(auth_data: &[u8]) -> Result<AttestedCredentialD
             .find(|(kk, _)| matches!(kk, Value::Integer(i) if i128::from(*i) == i128::from(k)))
             .map(|(_, v)| v)
     };
-    let is_int = |v: Option<&Value>, want: i64| matches!(v, Some(Value::Integer(i)) if i128::from(*i) == i128::from(want));
+    let is_int =
+        |v: Option<&Value>, want: i64| matches!(v, Some(Value::Integer(i)) if i128::from(*i) == i128::from(want));
     // kty EC2 (2), alg ES256 (-7), crv P-256 (1).
     if !is_int(by(1), 2) || !is_int(by(3), -7) || !is_int(by(-1), 1) {
         return Err(protocol("credential key is not an ES256 P-256 key"));
@@ -239,8 +243,7 @@ pub fn parse_attested_credential(auth_data: &[u8]) -> Result<AttestedCredentialD
     let mut sec1 = vec![0x04];
     sec1.extend_from_slice(x);
     sec1.extend_from_slice(y);
-    let public_key =
-        p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| protocol("credential key is not on P-256"))?;
+    let public_key = p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| protocol("credential key is not on P-256"))?;
     Ok(AttestedCredentialData {
         aaguid,
         credential_id,

@@ -266,7 +266,11 @@ impl DeviceAttester {
         let spki = SubjectPublicKeyInfoOwned::from_der(spki_der).map_err(build_err)?;
         let subject = Name::from_str(&format!("CN=YubiKey PIV Attestation {slot:02x}")).map_err(build_err)?;
         let extensions = vec![
-            ext(oid::FIRMWARE, false, vec![firmware.major, firmware.minor, firmware.patch])?,
+            ext(
+                oid::FIRMWARE,
+                false,
+                vec![firmware.major, firmware.minor, firmware.patch],
+            )?,
             ext(oid::SERIAL, false, self.serial.to_der().map_err(build_err)?)?,
             ext(oid::POLICY, false, vec![pin_policy, touch_policy])?,
             ext(oid::FORM_FACTOR, false, vec![0x01])?,
