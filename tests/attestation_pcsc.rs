@@ -6,6 +6,8 @@
 //! Each test starts its own private pcscd; they FAIL when pcscd / vpcd / the tools are
 //! missing, unless `KEYFLOAT_QUICK_LOCAL=1`.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

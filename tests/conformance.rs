@@ -112,8 +112,11 @@ const MONITOR: MonitorConfig = MonitorConfig {
 
 /// Watches the cell on a thread, keeping every distinct (state, reason) it saw, so short
 /// transient states (a retried I/O error) are not missed.
+/// Every distinct (state, reason) the recorder saw.
+type Seen = Arc<Mutex<Vec<(KeyState, Option<String>)>>>;
+
 struct Recorder {
-    seen: Arc<Mutex<Vec<(KeyState, Option<String>)>>>,
+    seen: Seen,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }

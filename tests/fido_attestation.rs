@@ -3,6 +3,7 @@
 //! makeCredential, which no test can give: the seam's `touch` verb stands for the person.
 //! The enrolled credential is then certified by the vendor and proves itself touch-free.
 #![cfg(feature = "hid")]
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

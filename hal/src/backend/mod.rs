@@ -23,6 +23,8 @@ pub enum BackendChoice {
 
 /// The hardware providers compiled into this build (never the simulator: tests and the
 /// simulator inject it explicitly).
+// Which pushes exist depends on the features: `vec![]` cannot express that.
+#[allow(clippy::vec_init_then_push)]
 pub fn hardware_providers() -> Vec<Arc<dyn KeyProvider>> {
     #[allow(unused_mut)]
     let mut v: Vec<Arc<dyn KeyProvider>> = Vec::new();

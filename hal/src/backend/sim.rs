@@ -439,6 +439,7 @@ impl HardwareKey for SimKey {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use p256::ecdsa::signature::Verifier;

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use proptest::prelude::*;
 
 use super::scripted::ScriptedTransport;

@@ -425,6 +425,7 @@ pub fn check_assertion(assertion: &Assertion, rp_id: &str, credential_id: &[u8])
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use keyfloat_hal::piv::session::{self, ApduTransport};
 use keyfloat_hal::{ErrorKind, Result as HalResult};
 use p256::ecdsa::signature::Verifier;
