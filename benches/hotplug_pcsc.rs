@@ -3,8 +3,13 @@
 //! monitor changing the hardware ID in the cell — both on the same private pcscd, in the
 //! same run, same cycles. The difference (b − a) is keyfloat's own cost (probe + validation).
 //!
-//! `cargo bench --bench hotplug_pcsc` runs 10 cycles; `cargo test --benches` runs 2 as a
-//! smoke test. Needs root, pcscd and vsmartcard-vpcd (fails without them).
+//! Then the cost of PIV attestation: one key (re)validation by the vendor trust validator,
+//! without and with `require_attestation` (INS F9 + reading the F9 certificate + verifying
+//! the chain), alternated on the same card through the same pcscd.
+//!
+//! `cargo bench --bench hotplug_pcsc` runs 10 cycles and 40 validations of each kind;
+//! `cargo test --benches` runs 2 and 3 as a smoke test. Needs root, pcscd and
+//! vsmartcard-vpcd (fails without them).
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
-use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::{spawn_monitor, HardwareId, HardwareIdCell, KeyProvider, MonitorConfig, SerialReadable};
+use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::{
+    spawn_monitor, HardwareId, HardwareIdCell, KeyProvider, KeyValidator, MonitorConfig, ProofStatus, SerialReadable,
+    Validation,
+};
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 
 /// A plain listener: reports (when, card present) for every change of `reader`.
@@ -43,6 +53,11 @@ fn listener(reader: String, stop: Arc<AtomicBool>, tx: mpsc::Sender<(Instant, bo
 struct Stats(Vec<f64>);
 
 impl Stats {
+    fn median(&mut self) -> f64 {
+        self.0.sort_by(f64::total_cmp);
+        self.0[(self.0.len() - 1) / 2]
+    }
+
     fn line(&mut self, label: &str) -> String {
         self.0.sort_by(f64::total_cmp);
         let n = self.0.len();
@@ -83,7 +98,13 @@ fn main() {
     let monitor =
         spawn_monitor(cell, vec![provider], Arc::new(SerialReadable), MonitorConfig::default()).expect("monitor");
 
-    let spec = SimKeySpec::generate("bench", 7654321);
+    // A provisioned key generated on its device (it attests with an F9 key of a test CA).
+    let vendor = VendorSigningKey::generate();
+    let ca = SimAttestationCa::generate().expect("test attestation CA");
+    let spec = SimKeySpec::generate("bench", 7654321).with_attestation(Some(SimAttestation::Device(
+        ca.issue_device(7654321).expect("F9 certificate"),
+    )));
+    let spec = provision_sim_key(spec, &vendor);
     let serial = HardwareId::new("7654321");
     let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
     card.remove();
@@ -147,6 +168,44 @@ fn main() {
     println!("{}", Stats(rem_d).line("remove: cell after listener"));
 
     monitor.stop();
+
+    // Validation with and without attestation, alternated, on the inserted card.
+    card.insert();
+    let provider = PcscProvider::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        if let Some(k) = provider.list().expect("list").into_iter().next() {
+            break k.id;
+        }
+        assert!(Instant::now() < deadline, "card never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut key = provider.open(&id).expect("open");
+    let plain = VendorValidator::new(vendor.public_key());
+    let attesting = VendorValidator::new(vendor.public_key()).require_attestation(Some(ca.roots().expect("roots")));
+    let rounds = if full { 40 } else { 3 };
+    let (mut without, mut with) = (vec![], vec![]);
+    for _ in 0..rounds {
+        for (validator, out, want) in [
+            (&plain, &mut without, ProofStatus::Verified),
+            (&attesting, &mut with, ProofStatus::Attested),
+        ] {
+            let t0 = Instant::now();
+            let v = validator.validate(key.as_mut());
+            out.push(ms(t0.elapsed()));
+            match v {
+                Validation::Valid { proof, .. } => assert_eq!(proof, want),
+                other => panic!("validation failed: {other:?}"),
+            }
+        }
+    }
+    let (mut a, mut b) = (Stats(without), Stats(with));
+    let (ma, mb) = (a.median(), b.median());
+    println!("key validation through pcscd ({rounds} each, alternated)");
+    println!("{}", a.line("validate, no attestation"));
+    println!("{}", b.line("validate, require_attestation"));
+    println!("{:<34} median +{:.2} ms", "attestation cost", mb - ma);
+
     card.stop();
     stop.store(true, Ordering::Relaxed);
     let _ = l.join();

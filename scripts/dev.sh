@@ -15,7 +15,7 @@ VENV=${KEYFLOAT_VENV:-$ROOT/target/venv}
 # the third-party tools that check our virtual card, and the browser for the UI test.
 DEB_BUILD=(pkgconf libpcsclite-dev)
 DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc)
-PY_TEST=(licensespring==4.0.0)
+PY_TEST=(licensespring==4.0.0 yubikey-manager==5.9.2)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -59,6 +59,7 @@ cmd_test() {
   install_python
   start_pcscd
   export KEYFLOAT_PYTHON="$VENV/bin/python"
+  export KEYFLOAT_YKMAN="$VENV/bin/ykman"
   export KEYFLOAT_ARTIFACTS="$ARTIFACTS"
   echo "== cargo fmt --check"
   cargo fmt --all -- --check

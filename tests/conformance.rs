@@ -1,5 +1,7 @@
 //! One conformance suite, three backends: the same cases — plug, swap, unplug, busy (another
-//! process holds the key), a transient I/O fault, a key that signs garbage — run through the
+//! process holds the key), a transient I/O fault, a key that signs garbage, and (sim and
+//! pcsc, the backends with PIV attestation) under `require_attestation` an attested key, a
+//! key imported from software and a key replaying another card's attestation — run through the
 //! real monitor thread, the vendor trust chain and the hardware-ID cell, against
 //! - `sim`: the simulated dongle;
 //! - `hid`: the HID backend through its transport seam, against the virtual HID YubiKey (no HID
@@ -16,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
+use keyfloat_hal::trust::{provision_sim_key, AttestationRoots, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, Holder, KeyProvider, KeyState, KeyStatus,
     MonitorConfig, MonitorHandle, ProofStatus,
@@ -32,6 +35,12 @@ enum K {
     Other,
     /// Genuine certificate, but the key signs garbage.
     Garbage,
+    /// Genuine, generated on the device: attests.
+    Attested,
+    /// Good certificate for a key imported from software: cannot attest.
+    Imported,
+    /// Good certificate for its own (software) key, replaying `Attested`'s attestation.
+    Replayer,
 }
 
 impl K {
@@ -40,6 +49,9 @@ impl K {
             K::Good => "good",
             K::Other => "other",
             K::Garbage => "garbage",
+            K::Attested => "attested",
+            K::Imported => "imported",
+            K::Replayer => "replayer",
         }
     }
     fn serial(self) -> u32 {
@@ -47,11 +59,28 @@ impl K {
             K::Good => 11_111_111,
             K::Other => 22_222_222,
             K::Garbage => 33_333_333,
+            K::Attested => 44_444_444,
+            K::Imported => 55_555_555,
+            K::Replayer => 66_666_666,
         }
     }
-    /// The key material: provisioned by `vendor`; `Garbage` gets an impostor signing key.
-    fn spec(self, vendor: &VendorSigningKey) -> SimKeySpec {
-        let mut spec = provision_sim_key(SimKeySpec::from_seed(self.name(), self.serial(), 5), vendor);
+    /// The key material: provisioned by `vendor`, attesting with an F9 key `ca` issued
+    /// (except `Imported`, and `Replayer` which replays); `Garbage` gets an impostor signing key.
+    fn spec(self, vendor: &VendorSigningKey, ca: &SimAttestationCa) -> SimKeySpec {
+        let base = SimKeySpec::from_seed(self.name(), self.serial(), 5);
+        let attestation = match self {
+            K::Imported => None,
+            K::Replayer => Some(SimAttestation::Replay(
+                K::Attested
+                    .spec(vendor, ca)
+                    .attestation()
+                    .expect("attested key attests"),
+            )),
+            _ => Some(SimAttestation::Device(
+                ca.issue_device_from_seed(self.serial(), 5).expect("F9 certificate"),
+            )),
+        };
+        let mut spec = provision_sim_key(base.with_attestation(attestation), vendor);
         if self == K::Garbage {
             spec.signing_key = SimKeySpec::from_seed("impostor", self.serial(), 5).signing_key;
         }
@@ -83,12 +112,13 @@ const MONITOR: MonitorConfig = MonitorConfig {
     ..MonitorConfig::DEFAULT
 };
 
-type SeenStates = Arc<Mutex<Vec<(KeyState, Option<String>)>>>;
+/// Every distinct (state, reason) the recorder saw.
+type Seen = Arc<Mutex<Vec<(KeyState, Option<String>)>>>;
 
 /// Watches the cell on a thread, keeping every distinct (state, reason) it saw, so short
 /// transient states (a retried I/O error) are not missed.
 struct Recorder {
-    seen: SeenStates,
+    seen: Seen,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -151,13 +181,46 @@ fn wait(reader: &CellReader, limit: Duration, what: &str, cond: impl Fn(&keyfloa
 }
 
 fn in_force_is(s: &keyfloat_hal::Snapshot, k: K) -> bool {
+    in_force_with(s, k, ProofStatus::Verified)
+}
+
+fn in_force_with(s: &keyfloat_hal::Snapshot, k: K, proof: ProofStatus) -> bool {
     s.hardware_id.as_str() == k.serial().to_string()
-        && s.in_force.as_ref().is_some_and(|v| {
-            v.status
-                == KeyStatus::Valid {
-                    proof: ProofStatus::Verified,
-                }
-        })
+        && s.in_force
+            .as_ref()
+            .is_some_and(|v| v.status == KeyStatus::Valid { proof })
+}
+
+/// The attestation cases, against a monitor whose validator requires attestation.
+fn attestation_conformance(rig: &mut dyn Rig, reader: &CellReader) {
+    let t = rig.settle();
+    let machine = |s: &keyfloat_hal::Snapshot| s.hardware_id.as_str() == MACHINE && s.in_force.is_none();
+    let not_attested = |s: &keyfloat_hal::Snapshot| {
+        machine(s)
+            && s.keys.iter().any(|k| {
+                k.status
+                    == KeyStatus::Invalid {
+                        reason: keyfloat_hal::InvalidReason::NotAttested,
+                    }
+            })
+    };
+    // A key generated on the device attests: in force, proof "attested".
+    rig.plug(K::Attested);
+    wait(reader, t, "attested in force", |s| {
+        in_force_with(s, K::Attested, ProofStatus::Attested)
+    });
+    rig.unplug(K::Attested);
+    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    // A software key imported into the card: no attestation, refused.
+    rig.plug(K::Imported);
+    wait(reader, t, "imported refused", not_attested);
+    rig.unplug(K::Imported);
+    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    // A card replaying another card's genuine attestation: refused.
+    rig.plug(K::Replayer);
+    wait(reader, t, "replayer refused", not_attested);
+    rig.unplug(K::Replayer);
+    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
 }
 
 /// The suite. `reader` is the cell the arm's monitor publishes to.
@@ -222,10 +285,14 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
 }
 
-fn monitor(provider: Arc<dyn KeyProvider>, vendor: &VendorSigningKey) -> (CellReader, MonitorHandle) {
+fn monitor(
+    provider: Arc<dyn KeyProvider>,
+    vendor: &VendorSigningKey,
+    attestation: Option<AttestationRoots>,
+) -> (CellReader, MonitorHandle) {
     let cell = HardwareIdCell::new(HardwareId::new(MACHINE));
     let reader = cell.reader();
-    let validator = Arc::new(VendorValidator::new(vendor.public_key()));
+    let validator = Arc::new(VendorValidator::new(vendor.public_key()).require_attestation(attestation));
     let handle = spawn_monitor(cell, vec![provider], validator, MONITOR).expect("monitor");
     (reader, handle)
 }
@@ -268,15 +335,22 @@ impl Rig for SimRig {
     }
 }
 
+const ALL: [K; 6] = [K::Good, K::Other, K::Garbage, K::Attested, K::Imported, K::Replayer];
+
 #[test]
 fn sim_backend_conforms() {
     let vendor = VendorSigningKey::generate();
+    let ca = SimAttestationCa::from_seed(5).expect("test attestation CA");
     let bus = SimBus::new();
-    for k in [K::Good, K::Other, K::Garbage] {
-        bus.insert(k.spec(&vendor));
+    for k in ALL {
+        bus.insert(k.spec(&vendor, &ca));
     }
-    let (reader, _monitor) = monitor(Arc::new(bus.provider()), &vendor);
-    conformance(&mut SimRig(bus), &reader);
+    let (reader, _monitor) = monitor(Arc::new(bus.provider()), &vendor, None);
+    let mut rig = SimRig(bus.clone());
+    conformance(&mut rig, &reader);
+    drop(_monitor);
+    let (reader, _monitor) = monitor(Arc::new(bus.provider()), &vendor, Some(ca.roots().expect("roots")));
+    attestation_conformance(&mut rig, &reader);
 }
 
 // ---------------------------------------------------------------- hid arm
@@ -317,12 +391,13 @@ mod hid_arm {
     #[test]
     fn hid_backend_conforms_through_its_transport_seam() {
         let vendor = VendorSigningKey::generate();
+        let ca = SimAttestationCa::from_seed(5).expect("test attestation CA");
         let dir = std::env::temp_dir().join(format!("keyfloat-conformance-hid-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = ProvisioningStore::new(&dir);
         let hid = SimHidTransport::new();
         for k in [K::Good, K::Other, K::Garbage] {
-            let spec = k.spec(&vendor);
+            let spec = k.spec(&vendor, &ca);
             // The credential file names the genuine certificate; the garbage key signs with another key.
             provision(&store, &spec).expect("provision");
             hid.insert(spec);
@@ -333,7 +408,7 @@ mod hid_arm {
             ..HidConfig::default()
         };
         let provider = Arc::new(HidProvider::new(Arc::new(hid.clone()), config));
-        let (reader, _monitor) = monitor(provider, &vendor);
+        let (reader, _monitor) = monitor(provider, &vendor, None);
         conformance(&mut HidRig(hid), &reader);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -354,9 +429,9 @@ mod pcsc_arm {
         holders: BTreeMap<K, Child>,
     }
 
-    /// Good on slot 0; Other and Garbage share slot 1 (never plugged together).
+    /// Good and Attested on slot 0; the others share slot 1 (never plugged together).
     fn slot(k: K) -> u8 {
-        u8::from(k != K::Good)
+        u8::from(!matches!(k, K::Good | K::Attested))
     }
 
     impl Rig for PcscRig {
@@ -439,15 +514,13 @@ mod pcsc_arm {
         // Before this process's first PC/SC call (libpcsclite reads it once).
         std::env::set_var(CSOCK_ENV, pcscd.socket());
         let vendor = VendorSigningKey::generate();
-        let specs = [K::Good, K::Other, K::Garbage]
-            .into_iter()
-            .map(|k| (k, k.spec(&vendor)))
-            .collect();
+        let ca = SimAttestationCa::from_seed(5).expect("test attestation CA");
+        let specs = ALL.into_iter().map(|k| (k, k.spec(&vendor, &ca))).collect();
         let timeouts = keyfloat_hal::backend::pcsc::Timeouts {
             call: Duration::from_millis(1500),
             probe: Duration::from_secs(2),
         };
-        let (reader, _monitor) = monitor(Arc::new(PcscProvider::with_timeouts(timeouts)), &vendor);
+        let (reader, monitor_plain) = monitor(Arc::new(PcscProvider::with_timeouts(timeouts)), &vendor, None);
         let mut rig = PcscRig {
             pcscd,
             specs,
@@ -455,5 +528,9 @@ mod pcsc_arm {
             holders: BTreeMap::new(),
         };
         conformance(&mut rig, &reader);
+        drop(monitor_plain);
+        let roots = Some(ca.roots().expect("roots"));
+        let (reader, _monitor) = monitor(Arc::new(PcscProvider::with_timeouts(timeouts)), &vendor, roots);
+        attestation_conformance(&mut rig, &reader);
     }
 }

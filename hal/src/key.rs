@@ -209,6 +209,18 @@ impl Proof {
     }
 }
 
+/// A key's statement, signed by the device itself, about its proof key (YubiKey PIV
+/// attestation of slot 9E; see [`crate::trust::attestation`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyAttestation {
+    /// The attestation certificate (DER) for the proof key, signed by the device's
+    /// attestation key.
+    pub certificate: Vec<u8>,
+    /// The device attestation key's certificate (PIV slot F9, DER) first, then any further
+    /// CA certificates up to (not including) the manufacturer's root.
+    pub intermediates: Vec<Vec<u8>>,
+}
+
 /// One plugged-in security key that can say and prove which hardware it is.
 ///
 /// Object safe: backends are chosen at run time and held as `Box<dyn HardwareKey>`.
@@ -226,6 +238,15 @@ pub trait HardwareKey: Send + fmt::Debug {
     fn read_certificate(&mut self) -> Result<Vec<u8>>;
     /// Signs `challenge` with the proof key.
     fn sign_challenge(&mut self, challenge: &[u8]) -> Result<Proof>;
+    /// Asks the key for a fresh attestation of its proof key. Keys that cannot attest
+    /// (imported keys, other devices) answer [`crate::ErrorKind::Unsupported`] or
+    /// [`crate::ErrorKind::NotPresent`].
+    fn attest(&mut self) -> Result<KeyAttestation> {
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::Unsupported,
+            "this key cannot attest its proof key",
+        ))
+    }
 }
 
 /// A change in the set of connected keys, as a backend reports it.

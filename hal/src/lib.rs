@@ -19,8 +19,8 @@ pub use cell::{
 };
 pub use error::{Error, ErrorKind, Holder, Result};
 pub use key::{
-    BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof,
-    ProofCapability, Serial, SignatureScheme,
+    BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, HotplugSource, KeyAttestation, KeyId, KeyInfo,
+    KeyProvider, Proof, ProofCapability, Serial, SignatureScheme,
 };
 pub use machine_id::{hardware_id_from_file, hardware_id_from_machine_id, machine_hardware_id, MACHINE_ID_ENV};
 pub use monitor::{

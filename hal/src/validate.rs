@@ -30,6 +30,9 @@ pub enum InvalidReason {
     SerialOnlyNotAllowed,
     /// The serial is not among the serials the configuration allows.
     SerialNotAllowed,
+    /// Attestation is required and the key gave none that chains to a configured root and
+    /// names its serial and certified key (an imported or cloned key).
+    NotAttested,
 }
 
 impl InvalidReason {
@@ -44,6 +47,7 @@ impl InvalidReason {
             Self::Malformed => "malformed",
             Self::SerialOnlyNotAllowed => "serial_only_not_allowed",
             Self::SerialNotAllowed => "serial_not_allowed",
+            Self::NotAttested => "not_attested",
         }
     }
 }
@@ -60,8 +64,18 @@ impl fmt::Display for InvalidReason {
 pub enum ProofStatus {
     /// Certificate chains to the vendor and a fresh challenge verified.
     Verified,
+    /// As `Verified`, and a fresh PIV attestation proved the key was generated on genuine
+    /// hardware (attestation required by configuration).
+    Attested,
     /// Only the serial was read (allowed by configuration, or no trust chain configured).
     SerialOnly,
+}
+
+impl ProofStatus {
+    /// Whether the key proved possession of its certified key (with or without attestation).
+    pub const fn is_verified(self) -> bool {
+        matches!(self, Self::Verified | Self::Attested)
+    }
 }
 
 /// The outcome of validating one key.

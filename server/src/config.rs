@@ -70,6 +70,14 @@ pub struct ServerConfig {
     /// serial stays in force meanwhile. 0 = none (key-bound licenses are refused at once).
     #[serde(alias = "keyGraceSecs")]
     pub key_grace_secs: u64,
+    /// Every (re)validation also demands a fresh PIV attestation of the key's slot 9E that
+    /// chains to one of `attestation_roots` (keys imported from software, or cloned, are
+    /// refused as `not_attested`). Off by default for keys provisioned before attestation.
+    #[serde(alias = "requireAttestation")]
+    pub require_attestation: bool,
+    /// Trusted attestation roots (PEM file paths or inline PEM): Yubico's PIV root CA.
+    #[serde(alias = "attestationRoots")]
+    pub attestation_roots: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +94,8 @@ impl Default for ServerConfig {
             sim_vendor_key: None,
             allow_serial_only_keys: false,
             key_grace_secs: 0,
+            require_attestation: false,
+            attestation_roots: Vec::new(),
         }
     }
 }
@@ -168,5 +178,14 @@ mod tests {
                 .unwrap()
                 .allow_serial_only_keys
         );
+        assert!(!c.require_attestation, "attestation is opt-in");
+        let a = ServerConfig::from_yaml(
+            "requireAttestation: true
+attestation_roots: [/etc/keyfloat/yubico-piv-root.pem]
+",
+        )
+        .unwrap();
+        assert!(a.require_attestation);
+        assert_eq!(a.attestation_roots, ["/etc/keyfloat/yubico-piv-root.pem"]);
     }
 }

@@ -454,6 +454,7 @@ fn status_event(status: &KeyStatus) -> Option<(&'static str, String, String)> {
 fn proof_name(p: keyfloat_hal::ProofStatus) -> &'static str {
     match p {
         keyfloat_hal::ProofStatus::Verified => "verified",
+        keyfloat_hal::ProofStatus::Attested => "verified, attested",
         keyfloat_hal::ProofStatus::SerialOnly => "serial only",
     }
 }

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use keyfloat_hal::trust::{VendorPublicKey, VendorValidator};
-use keyfloat_hal::{KeyValidator, SerialReadable};
+use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorValidator};
+use keyfloat_hal::{KeyValidator, ProofStatus, SerialReadable};
 use serde::Serialize;
 
 /// libpcsclite's socket variable and its compiled-in default.
@@ -32,9 +32,13 @@ pub struct Args {
     /// (PEM file or the PEM itself). Without it only serials are read.
     #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
     vendor_public_key: Option<String>,
-    /// Read `vendor_public_key` from this server configuration file instead.
+    /// Read `vendor_public_key` (and `require_attestation` / `attestation_roots`) from this
+    /// server configuration file instead.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Also demand a fresh PIV attestation chaining to this root (PEM; repeatable).
+    #[arg(long, value_name = "PATH|PEM")]
+    attestation_root: Vec<String>,
 }
 
 /// One problem or note, with what to do about it.
@@ -104,6 +108,9 @@ pub struct Key {
     pub proof: String,
     /// Invalid reason / error code.
     pub reason: Option<String>,
+    /// A fresh PIV attestation chained to a configured root (checked only when attestation
+    /// roots are given).
+    pub attested: bool,
     /// Processes that hold it (busy keys).
     pub holders: Vec<Proc>,
 }
@@ -161,16 +168,23 @@ impl Report {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let vendor = match (&args.vendor_public_key, &args.config) {
-        (Some(v), _) => Some(v.clone()),
-        (None, Some(path)) => {
-            keyfloat_server::ServerConfig::load(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .vendor_public_key
+    let config = match &args.config {
+        Some(path) => {
+            Some(keyfloat_server::ServerConfig::load(path).with_context(|| format!("reading {}", path.display()))?)
         }
-        (None, None) => None,
+        None => None,
     };
-    let report = diagnose(vendor.as_deref(), Path::new("/proc"), Path::new("/sys"));
+    let vendor = args
+        .vendor_public_key
+        .clone()
+        .or_else(|| config.as_ref().and_then(|c| c.vendor_public_key.clone()));
+    let mut roots = args.attestation_root.clone();
+    if roots.is_empty() {
+        if let Some(c) = config.as_ref().filter(|c| c.require_attestation) {
+            roots = c.attestation_roots.clone();
+        }
+    }
+    let report = diagnose_with(vendor.as_deref(), &roots, Path::new("/proc"), Path::new("/sys"));
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -188,14 +202,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Runs every check.
-pub fn diagnose(vendor: Option<&str>, proc_root: &Path, sys_root: &Path) -> Report {
+/// Runs every check; keys must also attest (chaining to `attestation_roots`) when any are given.
+pub fn diagnose_with(vendor: Option<&str>, attestation_roots: &[String], proc_root: &Path, sys_root: &Path) -> Report {
     let mut r = Report::default();
+    let roots = if attestation_roots.is_empty() {
+        None
+    } else {
+        match AttestationRoots::from_paths_or_inline(attestation_roots) {
+            Ok(roots) => Some(roots),
+            Err(e) => {
+                r.problem(
+                    "attestation_roots_invalid",
+                    format!("the attestation roots cannot be read: {e}"),
+                    "give the PEM of Yubico's PIV root CA (see README, Provisioning)",
+                );
+                None
+            }
+        }
+    };
     let validator: Box<dyn KeyValidator> = match vendor {
         Some(v) => match VendorPublicKey::from_path_or_inline(v) {
             Ok(pk) => {
                 r.vendor_key = Some(pk.fingerprint());
-                Box::new(VendorValidator::new(pk).allow_serial_only(true))
+                Box::new(
+                    VendorValidator::new(pk)
+                        .allow_serial_only(true)
+                        .require_attestation(roots),
+                )
             }
             Err(e) => {
                 r.problem(
@@ -388,6 +421,7 @@ fn check_readers(r: &mut Report, validator: &dyn KeyValidator, proc_root: &Path)
             firmware: None,
             proof: "error".into(),
             reason: None,
+            attested: false,
             holders: Vec::new(),
         };
         match PcscKey::open(reader, timeouts) {
@@ -400,6 +434,8 @@ fn check_readers(r: &mut Report, validator: &dyn KeyValidator, proc_root: &Path)
                 } => {
                     key.serial = Some(serial.to_string());
                     key.firmware = firmware.map(|f| f.to_string());
+                    key.attested = proof == ProofStatus::Attested;
+                    let proof = if key.attested { ProofStatus::Verified } else { proof };
                     key.proof = serde_json::to_value(proof)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
@@ -503,6 +539,7 @@ fn invalid_hint(reason: &str) -> &'static str {
         "serial_mismatch" => "the certificate names another serial: re-issue it for this key",
         "bad_signature" => "the key failed the challenge: its certificate belongs to another key (a clone?) — re-provision it",
         "serial_not_allowed" => "this serial is not in the allowed list of the configuration",
+        "not_attested" => "the key gave no attestation chaining to the configured roots for its serial and certified key (an imported or cloned key): generate the key on the YubiKey and re-provision it with `keyfloat vendor sign-key-cert --attestation`",
         _ => "re-provision the key with `keyfloat vendor sign-key-cert`",
     }
 }
@@ -603,11 +640,12 @@ pub fn render(r: &Report) -> String {
     for k in &r.keys {
         let _ = writeln!(
             s,
-            "key          {} serial={} fw={} proof={}{}",
+            "key          {} serial={} fw={} proof={}{}{}",
             k.reader,
             k.serial.as_deref().unwrap_or("?"),
             k.firmware.as_deref().unwrap_or("?"),
             k.proof,
+            if k.attested { " attested" } else { "" },
             k.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
         );
         for h in &k.holders {

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use keyfloat_hal::trust::{VendorPublicKey, VendorValidator};
-use keyfloat_hal::{BackendKind, KeyValidator, SerialReadable, Validation};
+use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorValidator};
+use keyfloat_hal::{BackendKind, KeyValidator, ProofStatus, SerialReadable, Validation};
 use serde::Serialize;
 
 use super::common::{providers, KeyBackendArg};
@@ -22,6 +22,15 @@ pub struct Args {
     /// (a PEM file, or the PEM itself); without it only serials are read.
     #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
     vendor_public_key: Option<String>,
+    /// Also demand a fresh PIV attestation of slot 9E chaining to this root (PEM file or PEM;
+    /// repeatable), as a server with `require_attestation` does.
+    #[arg(
+        long,
+        value_name = "PATH|PEM",
+        requires = "vendor_public_key",
+        allow_hyphen_values = true
+    )]
+    attestation_root: Vec<String>,
 }
 
 /// One line of output.
@@ -33,6 +42,8 @@ struct Row {
     model: String,
     firmware: Option<String>,
     proof: String,
+    /// A fresh attestation chained to a configured root (only checked with --attestation-root).
+    attested: bool,
     reason: Option<String>,
 }
 
@@ -40,10 +51,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // With a vendor key, keys are judged as a server would (serial-only dongles are listed
     // as such, not refused); without one, only serials are read.
     let validator: Box<dyn KeyValidator> = match &args.vendor_public_key {
-        Some(v) => Box::new(
-            VendorValidator::new(VendorPublicKey::from_path_or_inline(v).context("--vendor-public-key")?)
-                .allow_serial_only(true),
-        ),
+        Some(v) => {
+            let roots = if args.attestation_root.is_empty() {
+                None
+            } else {
+                Some(AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?)
+            };
+            Box::new(
+                VendorValidator::new(VendorPublicKey::from_path_or_inline(v).context("--vendor-public-key")?)
+                    .allow_serial_only(true)
+                    .require_attestation(roots),
+            )
+        }
         None => Box::new(SerialReadable),
     };
     let mut rows = Vec::new();
@@ -56,18 +75,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         for info in infos {
+            let mut attested = false;
             let (serial, firmware, proof, reason) = match provider.open(&info.id) {
                 Ok(mut key) => match validator.validate(key.as_mut()) {
                     Validation::Valid {
                         serial,
                         firmware,
-                        proof,
-                    } => (
-                        Some(serial.to_string()),
-                        firmware.map(|f| f.to_string()),
-                        serde_json::to_value(proof)?.as_str().unwrap_or_default().to_string(),
-                        None,
-                    ),
+                        mut proof,
+                    } => {
+                        if proof == ProofStatus::Attested {
+                            attested = true;
+                            proof = ProofStatus::Verified;
+                        }
+                        (
+                            Some(serial.to_string()),
+                            firmware.map(|f| f.to_string()),
+                            serde_json::to_value(proof)?.as_str().unwrap_or_default().to_string(),
+                            None,
+                        )
+                    }
                     Validation::Invalid { serial, reason } => (
                         serial.map(|s| s.to_string()),
                         None,
@@ -85,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 model: info.model.clone(),
                 firmware: firmware.or_else(|| info.firmware.map(|f| f.to_string())),
                 proof,
+                attested,
                 reason,
             });
         }
@@ -96,12 +123,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         for r in &rows {
             println!(
-                "{:<5} {:<40} serial={:<10} fw={:<7} proof={}{}",
+                "{:<5} {:<40} serial={:<10} fw={:<7} proof={}{}{}",
                 r.backend.as_str(),
                 r.path,
                 r.serial.as_deref().unwrap_or("?"),
                 r.firmware.as_deref().unwrap_or("?"),
                 r.proof,
+                if r.attested { " attested" } else { "" },
                 r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
             );
         }

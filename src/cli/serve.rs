@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{provision_sim_key, VendorPublicKey, VendorSigningKey, VendorValidator};
+use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
+use keyfloat_hal::trust::{provision_sim_key, AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
@@ -65,6 +66,12 @@ pub struct Args {
     /// reset, hub glitch): key-bound licenses keep working meanwhile [default: 0 = none].
     #[arg(long, alias = "keyGraceSecs")]
     pub key_grace_secs: Option<u64>,
+    /// Demand a fresh PIV attestation of slot 9E at every key (re)validation.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub require_attestation: Option<bool>,
+    /// Trusted attestation root (PEM file or inline PEM; repeatable; replaces the file's list).
+    #[arg(long, value_name = "PATH|PEM")]
+    pub attestation_root: Vec<String>,
     /// Serial of the simulated key.
     #[arg(long, default_value_t = 12345678)]
     pub sim_serial: u32,
@@ -128,6 +135,12 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.key_grace_secs {
         c.key_grace_secs = v;
     }
+    if let Some(v) = args.require_attestation {
+        c.require_attestation = v;
+    }
+    if !args.attestation_root.is_empty() {
+        c.attestation_roots = args.attestation_root.clone();
+    }
     Ok(c)
 }
 
@@ -164,6 +177,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
     let tokens = TokenKeys::load_or_create(&data_dir).context("loading the JWT secret")?;
 
+    let mut attestation_roots = config.attestation_roots.clone();
     let mut vendor: Option<VendorPublicKey> = match &config.vendor_public_key {
         Some(v) => Some(VendorPublicKey::from_path_or_inline(v).context("reading vendor_public_key")?),
         None => None,
@@ -180,7 +194,18 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             if vendor.is_none() {
                 vendor = Some(sk.public_key());
             }
-            bus.insert(provision_sim_key(SimKeySpec::generate(SIM_KEY_NAME, sim_serial), &sk));
+            let mut spec = SimKeySpec::generate(SIM_KEY_NAME, sim_serial);
+            if config.require_attestation {
+                // The simulated key attests with a TEST CA made now, which this server trusts.
+                let ca = SimAttestationCa::generate().context("creating the TEST attestation CA")?;
+                let device = ca
+                    .issue_device(sim_serial)
+                    .context("issuing the simulated F9 certificate")?;
+                spec = spec.with_attestation(Some(SimAttestation::Device(device)));
+                attestation_roots.push(ca.root_pem());
+                tracing::warn!("--key-backend sim: trusting a TEST attestation root made now (not Yubico)");
+            }
+            bus.insert(provision_sim_key(spec, &sk));
         } else {
             tracing::warn!("no --sim-vendor-key: the simulated key is unprovisioned and will never be valid");
             bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
@@ -195,8 +220,25 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     };
 
     let providers = super::common::providers(arg_of(config.key_backend), sim.as_ref().map(|s| &s.bus))?;
+    let attestation = if config.require_attestation {
+        if attestation_roots.is_empty() {
+            anyhow::bail!(
+                "require_attestation is on but no attestation_roots are configured (Yubico's PIV root CA: {})",
+                keyfloat_hal::trust::attestation::YUBICO_ROOTS_URL
+            );
+        }
+        let roots = AttestationRoots::from_paths_or_inline(&attestation_roots).context("reading attestation_roots")?;
+        tracing::info!(roots = ?roots.fingerprints(), "attestation required at every key validation");
+        Some(roots)
+    } else {
+        None
+    };
     let validator: Arc<dyn KeyValidator> = match &vendor {
-        Some(pk) => Arc::new(VendorValidator::new(*pk).allow_serial_only(config.allow_serial_only_keys)),
+        Some(pk) => Arc::new(
+            VendorValidator::new(*pk)
+                .allow_serial_only(config.allow_serial_only_keys)
+                .require_attestation(attestation),
+        ),
         None => {
             tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
             Arc::new(NoVendorKey)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
 use keyfloat_simulator::card::{CardServer, VirtualCard, DEFAULT_VPCD};
 
@@ -40,6 +41,15 @@ pub struct CardArgs {
     /// vendor key is generated and its public key written next to the temp directory.
     #[arg(long)]
     vendor_key: Option<PathBuf>,
+    /// Give the card a slot-F9 attestation key issued by a TEST attestation CA generated now
+    /// (never a Yubico key), and write that CA's root certificate (PEM) here: the
+    /// `--attestation-root` for `keyfloat vendor sign-key-cert`, `keyfloat keys` and servers.
+    #[arg(long, value_name = "FILE")]
+    attestation_root_out: Option<PathBuf>,
+    /// Start without a vendor certificate in slot 9E (a key fresh from the shop), to run the
+    /// README's provisioning recipe against the card.
+    #[arg(long)]
+    unprovisioned: bool,
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -81,11 +91,26 @@ fn card(args: CardArgs) -> anyhow::Result<ExitCode> {
             vendor
         }
     };
-    let spec = provision_sim_key(
-        SimKeySpec::generate(&format!("card-{}", args.serial), args.serial),
-        &vendor,
-    );
-    let server = CardServer::connect(addr, VirtualCard::new(&spec)).context("starting the card")?;
+    let base = SimKeySpec::generate(&format!("card-{}", args.serial), args.serial);
+    let spec = if args.unprovisioned {
+        base
+    } else {
+        provision_sim_key(base, &vendor)
+    };
+    let mut card = VirtualCard::new(&spec);
+    if let Some(path) = &args.attestation_root_out {
+        let ca = SimAttestationCa::generate().context("creating the test attestation CA")?;
+        std::fs::write(path, ca.root_pem()).with_context(|| format!("writing {}", path.display()))?;
+        card = card.with_attester(
+            ca.issue_device(args.serial)
+                .context("issuing the card's F9 certificate")?,
+        );
+        eprintln!(
+            "keyfloat: TEST attestation root (not Yubico) written to {}; keys generated on the card can be attested",
+            path.display()
+        );
+    }
+    let server = CardServer::connect(addr, card).context("starting the card")?;
     println!(
         "virtual YubiKey serial {} (firmware {}) inserted into vpcd {addr}; type remove / insert / quit",
         args.serial, spec.firmware

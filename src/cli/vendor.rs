@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use keyfloat_hal::trust::{issue_key_certificate_spki, key_spki_from_pem, KeyCertificate, VendorSigningKey};
-use keyfloat_hal::Serial;
+use keyfloat_hal::trust::attestation::{certificate_der, pem_certificates, AttestationRequirement};
+use keyfloat_hal::trust::{
+    issue_key_certificate_attested, key_spki_from_pem, AttestationRoots, KeyCertificate, VendorSigningKey,
+};
+use keyfloat_hal::{KeyAttestation, Serial};
 
 /// Subcommands of `keyfloat vendor`.
 #[derive(Debug, clap::Subcommand)]
@@ -15,6 +18,29 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Sign a certificate for a key's slot-9E public key, naming the key's serial.
     SignKeyCert(SignKeyCertArgs),
+    /// Enroll the FIDO credential of the one YubiKey connected over HID: makeCredential
+    /// (TOUCH THE KEY when asked), verify its packed attestation against the FIDO roots,
+    /// certify the credential key for the key's serial and write `<serial>.cred.json`.
+    #[cfg(feature = "hid")]
+    FidoEnroll(FidoEnrollArgs),
+}
+
+/// Arguments of `keyfloat vendor fido-enroll`.
+#[cfg(feature = "hid")]
+#[derive(Debug, clap::Args)]
+pub struct FidoEnrollArgs {
+    /// The vendor's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    vendor_key: PathBuf,
+    /// A trusted FIDO attestation root (PEM; repeatable): Yubico's FIDO root CA in production.
+    #[arg(long, value_name = "FILE", required = true)]
+    fido_attestation_root: Vec<String>,
+    /// Where the credential file goes (the servers' KEYFLOAT_HID_PROVISIONING_DIR).
+    #[arg(long, value_name = "DIR")]
+    provisioning_dir: PathBuf,
+    /// Validity in days from now.
+    #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
+    days: u32,
 }
 
 /// Arguments of `keyfloat vendor keygen`.
@@ -50,13 +76,87 @@ pub struct SignKeyCertArgs {
     /// Write DER instead of PEM.
     #[arg(long)]
     der: bool,
+    /// The key's attestation of slot 9E (`yubico-piv-tool -a attest -s 9e`, PEM or DER).
+    /// With it the certificate is only signed if the attestation proves the key was
+    /// generated on a genuine key, and it records that (servers with `require_attestation`
+    /// demand it).
+    #[arg(long, value_name = "FILE", requires_all = ["attestation_intermediate", "attestation_root"])]
+    attestation: Option<PathBuf>,
+    /// The key's attestation certificate, slot F9 (`yubico-piv-tool -a read-certificate -s f9`);
+    /// further CA certificates may follow in the same file.
+    #[arg(long, value_name = "FILE", requires = "attestation")]
+    attestation_intermediate: Option<PathBuf>,
+    /// A trusted attestation root (PEM file; repeatable): Yubico's PIV root CA in production.
+    #[arg(long, value_name = "FILE", requires = "attestation")]
+    attestation_root: Vec<String>,
 }
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Keygen(a) => keygen(a),
         Command::SignKeyCert(a) => sign_key_cert(a),
+        #[cfg(feature = "hid")]
+        Command::FidoEnroll(a) => fido_enroll(a),
     }
+}
+
+#[cfg(feature = "hid")]
+fn fido_enroll(args: FidoEnrollArgs) -> anyhow::Result<ExitCode> {
+    use keyfloat_hal::backend::hid::{HidProvider, ProvisionedCredential, ProvisioningStore};
+    use keyfloat_hal::HardwareKey;
+
+    let vendor = VendorSigningKey::read_pem_file(&args.vendor_key)
+        .with_context(|| format!("vendor key {}", args.vendor_key.display()))?;
+    let roots =
+        AttestationRoots::from_paths_or_inline(&args.fido_attestation_root).context("--fido-attestation-root")?;
+    let provider = HidProvider::system();
+    let keys: Vec<_> = provider
+        .devices()
+        .context("listing HID devices")?
+        .into_iter()
+        .filter(|d| d.fido.is_some())
+        .collect();
+    let [device] = keys.as_slice() else {
+        bail!(
+            "found {} FIDO keys over HID; connect exactly one YubiKey (with its FIDO interface enabled)",
+            keys.len()
+        );
+    };
+    let mut key = provider.open_hid(&device.key_info().id)?;
+    let serial = key.read_serial().context("reading the key's serial (OTP interface)")?;
+    eprintln!("keyfloat: touch the key (serial {serial}) now…");
+    let enrolled = key
+        .enroll_attested(&roots, SystemTime::now())
+        .context("enrolling the FIDO credential")?;
+    let now = SystemTime::now();
+    let der = issue_key_certificate_attested(
+        &vendor,
+        &serial,
+        &enrolled.public_key_der(),
+        now - Duration::from_secs(300),
+        now + Duration::from_secs(u64::from(args.days) * 86_400),
+        Some(enrolled.attestation_sha256),
+    )
+    .context("cannot sign the certificate")?;
+    let store = ProvisioningStore::new(&args.provisioning_dir);
+    let path = store.save(
+        &serial,
+        &ProvisionedCredential {
+            credential_id: enrolled.credential_id,
+            certificate_der: der,
+        },
+    )?;
+    println!(
+        "attested FIDO credential of key {serial} (AAGUID {}) certified and written to {}",
+        hex_lower(&enrolled.aaguid),
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "hid")]
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
@@ -97,7 +197,11 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     // Back-dated a little so a server whose clock lags accepts it at once.
     let not_before = now - Duration::from_secs(300);
     let not_after = now + Duration::from_secs(u64::from(args.days) * 86_400);
-    let der = issue_key_certificate_spki(&vendor, &serial, &spki, not_before, not_after)
+    let attested = match &args.attestation {
+        Some(path) => Some(check_attestation(&args, path, &serial, &spki)?),
+        None => None,
+    };
+    let der = issue_key_certificate_attested(&vendor, &serial, &spki, not_before, not_after, attested)
         .context("cannot sign the certificate")?;
     let cert = KeyCertificate::from_der(&der).context("the new certificate does not parse back")?;
     let as_der = args.der || has_extension(&args.out, "der");
@@ -108,7 +212,8 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::write(&args.out, bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
     println!(
-        "certificate for key serial {serial} signed by vendor {}, valid until {}, written to {} ({})",
+        "{}certificate for key serial {serial} signed by vendor {}, valid until {}, written to {} ({})",
+        if attested.is_some() { "attested " } else { "" },
         vendor.public_key().fingerprint_short(),
         rfc3339(cert.not_after()),
         args.out.display(),
@@ -120,6 +225,42 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
         if as_der { " -K DER" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies the attestation files against the roots, the serial and the public key; the
+/// SHA-256 of the attestation certificate on success, a refusal naming the reason otherwise.
+fn check_attestation(args: &SignKeyCertArgs, path: &Path, serial: &Serial, spki: &[u8]) -> anyhow::Result<[u8; 32]> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let certificate = certificate_der(&read(path)?).with_context(|| format!("--attestation {}", path.display()))?;
+    let intermediate_path = args
+        .attestation_intermediate
+        .as_deref()
+        .context("--attestation needs --attestation-intermediate")?;
+    let bytes = read(intermediate_path)?;
+    let intermediates = match std::str::from_utf8(&bytes).ok().filter(|t| t.contains("-----BEGIN ")) {
+        Some(text) => pem_certificates(text),
+        None => Ok(vec![bytes]),
+    }
+    .with_context(|| format!("--attestation-intermediate {}", intermediate_path.display()))?;
+    let roots = AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?;
+    let attestation = KeyAttestation {
+        certificate,
+        intermediates,
+    };
+    let requirement = AttestationRequirement { serial, spki_der: spki };
+    match requirement.check(&roots, &attestation, SystemTime::now()) {
+        Ok(facts) => {
+            println!(
+                "attestation verified: serial {}, firmware {}, PIN policy {}, touch policy {}",
+                facts.serial.map(|s| s.to_string()).unwrap_or_default(),
+                facts.firmware.map(|f| f.to_string()).unwrap_or_else(|| "?".into()),
+                facts.pin_policy.map(|p| p.to_string()).unwrap_or_default(),
+                facts.touch_policy.map(|p| p.to_string()).unwrap_or_default(),
+            );
+            Ok(facts.certificate_sha256)
+        }
+        Err(e) => bail!("refused ({}): {e}; no certificate was signed", e.code()),
+    }
 }
 
 fn has_extension(path: &Path, ext: &str) -> bool {

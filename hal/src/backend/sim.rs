@@ -25,9 +25,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Holder, Result};
 use crate::key::{
-    BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof,
-    ProofCapability, Serial, SignatureScheme,
+    BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyAttestation, KeyId, KeyInfo, KeyProvider,
+    Proof, ProofCapability, Serial, SignatureScheme,
 };
+use crate::trust::attestation::sim_ca::DeviceAttester;
+use p256::pkcs8::EncodePublicKey;
 
 /// Everything a virtual key is made of.
 #[derive(Clone)]
@@ -44,7 +46,22 @@ pub struct SimKeySpec {
     pub signing_key: SigningKey,
     /// DER certificate of the proof key, `None` while unprovisioned.
     pub certificate: Option<Vec<u8>>,
+    /// How the key attests its proof key; `None`: it cannot (a key imported from software).
+    pub attestation: Option<SimAttestation>,
 }
+
+/// How a simulated key answers an attestation request.
+#[derive(Debug, Clone)]
+pub enum SimAttestation {
+    /// The proof key was generated on the device: it attests on demand with its F9 key
+    /// (issued by the simulator's test attestation CA).
+    Device(DeviceAttester),
+    /// Canned certificates handed out as they are (a replay of another device's attestation).
+    Replay(KeyAttestation),
+}
+
+/// PIV PIN / touch policy byte "never" (slot 9E as keyfloat provisions it).
+const POLICY_NEVER: u8 = 0x01;
 
 impl fmt::Debug for SimKeySpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,6 +71,7 @@ impl fmt::Debug for SimKeySpec {
             .field("model", &self.model)
             .field("firmware", &self.firmware)
             .field("provisioned", &self.certificate.is_some())
+            .field("attestation", &self.attestation)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +108,37 @@ impl SimKeySpec {
             firmware: Firmware::new(5, 4, 3),
             signing_key,
             certificate: None,
+            attestation: None,
+        }
+    }
+
+    /// Sets how the key attests (see [`SimAttestation`]).
+    pub fn with_attestation(mut self, attestation: Option<SimAttestation>) -> Self {
+        self.attestation = attestation;
+        self
+    }
+
+    /// A fresh attestation of the proof key, as the device would give it.
+    pub fn attestation(&self) -> Result<KeyAttestation> {
+        match &self.attestation {
+            Some(SimAttestation::Device(device)) => {
+                let spki = self
+                    .verifying_key()
+                    .to_public_key_der()
+                    .map_err(|e| Error::new(ErrorKind::Other, format!("cannot encode the proof key: {e}")))?;
+                let certificate = device
+                    .attest(0x9E, spki.as_bytes(), self.firmware, POLICY_NEVER, POLICY_NEVER)
+                    .map_err(|e| Error::new(ErrorKind::Other, format!("cannot attest: {e}")))?;
+                Ok(KeyAttestation {
+                    certificate,
+                    intermediates: vec![device.certificate().to_vec()],
+                })
+            }
+            Some(SimAttestation::Replay(canned)) => Ok(canned.clone()),
+            None => Err(Error::new(
+                ErrorKind::Unsupported,
+                "the proof key was imported: no attestation is possible",
+            )),
         }
     }
 
@@ -383,9 +432,14 @@ impl HardwareKey for SimKey {
             })
         })
     }
+
+    fn attest(&mut self) -> Result<KeyAttestation> {
+        self.bus.with_key(&self.name, |k| k.spec.attestation())
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use p256::ecdsa::signature::Verifier;

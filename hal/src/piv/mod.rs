@@ -44,6 +44,14 @@ pub mod ins {
     pub const READ_CONFIG: u8 = 0x1D;
     /// OTP applet "config" instruction (P1 0x10 = read serial).
     pub const OTP: u8 = 0x01;
+    /// YubiKey ATTEST (P1 = slot; firmware ≥ 4.3): the slot key's attestation certificate.
+    pub const ATTEST: u8 = 0xF9;
+    /// GENERATE ASYMMETRIC KEY PAIR.
+    pub const GENERATE: u8 = 0x47;
+    /// PUT DATA.
+    pub const PUT_DATA: u8 = 0xDB;
+    /// YubiKey IMPORT ASYMMETRIC KEY.
+    pub const IMPORT_KEY: u8 = 0xFE;
 }
 
 /// PIV key slots.
@@ -56,6 +64,10 @@ pub mod slot {
     pub const KEY_MANAGEMENT: u8 = 0x9D;
     /// Card authentication: usable without a PIN, holds the proof key.
     pub const CARD_AUTH: u8 = 0x9E;
+    /// Card management key (authenticates GENERATE, PUT DATA, IMPORT).
+    pub const MANAGEMENT: u8 = 0x9B;
+    /// YubiKey attestation key (its certificate is object `5F FF 01`).
+    pub const ATTESTATION: u8 = 0xF9;
 }
 
 /// PIV algorithm identifiers (P1 of GENERAL AUTHENTICATE).
@@ -98,6 +110,7 @@ pub fn certificate_object(slot: u8) -> Option<[u8; 3]> {
         slot::KEY_MANAGEMENT => Some([0x5F, 0xC1, 0x0B]),
         slot::CARD_AUTH => Some([0x5F, 0xC1, 0x01]),
         0x82..=0x95 => Some([0x5F, 0xC1, 0x0D + (slot - 0x82)]),
+        slot::ATTESTATION => Some([0x5F, 0xFF, 0x01]),
         _ => None,
     }
 }
@@ -459,6 +472,11 @@ pub fn general_authenticate(algorithm: u8, slot: u8, input: &[u8]) -> Apdu {
         .with_le(256)
 }
 
+/// YubiKey ATTEST of `slot` (`00 F9 slot 00`): the answer is a bare DER certificate.
+pub fn attest(slot: u8) -> Apdu {
+    Apdu::new(0x00, ins::ATTEST, slot, 0x00).with_le(256)
+}
+
 // ---------------------------------------------------------------------------------------
 // Response parsers
 
@@ -524,6 +542,16 @@ pub fn parse_certificate_object(content: &[u8]) -> Result<Vec<u8>> {
         )),
         Some(_) => Err(malformed("certificate info")),
     }
+}
+
+/// ATTEST answer → the DER certificate (a bare `SEQUENCE`, checked for shape only; the
+/// trust chain parses it).
+pub fn parse_attestation(data: &[u8]) -> Result<Vec<u8>> {
+    let ((tag, _), rest) = parse_tlv(data)?;
+    if tag != 0x30 || !rest.is_empty() {
+        return Err(malformed("attestation certificate"));
+    }
+    Ok(data.to_vec())
 }
 
 /// GENERAL AUTHENTICATE answer (`7C { 82 output }`) → output.

@@ -133,6 +133,40 @@ pub fn sign_rsa2048(t: &mut dyn ApduTransport, slot: u8, challenge: &[u8]) -> Re
     Ok(sig)
 }
 
+/// A fresh attestation of `slot`'s key (`INS F9`). A slot whose key was imported, an
+/// empty slot, or a card without the instruction is [`ErrorKind::Unsupported`] /
+/// [`ErrorKind::NotPresent`]: it cannot attest, which is not a transport failure.
+pub fn attest(t: &mut dyn ApduTransport, slot: u8) -> Result<Vec<u8>> {
+    let r = transceive(t, &super::attest(slot))?;
+    match r.sw {
+        sw::OK => super::parse_attestation(&r.data),
+        sw::WRONG_DATA => Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("slot {slot:02X} cannot be attested (key imported, not generated on the device) (SW 6A80)"),
+        )),
+        other => Err(status_error(other, "ATTEST")),
+    }
+}
+
+/// The attestation of `slot` with the device's F9 certificate: what a verifier needs.
+pub fn read_attestation(t: &mut dyn ApduTransport, slot: u8) -> Result<crate::key::KeyAttestation> {
+    let certificate = attest(t, slot)?;
+    let f9 = read_certificate(t, super::slot::ATTESTATION).map_err(|e| {
+        Error::new(
+            if e.kind() == ErrorKind::NotPresent {
+                ErrorKind::Unsupported
+            } else {
+                e.kind()
+            },
+            format!("reading the F9 attestation certificate: {e}"),
+        )
+    })?;
+    Ok(crate::key::KeyAttestation {
+        certificate,
+        intermediates: vec![f9],
+    })
+}
+
 /// What the identification probe found: a YubiKey-like PIV card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {

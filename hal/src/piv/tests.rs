@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use proptest::prelude::*;
 
 use super::scripted::ScriptedTransport;
@@ -279,4 +281,54 @@ proptest! {
         let _ = sign_p256(&mut Random(answers.clone()), 0x9E, b"c");
         let _ = sign_rsa2048(&mut Random(answers), 0x9E, b"c");
     }
+}
+
+#[test]
+fn attestation_reads_the_slot_attestation_then_the_f9_certificate() {
+    // A long attestation comes back in two parts (61xx + GET RESPONSE), as on a real key.
+    let mut cert = vec![0x30, 0x82, 0x01, 0x2C];
+    cert.extend(std::iter::repeat(0xAB).take(0x12C));
+    let mut first = cert[..256].to_vec();
+    first.extend_from_slice(&[0x61, 0x30]);
+    let mut second = cert[256..].to_vec();
+    second.extend_from_slice(&[0x90, 0x00]);
+    let mut t = ScriptedTransport::new()
+        .expect(h("00F99E0000"), first)
+        .expect(h("00C0000030"), second)
+        .expect(h("00CB3FFF055C035FFF0100"), h("530A 7003300100 710100 FE00 9000"));
+    let a = session::read_attestation(&mut t, slot::CARD_AUTH).unwrap();
+    assert_eq!(a.certificate, cert);
+    assert_eq!(a.intermediates, vec![h("300100")]);
+    t.done();
+}
+
+#[test]
+fn a_key_that_cannot_attest_is_unsupported_not_a_transport_failure() {
+    // 6A80: imported key; 6D00: no ATTEST instruction (not a YubiKey, or firmware < 4.3).
+    for (sw, kind) in [
+        ("6A80", ErrorKind::Unsupported),
+        ("6D00", ErrorKind::Unsupported),
+        ("6A88", ErrorKind::NotPresent),
+    ] {
+        let mut t = ScriptedTransport::new().expect(h("00F99E0000"), h(sw));
+        assert_eq!(
+            session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(),
+            kind,
+            "{sw}"
+        );
+    }
+    // A card answering something that is not a certificate.
+    let mut t = ScriptedTransport::new().expect(h("00F99E0000"), h("7C00 9000"));
+    assert_eq!(
+        session::attest(&mut t, slot::CARD_AUTH).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+    // An attestation without an F9 certificate: the key cannot be verified.
+    let mut t = ScriptedTransport::new()
+        .expect(h("00F99E0000"), h("300100 9000"))
+        .expect(h("00CB3FFF055C035FFF0100"), h("6A82"));
+    assert_eq!(
+        session::read_attestation(&mut t, slot::CARD_AUTH).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
 }

@@ -8,16 +8,20 @@ use std::time::{Duration, SystemTime};
 use p256::ecdsa::DerSignature;
 use p256::pkcs8::EncodePublicKey;
 use rand_core::RngCore;
+use sha2::{Digest, Sha256};
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
-use x509_cert::der::asn1::{Any, PrintableStringRef, SetOfVec, Utf8StringRef};
+use x509_cert::der::asn1::{Any, OctetString, PrintableStringRef, SetOfVec, Utf8StringRef};
+use x509_cert::der::oid::AssociatedOid;
 use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode, Tag, Tagged};
+use x509_cert::ext::AsExtension;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use x509_cert::time::{Time, Validity};
 use x509_cert::Certificate;
 
+use super::attestation;
 use super::error::TrustError;
 use super::pem;
 use super::proof_key::ProofKey;
@@ -83,6 +87,21 @@ pub fn issue_key_certificate_spki(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> Result<Vec<u8>, TrustError> {
+    issue_key_certificate_attested(vendor, serial, spki_der, not_before, not_after, None)
+}
+
+/// Like [`issue_key_certificate_spki`]; with `attestation_sha256` (the SHA-256 of the
+/// verified attestation certificate) the certificate carries keyfloat's "attested"
+/// extension, so servers that require attestation accept it. Verifying the attestation
+/// is the caller's job ([`super::attestation::AttestationRequirement::check`]).
+pub fn issue_key_certificate_attested(
+    vendor: &VendorSigningKey,
+    serial: &Serial,
+    spki_der: &[u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+    attestation_sha256: Option<[u8; 32]>,
+) -> Result<Vec<u8>, TrustError> {
     // Parsing first rejects other key types with a clear message.
     ProofKey::from_spki_der(spki_der)?;
     let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)
@@ -111,8 +130,12 @@ pub fn issue_key_certificate_spki(
         enable_key_agreement: false,
         enable_key_encipherment: false,
     };
-    let builder = CertificateBuilder::new(profile, cert_serial, validity, subject, spki, vendor.signing_key())
+    let mut builder = CertificateBuilder::new(profile, cert_serial, validity, subject, spki, vendor.signing_key())
         .map_err(build_err)?;
+    if let Some(digest) = attestation_sha256 {
+        let value = OctetString::new(digest.to_vec()).map_err(build_err)?;
+        builder.add_extension(&AttestedExtension(value)).map_err(build_err)?;
+    }
     let cert = builder.build::<DerSignature>().map_err(build_err)?;
     cert.to_der().map_err(build_err)
 }
@@ -140,8 +163,45 @@ pub fn provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> SimKeyS
 /// [`provision_sim_key`] that reports failures.
 pub fn try_provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> Result<SimKeySpec, TrustError> {
     let public = p256::PublicKey::from(spec.verifying_key());
-    let cert = issue_key_certificate(vendor, &spec.serial, &public, SIM_CERT_VALIDITY)?;
+    // A key that can attest is provisioned as a vendor would after checking the attestation.
+    let attested = match spec.attestation() {
+        Ok(a) => Some(Sha256::digest(&a.certificate).into()),
+        Err(_) => None,
+    };
+    let spki = public
+        .to_public_key_der()
+        .map_err(|e| TrustError::KeyInvalid(format!("cannot encode public key: {e}")))?;
+    let now = SystemTime::now();
+    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    let not_after = now
+        .checked_add(SIM_CERT_VALIDITY)
+        .ok_or_else(|| TrustError::InvalidArgument("validity period is too long".into()))?;
+    let cert = issue_key_certificate_attested(vendor, &spec.serial, spki.as_bytes(), not_before, not_after, attested)?;
     Ok(spec.with_certificate(cert))
+}
+
+/// keyfloat's "issued after a verified attestation" extension: the SHA-256 of the
+/// attestation certificate, as an OCTET STRING.
+struct AttestedExtension(OctetString);
+
+impl AssociatedOid for AttestedExtension {
+    const OID: ObjectIdentifier = attestation::oid::KEYFLOAT_ATTESTED;
+}
+
+impl Encode for AttestedExtension {
+    fn encoded_len(&self) -> x509_cert::der::Result<x509_cert::der::Length> {
+        self.0.encoded_len()
+    }
+    fn encode(&self, writer: &mut impl x509_cert::der::Writer) -> x509_cert::der::Result<()> {
+        self.0.encode(writer)
+    }
+}
+
+impl AsExtension for AttestedExtension {
+    fn critical(&self, _: &Name, _: &[x509_cert::ext::Extension]) -> bool {
+        // Servers that do not know it may still use the certificate.
+        false
+    }
 }
 
 fn build_err(e: impl std::fmt::Display) -> TrustError {
@@ -266,6 +326,20 @@ impl KeyCertificate {
         found
             .map(Serial::new)
             .ok_or_else(|| TrustError::CertificateInvalid("subject has no serialNumber (2.5.4.5)".into()))
+    }
+
+    /// The SHA-256 of the attestation this certificate was issued after (keyfloat's
+    /// "attested" extension), `None` for certificates issued without one.
+    pub fn attested_sha256(&self) -> Option<[u8; 32]> {
+        let ext = self
+            .cert
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == attestation::oid::KEYFLOAT_ATTESTED)?;
+        let value = OctetString::from_der(ext.extn_value.as_bytes()).ok()?;
+        value.as_bytes().try_into().ok()
     }
 
     /// The subject's common name, if any.

@@ -25,6 +25,7 @@
 //! ));
 //! ```
 
+pub mod attestation;
 mod certificate;
 mod error;
 mod pem;
@@ -32,9 +33,11 @@ mod proof_key;
 mod validator;
 mod vendor_key;
 
+pub use attestation::{AttestationError, AttestationRoots, AttestedKey};
 pub use certificate::{
-    issue_key_certificate, issue_key_certificate_for_period, issue_key_certificate_spki, key_public_from_pem,
-    provision_sim_key, try_provision_sim_key, KeyCertificate, SIM_CERT_VALIDITY,
+    issue_key_certificate, issue_key_certificate_attested, issue_key_certificate_for_period,
+    issue_key_certificate_spki, key_public_from_pem, provision_sim_key, try_provision_sim_key, KeyCertificate,
+    SIM_CERT_VALIDITY,
 };
 pub use error::TrustError;
 pub use proof_key::key_spki_from_pem;

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use rand_core::RngCore;
 
+use super::attestation::{AttestationRequirement, AttestationRoots};
 use super::certificate::KeyCertificate;
 use super::error::TrustError;
 use super::vendor_key::VendorPublicKey;
@@ -37,6 +38,10 @@ pub struct VendorValidator {
     pub allowed_serials: Option<Vec<Serial>>,
     /// The time used for certificate validity.
     pub now: Clock,
+    /// When set, every validation also asks the key for a fresh PIV attestation of its
+    /// proof key, which must chain to one of these roots, name the key's serial and the
+    /// certified public key, and the certificate must say the key was attested when issued.
+    pub attestation: Option<AttestationRoots>,
 }
 
 impl fmt::Debug for VendorValidator {
@@ -45,6 +50,7 @@ impl fmt::Debug for VendorValidator {
             .field("vendor", &self.vendor)
             .field("allow_serial_only", &self.allow_serial_only)
             .field("allowed_serials", &self.allowed_serials)
+            .field("attestation", &self.attestation)
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +63,14 @@ impl VendorValidator {
             allow_serial_only: false,
             allowed_serials: None,
             now: system_clock(),
+            attestation: None,
         }
+    }
+
+    /// Requires a fresh attestation chaining to `roots` at every validation (`None`: not required).
+    pub fn require_attestation(mut self, roots: Option<AttestationRoots>) -> Self {
+        self.attestation = roots;
+        self
     }
 
     /// Sets [`VendorValidator::allow_serial_only`].
@@ -96,6 +109,51 @@ impl VendorValidator {
     fn serial_allowed(&self, serial: &Serial) -> bool {
         self.allowed_serials.as_ref().is_none_or(|list| list.contains(serial))
     }
+}
+
+impl VendorValidator {
+    /// The attestation step: the certificate must record an attestation at issue, and the
+    /// key must attest now, for its serial and its certified key. Transient I/O failures are
+    /// `Failed` (retried); a key that cannot attest is `not_attested`.
+    fn check_attestation(
+        &self,
+        key: &mut dyn HardwareKey,
+        serial: &Serial,
+        cert: &KeyCertificate,
+        roots: &AttestationRoots,
+    ) -> Result<(), Validation> {
+        let not_attested = |key: &dyn HardwareKey, detail: &str| {
+            Err(self.invalid(key, serial.clone(), InvalidReason::NotAttested, detail))
+        };
+        if cert.attested_sha256().is_none() {
+            return not_attested(key, "the key certificate was issued without an attestation");
+        }
+        let attestation = match key.attest() {
+            Ok(a) => a,
+            Err(e) if is_transient(e.kind()) => return Err(Validation::Failed(e)),
+            Err(e) => return not_attested(key, &format!("the key gives no attestation: {e}")),
+        };
+        let spki = match cert.spki_der() {
+            Ok(s) => s,
+            Err(e) => return Err(self.invalid(key, serial.clone(), InvalidReason::Malformed, &e.to_string())),
+        };
+        let requirement = AttestationRequirement {
+            serial,
+            spki_der: &spki,
+        };
+        match requirement.check(roots, &attestation, (self.now)()) {
+            Ok(_) => Ok(()),
+            Err(e) => not_attested(key, &format!("{}: {e}", e.code())),
+        }
+    }
+}
+
+/// Failures worth retrying: the key is busy, gone for a moment, or the service hiccupped.
+fn is_transient(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Busy | ErrorKind::Disconnected | ErrorKind::Timeout | ErrorKind::ServiceUnavailable | ErrorKind::Io
+    )
 }
 
 impl KeyValidator for VendorValidator {
@@ -183,6 +241,14 @@ impl KeyValidator for VendorValidator {
             Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
         }
 
+        let mut status = ProofStatus::Verified;
+        if let Some(roots) = &self.attestation {
+            if let Err(outcome) = self.check_attestation(key, &serial, &cert, roots) {
+                return outcome;
+            }
+            status = ProofStatus::Attested;
+        }
+
         if !self.serial_allowed(&serial) {
             return self.invalid(
                 key,
@@ -194,7 +260,7 @@ impl KeyValidator for VendorValidator {
         Validation::Valid {
             serial,
             firmware: key.read_firmware().ok(),
-            proof: ProofStatus::Verified,
+            proof: status,
         }
     }
 }

@@ -4,11 +4,17 @@
 
 use std::fmt;
 
-use keyfloat_hal::backend::sim::SimKeySpec;
+use std::collections::BTreeMap;
+
+use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::piv::{self, find_tlv, ins, parse_tlvs, sw, tlv, Apdu, Response, AID_MGMT, AID_OTP};
-use keyfloat_hal::Firmware;
+use keyfloat_hal::trust::attestation::sim_ca::DeviceAttester;
+use keyfloat_hal::{Firmware, KeyAttestation};
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey;
+
+use super::mgmt::ManagementKey;
 
 /// ATR of a YubiKey 5 NFC (ykman accepts it with a non-Yubico reader name).
 pub const ATR_YUBIKEY5_NFC: &[u8] = &[
@@ -31,6 +37,24 @@ const FASC_N: &[u8] = &[
 const DEFAULT_PIN: &[u8] = b"123456";
 const PIN_TRIES: u8 = 3;
 const MGMT_KEY_SLOT: u8 = 0x9B;
+/// PIN / touch policy byte "never" (YubiKey encoding; 0 means "the slot's default").
+const POLICY_NEVER: u8 = 0x01;
+/// Key origin in GET METADATA: generated on the card / imported.
+const ORIGIN_GENERATED: u8 = 0x01;
+const ORIGIN_IMPORTED: u8 = 0x02;
+const CERT_OBJECT_9E: [u8; 3] = [0x5F, 0xC1, 0x01];
+const CERT_OBJECT_F9: [u8; 3] = [0x5F, 0xFF, 0x01];
+
+/// How the card answers `INS F9`.
+#[derive(Clone)]
+enum Attester {
+    /// A YubiKey: its own F9 key attests keys generated on the card.
+    Device(DeviceAttester),
+    /// A programmable card replaying certificates captured from another device.
+    Replay(KeyAttestation),
+    /// No attestation key at all (not a YubiKey).
+    None,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Applet {
@@ -47,13 +71,24 @@ pub struct VirtualCard {
     serial: u32,
     firmware: Firmware,
     signing_key: SigningKey,
+    /// Slot 9E's key was generated on the card (attestable) rather than imported.
+    key_generated: bool,
+    /// Slot 9E's PIN and touch policy bytes.
+    policy: [u8; 2],
     certificate: Option<Vec<u8>>,
+    /// Other data objects written with PUT DATA (content of tag 53, by object id).
+    objects: BTreeMap<Vec<u8>, Vec<u8>>,
+    attester: Attester,
+    mgmt_key: ManagementKey,
     pin: [u8; 8],
     pin_tries_left: u8,
     atr: Vec<u8>,
     // volatile
     selected: Applet,
     pin_verified: bool,
+    mgmt_authenticated: bool,
+    /// The plaintext witness of a management-key authentication in progress.
+    mgmt_witness: Option<Vec<u8>>,
     chain: Option<(u8, u8, u8, Vec<u8>)>,
     pending: Vec<u8>,
 }
@@ -88,20 +123,57 @@ fn status(code: u16) -> Vec<u8> {
 impl VirtualCard {
     /// A card holding `spec`'s key in slot 9E (and its certificate when provisioned).
     /// The spec's serial must be decimal (YubiKey serials are u32); others become 0.
+    ///
+    /// The spec's attestation says what the card does with `INS F9`: a device attester
+    /// (slot 9E counts as generated on the card), a replay of canned certificates, or
+    /// nothing (slot 9E counts as imported). The management key is the default one, 3DES
+    /// below firmware 5.7 and AES-192 from 5.7 on, as on a YubiKey.
     pub fn new(spec: &SimKeySpec) -> Self {
+        let (attester, key_generated) = match &spec.attestation {
+            Some(SimAttestation::Device(d)) => (Attester::Device(d.clone()), true),
+            Some(SimAttestation::Replay(a)) => (Attester::Replay(a.clone()), true),
+            None => (Attester::None, false),
+        };
         Self {
             serial: spec.serial.as_str().parse().unwrap_or(0),
             firmware: spec.firmware,
             signing_key: spec.signing_key.clone(),
+            key_generated,
+            policy: [POLICY_NEVER, POLICY_NEVER],
             certificate: spec.certificate.clone(),
+            objects: BTreeMap::new(),
+            attester,
+            mgmt_key: ManagementKey::default_for(spec.firmware),
             pin: pad_pin(DEFAULT_PIN),
             pin_tries_left: PIN_TRIES,
             atr: ATR_YUBIKEY5_NFC.to_vec(),
             selected: Applet::None,
             pin_verified: false,
+            mgmt_authenticated: false,
+            mgmt_witness: None,
             chain: None,
             pending: Vec::new(),
         }
+    }
+
+    /// Gives the card a YubiKey's F9 attestation key (keys it generates become attestable).
+    pub fn with_attester(mut self, attester: DeviceAttester) -> Self {
+        self.attester = Attester::Device(attester);
+        self
+    }
+
+    /// Whether slot 9E's key was generated on the card.
+    pub fn key_generated(&self) -> bool {
+        self.key_generated
+    }
+
+    /// Slot 9E's public key (SubjectPublicKeyInfo DER).
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.signing_key
+            .verifying_key()
+            .to_public_key_der()
+            .map(|d| d.as_bytes().to_vec())
+            .unwrap_or_default()
     }
 
     /// The serial the card reports.
@@ -122,6 +194,8 @@ impl VirtualCard {
     fn reset_volatile(&mut self) {
         self.selected = Applet::None;
         self.pin_verified = false;
+        self.mgmt_authenticated = false;
+        self.mgmt_witness = None;
         self.chain = None;
         self.pending.clear();
     }
@@ -242,7 +316,12 @@ impl VirtualCard {
             ins::VERIFY => self.verify(a),
             ins::GET_DATA => self.get_data(a),
             ins::GET_METADATA => self.metadata(a.p2),
+            ins::GENERAL_AUTHENTICATE if a.p2 == MGMT_KEY_SLOT => self.mgmt_authenticate(a),
             ins::GENERAL_AUTHENTICATE => self.authenticate(a),
+            ins::ATTEST => self.attest(a),
+            ins::GENERATE => self.generate(a),
+            ins::PUT_DATA => self.put_data(a),
+            ins::IMPORT_KEY => self.import_key(a),
             _ => Response::new([], sw::INS_NOT_SUPPORTED),
         }
     }
@@ -300,13 +379,18 @@ impl VirtualCard {
             [0x7E] => return Response::new(DISCOVERY, sw::OK),
             [0x5F, 0xC1, 0x02] => self.chuid(),
             [0x5F, 0xC1, 0x07] => self.ccc(),
-            [0x5F, 0xC1, 0x01] => match &self.certificate {
-                Some(cert) => {
-                    let mut c = tlv(0x70, cert);
-                    c.extend_from_slice(&[0x71, 0x01, 0x00, 0xFE, 0x00]);
-                    c
-                }
+            id if id == CERT_OBJECT_9E => match &self.certificate {
+                Some(cert) => cert_object(cert),
                 None => return Response::new([], sw::NOT_FOUND),
+            },
+            id if self.objects.contains_key(id) => self.objects[id].clone(),
+            id if id == CERT_OBJECT_F9 => match &self.attester {
+                Attester::Device(d) => cert_object(d.certificate()),
+                Attester::Replay(a) => match a.intermediates.first() {
+                    Some(f9) => cert_object(f9),
+                    None => return Response::new([], sw::NOT_FOUND),
+                },
+                Attester::None => return Response::new([], sw::NOT_FOUND),
             },
             _ => return Response::new([], sw::NOT_FOUND),
         };
@@ -356,10 +440,37 @@ impl VirtualCard {
                 ]
             }
             0x81 => vec![0x01, 0x01, 0xFF, 0x05, 0x01, 0x01, 0x06, 0x02, 0x03, 0x03],
-            MGMT_KEY_SLOT => vec![0x01, 0x01, 0x03, 0x02, 0x02, 0x00, 0x01, 0x05, 0x01, 0x01],
+            MGMT_KEY_SLOT => vec![
+                0x01,
+                0x01,
+                self.mgmt_key.algorithm(),
+                0x02,
+                0x02,
+                0x00,
+                0x01,
+                0x05,
+                0x01,
+                u8::from(self.mgmt_key.is_default()),
+            ],
             piv::slot::CARD_AUTH => {
                 let point = self.signing_key.verifying_key().to_encoded_point(false);
-                let mut v = vec![0x01, 0x01, piv::alg::ECCP256, 0x02, 0x02, 0x01, 0x01, 0x03, 0x01, 0x02];
+                let origin = if self.key_generated {
+                    ORIGIN_GENERATED
+                } else {
+                    ORIGIN_IMPORTED
+                };
+                let mut v = vec![
+                    0x01,
+                    0x01,
+                    piv::alg::ECCP256,
+                    0x02,
+                    0x02,
+                    self.policy[0],
+                    self.policy[1],
+                    0x03,
+                    0x01,
+                    origin,
+                ];
                 v.extend_from_slice(&tlv(0x04, &tlv(0x86, point.as_bytes())));
                 v
             }
@@ -407,6 +518,170 @@ impl VirtualCard {
         Response::new(tlv(0x7C, &tlv(0x82, der.as_bytes())), sw::OK)
     }
 
+    /// GENERAL AUTHENTICATE with the management key (slot 9B), mutual: the card sends an
+    /// encrypted witness, the host returns it decrypted with its own challenge, the card
+    /// answers the challenge encrypted.
+    fn mgmt_authenticate(&mut self, a: &Apdu) -> Response {
+        let witness = self.mgmt_witness.take();
+        self.mgmt_authenticated = false;
+        if a.p1 != self.mgmt_key.algorithm() {
+            return Response::new([], sw::WRONG_DATA);
+        }
+        let Some(inner) = parse_tlvs(&a.data)
+            .ok()
+            .and_then(|t| find_tlv(&t, 0x7C).map(<[u8]>::to_vec))
+        else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let Ok(tlvs) = parse_tlvs(&inner) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let block = self.mgmt_key.block_len();
+        match (find_tlv(&tlvs, 0x80), find_tlv(&tlvs, 0x81)) {
+            // Step 1: the host asks for a witness.
+            (Some([]), None) => {
+                let mut w = vec![0u8; block];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut w);
+                let encrypted = self.mgmt_key.encrypt(&w);
+                self.mgmt_witness = Some(w);
+                Response::new(tlv(0x7C, &tlv(0x80, &encrypted)), sw::OK)
+            }
+            // Step 2: the decrypted witness and the host's challenge.
+            (Some(decrypted), Some(challenge)) if decrypted.len() == block && challenge.len() == block => match witness
+            {
+                Some(w) if w == decrypted => {
+                    self.mgmt_authenticated = true;
+                    let answer = self.mgmt_key.encrypt(challenge);
+                    Response::new(tlv(0x7C, &tlv(0x82, &answer)), sw::OK)
+                }
+                _ => Response::new([], sw::SECURITY_STATUS),
+            },
+            _ => Response::new([], sw::WRONG_DATA),
+        }
+    }
+
+    /// `INS F9`: a certificate for slot 9E's key, signed by the F9 attestation key.
+    fn attest(&self, a: &Apdu) -> Response {
+        if a.p1 != piv::slot::CARD_AUTH {
+            // Only 9E holds a key on this card.
+            return Response::new([], sw::REF_NOT_FOUND);
+        }
+        match &self.attester {
+            Attester::Replay(canned) => Response::new(canned.certificate.clone(), sw::OK),
+            Attester::Device(d) if self.key_generated => {
+                match d.attest(
+                    a.p1,
+                    &self.public_key_der(),
+                    self.firmware,
+                    self.policy[0],
+                    self.policy[1],
+                ) {
+                    Ok(cert) => Response::new(cert, sw::OK),
+                    Err(_) => Response::new([], sw::WRONG_DATA),
+                }
+            }
+            // Imported keys cannot be attested.
+            _ => Response::new([], sw::WRONG_DATA),
+        }
+    }
+
+    /// `INS 47`: generates a P-256 key pair in slot 9E (management key required).
+    fn generate(&mut self, a: &Apdu) -> Response {
+        if !self.mgmt_authenticated {
+            return Response::new([], sw::SECURITY_STATUS);
+        }
+        if a.p2 != piv::slot::CARD_AUTH {
+            return Response::new([], sw::WRONG_P1P2);
+        }
+        let Some(control) = parse_tlvs(&a.data)
+            .ok()
+            .and_then(|t| find_tlv(&t, 0xAC).map(<[u8]>::to_vec))
+        else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let Ok(params) = parse_tlvs(&control) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        if find_tlv(&params, 0x80) != Some(&[piv::alg::ECCP256][..]) {
+            return Response::new([], sw::WRONG_DATA);
+        }
+        let Some(policy) = policies(&params) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        self.signing_key = SigningKey::random(&mut rand_core::OsRng);
+        self.key_generated = true;
+        self.policy = policy;
+        let point = self.signing_key.verifying_key().to_encoded_point(false);
+        Response::new(tlv(0x7F49, &tlv(0x86, point.as_bytes())), sw::OK)
+    }
+
+    /// `INS FE`: imports a P-256 private key into slot 9E (management key required).
+    fn import_key(&mut self, a: &Apdu) -> Response {
+        if !self.mgmt_authenticated {
+            return Response::new([], sw::SECURITY_STATUS);
+        }
+        if a.p2 != piv::slot::CARD_AUTH {
+            return Response::new([], sw::WRONG_P1P2);
+        }
+        if a.p1 != piv::alg::ECCP256 {
+            return Response::new([], sw::WRONG_DATA);
+        }
+        let Ok(tlvs) = parse_tlvs(&a.data) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let (Some(scalar), Some(policy)) = (find_tlv(&tlvs, 0x06), policies(&tlvs)) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let Ok(key) = SigningKey::from_slice(scalar) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        self.signing_key = key;
+        self.key_generated = false;
+        self.policy = policy;
+        Response::new([], sw::OK)
+    }
+
+    /// `INS DB`: writes a data object (management key required). An empty object deletes it.
+    fn put_data(&mut self, a: &Apdu) -> Response {
+        if !self.mgmt_authenticated {
+            return Response::new([], sw::SECURITY_STATUS);
+        }
+        if (a.p1, a.p2) != (0x3F, 0xFF) {
+            return Response::new([], sw::WRONG_P1P2);
+        }
+        let Ok(tlvs) = parse_tlvs(&a.data) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        let (Some(id), Some(content)) = (find_tlv(&tlvs, 0x5C), find_tlv(&tlvs, 0x53)) else {
+            return Response::new([], sw::WRONG_DATA);
+        };
+        if id == CERT_OBJECT_9E {
+            if content.is_empty() {
+                self.certificate = None;
+                return Response::new([], sw::OK);
+            }
+            let cert = parse_tlvs(content)
+                .ok()
+                .and_then(|t| find_tlv(&t, 0x70).map(<[u8]>::to_vec));
+            return match cert {
+                Some(cert) if !cert.is_empty() => {
+                    self.certificate = Some(cert);
+                    Response::new([], sw::OK)
+                }
+                _ => Response::new([], sw::WRONG_DATA),
+            };
+        }
+        if id.is_empty() || id.len() > 3 {
+            return Response::new([], sw::WRONG_DATA);
+        }
+        if content.is_empty() {
+            self.objects.remove(id);
+        } else {
+            self.objects.insert(id.to_vec(), content.to_vec());
+        }
+        Response::new([], sw::OK)
+    }
+
     fn device_config(&self) -> Vec<u8> {
         let f = self.firmware;
         let mut body = vec![0x01, 0x02, 0x02, 0x3B, 0x02, 0x04];
@@ -421,6 +696,24 @@ impl VirtualCard {
         v.extend_from_slice(&body);
         v
     }
+}
+
+/// A certificate data object's content: `70 cert 71 00 FE 00` (uncompressed).
+fn cert_object(cert: &[u8]) -> Vec<u8> {
+    let mut c = tlv(0x70, cert);
+    c.extend_from_slice(&[0x71, 0x01, 0x00, 0xFE, 0x00]);
+    c
+}
+
+/// PIN (`AA`) and touch (`AB`) policy of a GENERATE / IMPORT command; 0 or absent is the
+/// 9E default, never. `None` when a value is malformed.
+fn policies(tlvs: &[piv::Tlv<'_>]) -> Option<[u8; 2]> {
+    let pick = |tag| match find_tlv(tlvs, tag) {
+        None | Some([0]) => Some(POLICY_NEVER),
+        Some([b @ 1..=3]) => Some(*b),
+        Some(_) => None,
+    };
+    Some([pick(0xAA)?, pick(0xAB)?])
 }
 
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //!   ports), so tests run in parallel with each other and with the system pcscd.
 
 mod applet;
+mod mgmt;
 #[cfg(feature = "test-util")]
 mod pcscd;
 mod vpcd;
 
 pub use applet::{VirtualCard, ATR_YUBIKEY5_NFC};
+pub use mgmt::{ManagementKey, MGMT_DEFAULT_KEY};
 #[cfg(feature = "test-util")]
 pub use pcscd::{require_pcscd, PrivatePcscd};
 

@@ -226,6 +226,7 @@ fn serve(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use std::net::TcpListener;
 

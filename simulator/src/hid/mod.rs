@@ -10,7 +10,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use keyfloat_hal::backend::hid::{HidConfig, HidProvider};
-//! use keyfloat_hal::backend::sim::SimKeySpec;
+//! use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 //! use keyfloat_hal::KeyProvider;
 //! use keyfloat_simulator::hid::SimHidTransport;
 //!
@@ -41,7 +41,7 @@ use keyfloat_hal::backend::hid::{
     ctap2, HidConnection, HidDeviceInfo, HidTransport, ProvisionedCredential, ProvisioningStore, FIDO_USAGE_PAGE,
     OTP_USAGE, OTP_USAGE_PAGE, YUBICO_VENDOR_ID,
 };
-use keyfloat_hal::backend::sim::SimKeySpec;
+use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::{Error, ErrorKind, Holder, Result};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::Signature;
@@ -127,6 +127,8 @@ struct FidoState {
     assembling: Option<Reassembler>,
     out: VecDeque<[u8; PACKET_SIZE]>,
     sign_count: u32,
+    /// Touches a person gave (see [`SimHidTransport::touch`]), used up by makeCredential.
+    touches: u32,
 }
 
 #[derive(Debug)]
@@ -301,6 +303,13 @@ impl SimHidTransport {
     /// Sends `keepalives` KEEPALIVE packets before each CTAP2 answer (a slow key).
     pub fn slow(&self, name: &str, keepalives: u32) -> Result<()> {
         self.with_device(name, |d| d.keepalives = keepalives)
+    }
+
+    /// A person touches the key: the next makeCredential (which every real key makes wait
+    /// for a touch) goes through. Without it makeCredential times out, as on a real key
+    /// nobody touches.
+    pub fn touch(&self, name: &str) -> Result<()> {
+        self.with_device(name, |d| d.fido.touches += 1)
     }
 
     /// The next `reads` OTP status reads show the write flag set (the key is busy).
@@ -808,8 +817,89 @@ fn ctap2_answer(d: &mut Device, request: &[u8]) -> Vec<u8> {
                 (int(3), Value::Bytes(signature.to_der().as_bytes().to_vec())),
             ])
         }
+        ctap2::MAKE_CREDENTIAL => make_credential(d, body),
         _ => vec![INVALID_COMMAND],
     }
+}
+
+/// The virtual model id.
+const SIM_AAGUID: [u8; 16] = *b"keyfloat-sim-hid";
+
+/// `authenticatorMakeCredential` for keyfloat's relying party: the credential is the key's
+/// own P-256 key (the one assertions use). With a device attester (keys generated on a
+/// genuine device), a `packed` attestation signed by it with its certificate in `x5c`;
+/// without one, format `none`.
+fn make_credential(d: &mut Device, body: &[u8]) -> Vec<u8> {
+    let Kind::YubiKey { spec, .. } = &d.kind else {
+        return vec![INVALID_COMMAND];
+    };
+    let Ok(Value::Map(map)) = ciborium::de::from_reader::<Value, _>(body) else {
+        return vec![ctap2::status::INVALID_CBOR];
+    };
+    let (Some(Value::Bytes(cdh)), Some(Value::Map(rp))) = (get(&map, 1), get(&map, 2)) else {
+        return vec![MISSING_PARAMETER];
+    };
+    let rp_id = rp.iter().find_map(|(k, v)| match (k, v) {
+        (Value::Text(k), Value::Text(v)) if k == "id" => Some(v.clone()),
+        _ => None,
+    });
+    let Some(rp_id) = rp_id else {
+        return vec![MISSING_PARAMETER];
+    };
+    if d.fido.touches == 0 {
+        return vec![ctap2::status::USER_ACTION_TIMEOUT];
+    }
+    d.fido.touches -= 1;
+    d.fido.sign_count = d.fido.sign_count.wrapping_add(1);
+    let id = credential_id(spec);
+    let point = spec.verifying_key().to_encoded_point(false);
+    let (Some(x), Some(y)) = (point.x(), point.y()) else {
+        return vec![INVALID_COMMAND];
+    };
+    let cose = Value::Map(vec![
+        (Value::Integer(1.into()), Value::Integer(2.into())),
+        (Value::Integer(3.into()), Value::Integer((-7).into())),
+        (Value::Integer((-1).into()), Value::Integer(1.into())),
+        (Value::Integer((-2).into()), Value::Bytes(x.to_vec())),
+        (Value::Integer((-3).into()), Value::Bytes(y.to_vec())),
+    ]);
+    let mut auth_data = Sha256::digest(rp_id.as_bytes()).to_vec();
+    auth_data.push(ctap2::FLAG_UP | ctap2::FLAG_AT);
+    auth_data.extend_from_slice(&d.fido.sign_count.to_be_bytes());
+    auth_data.extend_from_slice(&SIM_AAGUID);
+    auth_data.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    auth_data.extend_from_slice(&id);
+    if ciborium::ser::into_writer(&cose, &mut auth_data).is_err() {
+        return vec![INVALID_COMMAND];
+    }
+    let (fmt, stmt) = match &spec.attestation {
+        Some(SimAttestation::Device(attester)) => {
+            let mut message = auth_data.clone();
+            message.extend_from_slice(cdh);
+            let sig = if d.corrupt {
+                attester.sign(b"not the credential")
+            } else {
+                attester.sign(&message)
+            };
+            (
+                "packed",
+                vec![
+                    (Value::Text("alg".into()), Value::Integer((-7).into())),
+                    (Value::Text("sig".into()), Value::Bytes(sig)),
+                    (
+                        Value::Text("x5c".into()),
+                        Value::Array(vec![Value::Bytes(attester.certificate().to_vec())]),
+                    ),
+                ],
+            )
+        }
+        _ => ("none", Vec::new()),
+    };
+    cbor_ok(vec![
+        (int(1), Value::Text(fmt.into())),
+        (int(2), Value::Bytes(auth_data)),
+        (int(3), Value::Map(stmt)),
+    ])
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! name = "alpha"
 //! serial = 12345678
 //! provisioning = "valid"         # valid | wrong_vendor | corrupt_signer | unprovisioned | serial_mismatch
+//!                                # | unattested | attested_wrong_serial
 //!
 //! [[licenses]]                   # added through the admin API before the first step
 //! product = "hwbased"
@@ -69,6 +70,10 @@ pub enum Provisioning {
     Unprovisioned,
     /// Certificate from the right vendor, naming another serial.
     SerialMismatch,
+    /// A good certificate for a key imported from software: no attestation is possible.
+    Unattested,
+    /// A good certificate, but the device's attestation names another serial.
+    AttestedWrongSerial,
 }
 
 /// A key the scenario can plug.
@@ -118,6 +123,10 @@ pub struct ServerSpec {
     /// The monitor's grace period (`key_grace = "2s"`); none by default.
     #[serde(default, with = "humantime_serde_compat::option")]
     pub key_grace: Option<Duration>,
+    /// `require_attestation`: every validation demands a fresh attestation chaining to the
+    /// scenario's test attestation CA (valid keys are generated on their device and attest).
+    #[serde(default)]
+    pub require_attestation: bool,
 }
 
 /// The verbs.

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, VendorSigningKey};
+use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
+use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, AttestationRoots, VendorSigningKey};
 use keyfloat_hal::{HardwareId, Serial};
 
 use super::format::{KeySpec, Provisioning};
@@ -19,6 +20,9 @@ pub(crate) struct ScenarioKeys {
     pub specs: BTreeMap<String, SimKeySpec>,
     /// The machine's own hardware ID in this scenario.
     pub machine_id: HardwareId,
+    /// The root of the scenario's TEST attestation CA (every key but `unattested` ones has
+    /// an F9 attestation key it issued).
+    pub attestation_roots: AttestationRoots,
     names_by_serial: BTreeMap<String, String>,
 }
 
@@ -30,10 +34,25 @@ impl ScenarioKeys {
         let other_vendor = VendorSigningKey::generate();
         let mut specs = BTreeMap::new();
         let mut names_by_serial = BTreeMap::new();
+        let ca = SimAttestationCa::from_seed(seed).map_err(|e| format!("cannot create the attestation CA: {e}"))?;
         for k in keys {
-            let base = SimKeySpec::from_seed(&k.name, k.serial, seed);
+            // Keys are generated on their device (attestable) unless provisioned otherwise.
+            let attester = match k.provisioning {
+                Provisioning::Unattested => None,
+                Provisioning::AttestedWrongSerial => Some(ca.issue_device_from_seed(k.serial, seed).map(|d| {
+                    let wrong = k.serial.wrapping_add(1);
+                    d.attesting_serial(wrong)
+                })),
+                _ => Some(ca.issue_device_from_seed(k.serial, seed)),
+            }
+            .transpose()
+            .map_err(|e| format!("cannot issue the F9 certificate of key {:?}: {e}", k.name))?;
+            let base =
+                SimKeySpec::from_seed(&k.name, k.serial, seed).with_attestation(attester.map(SimAttestation::Device));
             let spec = match k.provisioning {
-                Provisioning::Valid => try_provision_sim_key(base, &vendor),
+                Provisioning::Valid | Provisioning::Unattested | Provisioning::AttestedWrongSerial => {
+                    try_provision_sim_key(base, &vendor)
+                }
                 Provisioning::WrongVendor => try_provision_sim_key(base, &other_vendor),
                 Provisioning::Unprovisioned => Ok(base),
                 // The genuine certificate, but another key signs: no proof ever verifies.
@@ -56,6 +75,7 @@ impl ScenarioKeys {
             vendor,
             specs,
             machine_id: HardwareId::new(format!("machine-{seed:016x}")),
+            attestation_roots: ca.roots().map_err(|e| format!("attestation root: {e}"))?,
             names_by_serial,
         })
     }

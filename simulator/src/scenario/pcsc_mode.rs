@@ -123,7 +123,10 @@ impl<'p> PcscRun<'p> {
             .collect();
         let cell = HardwareIdCell::new(keys.machine_id.clone());
         let reader = cell.reader();
-        let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
+        let validator = Arc::new(
+            VendorValidator::new(keys.vendor.public_key())
+                .require_attestation(spec.server.require_attestation.then(|| keys.attestation_roots.clone())),
+        );
         let config = MonitorConfig {
             grace: spec.server.key_grace.unwrap_or_default(),
             ..MONITOR

@@ -50,6 +50,7 @@ pub struct ScenarioBuilder {
     seed: u64,
     keys: Vec<KeySpec>,
     grace: Option<Duration>,
+    require_attestation: bool,
 }
 
 impl ScenarioBuilder {
@@ -75,9 +76,15 @@ impl ScenarioBuilder {
         self
     }
 
+    /// The validator demands a fresh attestation chaining to the scenario's test CA.
+    pub fn require_attestation(mut self, on: bool) -> Self {
+        self.require_attestation = on;
+        self
+    }
+
     /// Builds the scenario (no key plugged, time zero).
     pub fn build(self) -> Result<Scenario, ScenarioError> {
-        Scenario::new(self.name, self.seed, &self.keys, self.grace)
+        Scenario::new(self.name, self.seed, &self.keys, self.grace, self.require_attestation)
     }
 }
 
@@ -131,16 +138,26 @@ impl Scenario {
             seed: 0,
             keys: Vec::new(),
             grace: None,
+            require_attestation: false,
         }
     }
 
-    fn new(name: String, seed: u64, keys: &[KeySpec], grace: Option<Duration>) -> Result<Self, ScenarioError> {
+    fn new(
+        name: String,
+        seed: u64,
+        keys: &[KeySpec],
+        grace: Option<Duration>,
+        require_attestation: bool,
+    ) -> Result<Self, ScenarioError> {
         let keys = ScenarioKeys::provision(keys, seed).map_err(|e| run_err(&name, 0, e))?;
         let bus = SimBus::new();
         for spec in keys.specs.values() {
             bus.insert(spec.clone());
         }
-        let validator = Arc::new(VendorValidator::new(keys.vendor.public_key()));
+        let validator = Arc::new(
+            VendorValidator::new(keys.vendor.public_key())
+                .require_attestation(require_attestation.then(|| keys.attestation_roots.clone())),
+        );
         let machine_id = keys.machine_id.clone();
         let config = MonitorConfig {
             grace: grace.unwrap_or_default(),
@@ -441,7 +458,13 @@ pub fn run_spec(spec: &ScenarioSpec, server: Option<super::http::ServerFactory>)
             Mode::Virtual.as_str(),
         ));
     }
-    let mut sim = Scenario::new(spec.name.clone(), spec.seed, &spec.keys, spec.server.key_grace)?;
+    let mut sim = Scenario::new(
+        spec.name.clone(),
+        spec.seed,
+        &spec.keys,
+        spec.server.key_grace,
+        spec.server.require_attestation,
+    )?;
     if let Some(make) = server {
         let target = make(sim.reader().clone()).map_err(|e| run_err(&spec.name, 0, format!("server: {e}")))?;
         sim.attach_server(target);

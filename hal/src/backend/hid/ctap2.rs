@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// CTAP2 command: make credential (needs a touch on every real key).
+pub const MAKE_CREDENTIAL: u8 = 0x01;
 /// CTAP2 command: get assertion.
 pub const GET_ASSERTION: u8 = 0x02;
 /// CTAP2 command: get info.
@@ -92,6 +94,161 @@ pub fn get_assertion_request(rp_id: &str, client_data_hash: &[u8], credential_id
             (int(5), Value::Map(vec![(Value::Text("up".into()), Value::Bool(false))])),
         ],
     )
+}
+
+/// `authenticatorMakeCredential` request: a new ES256 (P-256) credential for `rp_id` and
+/// `user_id`, over the 32-byte `client_data_hash` (the attestation challenge). The key
+/// waits for a touch (user presence) before answering.
+pub fn make_credential_request(rp_id: &str, client_data_hash: &[u8], user_id: &[u8]) -> Result<Vec<u8>> {
+    if client_data_hash.len() != 32 {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("clientDataHash must be 32 bytes, got {}", client_data_hash.len()),
+        ));
+    }
+    let es256 = Value::Map(vec![
+        (Value::Text("alg".into()), Value::Integer(Integer::from(-7))),
+        (Value::Text("type".into()), Value::Text("public-key".into())),
+    ]);
+    encode(
+        MAKE_CREDENTIAL,
+        vec![
+            (int(1), Value::Bytes(client_data_hash.to_vec())),
+            (
+                int(2),
+                Value::Map(vec![(Value::Text("id".into()), Value::Text(rp_id.into()))]),
+            ),
+            (
+                int(3),
+                Value::Map(vec![
+                    (Value::Text("id".into()), Value::Bytes(user_id.to_vec())),
+                    (Value::Text("name".into()), Value::Text("keyfloat".into())),
+                ]),
+            ),
+            (int(4), Value::Array(vec![es256])),
+        ],
+    )
+}
+
+/// What `authenticatorMakeCredential` returns: the attestation object's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeCredential {
+    /// Attestation statement format (`packed`, `fido-u2f`, `none`…).
+    pub fmt: String,
+    /// authenticatorData with the attested credential data.
+    pub auth_data: Vec<u8>,
+    /// `packed`: the COSE algorithm of `sig` (-7 = ES256).
+    pub alg: Option<i64>,
+    /// `packed`: signature over `auth_data ‖ clientDataHash`.
+    pub sig: Vec<u8>,
+    /// `packed`: attestation certificate first, then its CA chain (DER).
+    pub x5c: Vec<Vec<u8>>,
+}
+
+/// Parses an `authenticatorMakeCredential` answer (status ‖ CBOR).
+pub fn parse_make_credential(response: &[u8]) -> Result<MadeCredential> {
+    let map = decode_map(check_status(response)?)?;
+    let fmt = match member(&map, 1) {
+        Some(Value::Text(t)) => t.clone(),
+        _ => return Err(protocol("makeCredential answer without fmt")),
+    };
+    let auth_data = match member(&map, 2) {
+        Some(Value::Bytes(b)) => b.clone(),
+        _ => return Err(protocol("makeCredential answer without authenticatorData")),
+    };
+    let stmt = match member(&map, 3) {
+        Some(Value::Map(m)) => m.clone(),
+        _ => return Err(protocol("makeCredential answer without attStmt")),
+    };
+    let alg = match text_member(&stmt, "alg") {
+        Some(Value::Integer(i)) => i64::try_from(*i).ok(),
+        _ => None,
+    };
+    let sig = match text_member(&stmt, "sig") {
+        Some(Value::Bytes(b)) => b.clone(),
+        _ => Vec::new(),
+    };
+    let x5c = match text_member(&stmt, "x5c") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|c| match c {
+                Value::Bytes(b) => Ok(b.clone()),
+                _ => Err(protocol("x5c member is not a byte string")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
+        Some(_) => return Err(protocol("x5c is not an array")),
+    };
+    Ok(MadeCredential {
+        fmt,
+        auth_data,
+        alg,
+        sig,
+        x5c,
+    })
+}
+
+/// The credential a makeCredential created (authenticatorData's attested credential data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedCredentialData {
+    /// The model id.
+    pub aaguid: [u8; 16],
+    /// The credential id to ask for assertions.
+    pub credential_id: Vec<u8>,
+    /// The credential's P-256 public key.
+    pub public_key: p256::PublicKey,
+}
+
+/// Parses the attested credential data of a makeCredential's authenticatorData.
+pub fn parse_attested_credential(auth_data: &[u8]) -> Result<AttestedCredentialData> {
+    let header = parse_auth_data(auth_data)?;
+    if header.flags & FLAG_AT == 0 {
+        return Err(protocol("authenticatorData carries no attested credential data"));
+    }
+    let rest = &auth_data[37..];
+    let aaguid: [u8; 16] = rest
+        .get(..16)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| protocol("attested credential data is truncated"))?;
+    let len = rest
+        .get(16..18)
+        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+        .ok_or_else(|| protocol("attested credential data is truncated"))?;
+    let credential_id = rest
+        .get(18..18 + len)
+        .ok_or_else(|| protocol("credential id is truncated"))?
+        .to_vec();
+    let mut cose = &rest[18 + len..];
+    let key: Value = ciborium::de::from_reader(&mut cose).map_err(|e| protocol(format!("COSE key: {e}")))?;
+    let Value::Map(key) = key else {
+        return Err(protocol("COSE key is not a map"));
+    };
+    let by = |k: i64| {
+        key.iter()
+            .find(|(kk, _)| matches!(kk, Value::Integer(i) if i128::from(*i) == i128::from(k)))
+            .map(|(_, v)| v)
+    };
+    let is_int =
+        |v: Option<&Value>, want: i64| matches!(v, Some(Value::Integer(i)) if i128::from(*i) == i128::from(want));
+    // kty EC2 (2), alg ES256 (-7), crv P-256 (1).
+    if !is_int(by(1), 2) || !is_int(by(3), -7) || !is_int(by(-1), 1) {
+        return Err(protocol("credential key is not an ES256 P-256 key"));
+    }
+    let (Some(Value::Bytes(x)), Some(Value::Bytes(y))) = (by(-2), by(-3)) else {
+        return Err(protocol("COSE key without coordinates"));
+    };
+    if x.len() != 32 || y.len() != 32 {
+        return Err(protocol("COSE key coordinates are not 32 bytes"));
+    }
+    let mut sec1 = vec![0x04];
+    sec1.extend_from_slice(x);
+    sec1.extend_from_slice(y);
+    let public_key = p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| protocol("credential key is not on P-256"))?;
+    Ok(AttestedCredentialData {
+        aaguid,
+        credential_id,
+        public_key,
+    })
 }
 
 /// Splits a CTAP2 answer into status and CBOR, mapping a non-zero status to an error.
@@ -268,6 +425,7 @@ pub fn check_assertion(assertion: &Assertion, rp_id: &str, credential_id: &[u8])
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 
@@ -376,6 +534,14 @@ mod tests {
             if let Ok(a) = parse_get_assertion(&ok) {
                 let _ = check_assertion(&a, DEFAULT_RP_ID, &[]);
             }
+            let _ = parse_make_credential(&ok);
+            let _ = parse_attested_credential(&bytes);
+            // Attested credential data with the AT flag set and arbitrary bytes after it.
+            let mut auth = vec![0u8; 32];
+            auth.push(FLAG_AT | FLAG_UP);
+            auth.extend_from_slice(&[0, 0, 0, 1]);
+            auth.extend_from_slice(&bytes);
+            let _ = parse_attested_credential(&auth);
         }
     }
 }

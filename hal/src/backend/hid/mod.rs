@@ -24,6 +24,7 @@
 
 pub mod ctap2;
 pub mod ctaphid;
+pub mod fido_attestation;
 pub mod otp;
 pub mod provisioning;
 pub mod transport;
@@ -334,6 +335,20 @@ impl HidProvider {
     pub fn devices(&self) -> Result<Vec<HidKeyDevice>> {
         Ok(group_devices(&self.transport.enumerate()?, &self.config.dongles))
     }
+
+    /// Opens one key as a [`HidKey`] (for enrollment, which the trait does not cover).
+    pub fn open_hid(&self, id: &KeyId) -> Result<HidKey> {
+        let device = self
+            .devices()?
+            .into_iter()
+            .find(|d| KeyId::new(BackendKind::Hid, &d.primary.path) == *id)
+            .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("no HID key {id}")))?;
+        Ok(HidKey::new(
+            Arc::clone(&self.transport),
+            Arc::clone(&self.config),
+            device,
+        ))
+    }
 }
 
 impl KeyProvider for HidProvider {
@@ -346,16 +361,7 @@ impl KeyProvider for HidProvider {
     }
 
     fn open(&self, id: &KeyId) -> Result<Box<dyn HardwareKey>> {
-        let device = self
-            .devices()?
-            .into_iter()
-            .find(|d| KeyId::new(BackendKind::Hid, &d.primary.path) == *id)
-            .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("no HID key {id}")))?;
-        Ok(Box::new(HidKey::new(
-            Arc::clone(&self.transport),
-            Arc::clone(&self.config),
-            device,
-        )))
+        Ok(Box::new(self.open_hid(id)?))
     }
 
     fn watch(&self) -> Result<Box<dyn HotplugSource>> {
@@ -460,6 +466,30 @@ impl HidKey {
             let mut channel = ctaphid::CtapHidChannel::open(conn, timing, nonce)?;
             op(&mut channel)
         })
+    }
+}
+
+impl HidKey {
+    /// Enrolls a new FIDO credential for keyfloat's relying party and verifies its `packed`
+    /// attestation against `roots`. **The key waits for a touch** (every real key does for
+    /// makeCredential): a person must be there. Key errors (no touch in time: `Timeout`) are
+    /// [`Error`]s; a refused attestation is `InvalidData` whose message starts with its
+    /// stable code (`attestation_untrusted: …`).
+    pub fn enroll_attested(
+        &mut self,
+        roots: &crate::trust::AttestationRoots,
+        now: std::time::SystemTime,
+    ) -> Result<fido_attestation::EnrolledCredential> {
+        let mut client_data_hash = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut client_data_hash);
+        let mut user_id = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut user_id);
+        let rp_id = self.config.rp_id.clone();
+        let request = ctap2::make_credential_request(&rp_id, &client_data_hash, &user_id)?;
+        let response = self.fido_channel(|ch| ch.cbor(&request))?;
+        let made = ctap2::parse_make_credential(&response)?;
+        fido_attestation::verify_packed(&made, &rp_id, &client_data_hash, roots, now)
+            .map_err(|e| Error::new(ErrorKind::InvalidData, format!("{}: {e}", e.code())))
     }
 }
 

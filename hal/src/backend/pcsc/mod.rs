@@ -20,8 +20,8 @@ use pcsc::{Context, Disposition, Protocols, Scope, ShareMode};
 use crate::error::{Error, ErrorKind, Result};
 use crate::holders::candidate_holders;
 use crate::key::{
-    BackendKind, Firmware, HardwareKey, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof, ProofCapability, Serial,
-    SignatureScheme,
+    BackendKind, Firmware, HardwareKey, HotplugSource, KeyAttestation, KeyId, KeyInfo, KeyProvider, Proof,
+    ProofCapability, Serial, SignatureScheme,
 };
 use crate::piv::{self, session, ApduTransport};
 
@@ -335,6 +335,10 @@ impl HardwareKey for PcscKey {
             signed_prefix: Vec::new(),
             signature,
         })
+    }
+
+    fn attest(&mut self) -> Result<KeyAttestation> {
+        self.op(|t| session::read_attestation(t, PROOF_SLOT))
     }
 }
 

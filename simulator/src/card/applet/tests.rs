@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use keyfloat_hal::piv::session::{self, ApduTransport};
 use keyfloat_hal::{ErrorKind, Result as HalResult};
 use p256::ecdsa::signature::Verifier;
@@ -166,4 +168,123 @@ proptest! {
         prop_assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
         prop_assert_eq!(r[0], 0x7C);
     }
+}
+
+/// The host side of the management-key mutual authentication, with `key`.
+fn mgmt_auth(c: &mut VirtualCard, key: &ManagementKey) -> Vec<u8> {
+    let alg = key.algorithm();
+    let r = c.process(&[0x00, 0x87, alg, 0x9B, 0x04, 0x7C, 0x02, 0x80, 0x00]);
+    assert_eq!(&r[r.len() - 2..], [0x90, 0x00], "witness request");
+    let n = key.block_len();
+    let encrypted = &r[4..4 + n];
+    // The host knows the key: it decrypts the witness, as yubico-piv-tool and ykman do.
+    let witness = decrypt(key, encrypted);
+    let mut inner = tlv(0x80, &witness);
+    inner.extend_from_slice(&tlv(0x81, &vec![0x55; n]));
+    let body = tlv(0x7C, &inner);
+    let mut cmd = vec![0x00, 0x87, alg, 0x9B, body.len() as u8];
+    cmd.extend_from_slice(&body);
+    c.process(&cmd)
+}
+
+fn decrypt(key: &ManagementKey, block: &[u8]) -> Vec<u8> {
+    use aes::{Aes128, Aes192, Aes256};
+    use des::cipher::{Block, BlockDecrypt, KeyInit};
+    use des::TdesEde3;
+    #[allow(deprecated)] // generic-array 0.14 under cipher 0.4; see mgmt.rs
+    fn run<C: BlockDecrypt + KeyInit>(k: &[u8], b: &[u8]) -> Vec<u8> {
+        let c = C::new_from_slice(k).unwrap();
+        let mut blk = Block::<C>::clone_from_slice(b);
+        c.decrypt_block(&mut blk);
+        blk.to_vec()
+    }
+    let k = &MGMT_DEFAULT_KEY[..];
+    match key.algorithm() {
+        0x03 => run::<TdesEde3>(k, block),
+        0x0A => run::<Aes192>(k, block),
+        0x08 => run::<Aes128>(&k[..16], block),
+        _ => run::<Aes256>(k, block),
+    }
+}
+
+use super::super::mgmt::MGMT_DEFAULT_KEY;
+
+fn attested_card() -> VirtualCard {
+    let ca = keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa::from_seed(1).unwrap();
+    card(false).with_attester(ca.issue_device(12345678).unwrap())
+}
+
+#[test]
+fn generate_put_data_and_import_need_the_management_key() {
+    for fw in [Firmware::new(5, 4, 3), Firmware::new(5, 7, 1)] {
+        let mut spec = SimKeySpec::from_seed("card", 12345678, 7);
+        spec.firmware = fw;
+        let mut c = VirtualCard::new(&spec);
+        c.process(&h("00A4040005A000000308"));
+        let generate = h("0047009E 05 AC03 800111");
+        let put = h("00DB3FFF 0C 5C035FC101 5305 7003300100");
+        let import = h("00FE119E 22 0620").into_iter().chain([7u8; 32]).collect::<Vec<_>>();
+        for cmd in [&generate, &put, &import] {
+            assert_eq!(c.process(cmd), h("6982"), "without authentication");
+        }
+        // A wrong answer to the witness: refused, and not authenticated afterwards.
+        let key = ManagementKey::default_for(fw);
+        let alg = key.algorithm();
+        let n = key.block_len();
+        c.process(&[0x00, 0x87, alg, 0x9B, 0x04, 0x7C, 0x02, 0x80, 0x00]);
+        let mut inner = tlv(0x80, &vec![0u8; n]);
+        inner.extend_from_slice(&tlv(0x81, &vec![1u8; n]));
+        let body = tlv(0x7C, &inner);
+        let mut cmd = vec![0x00, 0x87, alg, 0x9B, body.len() as u8];
+        cmd.extend_from_slice(&body);
+        assert_eq!(c.process(&cmd), h("6982"));
+        assert_eq!(c.process(&generate), h("6982"));
+        // Replaying the second step without a fresh witness is refused too.
+        assert_eq!(c.process(&cmd), h("6982"));
+        // The right key: the card answers the challenge encrypted, and GENERATE works.
+        let r = mgmt_auth(&mut c, &key);
+        assert_eq!(r[..4], [0x7C, (n + 2) as u8, 0x82, n as u8], "fw {fw}");
+        assert_eq!(&r[4..4 + n], key.encrypt(&vec![0x55; n]).as_slice());
+        let out = c.process(&generate);
+        assert_eq!(out[..5], h("7F49 43 8641"), "fw {fw}");
+        // Authentication does not survive a reset.
+        c.reset();
+        c.process(&h("00A4040005A000000308"));
+        assert_eq!(c.process(&generate), h("6982"));
+    }
+}
+
+#[test]
+fn attest_only_generated_keys_and_serve_the_f9_certificate() {
+    let mut c = attested_card();
+    c.process(&h("00A4040005A000000308"));
+    // The spec's key counts as imported: no attestation.
+    assert_eq!(c.process(&h("00F99E0000")), h("6A80"));
+    assert_eq!(c.process(&h("00F99A0000")), h("6A88"));
+    let f9 = c.process(&h("00CB3FFF 05 5C035FFF01 00"));
+    assert_eq!(&f9[..2], &[0x53, 0x82], "F9 object");
+    let key = ManagementKey::default_for(Firmware::new(5, 4, 3));
+    mgmt_auth(&mut c, &key);
+    let out = c.process(&h("0047009E 0B AC09 800111 AA0101 AB0101"));
+    assert_eq!(&out[out.len() - 2..], [0x90, 0x00]);
+    assert!(c.key_generated());
+    // Now it attests, with response chaining for short APDUs.
+    let mut t = Direct(&mut c);
+    let a = session::read_attestation(&mut t, 0x9E).unwrap();
+    let roots = keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa::from_seed(1)
+        .unwrap()
+        .roots()
+        .unwrap();
+    let facts = keyfloat_hal::trust::attestation::verify_attestation(&roots, &a, std::time::SystemTime::now()).unwrap();
+    assert_eq!(facts.serial, Some(12345678));
+    assert_eq!(facts.spki_der, c.public_key_der());
+    // Importing a key over it makes it unattestable again.
+    mgmt_auth(&mut c, &key);
+    let import = h("00FE119E 22 0620").into_iter().chain([7u8; 32]).collect::<Vec<_>>();
+    assert_eq!(c.process(&import), h("9000"));
+    assert!(!c.key_generated());
+    assert_eq!(c.process(&h("00F99E0000")), h("6A80"));
+    // Policies a card does not know are refused.
+    mgmt_auth(&mut c, &key);
+    assert_eq!(c.process(&h("0047009E 08 AC06 800111 AA0109")), h("6A80"));
 }

@@ -1,0 +1,500 @@
+//! PIV attestation end to end on a real pcscd: the README's provisioning recipe run
+//! literally with the real `yubico-piv-tool` against the virtual YubiKey (generate in 9E,
+//! attest, read F9, `keyfloat vendor sign-key-cert --attestation …`, import, `keyfloat keys`),
+//! `openssl verify` of the chain, and the attacks the attestation must stop.
+//!
+//! Each test starts its own private pcscd; they FAIL when pcscd / vpcd / the tools are
+//! missing, unless `KEYFLOAT_QUICK_LOCAL=1`.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
+use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+
+const KEYFLOAT: &str = env!("CARGO_BIN_EXE_keyfloat");
+
+fn require_tools(tools: &[&str]) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("KEYFLOAT_QUICK_LOCAL").as_deref() == Ok("1"),
+        "missing {missing:?}: install yubico-piv-tool and openssl (./scripts/dev.sh install)"
+    );
+    eprintln!("SKIPPED (KEYFLOAT_QUICK_LOCAL=1): missing {missing:?}");
+    false
+}
+
+struct Rig {
+    pcscd: PrivatePcscd,
+    card: CardServer,
+    dir: PathBuf,
+}
+
+/// A private pcscd and a card built by `make` (given the rig's test attestation CA).
+fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Option<Rig> {
+    if !require_tools(&["yubico-piv-tool", "openssl"]) || !require_pcscd().expect("pcscd is required") {
+        return None;
+    }
+    let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
+    let ca = SimAttestationCa::generate().expect("test attestation CA");
+    let card = CardServer::connect(pcscd.vpcd_addr(0), make(&ca)).expect("card");
+    let dir = std::env::temp_dir().join(format!("keyfloat-attest-{}-{port_hint}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("root.pem"), ca.root_pem()).expect("write root");
+    Some(Rig { pcscd, card, dir })
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.card.remove();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Rig {
+    fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(program);
+        c.env(CSOCK_ENV, self.pcscd.socket()).args(args).current_dir(&self.dir);
+        c
+    }
+
+    /// Runs a command once.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.cmd(program, args).output().expect("command runs")
+    }
+
+    /// Runs `yubico-piv-tool` until it succeeds (the card appears at pcscd's next poll), at
+    /// most 10 s.
+    fn piv_tool(&self, args: &[&str]) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.run("yubico-piv-tool", args);
+            if out.status.success() {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "yubico-piv-tool {args:?} failed: {}\npcscd log: {}",
+                text(&out),
+                self.pcscd.log_path().display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn vendor_keygen(&self) {
+        let out = self.run(
+            KEYFLOAT,
+            &[
+                "vendor",
+                "keygen",
+                "--out",
+                "vendor.pem",
+                "--public-out",
+                "vendor.pub.pem",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    /// `keyfloat vendor sign-key-cert --attestation …` with the rig's files.
+    fn sign_attested(&self, serial: u32, root: &str) -> Output {
+        let serial = serial.to_string();
+        self.run(
+            KEYFLOAT,
+            &[
+                "vendor",
+                "sign-key-cert",
+                "--vendor-key",
+                "vendor.pem",
+                "--serial",
+                &serial,
+                "--public-key",
+                "pub.pem",
+                "--attestation",
+                "attest.pem",
+                "--attestation-intermediate",
+                "f9.pem",
+                "--attestation-root",
+                root,
+                "--out",
+                "cert.pem",
+            ],
+        )
+    }
+
+    /// `keyfloat keys --json` on this pcscd with the vendor key and the test root.
+    fn keys(&self, expect_serial: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.run(
+                KEYFLOAT,
+                &[
+                    "keys",
+                    "--json",
+                    "--key-backend",
+                    "pcsc",
+                    "--vendor-public-key",
+                    "vendor.pub.pem",
+                    "--attestation-root",
+                    "root.pem",
+                ],
+            );
+            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(expect_serial) {
+                return serde_json::from_slice(&out.stdout).expect("keys --json is JSON");
+            }
+            assert!(Instant::now() < deadline, "keyfloat keys: {}", text(&out));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// An unprovisioned card (key imported, no certificate) with a YubiKey's F9 attester.
+fn fresh_card(ca: &SimAttestationCa, serial: u32) -> VirtualCard {
+    let spec = SimKeySpec::generate("card", serial);
+    VirtualCard::new(&spec).with_attester(ca.issue_device(serial).expect("F9"))
+}
+
+fn generate_attest_read_f9(rig: &Rig) {
+    rig.piv_tool(&[
+        "-a",
+        "generate",
+        "-s",
+        "9e",
+        "-A",
+        "ECCP256",
+        "--pin-policy=never",
+        "--touch-policy=never",
+        "-o",
+        "pub.pem",
+    ]);
+    rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
+    rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
+}
+
+#[test]
+fn readme_recipe_runs_literally_and_the_key_proves_attested() {
+    const SERIAL: u32 = 13572468;
+    let Some(rig) = rig(0xA640, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
+    rig.vendor_keygen();
+    generate_attest_read_f9(&rig);
+    assert!(rig.card.with_card(|c| c.key_generated()));
+
+    // openssl accepts the chain with the test root and the F9 intermediate.
+    let verify = rig.run(
+        "openssl",
+        &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"));
+
+    let signed = rig.sign_attested(SERIAL, "root.pem");
+    assert!(signed.status.success(), "{}", text(&signed));
+    let out = String::from_utf8_lossy(&signed.stdout);
+    assert!(out.contains("attestation verified: serial 13572468"), "{out}");
+    assert!(out.contains("attested certificate"), "{out}");
+
+    rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
+    let status = rig.piv_tool(&["-a", "status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("CN=keyfloat key 13572468"),
+        "{}",
+        text(&status)
+    );
+
+    let rows = rig.keys("13572468");
+    assert_eq!(rows[0]["proof"], "verified", "{rows}");
+    assert_eq!(rows[0]["attested"], true, "{rows}");
+    assert_eq!(rows[0]["serial"], "13572468", "{rows}");
+}
+
+#[test]
+fn vendor_refuses_unknown_root_other_serial_and_other_key() {
+    const SERIAL: u32 = 24681357;
+    let Some(rig) = rig(0xA660, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
+    rig.vendor_keygen();
+    generate_attest_read_f9(&rig);
+    let refused = |out: &Output, code: &str| {
+        assert!(!out.status.success(), "{}", text(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("refused ({code})")), "{code}: {}", text(out));
+        assert!(!rig.dir.join("cert.pem").exists(), "a certificate was written");
+    };
+
+    // An attestation signed by an unknown root (a CA of the same name, another key).
+    std::fs::write(
+        rig.dir.join("other-root.pem"),
+        SimAttestationCa::generate().unwrap().root_pem(),
+    )
+    .unwrap();
+    refused(&rig.sign_attested(SERIAL, "other-root.pem"), "attestation_untrusted");
+    // The attestation names another serial than the one to certify.
+    refused(
+        &rig.sign_attested(SERIAL + 1, "root.pem"),
+        "attestation_serial_mismatch",
+    );
+    // A different public key: the key was re-generated after the attestation was taken.
+    rig.piv_tool(&["-a", "generate", "-s", "9e", "-A", "ECCP256", "-o", "pub.pem"]);
+    refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_key_mismatch");
+    // A PIN policy an unattended server cannot satisfy.
+    rig.piv_tool(&[
+        "-a",
+        "generate",
+        "-s",
+        "9e",
+        "-A",
+        "ECCP256",
+        "--pin-policy=always",
+        "-o",
+        "pub.pem",
+    ]);
+    rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
+    refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_pin_policy");
+    // Garbage in place of the attestation: a clear refusal, no panic.
+    std::fs::write(rig.dir.join("attest.pem"), "not a certificate").unwrap();
+    let out = rig.sign_attested(SERIAL, "root.pem");
+    assert!(!out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
+    const SERIAL: u32 = 11223344;
+    let Some(rig) = rig(0xA680, |ca| fresh_card(ca, SERIAL)) else {
+        return;
+    };
+    rig.vendor_keygen();
+    // The attacker's software key, imported into the card.
+    let soft = p256::SecretKey::random(&mut rand_core::OsRng);
+    std::fs::write(
+        rig.dir.join("soft.pem"),
+        soft.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
+    )
+    .unwrap();
+    rig.piv_tool(&["-a", "import-key", "-s", "9e", "-i", "soft.pem", "--pin-policy=never"]);
+    assert!(!rig.card.with_card(|c| c.key_generated()));
+    let attest = rig.run("yubico-piv-tool", &["-a", "attest", "-s", "9e"]);
+    assert!(
+        !attest.status.success(),
+        "an imported key was attested: {}",
+        text(&attest)
+    );
+
+    // A vendor certifying it anyway (the old flow, no attestation): the server refuses it.
+    use p256::pkcs8::EncodePublicKey;
+    std::fs::write(
+        rig.dir.join("pub.pem"),
+        soft.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+    )
+    .unwrap();
+    let serial = SERIAL.to_string();
+    let out = rig.run(
+        KEYFLOAT,
+        &[
+            "vendor",
+            "sign-key-cert",
+            "--vendor-key",
+            "vendor.pem",
+            "--serial",
+            &serial,
+            "--public-key",
+            "pub.pem",
+            "--out",
+            "cert.pem",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
+    let rows = rig.keys("11223344");
+    assert_eq!(rows[0]["proof"], "invalid", "{rows}");
+    assert_eq!(rows[0]["reason"], "not_attested", "{rows}");
+    assert_eq!(rows[0]["attested"], false, "{rows}");
+}
+
+#[test]
+fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
+    // Card A is a genuine, attested key; card B is a programmable card with its own
+    // (software) key, certified for B's serial, replaying A's captured attestation.
+    let vendor = VendorSigningKey::generate();
+    let Some(rig) = rig(0xA6A0, |ca| {
+        let a = SimKeySpec::generate("a", 55550001)
+            .with_attestation(Some(SimAttestation::Device(ca.issue_device(55550001).unwrap())));
+        let captured = a.attestation().expect("A attests");
+        let b = SimKeySpec::generate("b", 55550002).with_attestation(Some(SimAttestation::Replay(captured)));
+        VirtualCard::new(&provision_sim_key(b, &vendor))
+    }) else {
+        return;
+    };
+    std::fs::write(rig.dir.join("vendor.pub.pem"), vendor.public_key().to_pem()).unwrap();
+    // The replayed attestation itself is genuine: openssl accepts its chain …
+    rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
+    rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
+    let verify = rig.run(
+        "openssl",
+        &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
+    );
+    assert!(verify.status.success(), "{}", text(&verify));
+    // … but it is for another serial and another key, so the server refuses card B.
+    let rows = rig.keys("55550002");
+    assert_eq!(rows[0]["proof"], "invalid", "{rows}");
+    assert_eq!(rows[0]["reason"], "not_attested", "{rows}");
+    // The same card passes without the attestation requirement: the refusal is the attestation's.
+    let out = rig.run(
+        KEYFLOAT,
+        &[
+            "keys",
+            "--json",
+            "--key-backend",
+            "pcsc",
+            "--vendor-public-key",
+            "vendor.pub.pem",
+        ],
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(rows[0]["proof"], "verified", "{rows}");
+    assert_eq!(rows[0]["attested"], false, "{rows}");
+}
+
+/// `keyfloat simulate card --unprovisioned --attestation-root-out root.pem` (the README's
+/// way to try the recipe) in a child process; `yubico-piv-tool` generates the key, then
+/// `ykman piv keys attest 9e -` and `ykman piv certificates export f9` read what `openssl
+/// verify` accepts with the test root. ykman is `KEYFLOAT_YKMAN`, else the one beside
+/// `KEYFLOAT_PYTHON` (`./scripts/dev.sh` installs yubikey-manager into that venv), else
+/// `ykman` on PATH.
+#[test]
+fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
+    use std::io::{BufRead, BufReader, Write};
+    let beside_python = std::env::var_os("KEYFLOAT_PYTHON")
+        .map(|p| Path::new(&p).with_file_name("ykman"))
+        .filter(|p| p.is_file())
+        .and_then(|p| p.to_str().map(str::to_string));
+    let ykman = std::env::var("KEYFLOAT_YKMAN")
+        .ok()
+        .or(beside_python)
+        .unwrap_or_else(|| "ykman".into());
+    let found = Path::new(&ykman).is_file()
+        || std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(&ykman).is_file());
+    if !found {
+        assert!(
+            std::env::var("KEYFLOAT_QUICK_LOCAL").as_deref() == Ok("1"),
+            "ykman missing: ./scripts/dev.sh install puts yubikey-manager in target/venv"
+        );
+        eprintln!("SKIPPED (KEYFLOAT_QUICK_LOCAL=1): ykman missing");
+        return;
+    }
+    if !require_tools(&["yubico-piv-tool", "openssl"]) || !require_pcscd().expect("pcscd is required") {
+        return;
+    }
+    let pcscd = PrivatePcscd::start(0xA6C0).expect("private pcscd");
+    let dir = std::env::temp_dir().join(format!("keyfloat-attest-ykman-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let vpcd = pcscd.vpcd_addr(0).to_string();
+    let mut card = Command::new(KEYFLOAT)
+        .args([
+            "simulate",
+            "card",
+            "--serial",
+            "36925814",
+            "--vpcd",
+            &vpcd,
+            "--unprovisioned",
+            "--attestation-root-out",
+            "root.pem",
+        ])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("keyfloat simulate card");
+    let mut stdin = card.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(card.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("banner").expect("banner");
+    assert!(first.contains("serial 36925814"), "{first}");
+
+    let run = |program: &str, args: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new(program)
+                .args(args)
+                .env(CSOCK_ENV, pcscd.socket())
+                .env("YKMAN_NO_EXLUSIVE", "1")
+                .current_dir(&dir)
+                .output()
+                .expect("tool runs");
+            if out.status.success() {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{program} {args:?}: {}", text(&out));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    run(
+        "yubico-piv-tool",
+        &[
+            "-a",
+            "generate",
+            "-s",
+            "9e",
+            "-A",
+            "ECCP256",
+            "--pin-policy=never",
+            "--touch-policy=never",
+            "-o",
+            "pub.pem",
+        ],
+    );
+    let reader = pcscd.reader(0);
+    let attest = run(&ykman, &["--reader", &reader, "piv", "keys", "attest", "9e", "-"]);
+    assert!(String::from_utf8_lossy(&attest.stdout).starts_with("-----BEGIN CERTIFICATE-----"));
+    std::fs::write(dir.join("attest.pem"), &attest.stdout).expect("write");
+    run(
+        &ykman,
+        &["--reader", &reader, "piv", "certificates", "export", "f9", "f9.pem"],
+    );
+    let verify = run(
+        "openssl",
+        &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
+    );
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"),
+        "{}",
+        text(&verify)
+    );
+    // The attested key is the one generate printed.
+    let pubkey = |args: &[&str]| run("openssl", args).stdout;
+    assert_eq!(
+        pubkey(&["x509", "-in", "attest.pem", "-noout", "-pubkey"]),
+        std::fs::read(dir.join("pub.pem")).expect("pub.pem")
+    );
+
+    writeln!(stdin, "quit").expect("stdin");
+    assert!(card.wait().expect("exit").success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
