@@ -29,7 +29,7 @@ use crate::error::ApiResult;
 use crate::model::AuditEvent;
 use crate::service;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact};
 
 /// The stable error code of an error response, left in the response extensions by
 /// [`crate::ApiError`] so the counting layer need not parse bodies.
@@ -377,10 +377,13 @@ impl LicenseUsage {
 /// counts, never user names or keys.
 pub async fn metrics_show(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
     let now = now_micros();
-    let licenses = transact(st.store(), move |tx| {
+    let entries = st.catalog().entries().to_vec();
+    let licenses = read(st.store(), move |tx| {
         let mut out = Vec::new();
-        for l in tx.licenses()? {
-            let (seats, _features) = service::usage(tx, &l, now)?;
+        for e in &entries {
+            let Some((l, seats, _features)) = service::usage(tx, &e.license, now)? else {
+                continue;
+            };
             out.push(LicenseUsage {
                 id: l.id,
                 product: l.terms.product.clone(),

@@ -3,22 +3,24 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, State};
 use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyfloat_hal::Serial;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::{hash_password, Caller};
-use crate::clock::{self, format_micros, format_opt, now_micros};
+use crate::clock::{self, format_micros, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::license_file::{self, LicenseDoc};
 use crate::model::{
-    self, AuditEvent, Auth, ConsumptionTerms, FeatureKind, FeatureTerms, License, LicenseSource, LicenseTerms,
+    AuditEvent, Auth, ConsumptionTerms, FeatureKind, FeatureTerms, License, LicenseObject, LicenseSource, LicenseTerms,
 };
 use crate::params::Params;
 use crate::routes::Admin;
 use crate::service;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact, RegCursor};
 
 /// Defaults for `addProduct` terms the admin leaves out (the real server would get them
 /// from the vendor cloud; here they are explicit and documented).
@@ -226,7 +228,7 @@ async fn add_license(
         };
         let license = License {
             id,
-            terms,
+            terms: std::sync::Arc::new(terms),
             activation_hardware_id: hw,
             source,
             added_at: now_micros(),
@@ -353,63 +355,165 @@ pub async fn licenses_upload(
 }
 
 /// `GET /api/v4/license`: licenses (optionally `?product=`, `?license_id=`) with usage.
-pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
+/// Terms come from the catalog; totals and seats from one read snapshot.
+pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
     let product = p.str_opt(&["product"])?;
     let license_id = p.u64_opt(&["license_id"])?;
     let now = now_micros();
-    let list = transact(st.store(), move |tx| {
-        let mut out = Vec::new();
-        for l in tx.licenses()? {
-            if product.as_ref().is_some_and(|p| *p != l.terms.product) || license_id.is_some_and(|id| id != l.id) {
-                continue;
-            }
-            let (seats, features) = service::usage(tx, &l, now)?;
-            out.push((l, seats, features));
+    let entries: Vec<_> = st
+        .catalog()
+        .entries()
+        .iter()
+        .filter(|e| product.as_ref().map_or(true, |p| *p == e.product) && license_id.map_or(true, |id| id == e.id))
+        .cloned()
+        .collect();
+    let list = read(st.store(), move |tx| {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            out.extend(service::usage(tx, &e.license, now)?);
         }
         Ok(out)
     })
     .await?;
-    // Rendered here, not on the store's writer thread.
-    Ok(Json(Value::Array(
-        list.iter()
-            .map(|(l, seats, features)| model::license_list_entry(l, *seats, features))
-            .collect(),
-    )))
+    // Rendered here, not on a store thread.
+    let body: Vec<LicenseObject<'_>> = list
+        .iter()
+        .map(|(l, seats, features)| LicenseObject::new(l, *seats, features).list_entry(l))
+        .collect();
+    Ok(Json(body).into_response())
 }
 
-/// `GET /api/v4/registrations`: live seats and feature slots (optionally `?license_id=`).
-pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
+/// Most entries of one `/registrations` page (and the default).
+pub const PAGE_MAX: u32 = 1000;
+
+/// Where the next `/registrations` page starts (opaque to clients: base64url of JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PageCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seat: Option<(u64, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slot: Option<(u64, String, String)>,
+    #[serde(default)]
+    seats_done: bool,
+    #[serde(default)]
+    slots_done: bool,
+}
+
+impl PageCursor {
+    fn decode(s: &str) -> ApiResult<Self> {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this server"))
+    }
+
+    fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SeatRow<'a> {
+    license_id: u64,
+    user: &'a str,
+    registered_at: String,
+    expires_at: String,
+    borrowed_until: Option<String>,
+    os_hostname: Option<&'a str>,
+    ip_local: Option<&'a str>,
+    user_info: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotRow<'a> {
+    license_id: u64,
+    feature: &'a str,
+    user: &'a str,
+    registered_at: String,
+    expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RegistrationsPage<'a> {
+    registrations: Vec<SeatRow<'a>>,
+    feature_registrations: Vec<SlotRow<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v4/registrations`: live seats and feature slots (optionally `?license_id=`),
+/// a page at a time: `?limit=` (≤ 1000, the default) and `?cursor=` (the previous page's
+/// `next_cursor`; `null` there = nothing more). Keyset pages in (license, user) order, so
+/// a listing of any size costs one page of memory.
+pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
     let license_id = p.u64_opt(&["license_id"])?;
+    let limit = p.u32_opt(&["limit"])?.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
+    let cursor = match p.str_opt(&["cursor"])?.filter(|c| !c.is_empty()) {
+        Some(c) => PageCursor::decode(&c)?,
+        None => PageCursor::default(),
+    };
     let now = now_micros();
-    let (regs, fregs) = transact(st.store(), move |tx| {
-        Ok((
-            tx.registrations(license_id)?,
-            tx.feature_registrations(license_id, None)?,
-        ))
+    let (regs, fregs, next) = read(st.store(), move |tx| {
+        let seat_after = cursor.seat.as_ref().map(|(l, u)| RegCursor {
+            license_id: *l,
+            feature: String::new(),
+            user: u.clone(),
+        });
+        let slot_after = cursor.slot.as_ref().map(|(l, f, u)| RegCursor {
+            license_id: *l,
+            feature: f.clone(),
+            user: u.clone(),
+        });
+        let regs = if cursor.seats_done {
+            Vec::new()
+        } else {
+            tx.registrations_page(license_id, seat_after.as_ref(), limit)?
+        };
+        let fregs = if cursor.slots_done {
+            Vec::new()
+        } else {
+            tx.feature_registrations_page(license_id, None, slot_after.as_ref(), limit)?
+        };
+        let next = PageCursor {
+            seats_done: regs.len() < limit as usize,
+            slots_done: fregs.len() < limit as usize,
+            seat: regs.last().map(|r| (r.license_id, r.user.clone())),
+            slot: fregs.last().map(|r| (r.license_id, r.feature.clone(), r.user.clone())),
+        };
+        Ok((regs, fregs, next))
     })
     .await?;
-    let seats: Vec<Value> = regs
-        .iter()
-        .filter(|r| r.is_active(now))
-        .map(|r| {
-            json!({
-                "license_id": r.license_id, "user": r.user, "registered_at": format_micros(r.registered_at),
-                "expires_at": format_micros(r.expires_at), "borrowed_until": format_opt(r.borrowed_until),
-                "os_hostname": r.os_hostname, "ip_local": r.ip_local, "user_info": r.user_info,
+    let page = RegistrationsPage {
+        registrations: regs
+            .iter()
+            .filter(|r| r.is_active(now))
+            .map(|r| SeatRow {
+                license_id: r.license_id,
+                user: &r.user,
+                registered_at: format_micros(r.registered_at),
+                expires_at: format_micros(r.expires_at),
+                borrowed_until: r.borrowed_until.map(format_micros),
+                os_hostname: r.os_hostname.as_deref(),
+                ip_local: r.ip_local.as_deref(),
+                user_info: r.user_info.as_deref(),
             })
-        })
-        .collect();
-    let slots: Vec<Value> = fregs
-        .iter()
-        .filter(|r| r.expires_at > now)
-        .map(|r| {
-            json!({
-                "license_id": r.license_id, "feature": r.feature, "user": r.user,
-                "registered_at": format_micros(r.registered_at), "expires_at": format_micros(r.expires_at),
+            .collect(),
+        feature_registrations: fregs
+            .iter()
+            .filter(|r| r.expires_at > now)
+            .map(|r| SlotRow {
+                license_id: r.license_id,
+                feature: &r.feature,
+                user: &r.user,
+                registered_at: format_micros(r.registered_at),
+                expires_at: format_micros(r.expires_at),
             })
-        })
-        .collect();
-    Ok(Json(json!({ "registrations": seats, "feature_registrations": slots })))
+            .collect(),
+        next_cursor: (!(next.seats_done && next.slots_done)).then(|| next.encode()),
+    };
+    Ok(Json(page).into_response())
 }
 
 /// `POST /api/v4/registrations/release` (admin): force-release one user's seat (and its
@@ -450,10 +554,24 @@ pub async fn registrations_release(
     Ok(Json(json!({ "status": "ok", "released": released, "license_id": id })))
 }
 
-/// `GET /api/v4/audit` (admin): newest first; `?limit=` (≤ 1000), `?before=<id>`.
-pub async fn audit_list(State(st): State<AppState>, _a: Admin, p: Params) -> ApiResult<Json<Value>> {
+/// `GET /api/v4/audit` (admin): newest first; `?limit=` (≤ 1000), `?cursor=<id>` (alias
+/// `?before=`): only events older than that id. A full page names the next cursor in the
+/// `X-Next-Cursor` header (the body stays the array of events).
+pub async fn audit_list(State(st): State<AppState>, _a: Admin, p: Params) -> ApiResult<Response> {
     let limit = p.u32_opt(&["limit"])?.unwrap_or(100).clamp(1, 1000);
-    let before = p.i64_opt(&["before"])?;
-    let events = transact(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
-    Ok(Json(Value::Array(events.iter().map(AuditEvent::to_json).collect())))
+    let before = p.i64_opt(&["cursor", "before"])?;
+    let events = read(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
+    let next = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let mut res = Json(Value::Array(events.iter().map(AuditEvent::to_json).collect())).into_response();
+    if let Some(next) = next {
+        if let Ok(v) = header::HeaderValue::from_str(&next.to_string()) {
+            res.headers_mut().insert(NEXT_CURSOR, v);
+        }
+    }
+    Ok(res)
 }
+
+/// The header naming the next page of the audit log.
+pub const NEXT_CURSOR: &str = "x-next-cursor";

@@ -9,10 +9,11 @@ use serde_json::Value;
 use crate::auth::Caller;
 use crate::clock::{self, now_micros};
 use crate::error::{ApiError, ApiResult};
+use crate::model::ConsumptionAnswer;
 use crate::params::Params;
 use crate::service::{self, ClientInfo, OverageRequest};
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact};
 
 /// Key-gate action names, as the refusal message shows them.
 pub mod action {
@@ -55,17 +56,31 @@ fn text(body: &'static str) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
-/// `POST /api/v4/register`.
-pub async fn licenses_register(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
+/// `POST /api/v4/register`. A heartbeat that only extends a live seat is answered from
+/// the read path; anything that must change goes to the writer, which decides again.
+pub async fn licenses_register(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
     let (product, license_id) = target(&p)?;
     let who = client_info(&p, USER)?;
-    let id = st.gate(&product, license_id, action::REGISTER)?;
+    let entry = st.gate_entry(&product, license_id, action::REGISTER)?;
     let now = now_micros();
-    Ok(Json(
-        transact(st.store(), move |tx| service::register(tx, id, &who, now))
-            .await?
-            .to_json(),
-    ))
+    let (who, fast) = read(st.store(), move |tx| {
+        let r = service::register_read(tx, &entry.license, &who, now)?;
+        Ok((who, r))
+    })
+    .await?;
+    let registered = match fast {
+        Some(r) => r,
+        None => {
+            let id = license_id_of(&st, &product, license_id)?;
+            transact(st.store(), move |tx| service::register(tx, id, &who, now)).await?
+        }
+    };
+    Ok(Json(registered.answer()).into_response())
+}
+
+/// The gate again before a write: the key may have left while the read ran.
+fn license_id_of(st: &AppState, product: &str, license_id: Option<u64>) -> ApiResult<u64> {
+    st.gate(product, license_id, action::REGISTER)
 }
 
 /// `POST /api/v4/unregister`: idempotent, answers `user_unregistered`.
@@ -133,7 +148,7 @@ pub async fn licenses_borrow(State(st): State<AppState>, _c: Caller, p: Params) 
 }
 
 /// `POST /api/v4/add_consumption`.
-pub async fn consumptions_add(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
+pub async fn consumptions_add(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
     let (product, license_id) = target(&p)?;
     let amount = p
         .i64_opt(&["consumptions"])?
@@ -144,9 +159,8 @@ pub async fn consumptions_add(State(st): State<AppState>, _c: Caller, p: Params)
     };
     let id = st.gate(&product, license_id, action::CONSUMPTION)?;
     let now = now_micros();
-    Ok(Json(
-        transact(st.store(), move |tx| service::add_consumption(tx, id, amount, req, now)).await?,
-    ))
+    let l = transact(st.store(), move |tx| service::add_consumption(tx, id, amount, req, now)).await?;
+    Ok(Json(ConsumptionAnswer::new(&l)).into_response())
 }
 
 /// `POST /api/v4/add_feature_consumption`.
