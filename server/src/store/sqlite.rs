@@ -1165,4 +1165,279 @@ mod tests {
         assert!(e.request_id.is_some() && !e.message.contains("boom"), "{e:?}");
         assert!(transact_blocking(&s, |tx| Ok(tx.accounts()?)).is_ok());
     }
+
+    fn seat(license_id: u64, user: &str, expires_at: i64) -> Registration {
+        Registration {
+            license_id,
+            user: user.into(),
+            registered_at: 0,
+            expires_at,
+            borrowed_until: None,
+            os_hostname: None,
+            ip_local: None,
+            user_info: None,
+        }
+    }
+
+    fn with_license(s: &SqliteStore) -> u64 {
+        let license = crate::model::tests::sample();
+        let id = license.id;
+        transact_blocking(s, move |tx| Ok(tx.insert_license(&license)?)).unwrap();
+        id
+    }
+
+    /// Counting seats is a pure read: lapsed rows are skipped, not deleted (a read-only
+    /// connection could not delete them); the writer's purge deletes them.
+    #[test]
+    fn seat_count_is_a_pure_read_and_the_writer_purges() {
+        use crate::store::read_blocking;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let id = with_license(&s);
+        transact_blocking(&s, move |tx| {
+            tx.put_registration(&seat(id, "live", 1_000))?;
+            tx.put_registration(&seat(id, "lapsed", 10))?;
+            let mut borrowed = seat(id, "borrowed", 10);
+            borrowed.borrowed_until = Some(2_000);
+            Ok(tx.put_registration(&borrowed)?)
+        })
+        .unwrap();
+        let count = |now: i64| read_blocking(&s, move |tx| Ok(tx.count_active_registrations(id, now)?)).unwrap();
+        let rows = || read_blocking(&s, move |tx| Ok(tx.registrations(Some(id))?.len())).unwrap();
+        assert_eq!(count(5), 3);
+        assert_eq!(count(100), 2, "the lapsed seat is not counted");
+        assert_eq!(rows(), 3, "…and not deleted by the read");
+        assert_eq!(count(1_500), 1, "only the borrowed seat is held");
+        let purged = transact_blocking(&s, move |tx| Ok(tx.purge_expired(None, 100)?)).unwrap();
+        assert_eq!(purged, 1);
+        assert_eq!(rows(), 2);
+        assert_eq!(count(100), 2, "the trigger-kept counter followed the purge");
+        assert_eq!(
+            transact_blocking(&s, move |tx| Ok(tx.purge_expired(Some(id), 1_500)?)).unwrap(),
+            1
+        );
+        assert_eq!(count(1_500), 1);
+    }
+
+    /// A reader never observes part of a batch: 200 consumption jobs, each moving the
+    /// license total and a feature total together, are committed as one batch while
+    /// readers read both totals in a loop, including while the batch is half applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_see_a_partial_batch() {
+        use crate::store::{read, transact};
+        use std::sync::atomic::AtomicBool;
+        const JOBS: i64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let license = crate::model::tests::sample();
+        let id = license.id;
+        transact(s.as_ref(), move |tx| Ok(tx.insert_license(&license)?))
+            .await
+            .unwrap();
+        // Hold the writer so every job below lands in one batch.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let blocker = crate::store::transact(s.as_ref(), move |_| {
+            let _ = started_tx.send(());
+            let _ = hold.recv();
+            Ok(())
+        });
+        started.recv().unwrap();
+        // Half way through the batch a job waits until readers have read meanwhile.
+        let reads_mid_batch = Arc::new(AtomicU64::new(0));
+        let mid = Arc::new(AtomicBool::new(false));
+        let jobs: Vec<_> = (1..=JOBS)
+            .map(|i| {
+                let (reads_mid_batch, mid) = (Arc::clone(&reads_mid_batch), Arc::clone(&mid));
+                transact(s.as_ref(), move |tx| {
+                    tx.set_total_consumptions(id, i)?;
+                    tx.set_feature_total(id, "f", i)?;
+                    if i == JOBS / 2 {
+                        mid.store(true, Ordering::SeqCst);
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                        while reads_mid_batch.load(Ordering::SeqCst) < 50 && std::time::Instant::now() < deadline {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (s, done, mid, reads_mid_batch) = (
+                    Arc::clone(&s),
+                    Arc::clone(&done),
+                    Arc::clone(&mid),
+                    Arc::clone(&reads_mid_batch),
+                );
+                tokio::spawn(async move {
+                    let mut seen = std::collections::BTreeSet::new();
+                    loop {
+                        let finished = done.load(Ordering::SeqCst);
+                        let during = mid.load(Ordering::SeqCst);
+                        let (total, features) = read(s.as_ref(), move |tx| Ok(tx.license_totals(id, true)?.unwrap()))
+                            .await
+                            .unwrap();
+                        let feature = features.get("f").copied().unwrap_or(4);
+                        // The sample license starts at 4 consumptions and no feature total.
+                        assert!(
+                            (total, feature) == (4, 4) || (total, feature) == (JOBS, JOBS),
+                            "partial batch visible: total {total}, feature {feature}"
+                        );
+                        if during && !finished {
+                            reads_mid_batch.fetch_add(1, Ordering::SeqCst);
+                        }
+                        seen.insert(total);
+                        if finished {
+                            return seen;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        let mut seen = std::collections::BTreeSet::new();
+        for r in readers {
+            seen.extend(r.await.unwrap());
+        }
+        assert!(
+            reads_mid_batch.load(Ordering::SeqCst) >= 50,
+            "readers ran while the batch was half applied"
+        );
+        assert!(seen.contains(&4) && seen.contains(&JOBS), "{seen:?}");
+    }
+
+    /// A full queue refuses at once (no waiting, no growth), and the store serves again as
+    /// soon as it drains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_queues_refuse_with_busy_and_recover() {
+        use crate::store::{read, transact};
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            write_queue: 4,
+            read_queue: 4,
+            readers: 1,
+        };
+        let s = Arc::new(SqliteStore::open_with(dir.path(), options).unwrap());
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let blocker = transact(s.as_ref(), move |_| {
+            let _ = started_tx.send(());
+            let _ = hold.recv();
+            Ok(())
+        });
+        started.recv().unwrap();
+        let queued: Vec<_> = (0..20)
+            .map(|i| {
+                transact(s.as_ref(), move |tx| {
+                    tx.put_account(&Account {
+                        username: format!("u{i}"),
+                        password_hash: "h".into(),
+                        role: Role::User,
+                    })?;
+                    Ok(i)
+                })
+            })
+            .collect();
+        let (rrelease, rhold) = std::sync::mpsc::channel::<()>();
+        let (rstarted_tx, rstarted) = std::sync::mpsc::channel::<()>();
+        let rblocker = read(s.as_ref(), move |_| {
+            let _ = rstarted_tx.send(());
+            let _ = rhold.recv();
+            Ok(())
+        });
+        rstarted.recv().unwrap();
+        let reads: Vec<_> = (0..20)
+            .map(|_| read(s.as_ref(), |tx| Ok(tx.accounts()?.len())))
+            .collect();
+        release.send(()).unwrap();
+        rrelease.send(()).unwrap();
+        blocker.await.unwrap();
+        rblocker.await.unwrap();
+        let mut ok = Vec::new();
+        for q in queued {
+            match q.await {
+                Ok(i) => ok.push(i),
+                Err(e) => assert_eq!((e.code, e.status.as_u16()), ("server_busy", 503)),
+            }
+        }
+        assert_eq!(ok, vec![0, 1, 2, 3], "exactly the queue's capacity was accepted");
+        let busy_reads = futures_count(reads).await;
+        assert_eq!(busy_reads, 16);
+        assert_eq!(s.stats().refused.load(Ordering::Relaxed), 32);
+        // Drained: served again at once; the accepted jobs are there, the refused are not.
+        let n = read(s.as_ref(), |tx| Ok(tx.accounts()?.len())).await.unwrap();
+        assert_eq!(n, 4);
+    }
+
+    async fn futures_count(
+        reads: Vec<impl std::future::Future<Output = Result<usize, crate::error::ApiError>>>,
+    ) -> usize {
+        let mut busy = 0;
+        for r in reads {
+            if let Err(e) = r.await {
+                assert_eq!(e.code, "server_busy");
+                busy += 1;
+            }
+        }
+        busy
+    }
+
+    /// The pre-commit check runs after the job and can still roll it back.
+    #[test]
+    fn a_failed_precommit_check_rolls_the_job_back() {
+        use crate::store::transact_checked;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let put = |name: &'static str| {
+            move |tx: &mut dyn Tx| -> Result<(), ApiError> {
+                tx.put_account(&Account {
+                    username: name.into(),
+                    password_hash: "h".into(),
+                    role: Role::User,
+                })?;
+                Ok(())
+            }
+        };
+        let refused = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(transact_checked(
+                &s,
+                Box::new(|| Err(ApiError::key_not_accessible("testing"))),
+                put("gone"),
+            ));
+        assert_eq!(refused.unwrap_err().code, "hardware_key_not_accessible");
+        let kept = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(transact_checked(&s, Box::new(|| Ok(())), put("kept")));
+        assert!(kept.is_ok());
+        let names: Vec<_> = transact_blocking(&s, |tx| Ok(tx.accounts()?))
+            .unwrap()
+            .into_iter()
+            .map(|a| a.username)
+            .collect();
+        assert_eq!(names, vec!["kept".to_owned()]);
+    }
+
+    /// Closing answers what is still queued instead of dropping it; later calls are refused.
+    #[test]
+    fn close_answers_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.close();
+        let e = transact_blocking(&s, |tx| Ok(tx.accounts()?)).unwrap_err();
+        assert_eq!(e.code, "internal_error");
+        assert!(crate::store::read_blocking(&s, |tx| Ok(tx.accounts()?)).is_err());
+        assert!(s.flush().is_err());
+    }
 }
