@@ -435,13 +435,12 @@ pub fn feature_release(tx: &mut dyn Tx, id: u64, code: &str, user: Option<&str>,
     Ok(tx.delete_feature_registrations(id, code, user)?)
 }
 
+/// A license with its totals, seats in use and live slots per feature.
+pub type Usage = (License, usize, BTreeMap<String, usize>);
+
 /// A license (from the catalog) with its current totals, seats and feature slots: the
 /// license list and metrics, on the read path. `None` = removed meanwhile.
-pub fn usage(
-    tx: &mut dyn ReadTx,
-    license: &License,
-    now: i64,
-) -> Result<Option<(License, usize, BTreeMap<String, usize>)>, ApiError> {
+pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, ApiError> {
     let l = match with_totals(tx, license) {
         Ok(l) => l,
         Err(e) if e.code == "license_not_found" => return Ok(None),
