@@ -429,9 +429,13 @@ pub async fn products_add(
 /// `GET|POST /api/v4/removeProduct`: `license_id` given = that license; else the most
 /// recently added license of `product`. Registrations go with it. Not gated by the key:
 /// an admin must be able to remove a license whose key is lost.
-pub async fn products_remove(State(st): State<AppState>, Admin(caller): Admin, p: Params) -> ApiResult<Json<Value>> {
-    let product = p.str_req(&["product"])?;
-    let license_id = p.u64_opt(&["license_id", "licenseId"])?;
+pub async fn products_remove(
+    State(st): State<AppState>,
+    Admin(caller): Admin,
+    Req(r): Req<AdminRequest>,
+) -> ApiResult<Json<Value>> {
+    let product = r.product.required("product")?;
+    let license_id = r.license_id.or(r.license_id_camel);
     let id = st.catalog().resolve(&product, license_id)?.id;
     let _guard = st.admin_lock().await;
     let actor = caller.username.clone();
@@ -508,9 +512,8 @@ pub async fn licenses_upload(
 
 /// `GET /api/v4/license`: licenses (optionally `?product=`, `?license_id=`) with usage.
 /// Terms come from the catalog; totals and seats from one read snapshot.
-pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
-    let product = p.str_opt(&["product"])?;
-    let license_id = p.u64_opt(&["license_id"])?;
+pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<AdminRequest>) -> ApiResult<Response> {
+    let (product, license_id) = (r.product, r.license_id);
     let now = now_micros();
     let entries: Vec<_> = st
         .catalog()
@@ -533,6 +536,28 @@ pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) ->
         .map(|(l, seats, features)| LicenseObject::new(l, *seats, features).list_entry(l))
         .collect();
     Ok(Json(body).into_response())
+}
+
+/// The parameters of the admin listings and removals, typed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AdminRequest {
+    #[serde(deserialize_with = "lenient::string")]
+    product: Option<String>,
+    #[serde(deserialize_with = "lenient::u64")]
+    license_id: Option<u64>,
+    #[serde(rename = "licenseId", deserialize_with = "lenient::u64")]
+    license_id_camel: Option<u64>,
+    #[serde(deserialize_with = "lenient::string")]
+    user: Option<String>,
+    #[serde(deserialize_with = "lenient::u32")]
+    limit: Option<u32>,
+    /// `/registrations`: an opaque page cursor; `/audit`: an event id.
+    #[serde(deserialize_with = "lenient::string")]
+    cursor: Option<String>,
+    /// `/audit`: older spelling of `cursor`.
+    #[serde(deserialize_with = "lenient::i64")]
+    before: Option<i64>,
 }
 
 /// Most entries of one `/registrations` page (and the default).
@@ -599,10 +624,14 @@ struct RegistrationsPage<'a> {
 /// a page at a time: `?limit=` (≤ 1000, the default) and `?cursor=` (the previous page's
 /// `next_cursor`; `null` there = nothing more). Keyset pages in (license, user) order, so
 /// a listing of any size costs one page of memory.
-pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Response> {
-    let license_id = p.u64_opt(&["license_id"])?;
-    let limit = p.u32_opt(&["limit"])?.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
-    let cursor = match p.str_opt(&["cursor"])?.filter(|c| !c.is_empty()) {
+pub async fn registrations_list(
+    State(st): State<AppState>,
+    _c: Caller,
+    Req(r): Req<AdminRequest>,
+) -> ApiResult<Response> {
+    let license_id = r.license_id;
+    let limit = r.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
+    let cursor = match r.cursor.filter(|c| !c.is_empty()) {
         Some(c) => PageCursor::decode(&c)?,
         None => PageCursor::default(),
     };
@@ -673,11 +702,11 @@ pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Param
 pub async fn registrations_release(
     State(st): State<AppState>,
     Admin(caller): Admin,
-    p: Params,
+    Req(r): Req<AdminRequest>,
 ) -> ApiResult<Json<Value>> {
-    let user = p.str_req(&["user"])?;
-    let license_id = p.u64_opt(&["license_id"])?;
-    let id = match (p.str_opt(&["product"])?, license_id) {
+    let user = r.user.required("user")?;
+    let license_id = r.license_id;
+    let id = match (r.product, license_id) {
         (Some(product), id) => st.gate(&product, id, RELEASE_ACTION)?,
         (None, Some(id)) => {
             let catalog = st.catalog();
@@ -709,9 +738,16 @@ pub async fn registrations_release(
 /// `GET /api/v4/audit` (admin): newest first; `?limit=` (≤ 1000), `?cursor=<id>` (alias
 /// `?before=`): only events older than that id. A full page names the next cursor in the
 /// `X-Next-Cursor` header (the body stays the array of events).
-pub async fn audit_list(State(st): State<AppState>, _a: Admin, p: Params) -> ApiResult<Response> {
-    let limit = p.u32_opt(&["limit"])?.unwrap_or(100).clamp(1, 1000);
-    let before = p.i64_opt(&["cursor", "before"])?;
+pub async fn audit_list(State(st): State<AppState>, _a: Admin, Req(r): Req<AdminRequest>) -> ApiResult<Response> {
+    let limit = r.limit.unwrap_or(100).clamp(1, 1000);
+    let before = match r.cursor.filter(|c| !c.trim().is_empty()) {
+        Some(c) => Some(
+            c.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "expected an audit event id"))?,
+        ),
+        None => r.before,
+    };
     let events = read(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
     let next = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.id))
