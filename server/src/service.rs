@@ -55,24 +55,6 @@ fn feature_usage<T: ReadTx + ?Sized>(tx: &mut T, l: &License, now: i64) -> Resul
     Ok(tx.feature_usage(l.id, now)?)
 }
 
-/// `license` (from the catalog: terms in memory, totals possibly stale) with its current
-/// totals read; only consumption licenses and features need the query's extra part.
-fn with_totals<T: ReadTx + ?Sized>(tx: &mut T, license: &License) -> Result<License, ApiError> {
-    let features = license
-        .terms
-        .features
-        .iter()
-        .any(|f| f.kind == FeatureKind::Consumption);
-    let (total, feature_totals) = tx
-        .license_totals(license.id, features)?
-        .ok_or_else(|| not_found(license.id))?;
-    Ok(License {
-        total_consumptions: total,
-        feature_totals,
-        ..license.clone()
-    })
-}
-
 /// Heartbeats closer together than this only extend a seat in memory of the next write:
 /// re-registering within a second of the last extension writes nothing.
 const RENEW_GRANULARITY: i64 = 1_000_000;
@@ -127,6 +109,27 @@ fn renew(l: &License, existing: &Registration, who: &ClientInfo, now: i64) -> (R
     (renewed, write)
 }
 
+/// `license` (from the catalog) with `total` and, for consumption features, their totals.
+fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -> Result<License, ApiError> {
+    let feature_totals = if license
+        .terms
+        .features
+        .iter()
+        .any(|f| f.kind == FeatureKind::Consumption)
+    {
+        tx.license_totals(license.id, true)?
+            .ok_or_else(|| not_found(license.id))?
+            .1
+    } else {
+        BTreeMap::new()
+    };
+    Ok(License {
+        total_consumptions: total,
+        feature_totals,
+        ..license.clone()
+    })
+}
+
 /// `POST /register` on the read path: answers a heartbeat that only extends a live seat
 /// within the renewal granularity, from one snapshot, without the writer. `None` = a
 /// write is needed (new seat, lapsed seat, changed info, due extension): run
@@ -138,20 +141,22 @@ pub fn register_read(
     now: i64,
 ) -> Result<Option<Registered>, ApiError> {
     check_period(&license.terms, now)?;
-    let Some(existing) = tx.registration(license.id, &who.user)?.filter(|r| r.is_active(now)) else {
+    let view = tx
+        .seat_view(license.id, Some(&who.user), now)?
+        .ok_or_else(|| not_found(license.id))?;
+    let Some(existing) = view.registration.filter(|r| r.is_active(now)) else {
         return Ok(None);
     };
     let (renewed, write) = renew(license, &existing, who, now);
     if write {
         return Ok(None);
     }
-    let l = with_totals(tx, license)?;
-    let in_use = tx.count_active_registrations(l.id, now)?;
+    let l = license_with(tx, license, view.total_consumptions)?;
     let features = feature_usage(tx, &l, now)?;
     Ok(Some(Registered {
         license: l,
         registration: renewed,
-        in_use,
+        in_use: view.in_use,
         features,
         now,
     }))
@@ -160,19 +165,24 @@ pub fn register_read(
 /// `POST /register`: take a seat, or renew the one this user holds (writer).
 pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, ApiError> {
     let l = live_license(tx, id, now)?;
-    let existing = tx.registration(id, &who.user)?.filter(|r| r.is_active(now));
+    // The user's seat and the count in one statement.
+    let view = tx.seat_view(id, Some(&who.user), now)?.ok_or_else(|| not_found(id))?;
+    let existing = view.registration.filter(|r| r.is_active(now));
     let (reg, in_use) = match existing {
         Some(existing) => {
             let (renewed, write) = renew(&l, &existing, who, now);
             if write {
                 tx.put_registration(&renewed)?;
             }
-            (renewed, tx.count_active_registrations(id, now)?)
+            (renewed, view.in_use)
         }
         None => {
-            // The new-seat path is where lapsed seats are purged (reads only skip them).
-            tx.purge_expired(Some(id), now)?;
-            let taken = tx.count_active_registrations(id, now)?;
+            // The new-seat path is where lapsed seats are purged (reads only skip them),
+            // when there are any.
+            if view.lapsed > 0 {
+                tx.purge_expired(Some(id), now)?;
+            }
+            let taken = view.in_use;
             if taken >= l.terms.floating_users as usize {
                 return Err(ApiError::bad_request(
                     "floating_not_available",
@@ -441,14 +451,12 @@ pub type Usage = (License, usize, BTreeMap<String, usize>);
 /// A license (from the catalog) with its current totals, seats and feature slots: the
 /// license list and metrics, on the read path. `None` = removed meanwhile.
 pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, ApiError> {
-    let l = match with_totals(tx, license) {
-        Ok(l) => l,
-        Err(e) if e.code == "license_not_found" => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(view) = tx.seat_view(license.id, None, now)? else {
+        return Ok(None);
     };
-    let seats = tx.count_active_registrations(l.id, now)?;
+    let l = license_with(tx, license, view.total_consumptions)?;
     let features = feature_usage(tx, &l, now)?;
-    Ok(Some((l, seats, features)))
+    Ok(Some((l, view.in_use, features)))
 }
 
 #[cfg(test)]

@@ -61,6 +61,19 @@ impl From<StoreError> for ApiError {
 /// Result of a storage call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// See [`ReadTx::seat_view`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatView {
+    /// The license's consumption total.
+    pub total_consumptions: i64,
+    /// Seats held at `now`.
+    pub in_use: usize,
+    /// Lapsed seat rows not purged yet.
+    pub lapsed: usize,
+    /// The user's registration, live or lapsed.
+    pub registration: Option<Registration>,
+}
+
 /// A position in a keyset-paginated listing: the last row of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegCursor {
@@ -81,6 +94,10 @@ pub trait ReadTx {
     /// The running totals of a license: its consumptions and (when `features`) its feature
     /// consumptions. `None` = no such license.
     fn license_totals(&mut self, id: u64, features: bool) -> StoreResult<Option<(i64, BTreeMap<String, i64>)>>;
+    /// What a heartbeat and the license list need, in one statement: the license's
+    /// consumption total, the seats held at `now` and (when `user` is given) that user's
+    /// registration. `None` = no such license.
+    fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>>;
 
     /// Registrations of a license (`None` = all licenses), ordered by (license, user),
     /// starting after `after`, at most `limit`.
