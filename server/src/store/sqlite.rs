@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx};
 use crate::model::{
-    Account, AuditEvent, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
+    Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
 
 /// File name inside the data dir.
@@ -534,7 +534,6 @@ impl SqliteTx<'_> {
         };
         Ok(License {
             id,
-            terms,
             activation_hardware_id: hw,
             source: if source == "file" {
                 LicenseSource::File
@@ -543,7 +542,13 @@ impl SqliteTx<'_> {
             },
             added_at,
             total_consumptions: total,
-            feature_totals: self.feature_totals(id)?,
+            // Only consumption features have totals: most licenses need no query here.
+            feature_totals: if terms.features.iter().any(|f| f.kind == FeatureKind::Consumption) {
+                self.feature_totals(id)?
+            } else {
+                BTreeMap::new()
+            },
+            terms,
         })
     }
 }
