@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,7 +22,7 @@ pub const DB_FILE: &str = "keyfloat.db";
 /// Most jobs committed together; bounds the latency a batch adds.
 const MAX_BATCH: usize = 512;
 
-/// Most reads served in one snapshot by one reader (the others take the rest).
+/// Most reads served in one snapshot by one reader.
 const MAX_READ_BATCH: usize = 32;
 
 /// Schema migrations; `PRAGMA user_version` = how many have been applied.
@@ -156,8 +156,10 @@ pub struct SqliteStore {
     stats: Arc<CommitStats>,
     // `SyncSender` is `Sync`: submitting takes no lock.
     jobs: mpsc::SyncSender<Msg>,
-    reads: mpsc::SyncSender<ReadMsg>,
-    readers: usize,
+    // One queue per reader, dealt round-robin: no reader waits on a lock shared with
+    // another (a shared receiver woke both readers for every read).
+    reads: Vec<mpsc::SyncSender<ReadMsg>>,
+    next_reader: AtomicUsize,
     closed: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -246,11 +248,11 @@ impl SqliteStore {
         let mut threads = Vec::new();
         let writer_stats = Arc::clone(&stats);
         threads.push(spawn("keyfloat-store", move || writer_loop(conn, rx, &writer_stats))?);
-        let (reads, read_rx) = mpsc::sync_channel(options.read_queue.max(1));
-        let read_rx = Arc::new(Mutex::new(read_rx));
-        let n = readers.len();
+        let per_reader = (options.read_queue / readers.len()).max(1);
+        let mut reads = Vec::with_capacity(readers.len());
         for (i, conn) in readers.into_iter().enumerate() {
-            let rx = Arc::clone(&read_rx);
+            let (tx, rx) = mpsc::sync_channel(per_reader);
+            reads.push(tx);
             let stats = Arc::clone(&stats);
             threads.push(spawn(&format!("keyfloat-read-{i}"), move || {
                 reader_loop(conn, &rx, &stats)
@@ -261,7 +263,7 @@ impl SqliteStore {
             stats,
             jobs,
             reads,
-            readers: n,
+            next_reader: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             threads: Mutex::new(threads),
         })
@@ -284,8 +286,8 @@ impl SqliteStore {
         }
         // Blocking sends: a full queue drains, then the close is taken.
         let _ = self.jobs.send(Msg::Close);
-        for _ in 0..self.readers {
-            let _ = self.reads.send(ReadMsg::Close);
+        for reader in &self.reads {
+            let _ = reader.send(ReadMsg::Close);
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for h in threads {
@@ -324,14 +326,25 @@ impl Store for SqliteStore {
         if self.closed.load(Ordering::Relaxed) {
             return job.fail(StoreError::Closed);
         }
-        match self.reads.try_send(ReadMsg::Job(job)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(ReadMsg::Job(job))) => {
-                self.refused();
-                job.fail(StoreError::Busy);
+        // Round-robin; a full reader queue passes the job to the next; all full = busy.
+        let n = self.reads.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let mut msg = ReadMsg::Job(job);
+        for k in 0..n {
+            match self.reads[(start + k) % n].try_send(msg) {
+                Ok(()) => return,
+                Err(TrySendError::Full(m)) => msg = m,
+                Err(TrySendError::Disconnected(m)) => {
+                    if let ReadMsg::Job(job) = m {
+                        job.fail(StoreError::Closed);
+                    }
+                    return;
+                }
             }
-            Err(TrySendError::Disconnected(ReadMsg::Job(job))) => job.fail(StoreError::Closed),
-            Err(_) => {}
+        }
+        if let ReadMsg::Job(job) = msg {
+            self.refused();
+            job.fail(StoreError::Busy);
         }
     }
 
@@ -437,23 +450,20 @@ fn run_batch(
     Ok(())
 }
 
-fn reader_loop(conn: Connection, rx: &Mutex<mpsc::Receiver<ReadMsg>>, stats: &CommitStats) {
+fn reader_loop(conn: Connection, rx: &mpsc::Receiver<ReadMsg>, stats: &CommitStats) {
     let mut batch: Vec<Box<dyn ReadJob>> = Vec::with_capacity(MAX_READ_BATCH);
     let mut closing = false;
     while !closing {
-        {
-            // The receiver is shared: whoever holds it takes what is queued, up to a batch.
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
+        // Whatever is queued, up to a batch.
+        match rx.recv() {
+            Ok(ReadMsg::Job(j)) => batch.push(j),
+            Ok(ReadMsg::Close) | Err(_) => closing = true,
+        }
+        while !closing && batch.len() < MAX_READ_BATCH {
+            match rx.try_recv() {
                 Ok(ReadMsg::Job(j)) => batch.push(j),
-                Ok(ReadMsg::Close) | Err(_) => closing = true,
-            }
-            while !closing && batch.len() < MAX_READ_BATCH {
-                match rx.try_recv() {
-                    Ok(ReadMsg::Job(j)) => batch.push(j),
-                    Ok(ReadMsg::Close) => closing = true,
-                    Err(_) => break,
-                }
+                Ok(ReadMsg::Close) => closing = true,
+                Err(_) => break,
             }
         }
         if batch.is_empty() {
