@@ -130,24 +130,22 @@ pub async fn licenses_register(
     let who = r.client_info(user)?;
     let entry = st.gate_entry(&product, license_id, action::REGISTER)?;
     let now = now_micros();
+    let license = std::sync::Arc::clone(&entry);
     let (who, fast) = read(st.store(), move |tx| {
-        let r = service::register_read(tx, &entry.license, &who, now)?;
+        let r = service::register_read(tx, &license.license, &who, now)?;
         Ok((who, r))
     })
     .await?;
     let registered = match fast {
         Some(r) => r,
         None => {
-            let id = license_id_of(&st, &product, license_id)?;
+            // The same license, gated again: the key may have left while the read ran.
+            st.check_key(&entry, action::REGISTER)?;
+            let id = entry.id;
             transact(st.store(), move |tx| service::register(tx, id, &who, now)).await?
         }
     };
     Ok(Json(registered.answer()).into_response())
-}
-
-/// The gate again before a write: the key may have left while the read ran.
-fn license_id_of(st: &AppState, product: &str, license_id: Option<u64>) -> ApiResult<u64> {
-    st.gate(product, license_id, action::REGISTER)
 }
 
 /// `POST /api/v4/unregister`: idempotent, answers `user_unregistered`.
