@@ -336,3 +336,52 @@ fn rusqlite_free_break(dir: &tempfile::TempDir) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Heartbeats answered off the writer never hand out a seat: 24 clients race new seats,
+/// heartbeats and releases on a 5-seat license; no answer ever reports more than 5 seats,
+/// and the database never holds more than 5 live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_racing_new_seats_and_releases_never_oversell() {
+    const SEATS: u64 = 5;
+    let s = server(StoreOptions::default()).await;
+    let id = add_product(&s.app, SEATS as u32).await;
+    let clients: Vec<_> = (0..24)
+        .map(|c| {
+            let app = s.app.clone();
+            tokio::spawn(async move {
+                let mut held = 0;
+                for round in 0..30 {
+                    let user = format!("c{c}");
+                    let (st, _, v) = send(&app, register(&user)).await;
+                    match st {
+                        StatusCode::OK => {
+                            held += 1;
+                            let n = v["floating_slots_in_use"].as_u64().unwrap();
+                            assert!((1..=SEATS).contains(&n), "answer reports {n} seats: {v}");
+                        }
+                        StatusCode::BAD_REQUEST => assert_eq!(v["code"], "floating_not_available", "{v}"),
+                        other => panic!("unexpected {other}: {v}"),
+                    }
+                    if (c + round) % 7 == 0 {
+                        let req = Request::post("/api/v4/unregister")
+                            .header(header::CONTENT_TYPE, "application/json")
+                            .body(Body::from(json!({"product": "p", "user": user}).to_string()))
+                            .unwrap();
+                        assert_eq!(send(&app, req).await.0, StatusCode::OK);
+                    }
+                }
+                held
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    assert!(answered > 0);
+    let now = keyfloat_server::clock::now_micros();
+    let live = read(s.store.as_ref(), move |tx| Ok(tx.count_active_registrations(id, now)?))
+        .await
+        .unwrap();
+    assert!(live as u64 <= SEATS, "{live} live seats on a {SEATS}-seat license");
+}
