@@ -207,7 +207,7 @@ mod tests {
         proc_(21, "keyfloat", 300, "");
         fs::write(
             root.join("21/cmdline"),
-            "/usr/bin/keyfloat\0--log-json\0serve\0--port\0000",
+            "/usr/bin/keyfloat\0--log-json\0serve\0--port\x000",
         )
         .unwrap();
         proc_(22, "kf-contender", 200, "PCSCLITE_CSOCK_NAME=/tmp/private.comm;");

@@ -5,6 +5,7 @@
 //! Validations are answered the way the threaded monitor's workers answer them: at once,
 //! late (the answer is computed now and delivered after a delay, so it may be about a key
 //! that has since been pulled or swapped), or never until the key is un-hung.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

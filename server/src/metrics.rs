@@ -29,7 +29,7 @@ use crate::error::ApiResult;
 use crate::model::AuditEvent;
 use crate::service;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact};
 
 /// The stable error code of an error response, left in the response extensions by
 /// [`crate::ApiError`] so the counting layer need not parse bodies.
@@ -387,10 +387,13 @@ impl LicenseUsage {
 /// counts, never user names or keys.
 pub async fn metrics_show(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
     let now = now_micros();
-    let licenses = transact(st.store(), move |tx| {
+    let entries = st.catalog().entries().to_vec();
+    let licenses = read(st.store(), move |tx| {
         let mut out = Vec::new();
-        for l in tx.licenses()? {
-            let (seats, _features) = service::usage(tx, &l, now)?;
+        for e in &entries {
+            let Some((l, seats, _features)) = service::usage(tx, &e.license, now)? else {
+                continue;
+            };
             out.push(LicenseUsage {
                 id: l.id,
                 product: l.terms.product.clone(),
@@ -552,7 +555,7 @@ pub async fn watch_keys(state: AppState) {
         tick.tick().await;
         if let Some(g) = &last.grace {
             // While in grace: a WARN line every 10 s with the seconds left.
-            if grace_warned.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
+            if grace_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 grace_warned = Some(std::time::Instant::now());
                 let left = g.seconds_left(unix_ms());
                 tracing::warn!(

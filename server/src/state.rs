@@ -14,8 +14,8 @@ use crate::error::ApiError;
 use crate::model::License;
 use crate::store::{Store, Tx};
 
-/// What the catalog knows about one license: enough to resolve a request and gate it
-/// without touching the store.
+/// What the catalog knows about one license: enough to resolve a request, gate it and
+/// render its terms without touching the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// License id.
@@ -24,27 +24,33 @@ pub struct Entry {
     pub product: String,
     /// The key the license was activated with, when it requires one.
     pub key: Option<KeyToken>,
+    /// The license with its parsed terms. Its totals are those of when the catalog was
+    /// built: read the current ones from the store.
+    pub license: License,
 }
 
 /// Licenses in the order they were added.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    entries: Vec<Entry>,
+    entries: Vec<Arc<Entry>>,
     by_id: HashMap<u64, usize>,
 }
 
 impl Catalog {
     /// Builds the catalog; key-bound licenses get the token of their activation serial.
     pub fn build(licenses: &[License], keys: &CellReader) -> Self {
-        let entries: Vec<Entry> = licenses
+        let entries: Vec<Arc<Entry>> = licenses
             .iter()
-            .map(|l| Entry {
-                id: l.id,
-                product: l.terms.product.clone(),
-                key: l
-                    .terms
-                    .hardware_key_required
-                    .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+            .map(|l| {
+                Arc::new(Entry {
+                    id: l.id,
+                    product: l.terms.product.clone(),
+                    key: l
+                        .terms
+                        .hardware_key_required
+                        .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+                    license: l.clone(),
+                })
             })
             .collect();
         let by_id = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
@@ -53,7 +59,7 @@ impl Catalog {
 
     /// The license a request names: `license_id` if given (it must belong to `product`),
     /// else the most recently added license of `product`.
-    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Entry, ApiError> {
+    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Arc<Entry>, ApiError> {
         match license_id {
             Some(id) => match self.by_id.get(&id).map(|i| &self.entries[*i]) {
                 Some(e) if e.product == product => Ok(e),
@@ -72,15 +78,18 @@ impl Catalog {
     }
 
     /// By id.
-    pub fn get(&self, id: u64) -> Option<&Entry> {
+    pub fn get(&self, id: u64) -> Option<&Arc<Entry>> {
         self.by_id.get(&id).map(|i| &self.entries[*i])
     }
 
     /// All entries in add order.
-    pub fn entries(&self) -> &[Entry] {
+    pub fn entries(&self) -> &[Arc<Entry>] {
         &self.entries
     }
 }
+
+/// How often the writer sweeps lapsed seats of every license.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What happens when a key-bound license is used without its key.
 #[derive(Clone)]
@@ -166,7 +175,7 @@ impl AppState {
     pub async fn new(parts: StateParts) -> Result<Self, ApiError> {
         let licenses = crate::store::transact(parts.store.as_ref(), |tx| Ok(tx.licenses()?)).await?;
         let catalog = Catalog::build(&licenses, &parts.keys);
-        Ok(Self {
+        let state = Self {
             inner: Arc::new(Inner {
                 store: parts.store,
                 keys: parts.keys,
@@ -179,7 +188,32 @@ impl AppState {
                 vendor_key: parts.vendor_key,
                 admin_lock: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        state.spawn_purge();
+        Ok(state)
+    }
+
+    /// Reads only skip lapsed seats; the writer drops them on the new-seat path and here,
+    /// periodically, so the lapsed rows a read skips stay few. Stops with the state.
+    fn spawn_purge(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let now = crate::clock::now_micros();
+                let done = crate::store::transact(inner.store.as_ref(), move |tx| Ok(tx.purge_expired(None, now)?));
+                drop(inner);
+                match done.await {
+                    Ok(n) if n > 0 => tracing::debug!(rows = n, "purged lapsed seats"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(code = e.code, "periodic purge of lapsed seats failed"),
+                }
+            }
+        });
     }
 
     /// The store.
@@ -244,6 +278,14 @@ impl AppState {
         Ok(entry.id)
     }
 
+    /// [`AppState::gate`], answering the catalog entry (terms in memory) instead of its id.
+    pub fn gate_entry(&self, product: &str, license_id: Option<u64>, action: &str) -> Result<Arc<Entry>, ApiError> {
+        let catalog = self.inner.catalog.load();
+        let entry = catalog.resolve(product, license_id)?;
+        self.check_key(entry, action)?;
+        Ok(Arc::clone(entry))
+    }
+
     /// The key gate for one catalog entry.
     pub fn check_key(&self, entry: &Entry, action: &str) -> Result<(), ApiError> {
         match entry.key {
@@ -286,7 +328,7 @@ impl AppState {
 pub struct CommitCheck {
     /// `Some` only for a key-bound license (a plain license never pays for the check).
     state: Option<AppState>,
-    entry: Option<Entry>,
+    entry: Option<Arc<Entry>>,
     action: &'static str,
 }
 

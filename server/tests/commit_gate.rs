@@ -15,8 +15,8 @@ use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
 use keyfloat_hal::{CellReader, HardwareId, HardwareIdCell};
 use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::store::{Job, StoreResult, Tx};
-use keyfloat_server::{app, AppState, KeyPolicy, SimControl, SqliteStore, StateParts, Store};
+use keyfloat_server::store::{Job, ReadJob, StoreResult, Tx};
+use keyfloat_server::{app, AppState, KeyPolicy, SqliteStore, StateParts, Store};
 use serde_json::{json, Value};
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -77,6 +77,10 @@ impl Store for Tap {
         }));
     }
 
+    fn read(&self, job: Box<dyn ReadJob>) {
+        self.inner.read(job)
+    }
+
     fn flush(&self) -> StoreResult<()> {
         self.inner.flush()
     }
@@ -101,10 +105,7 @@ async fn tapped_harness() -> (Harness, Arc<Taps>) {
         tokens: TokenKeys::load_or_create(dir.path()).unwrap(),
         user_authentication: false,
         key_policy: KeyPolicy::Refuse,
-        sim: Some(SimControl {
-            bus: bus.clone(),
-            key: KEY.into(),
-        }),
+        sim: Some(Arc::new(common::SimKey(bus.clone()))),
         backend: "sim".into(),
         vendor_key: Some(vendor.public_key()),
     })

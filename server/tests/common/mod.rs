@@ -241,7 +241,7 @@ pub fn q(v: &Value) -> String {
 
 /// The plug/unplug endpoints' control over the test's simulated key.
 #[derive(Debug)]
-struct SimKey(SimBus);
+pub struct SimKey(pub SimBus);
 
 impl KeyControl for SimKey {
     fn key(&self) -> &str {
