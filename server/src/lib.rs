@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod license_file;
+pub mod listen;
+pub mod logs;
 pub mod metrics;
 
 pub mod app;
@@ -8,18 +10,22 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod files;
+pub mod hashing;
 pub mod model;
 pub mod params;
+pub mod ratelimit;
 pub mod routes;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod terms;
 pub mod web;
 
 pub use app::{app, serve};
 pub use config::{KeyBackend, ServerConfig};
 pub use error::{ApiError, ApiResult};
-pub use state::{AppState, KeyPolicy, SimControl, StateParts};
+pub use state::{AppState, KeyPolicy, MetricsAccess, Security, SimControl, StateParts};
 pub use store::{SqliteStore, Store};
 
 /// Exit status of `keyfloat serve` when `crashIfNoHardwareKey` stops it.

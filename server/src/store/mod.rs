@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::error::ApiError;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
+pub mod audit_chain;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -106,7 +107,14 @@ pub trait Tx {
     /// Creates or replaces an account.
     fn put_account(&mut self, a: &Account) -> StoreResult<()>;
 
-    /// Appends an audit record.
+    /// Removes an account.
+    fn delete_account(&mut self, username: &str) -> StoreResult<bool>;
+    /// Token generation of every account that has one (absent = 0).
+    fn token_generations(&mut self) -> StoreResult<std::collections::HashMap<String, u64>>;
+    /// Increments an account's token generation (refusing its older tokens); returns it.
+    fn bump_token_generation(&mut self, username: &str) -> StoreResult<u64>;
+
+    /// Appends an audit record (to the hash chain).
     fn audit(&mut self, event: &AuditEvent) -> StoreResult<()>;
     /// Audit records newest first, optionally only those with `id < before`.
     fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>>;

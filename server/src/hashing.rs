@@ -1,0 +1,285 @@
+//! Password hashing on a bounded pool.
+//!
+//! Argon2 is slow and memory-hard on purpose (19 MiB per hash by default). Run on
+//! `spawn_blocking` it let a wrong-password flood start hundreds of threads, each leaving
+//! its own malloc arena full of freed blocks (6.3 GB RSS). Here a fixed set of worker
+//! threads (at most one per core) hashes one password each at a time into a memory block
+//! it keeps and reuses, so memory is bounded by `workers × cost`; callers wait for a
+//! worker for a bounded time and otherwise get [`PoolBusy`] (answered `429`).
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, SaltString};
+use argon2::{Argon2, Block, Params};
+use rand_core::OsRng;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Largest argon2 memory cost (KiB) a stored hash may ask for: a hash with a larger one
+/// never verifies instead of allocating it.
+pub const MAX_M_COST_KIB: u32 = 64 * 1024;
+
+/// The pool is saturated for longer than the caller may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("password hashing is saturated")]
+pub struct PoolBusy;
+
+enum Work {
+    Verify(String, String, oneshot::Sender<bool>),
+    Hash(String, oneshot::Sender<Option<String>>),
+}
+
+/// A bounded password-hashing pool. Cheap to clone.
+#[derive(Clone)]
+pub struct HashPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    /// One permit per worker: a request holds one while its job is queued or running,
+    /// so the queue never holds more jobs than there are workers.
+    permits: Semaphore,
+    queue: Mutex<mpsc::Sender<Work>>,
+    wait: Duration,
+    workers: usize,
+    /// A real hash of a random password: unknown users are checked against it so that
+    /// they cost the same as known ones.
+    dummy: String,
+}
+
+impl std::fmt::Debug for HashPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashPool")
+            .field("workers", &self.inner.workers)
+            .field("wait", &self.inner.wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Worker count by default: the number of cores.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+impl HashPool {
+    /// Starts `workers` threads (at least one). Callers wait at most `wait` for a worker.
+    pub fn new(workers: usize, wait: Duration) -> std::io::Result<Self> {
+        let workers = workers.max(1);
+        let (tx, rx) = mpsc::channel::<Work>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("keyfloat-hash-{i}"))
+                .spawn(move || worker(&rx))?;
+        }
+        let mut bytes = [0u8; 24];
+        rand_core::RngCore::fill_bytes(&mut OsRng, &mut bytes);
+        let dummy = hash_with(&mut Vec::new(), &base64_of(&bytes)).unwrap_or_default();
+        Ok(Self {
+            inner: Arc::new(PoolInner {
+                permits: Semaphore::new(workers),
+                queue: Mutex::new(tx),
+                wait,
+                workers,
+                dummy,
+            }),
+        })
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    async fn run<T>(&self, work: impl FnOnce(oneshot::Sender<T>) -> Work, failed: T) -> Result<T, PoolBusy> {
+        let permit = tokio::time::timeout(self.inner.wait, self.inner.permits.acquire())
+            .await
+            .map_err(|_| PoolBusy)?
+            .map_err(|_| PoolBusy)?;
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(work(tx))
+            .is_ok();
+        let out = if sent { rx.await.unwrap_or(failed) } else { failed };
+        drop(permit);
+        Ok(out)
+    }
+
+    /// Checks `password` against `phc` (false on a malformed or too costly hash).
+    pub async fn verify(&self, password: String, phc: String) -> Result<bool, PoolBusy> {
+        self.run(|tx| Work::Verify(password, phc, tx), false).await
+    }
+
+    /// Checks `password` against the dummy hash: the same cost as a real check, always
+    /// false. For unknown user names.
+    pub async fn verify_dummy(&self, password: String) -> Result<bool, PoolBusy> {
+        let phc = self.inner.dummy.clone();
+        self.verify(password, phc).await.map(|_| false)
+    }
+
+    /// A new argon2id PHC hash of `password`.
+    pub async fn hash(&self, password: String) -> Result<Option<String>, PoolBusy> {
+        self.run(|tx| Work::Hash(password, tx), None).await
+    }
+}
+
+fn worker(rx: &Mutex<mpsc::Receiver<Work>>) {
+    // Reused for every hash this thread computes: no per-hash 19 MiB allocation.
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let work = match rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv() {
+            Ok(w) => w,
+            Err(_) => return,
+        };
+        match work {
+            Work::Verify(password, phc, tx) => {
+                let _ = tx.send(verify_with(&mut memory, &password, &phc));
+            }
+            Work::Hash(password, tx) => {
+                let _ = tx.send(hash_with(&mut memory, &password));
+            }
+        }
+    }
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
+}
+
+fn blocks(memory: &mut Vec<Block>, params: &Params) -> Option<()> {
+    if params.m_cost() > MAX_M_COST_KIB {
+        return None;
+    }
+    let n = params.block_count();
+    if memory.len() < n {
+        memory.resize(n, Block::default());
+    }
+    Some(())
+}
+
+/// Verifies with caller-owned memory blocks.
+pub fn verify_with(memory: &mut Vec<Block>, password: &str, phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let version = match hash.version {
+        Some(v) => match argon2::Version::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+        None => argon2::Version::default(),
+    };
+    let Ok(params) = Params::try_from(&hash) else {
+        return false;
+    };
+    if blocks(memory, &params).is_none() {
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let a = Argon2::new(algorithm, version, params.clone());
+    if a.hash_password_into_with_memory(password.as_bytes(), salt, &mut out, &mut memory[..params.block_count()])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    argon2::password_hash::Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// Argon2id (default parameters) PHC hash with caller-owned memory blocks.
+pub fn hash_with(memory: &mut Vec<Block>, password: &str) -> Option<String> {
+    let params = Params::default();
+    blocks(memory, &params)?;
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_buf = [0u8; 64];
+    let raw_salt = salt.decode_b64(&mut salt_buf).ok()?;
+    let mut out = [0u8; 32];
+    let a = Argon2::default();
+    a.hash_password_into_with_memory(
+        password.as_bytes(),
+        raw_salt,
+        &mut out,
+        &mut memory[..params.block_count()],
+    )
+    .ok()?;
+    // Same PHC string as `hash_password` would give for this salt and output.
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(u32::from(argon2::Version::default())),
+        params: argon2::password_hash::ParamsString::try_from(&params).ok()?,
+        salt: Some(salt.as_salt()),
+        hash: Some(argon2::password_hash::Output::new(&out).ok()?),
+    };
+    Some(phc.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_hashes_are_ordinary_phc_strings() {
+        let mut mem = Vec::new();
+        let h = hash_with(&mut mem, "s3cret").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        // Interoperates with the crate's own verifier, both ways.
+        assert!(crate::auth::verify_password("s3cret", &h));
+        assert!(!crate::auth::verify_password("other", &h));
+        let theirs = crate::auth::hash_password("pw").unwrap();
+        assert!(verify_with(&mut mem, "pw", &theirs));
+        assert!(!verify_with(&mut mem, "pW", &theirs));
+        assert!(!verify_with(&mut mem, "pw", "not a hash"));
+    }
+
+    /// A stored hash asking for 4 GiB is refused, not allocated.
+    #[test]
+    fn a_costly_hash_is_refused_without_allocating() {
+        let mut mem = Vec::new();
+        let h = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(!verify_with(&mut mem, "x", h));
+        assert!(mem.is_empty());
+    }
+
+    /// More callers than workers: the excess waits at most `wait`, then is told busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn excess_callers_are_refused_after_the_wait() {
+        let pool = HashPool::new(1, Duration::from_millis(1)).unwrap();
+        let h = pool.hash("a".into()).await.unwrap().unwrap();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                let h = h.clone();
+                tokio::spawn(async move { pool.verify("a".into(), h).await })
+            })
+            .collect();
+        let mut busy = 0;
+        let mut ok = 0;
+        for c in calls {
+            match c.await.unwrap() {
+                Ok(true) => ok += 1,
+                Ok(false) => panic!("right password refused"),
+                Err(PoolBusy) => busy += 1,
+            }
+        }
+        assert!(ok >= 1 && busy >= 1, "ok {ok} busy {busy}");
+        assert!(!pool.verify_dummy("a".into()).await.unwrap());
+    }
+}
