@@ -140,6 +140,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
                 allow_overages: false,
                 max_overages: 0,
                 allow_negative: false,
+                allow_negative_total: false,
                 reset_period: None,
             }),
             features: vec![

@@ -7,7 +7,7 @@ use axum::Json;
 use keyfloat_hal::Serial;
 use serde_json::{json, Value};
 
-use crate::auth::{hash_password, Caller};
+use crate::auth::Caller;
 use crate::clock::{self, format_micros, format_opt, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::license_file::{self, LicenseDoc};
@@ -70,18 +70,18 @@ fn date_param(p: &Params, names: &[&str]) -> ApiResult<Option<i64>> {
     }
 }
 
-/// Terms of an `addProduct` request.
-fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
+/// Terms of an `addProduct` request. A User-Auth password comes back beside the terms
+/// (their `password_hash` is empty): it is hashed on the bounded pool, not here.
+fn terms_from_params(p: &Params) -> ApiResult<(LicenseTerms, Option<String>)> {
     let product = p.str_req(&["product"])?;
+    let mut password = None;
     let auth = if let Some(key) = p.str_opt(&["licenseKey", "license_key"])?.filter(|k| !k.is_empty()) {
         Auth::Key { license_key: key }
     } else if let Some(username) = p.str_opt(&["username"])?.filter(|u| !u.is_empty()) {
-        let password = p.str_req(&["password"])?;
-        let password_hash =
-            hash_password(&password).map_err(|e| ApiError::internal(format!("cannot hash password: {e}")))?;
+        password = Some(p.str_req(&["password"])?);
         Auth::User {
             username,
-            password_hash,
+            password_hash: String::new(),
         }
     } else {
         return Err(ApiError::bad_request(
@@ -101,6 +101,9 @@ fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
             allow_negative: p
                 .bool_opt(&["allowNegativeConsumptions", "allow_negative_consumptions"])?
                 .unwrap_or(false),
+            allow_negative_total: p
+                .bool_opt(&["allowNegativeTotal", "allow_negative_total"])?
+                .unwrap_or(false),
             reset_period: p.str_opt(&["consumptionPeriod", "consumption_period"])?,
         })
     });
@@ -110,19 +113,8 @@ fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
         Some(Value::Array(items)) => items.iter().map(feature_from_json).collect::<ApiResult<_>>()?,
         Some(_) => return Err(ApiError::invalid("features", "expected an array")),
     };
-    let allowed_serials = match p.json_opt(&["allowedSerials", "allowed_serials"]) {
-        Ok(Some(Value::Array(a))) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        _ => p
-            .str_opt(&["allowedSerials", "allowed_serials"])?
-            .map(|s| {
-                s.split(',')
-                    .map(|x| x.trim().to_owned())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    Ok(LicenseTerms {
+    let allowed_serials = allowed_serials(p)?;
+    let terms = LicenseTerms {
         product_name: p.str_opt(&["productName", "product_name"])?,
         license_type: p.str_opt(&["licenseType", "license_type"])?.unwrap_or_else(|| {
             if consumption.is_some() {
@@ -151,7 +143,41 @@ fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
         allowed_serials,
         product,
         auth,
-    })
+    };
+    Ok((terms, password))
+}
+
+/// `allowedSerials`: a JSON array of strings or numbers (serials are decimal), or a
+/// comma-separated string. Anything else is refused: silently dropping an entry would
+/// bind the license to whatever key is in force.
+fn allowed_serials(p: &Params) -> ApiResult<Vec<String>> {
+    const NAMES: [&str; 2] = ["allowedSerials", "allowed_serials"];
+    let bad = |why: String| ApiError::invalid("allowedSerials", why);
+    let one = |v: &Value| -> ApiResult<String> {
+        match v {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Value::Number(n) if n.as_u64().is_some() => Ok(n.to_string()),
+            other => Err(bad(format!(
+                "{other} is not a key serial (a string or a non-negative integer)"
+            ))),
+        }
+    };
+    match p.json_opt(&NAMES) {
+        Ok(Some(Value::Array(a))) => a.iter().map(one).collect(),
+        Ok(Some(v @ Value::Number(_))) => Ok(vec![one(&v)?]),
+        Ok(Some(Value::String(s))) => Ok(split_serials(&s)),
+        Ok(Some(Value::Null)) | Ok(None) => Ok(Vec::new()),
+        Ok(Some(other)) => Err(bad(format!("{other} is not a list of serials"))),
+        // Not JSON: a plain comma-separated string.
+        Err(_) => Ok(p.str_opt(&NAMES)?.map(|s| split_serials(&s)).unwrap_or_default()),
+    }
+}
+
+fn split_serials(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 /// Terms of a verified license file.
@@ -207,6 +233,11 @@ async fn add_license(
     id: Option<u64>,
     source: LicenseSource,
 ) -> ApiResult<Value> {
+    // Both doors (addProduct and signed files) pass the same domain checks.
+    crate::terms::validate_terms(&terms).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    if let Some(id) = id {
+        crate::terms::validate_license_id(id).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    }
     let hw = activation_hardware_id(st, &terms)?;
     let _guard = st.admin_lock().await;
     let actor = caller.username.clone();
@@ -267,8 +298,23 @@ async fn add_license(
 
 /// `GET|POST /api/v4/addProduct`.
 pub async fn products_add(State(st): State<AppState>, Admin(caller): Admin, p: Params) -> ApiResult<Json<Value>> {
-    let terms = terms_from_params(&p)?;
+    let (mut terms, password) = terms_from_params(&p)?;
     let id = p.u64_opt(&["license_id", "licenseId"])?;
+    crate::terms::validate_terms(&terms).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    if let (Some(password), Auth::User { password_hash, .. }) = (password, &mut terms.auth) {
+        *password_hash = st
+            .hash_pool()
+            .hash(password)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "Password hashing is busy; retry",
+                )
+            })?
+            .ok_or_else(|| ApiError::internal("cannot hash password"))?;
+    }
     Ok(Json(add_license(&st, &caller, terms, id, LicenseSource::Api).await?))
 }
 
