@@ -26,6 +26,10 @@ pub struct LoginLimits {
     pub forget_after: Duration,
     /// Most entries per map (the oldest go first).
     pub max_entries: usize,
+    /// Attempts one address — or one account, from addresses not known good for it —
+    /// may have in flight (hashing) at once: a burst of simultaneous guesses would
+    /// otherwise all reach the hashing pool before the first failure is counted.
+    pub max_in_flight: u32,
 }
 
 impl Default for LoginLimits {
@@ -36,6 +40,7 @@ impl Default for LoginLimits {
             max_delay: Duration::from_secs(300),
             forget_after: Duration::from_secs(3600),
             max_entries: 100_000,
+            max_in_flight: 2,
         }
     }
 }
@@ -64,6 +69,37 @@ struct Maps {
     by_account: HashMap<String, Slot>,
     /// Addresses that logged in to an account successfully.
     good: HashMap<String, Vec<IpAddr>>,
+    /// Attempts being checked now.
+    in_flight_addr: HashMap<IpAddr, u32>,
+    in_flight_account: HashMap<String, u32>,
+}
+
+/// An admitted login attempt; the in-flight counts drop with it.
+#[derive(Debug)]
+pub struct Attempt<'l> {
+    limiter: &'l LoginLimiter,
+    addr: IpAddr,
+    /// The account, when its in-flight count was taken.
+    account: Option<String>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut m = self.limiter.maps();
+        dec(&mut m.in_flight_addr, &self.addr);
+        if let Some(a) = &self.account {
+            dec(&mut m.in_flight_account, a);
+        }
+    }
+}
+
+fn dec<K: Eq + std::hash::Hash>(map: &mut HashMap<K, u32>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// The limiter.
@@ -115,17 +151,51 @@ impl LoginLimiter {
     /// is blocked now.
     pub fn check(&self, addr: IpAddr, account: &str, now: Instant) -> Result<(), Duration> {
         let m = self.maps();
+        self.blocked_for(&m, addr, account, now).map_or(Ok(()), Err)
+    }
+
+    fn blocked_for(&self, m: &Maps, addr: IpAddr, account: &str, now: Instant) -> Option<Duration> {
         let by_addr = blocked(m.by_addr.get(&addr), now);
-        let trusted = m.good.get(account).is_some_and(|g| g.contains(&addr));
-        let by_account = if trusted {
+        let by_account = if self.trusted(m, addr, account) {
             None
         } else {
             blocked(m.by_account.get(account), now)
         };
-        match by_addr.max(by_account) {
-            Some(d) => Err(d),
-            None => Ok(()),
+        by_addr.max(by_account)
+    }
+
+    fn trusted(&self, m: &Maps, addr: IpAddr, account: &str) -> bool {
+        m.good.get(account).is_some_and(|g| g.contains(&addr))
+    }
+
+    /// Admits an attempt: `Err(retry_after)` when blocked (see [`LoginLimiter::check`]) or
+    /// when the address or account already has `max_in_flight` attempts being checked.
+    pub fn begin(&self, addr: IpAddr, account: &str, now: Instant) -> Result<Attempt<'_>, Duration> {
+        let mut m = self.maps();
+        if let Some(d) = self.blocked_for(&m, addr, account, now) {
+            return Err(d);
         }
+        let busy = Duration::from_secs(1);
+        let max = self.limits.max_in_flight.max(1);
+        if m.in_flight_addr.get(&addr).copied().unwrap_or(0) >= max {
+            return Err(busy);
+        }
+        let counted = !self.trusted(&m, addr, account);
+        if counted {
+            if m.in_flight_account.get(account).copied().unwrap_or(0) >= max {
+                return Err(busy);
+            }
+            if m.in_flight_account.len() >= self.limits.max_entries {
+                return Err(busy);
+            }
+            *m.in_flight_account.entry(account.to_owned()).or_default() += 1;
+        }
+        *m.in_flight_addr.entry(addr).or_default() += 1;
+        Ok(Attempt {
+            limiter: self,
+            addr,
+            account: counted.then(|| account.to_owned()),
+        })
     }
 
     /// Records a failed login; returns the bursts it started.
@@ -197,7 +267,28 @@ mod tests {
             max_delay: Duration::from_secs(8),
             forget_after: Duration::from_secs(100),
             max_entries: 4,
+            max_in_flight: 2,
         })
+    }
+
+    #[test]
+    fn simultaneous_attempts_are_capped_per_address_and_account() {
+        let l = limiter();
+        let t = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = l.begin(a, "root", t).unwrap();
+        let two = l.begin(a, "root", t).unwrap();
+        assert!(l.begin(a, "root", t).is_err(), "third from the same address");
+        assert!(l.begin(b, "root", t).is_err(), "third on the same account");
+        assert!(l.begin(b, "other", t).is_ok());
+        drop((one, two));
+        assert!(l.begin(b, "root", t).is_ok(), "counts drop with the attempts");
+        // The owner's known-good address is not held up by the account's count.
+        l.success(b, "root");
+        let _x = l.begin(a, "root", t).unwrap();
+        let _y = l.begin(a, "root", t).unwrap();
+        assert!(l.begin(b, "root", t).is_ok());
     }
 
     #[test]

@@ -32,9 +32,12 @@ pub struct Args {
     /// (PEM file or the PEM itself). Without it only serials are read.
     #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
     vendor_public_key: Option<String>,
-    /// Read `vendor_public_key` from this server configuration file instead.
+    /// Read `vendor_public_key` (and `data_dir`) from this server configuration file instead.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check that this server data directory and its files are private (0700 / 0600).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// One problem or note, with what to do about it.
@@ -170,7 +173,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         (None, None) => None,
     };
-    let report = diagnose(vendor.as_deref(), Path::new("/proc"), Path::new("/sys"));
+    let data_dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(path)) => Some(keyfloat_server::ServerConfig::load(path)?.data_dir),
+        (None, None) => None,
+    };
+    let mut report = diagnose(vendor.as_deref(), Path::new("/proc"), Path::new("/sys"));
+    if let Some(dir) = &data_dir {
+        check_data_dir(&mut report, dir);
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -186,6 +197,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Warns about a data dir or data files that group or others can read: they hold argon2
+/// hashes, license keys and the JWT secret.
+pub fn check_data_dir(r: &mut Report, dir: &Path) {
+    for warning in keyfloat_server::files::permission_warnings(dir) {
+        r.problem(
+            "data_dir_permissions",
+            warning,
+            "make the data dir 0700 and its files 0600 (the server does so at start)",
+        );
+    }
+    r.ok = r.problems.is_empty();
 }
 
 /// Runs every check.

@@ -60,7 +60,7 @@ async fn login(st: &AppState, ext: &Extensions, headers: &HeaderMap) -> Result<V
         let (user, password) = creds.ok_or_else(|| ApiError::unauthorized().into_response())?;
         let addr = client_addr(ext);
         let limiter = st.login_limiter();
-        limiter.check(addr, &user, Instant::now()).map_err(too_many)?;
+        let _attempt = limiter.begin(addr, &user, Instant::now()).map_err(too_many)?;
         let account = st.accounts().get(&user);
         let pool = st.hash_pool();
         let verified = match &account {
