@@ -220,6 +220,19 @@ mod tests {
         assert_eq!(ServerConfig::from_yaml("").unwrap(), ServerConfig::default());
         assert!(ServerConfig::from_yaml("key_backend: usb\n").is_err());
         assert!(!c.allow_serial_only_keys, "serial-only keys are refused unless allowed");
+        let t = ServerConfig::from_yaml(
+            "tlsCert: /etc/kf/cert.pem\ntls_key: /etc/kf/key.pem\ntlsClientCa: /etc/kf/ca.pem\nmetricsToken: s3\nmaxConnections: 100\ndrainSecs: 3\n",
+        )
+        .unwrap();
+        assert_eq!(t.tls_cert.as_deref(), Some(Path::new("/etc/kf/cert.pem")));
+        assert_eq!(t.tls_key.as_deref(), Some(Path::new("/etc/kf/key.pem")));
+        assert_eq!(t.tls_client_ca.as_deref(), Some(Path::new("/etc/kf/ca.pem")));
+        assert_eq!(
+            (t.metrics_token.as_deref(), t.max_connections, t.drain_secs),
+            (Some("s3"), 100, 3)
+        );
+        let d = ServerConfig::default();
+        assert!(!d.metrics_public && d.metrics_license_labels && d.http_listen.is_none());
         assert!(
             ServerConfig::from_yaml("allowSerialOnlyKeys: true\n")
                 .unwrap()

@@ -20,6 +20,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod terms;
+pub mod tls;
 pub mod web;
 
 pub use app::{app, serve};

@@ -402,14 +402,36 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     };
     let router = keyfloat_server::app(state);
     let mut servers = tokio::task::JoinSet::new();
-    println!("listening on http://{local}");
+    let tls = tls_acceptor(&config)?;
+    let main: Arc<dyn keyfloat_server::listen::Accept> = match &tls {
+        Some(t) => Arc::clone(t) as _,
+        None => Arc::new(keyfloat_server::listen::PlainTcp),
+    };
+    // With TLS, plain HTTP only on an address asked for.
+    if let (Some(_), Some(h)) = (&tls, &config.http_listen) {
+        let hl = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("binding http_listen {h}"))?;
+        println!("listening on http://{}", hl.local_addr()?);
+        servers.spawn(keyfloat_server::listen::serve_with(
+            hl,
+            router.clone(),
+            opts,
+            Arc::new(keyfloat_server::listen::PlainTcp),
+            wait(stopped.clone()),
+        ));
+    }
+    println!("listening on {}://{local}", main.scheme());
     servers.spawn(keyfloat_server::listen::serve_with(
         listener,
         router.clone(),
         opts,
-        Arc::new(keyfloat_server::listen::PlainTcp),
+        main,
         wait(stopped.clone()),
     ));
+    if let Some(t) = tls {
+        tokio::spawn(reload_on_sighup(t));
+    }
     shutdown_signal().await;
     tracing::info!(drain_secs = opts.drain.as_secs(), "stopping: draining connections");
     let _ = stop.send(true);
@@ -420,6 +442,47 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
     monitor.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<Arc<keyfloat_server::tls::TlsAcceptor>>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (None, None) => {
+            if config.tls_client_ca.is_some() {
+                anyhow::bail!("tls_client_ca needs tls_cert and tls_key");
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key)) => {
+            let files = keyfloat_server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            };
+            Ok(Some(Arc::new(
+                keyfloat_server::tls::TlsAcceptor::new(files).context("loading the TLS certificate and key")?,
+            )))
+        }
+        _ => anyhow::bail!("tls_cert and tls_key go together"),
+    }
+}
+
+/// SIGHUP: re-read the certificate and key. New handshakes use them; open connections
+/// keep theirs. A bad file is logged and the configuration in force stays.
+async fn reload_on_sighup(tls: Arc<keyfloat_server::tls::TlsAcceptor>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 async fn shutdown_signal() {
