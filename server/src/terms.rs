@@ -140,7 +140,8 @@ mod tests {
     fn the_sample_is_valid_and_each_nonsense_term_is_named() {
         let ok = crate::model::tests::sample().terms;
         validate_terms(&ok).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut LicenseTerms)>)> = vec![
+        type Edit = Box<dyn Fn(&mut LicenseTerms)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("floatingUsers", Box::new(|t| t.floating_users = 0)),
             (
                 "validUntil",

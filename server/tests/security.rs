@@ -1,4 +1,5 @@
 //! Issue 13 attacks, in process: each one reproduced against the app and refused.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

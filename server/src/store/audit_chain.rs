@@ -35,7 +35,10 @@ pub fn record_hash(
     hex::encode(h.finalize())
 }
 
-fn chain_state(conn: &Connection) -> StoreResult<Option<(i64, String, Option<i64>, Option<String>)>> {
+/// `(start_id, genesis, head_id, head_hash)` of the anchor row.
+type ChainState = (i64, String, Option<i64>, Option<String>);
+
+fn chain_state(conn: &Connection) -> StoreResult<Option<ChainState>> {
     Ok(conn
         .prepare_cached("SELECT start_id, genesis, head_id, head_hash FROM audit_chain WHERE one = 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
