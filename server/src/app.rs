@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/registrations", get(admin::registrations_list))
         .route("/registrations/release", post(admin::registrations_release))
         .route("/audit", get(admin::audit_list))
+        .route("/audit/verify", get(admin::audit_verify))
         .route("/health", get(health::health_show))
         .route("/sim/plug", post(sim::sim_plug))
         .route("/sim/unplug", post(sim::sim_unplug));

@@ -304,3 +304,29 @@ async fn the_page_sends_a_strict_csp() {
     );
     assert!(!csp.contains("unsafe"), "{csp}");
 }
+
+/// The page's badge endpoint: intact, then the edited record is named.
+#[tokio::test]
+async fn audit_verify_endpoint_names_an_edited_record() {
+    let h = harness(false).await;
+    for p in ["a", "b"] {
+        h.add_product(&format!("product={p}&licenseKey=K")).await;
+    }
+    let (s, v) = h.get("/api/v4/audit/verify").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let (_, events) = h.get("/api/v4/audit?limit=1").await;
+    let id = events[0]["id"].as_i64().unwrap();
+    // A second connection edits the row behind the server's back.
+    rusqlite_edit(&h, id);
+    let (_, v) = h.get("/api/v4/audit/verify").await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_bad"]["id"], id, "{v}");
+}
+
+fn rusqlite_edit(h: &Harness, id: i64) {
+    let conn = keyfloat_server::store::audit_chain::Connection::open(h.dir.path().join("keyfloat.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    conn.execute("UPDATE audit SET detail = 'edited' WHERE id = ?1", [id])
+        .unwrap();
+}

@@ -503,3 +503,16 @@ pub async fn audit_list(State(st): State<AppState>, _a: Admin, p: Params) -> Api
     let events = transact(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
     Ok(Json(Value::Array(events.iter().map(AuditEvent::to_json).collect())))
 }
+
+/// `GET /api/v4/audit/verify` (admin): the audit hash chain's check, for the page's badge
+/// (`keyfloat audit verify` does the same offline).
+pub async fn audit_verify(State(st): State<AppState>, _a: Admin) -> ApiResult<Json<Value>> {
+    let report = transact(st.store(), |tx| Ok(tx.verify_audit_chain()?)).await?;
+    Ok(Json(json!({
+        "ok": report.ok(),
+        "records": report.records,
+        "before_chain": report.before_chain,
+        "start_id": report.start_id,
+        "first_bad": report.first_bad,
+    })))
+}

@@ -116,6 +116,8 @@ pub trait Tx {
 
     /// Appends an audit record (to the hash chain).
     fn audit(&mut self, event: &AuditEvent) -> StoreResult<()>;
+    /// Checks the audit hash chain (see [`audit_chain::verify`]).
+    fn verify_audit_chain(&mut self) -> StoreResult<audit_chain::ChainReport>;
     /// Audit records newest first, optionally only those with `id < before`.
     fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>>;
 }

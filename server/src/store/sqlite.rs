@@ -745,6 +745,10 @@ impl Tx for SqliteTx<'_> {
         super::audit_chain::append(self.conn, e)
     }
 
+    fn verify_audit_chain(&mut self) -> StoreResult<super::audit_chain::ChainReport> {
+        super::audit_chain::verify(self.conn)
+    }
+
     fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, at, kind, actor, license_id, detail FROM audit
