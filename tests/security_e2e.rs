@@ -401,3 +401,54 @@ fn audit_verify_names_a_record_edited_with_sqlite3() {
     assert!(text.contains(&format!("record {victim}")), "{text}");
     let _ = wait_exit;
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `/metrics` in authentication mode: refused without a token, served with the dedicated
+/// `--metrics-token`, served without any token on the private `--metrics-listen` address,
+/// and without per-license series when `--metrics-license-labels false`.
+#[test]
+fn metrics_access_is_configurable() {
+    let dir = data_dir();
+    add_user(dir.path(), "admin", "pw", "admin");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let s = start(
+        dir.path(),
+        &[
+            "--user-authentication",
+            "--metrics-token",
+            "scrape-s3cret",
+            "--metrics-listen",
+            &metrics_addr,
+            "--metrics-license-labels",
+            "false",
+        ],
+    );
+    let t = token(&s, "admin", "pw");
+    s.json(
+        "GET",
+        "/api/v4/addProduct?product=hidden-product&licenseKey=K",
+        None,
+        Some(&format!("Bearer {t}")),
+    );
+    assert_eq!(s.call("GET", "/metrics", None, None).0, 401);
+    assert_eq!(s.call("GET", "/metrics", None, Some("Bearer wrong")).0, 401);
+    let (st, body) = s.call("GET", "/metrics", None, Some("Bearer scrape-s3cret"));
+    assert_eq!(st, 200);
+    assert!(body.contains("keyfloat_key_valid"), "{body}");
+    assert!(!body.contains("hidden-product"), "license labels are off: {body}");
+    let (st, body) = http(&metrics_addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("keyfloat_key_valid"));
+    // The metrics address serves nothing else.
+    assert_eq!(
+        http(&metrics_addr, "GET", "/api/v4/license", None, None).unwrap().0,
+        404
+    );
+}

@@ -46,6 +46,8 @@ struct PoolInner {
     /// A real hash of a random password: unknown users are checked against it so that
     /// they cost the same as known ones.
     dummy: String,
+    /// Hashes computed (verifications included).
+    done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for HashPool {
@@ -68,11 +70,13 @@ impl HashPool {
         let workers = workers.max(1);
         let (tx, rx) = mpsc::channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for i in 0..workers {
             let rx = Arc::clone(&rx);
+            let done = Arc::clone(&done);
             std::thread::Builder::new()
                 .name(format!("keyfloat-hash-{i}"))
-                .spawn(move || worker(&rx))?;
+                .spawn(move || worker(&rx, &done))?;
         }
         let mut bytes = [0u8; 24];
         rand_core::RngCore::fill_bytes(&mut OsRng, &mut bytes);
@@ -84,6 +88,7 @@ impl HashPool {
                 wait,
                 workers,
                 dummy,
+                done,
             }),
         })
     }
@@ -91,6 +96,11 @@ impl HashPool {
     /// Number of worker threads.
     pub fn workers(&self) -> usize {
         self.inner.workers
+    }
+
+    /// Hashes computed so far (each login attempt that reached the pool counts one).
+    pub fn hashes_done(&self) -> u64 {
+        self.inner.done.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn run<T>(&self, work: impl FnOnce(oneshot::Sender<T>) -> Work, failed: T) -> Result<T, PoolBusy> {
@@ -129,7 +139,7 @@ impl HashPool {
     }
 }
 
-fn worker(rx: &Mutex<mpsc::Receiver<Work>>) {
+fn worker(rx: &Mutex<mpsc::Receiver<Work>>, done: &std::sync::atomic::AtomicU64) {
     // Reused for every hash this thread computes: no per-hash 19 MiB allocation.
     let mut memory: Vec<Block> = Vec::new();
     loop {
@@ -137,12 +147,17 @@ fn worker(rx: &Mutex<mpsc::Receiver<Work>>) {
             Ok(w) => w,
             Err(_) => return,
         };
+        // Counted before answering, so a caller sees its own hash counted.
         match work {
             Work::Verify(password, phc, tx) => {
-                let _ = tx.send(verify_with(&mut memory, &password, &phc));
+                let ok = verify_with(&mut memory, &password, &phc);
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send(ok);
             }
             Work::Hash(password, tx) => {
-                let _ = tx.send(hash_with(&mut memory, &password));
+                let phc = hash_with(&mut memory, &password);
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send(phc);
             }
         }
     }

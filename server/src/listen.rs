@@ -354,6 +354,18 @@ mod tests {
         }
     }
 
+    /// A keep-alive connection that goes quiet after its request is closed.
+    #[tokio::test]
+    async fn idle_keep_alive_connections_are_closed() {
+        let (addr, _stop, _h) = start(quick()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(closed_within(&mut s, Duration::from_secs(5)).await);
+    }
+
     /// A client holding a half-sent request does not keep shutdown from finishing.
     #[tokio::test]
     async fn shutdown_drains_for_a_bounded_time() {

@@ -330,3 +330,20 @@ fn rusqlite_edit(h: &Harness, id: i64) {
     conn.execute("UPDATE audit SET detail = 'edited' WHERE id = ?1", [id])
         .unwrap();
 }
+
+/// User enumeration: an unknown user name costs one argon2 verification, like a known
+/// one with a wrong password (the dummy hash), and gets the same answer.
+#[tokio::test]
+async fn unknown_users_cost_a_hash_like_known_ones() {
+    let h = harness(true).await;
+    h.add_account("real", "pw", Role::User).await;
+    let pool = h.state.hash_pool();
+    let before = pool.hashes_done();
+    let known = h.login("real", "wrong").await;
+    let after_known = pool.hashes_done();
+    let unknown = h.login("ghost", "wrong").await;
+    let after_unknown = pool.hashes_done();
+    assert_eq!(known, unknown, "same status and body");
+    assert_eq!(after_known - before, 1);
+    assert_eq!(after_unknown - after_known, 1, "the unknown user was hashed too");
+}
