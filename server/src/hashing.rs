@@ -27,6 +27,7 @@ pub struct PoolBusy;
 
 enum Work {
     Verify(String, String, oneshot::Sender<bool>),
+    VerifyDummy(String, oneshot::Sender<bool>),
     Hash(String, oneshot::Sender<Option<String>>),
 }
 
@@ -43,9 +44,6 @@ struct PoolInner {
     queue: Mutex<mpsc::Sender<Work>>,
     wait: Duration,
     workers: usize,
-    /// A real hash of a random password: unknown users are checked against it so that
-    /// they cost the same as known ones.
-    dummy: String,
     /// Hashes computed (verifications included).
     done: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -71,23 +69,23 @@ impl HashPool {
         let (tx, rx) = mpsc::channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        // A real hash of a random password, made by a worker on first need: unknown users
+        // are checked against it so that they cost the same as known ones.
+        let dummy = Arc::new(std::sync::OnceLock::new());
         for i in 0..workers {
             let rx = Arc::clone(&rx);
             let done = Arc::clone(&done);
+            let dummy = Arc::clone(&dummy);
             std::thread::Builder::new()
                 .name(format!("keyfloat-hash-{i}"))
-                .spawn(move || worker(&rx, &done))?;
+                .spawn(move || worker(&rx, &done, &dummy))?;
         }
-        let mut bytes = [0u8; 24];
-        rand_core::RngCore::fill_bytes(&mut OsRng, &mut bytes);
-        let dummy = hash_with(&mut Vec::new(), &base64_of(&bytes)).unwrap_or_default();
         Ok(Self {
             inner: Arc::new(PoolInner {
                 permits: Semaphore::new(workers),
                 queue: Mutex::new(tx),
                 wait,
                 workers,
-                dummy,
                 done,
             }),
         })
@@ -129,8 +127,9 @@ impl HashPool {
     /// Checks `password` against the dummy hash: the same cost as a real check, always
     /// false. For unknown user names.
     pub async fn verify_dummy(&self, password: String) -> Result<bool, PoolBusy> {
-        let phc = self.inner.dummy.clone();
-        self.verify(password, phc).await.map(|_| false)
+        self.run(|tx| Work::VerifyDummy(password, tx), false)
+            .await
+            .map(|_| false)
     }
 
     /// A new argon2id PHC hash of `password`.
@@ -139,7 +138,7 @@ impl HashPool {
     }
 }
 
-fn worker(rx: &Mutex<mpsc::Receiver<Work>>, done: &std::sync::atomic::AtomicU64) {
+fn worker(rx: &Mutex<mpsc::Receiver<Work>>, done: &std::sync::atomic::AtomicU64, dummy: &std::sync::OnceLock<String>) {
     // Reused for every hash this thread computes: no per-hash 19 MiB allocation.
     let mut memory: Vec<Block> = Vec::new();
     loop {
@@ -153,6 +152,16 @@ fn worker(rx: &Mutex<mpsc::Receiver<Work>>, done: &std::sync::atomic::AtomicU64)
                 let ok = verify_with(&mut memory, &password, &phc);
                 done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = tx.send(ok);
+            }
+            Work::VerifyDummy(password, tx) => {
+                let phc = dummy.get_or_init(|| {
+                    let mut bytes = [0u8; 24];
+                    rand_core::RngCore::fill_bytes(&mut OsRng, &mut bytes);
+                    hash_with(&mut memory, &base64_of(&bytes)).unwrap_or_default()
+                });
+                let _ = verify_with(&mut memory, &password, phc);
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = tx.send(false);
             }
             Work::Hash(password, tx) => {
                 let phc = hash_with(&mut memory, &password);
