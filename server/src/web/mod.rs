@@ -97,6 +97,8 @@ mod tests {
             "/api/v4/audit",
             "/api/v4/sim/unplug",
             "sessionStorage",
+            "id=\"audit-chain\"",
+            "/api/v4/audit/verify",
         ] {
             assert!(INDEX_HTML.contains(needle), "page lacks {needle}");
         }
