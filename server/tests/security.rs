@@ -347,3 +347,55 @@ async fn unknown_users_cost_a_hash_like_known_ones() {
     assert_eq!(after_known - before, 1);
     assert_eq!(after_unknown - after_known, 1, "the unknown user was hashed too");
 }
+
+/// Garbage in `Authorization` on `/auth` and on a protected route: 401 or 429, never a
+/// 5xx, never a token.
+#[tokio::test]
+async fn garbage_credentials_never_crash_or_pass() {
+    let h = harness(true).await;
+    h.add_account("admin", "pw", Role::Admin).await;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let fixed = [
+        "Basic".to_owned(),
+        "Basic ".to_owned(),
+        "Basic ====".to_owned(),
+        "Basic OjpaOg==".to_owned(),
+        format!("Basic {}", "A".repeat(64 * 1024)),
+        "Bearer".to_owned(),
+        "Bearer a.b.c".to_owned(),
+        "bEaReR eyJhbGciOiJIUzI1NiJ9.e30.x".to_owned(),
+        "Basic \u{0}\u{1}".to_owned(),
+    ];
+    let mut headers: Vec<String> = fixed.to_vec();
+    for _ in 0..300 {
+        let len = (next() % 80) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| (next() % 95 + 32) as u8).collect();
+        let tail = String::from_utf8(bytes).unwrap();
+        headers.push(if next() % 2 == 0 {
+            format!("Basic {tail}")
+        } else {
+            format!("Bearer {tail}")
+        });
+    }
+    for (i, value) in headers.iter().enumerate() {
+        let Ok(v) = axum::http::HeaderValue::from_str(value) else {
+            continue;
+        };
+        for uri in ["/auth", "/api/v4/license"] {
+            let mut req = Request::get(uri).body(Body::empty()).unwrap();
+            req.headers_mut().insert(header::AUTHORIZATION, v.clone());
+            let (s, body) = h.send(req).await;
+            assert!(
+                s == StatusCode::UNAUTHORIZED || s == StatusCode::TOO_MANY_REQUESTS,
+                "#{i} {uri} {value:.80}: {s} {body}"
+            );
+            assert!(body.get("token").is_none());
+        }
+    }
+}
