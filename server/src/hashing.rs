@@ -41,6 +41,9 @@ struct PoolInner {
     /// One permit per worker: a request holds one while its job is queued or running,
     /// so the queue never holds more jobs than there are workers.
     permits: Semaphore,
+    /// Untrusted attempts (unknown addresses, unknown users) also need one of these: one
+    /// worker fewer than the pool, so a flood leaves a worker to the accounts' owners.
+    untrusted: Semaphore,
     queue: Mutex<mpsc::Sender<Work>>,
     wait: Duration,
     workers: usize,
@@ -83,6 +86,7 @@ impl HashPool {
         Ok(Self {
             inner: Arc::new(PoolInner {
                 permits: Semaphore::new(workers),
+                untrusted: Semaphore::new(workers.saturating_sub(1).max(1)),
                 queue: Mutex::new(tx),
                 wait,
                 workers,
@@ -101,7 +105,22 @@ impl HashPool {
         self.inner.done.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn run<T>(&self, work: impl FnOnce(oneshot::Sender<T>) -> Work, failed: T) -> Result<T, PoolBusy> {
+    async fn run<T>(
+        &self,
+        trusted: bool,
+        work: impl FnOnce(oneshot::Sender<T>) -> Work,
+        failed: T,
+    ) -> Result<T, PoolBusy> {
+        let lane = if trusted {
+            None
+        } else {
+            Some(
+                tokio::time::timeout(self.inner.wait, self.inner.untrusted.acquire())
+                    .await
+                    .map_err(|_| PoolBusy)?
+                    .map_err(|_| PoolBusy)?,
+            )
+        };
         let permit = tokio::time::timeout(self.inner.wait, self.inner.permits.acquire())
             .await
             .map_err(|_| PoolBusy)?
@@ -115,26 +134,28 @@ impl HashPool {
             .send(work(tx))
             .is_ok();
         let out = if sent { rx.await.unwrap_or(failed) } else { failed };
-        drop(permit);
+        drop((permit, lane));
         Ok(out)
     }
 
     /// Checks `password` against `phc` (false on a malformed or too costly hash).
-    pub async fn verify(&self, password: String, phc: String) -> Result<bool, PoolBusy> {
-        self.run(|tx| Work::Verify(password, phc, tx), false).await
+    /// `trusted`: the caller's address logged in to this account before (it may use every
+    /// worker; others leave one free).
+    pub async fn verify(&self, password: String, phc: String, trusted: bool) -> Result<bool, PoolBusy> {
+        self.run(trusted, |tx| Work::Verify(password, phc, tx), false).await
     }
 
     /// Checks `password` against the dummy hash: the same cost as a real check, always
     /// false. For unknown user names.
     pub async fn verify_dummy(&self, password: String) -> Result<bool, PoolBusy> {
-        self.run(|tx| Work::VerifyDummy(password, tx), false)
+        self.run(false, |tx| Work::VerifyDummy(password, tx), false)
             .await
             .map(|_| false)
     }
 
-    /// A new argon2id PHC hash of `password`.
+    /// A new argon2id PHC hash of `password` (for an authenticated admin: trusted).
     pub async fn hash(&self, password: String) -> Result<Option<String>, PoolBusy> {
-        self.run(|tx| Work::Hash(password, tx), None).await
+        self.run(true, |tx| Work::Hash(password, tx), None).await
     }
 }
 
@@ -291,7 +312,7 @@ mod tests {
             .map(|_| {
                 let pool = pool.clone();
                 let h = h.clone();
-                tokio::spawn(async move { pool.verify("a".into(), h).await })
+                tokio::spawn(async move { pool.verify("a".into(), h, false).await })
             })
             .collect();
         let mut busy = 0;
@@ -305,5 +326,26 @@ mod tests {
         }
         assert!(ok >= 1 && busy >= 1, "ok {ok} busy {busy}");
         assert!(!pool.verify_dummy("a".into()).await.unwrap());
+    }
+
+    /// With two workers an untrusted flood holds at most one; a trusted caller gets the
+    /// other at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn untrusted_callers_leave_a_worker_free() {
+        let pool = HashPool::new(2, Duration::from_secs(30)).unwrap();
+        let h = pool.hash("a".into()).await.unwrap().unwrap();
+        let flood: Vec<_> = (0..6)
+            .map(|_| {
+                let (pool, h) = (pool.clone(), h.clone());
+                tokio::spawn(async move { pool.verify("x".into(), h, false).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(pool.inner.untrusted.available_permits(), 0, "the flood holds its lane");
+        assert_eq!(pool.inner.permits.available_permits(), 1, "one worker stays free");
+        assert!(pool.verify("a".into(), h.clone(), true).await.unwrap());
+        for f in flood {
+            assert!(!f.await.unwrap().unwrap());
+        }
     }
 }

@@ -26,10 +26,6 @@ pub struct LoginLimits {
     pub forget_after: Duration,
     /// Most entries per map (the oldest go first).
     pub max_entries: usize,
-    /// Attempts one address — or one account, from addresses not known good for it —
-    /// may have in flight (hashing) at once: a burst of simultaneous guesses would
-    /// otherwise all reach the hashing pool before the first failure is counted.
-    pub max_in_flight: u32,
 }
 
 impl Default for LoginLimits {
@@ -40,7 +36,6 @@ impl Default for LoginLimits {
             max_delay: Duration::from_secs(300),
             forget_after: Duration::from_secs(3600),
             max_entries: 100_000,
-            max_in_flight: 2,
         }
     }
 }
@@ -81,6 +76,13 @@ pub struct Attempt<'l> {
     addr: IpAddr,
     /// The account, when its in-flight count was taken.
     account: Option<String>,
+}
+
+impl Attempt<'_> {
+    /// The address logged in to this account before.
+    pub fn trusted(&self) -> bool {
+        self.account.is_none()
+    }
 }
 
 impl Drop for Attempt<'_> {
@@ -168,21 +170,32 @@ impl LoginLimiter {
         m.good.get(account).is_some_and(|g| g.contains(&addr))
     }
 
+    /// How many attempts a key may have in flight: what is left of its free failures
+    /// (plus the one that would start the delay), and one once it is delayed. Attempts in
+    /// flight count against the budget, so a burst of simultaneous guesses cannot all
+    /// reach the hashing pool before the first failure is recorded.
+    fn in_flight_budget(&self, slot: Option<&Slot>, now: Instant) -> u32 {
+        let failures = slot
+            .filter(|s| now.duration_since(s.last) < self.limits.forget_after)
+            .map_or(0, |s| s.failures);
+        (self.limits.free_failures + 1).saturating_sub(failures).max(1)
+    }
+
     /// Admits an attempt: `Err(retry_after)` when blocked (see [`LoginLimiter::check`]) or
-    /// when the address or account already has `max_in_flight` attempts being checked.
+    /// when the address or account has used its in-flight budget.
     pub fn begin(&self, addr: IpAddr, account: &str, now: Instant) -> Result<Attempt<'_>, Duration> {
         let mut m = self.maps();
         if let Some(d) = self.blocked_for(&m, addr, account, now) {
             return Err(d);
         }
         let busy = Duration::from_secs(1);
-        let max = self.limits.max_in_flight.max(1);
-        if m.in_flight_addr.get(&addr).copied().unwrap_or(0) >= max {
+        if m.in_flight_addr.get(&addr).copied().unwrap_or(0) >= self.in_flight_budget(m.by_addr.get(&addr), now) {
             return Err(busy);
         }
         let counted = !self.trusted(&m, addr, account);
         if counted {
-            if m.in_flight_account.get(account).copied().unwrap_or(0) >= max {
+            let budget = self.in_flight_budget(m.by_account.get(account), now);
+            if m.in_flight_account.get(account).copied().unwrap_or(0) >= budget {
                 return Err(busy);
             }
             if m.in_flight_account.len() >= self.limits.max_entries {
@@ -267,7 +280,6 @@ mod tests {
             max_delay: Duration::from_secs(8),
             forget_after: Duration::from_secs(100),
             max_entries: 4,
-            max_in_flight: 2,
         })
     }
 
@@ -277,18 +289,26 @@ mod tests {
         let t = Instant::now();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let one = l.begin(a, "root", t).unwrap();
-        let two = l.begin(a, "root", t).unwrap();
-        assert!(l.begin(a, "root", t).is_err(), "third from the same address");
-        assert!(l.begin(b, "root", t).is_err(), "third on the same account");
+        // Two free failures: three attempts may be in flight at once.
+        let burst: Vec<_> = (0..3).map(|_| l.begin(a, "root", t).unwrap()).collect();
+        assert!(l.begin(a, "root", t).is_err(), "fourth from the same address");
+        assert!(l.begin(b, "root", t).is_err(), "fourth on the same account");
         assert!(l.begin(b, "other", t).is_ok());
-        drop((one, two));
+        drop(burst);
         assert!(l.begin(b, "root", t).is_ok(), "counts drop with the attempts");
+        // Failures shrink the budget to one (never to zero: a delay that ends admits one).
+        for _ in 0..3 {
+            l.failure(a, "x", t);
+        }
+        let later = t + Duration::from_secs(30);
+        let one = l.begin(a, "y", later).unwrap();
+        assert!(l.begin(a, "z", later).is_err());
+        drop(one);
         // The owner's known-good address is not held up by the account's count.
         l.success(b, "root");
-        let _x = l.begin(a, "root", t).unwrap();
-        let _y = l.begin(a, "root", t).unwrap();
-        assert!(l.begin(b, "root", t).is_ok());
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let _x: Vec<_> = (0..3).map(|_| l.begin(c, "root", later).unwrap()).collect();
+        assert!(l.begin(b, "root", later).is_ok());
     }
 
     #[test]

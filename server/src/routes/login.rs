@@ -60,11 +60,11 @@ async fn login(st: &AppState, ext: &Extensions, headers: &HeaderMap) -> Result<V
         let (user, password) = creds.ok_or_else(|| ApiError::unauthorized().into_response())?;
         let addr = client_addr(ext);
         let limiter = st.login_limiter();
-        let _attempt = limiter.begin(addr, &user, Instant::now()).map_err(too_many)?;
+        let attempt = limiter.begin(addr, &user, Instant::now()).map_err(too_many)?;
         let account = st.accounts().get(&user);
         let pool = st.hash_pool();
         let verified = match &account {
-            Some(a) => pool.verify(password, a.password_hash.clone()).await,
+            Some(a) => pool.verify(password, a.password_hash.clone(), attempt.trusted()).await,
             None => pool.verify_dummy(password).await,
         }
         .map_err(|_| too_many(Duration::from_secs(1)))?;
