@@ -452,3 +452,24 @@ fn metrics_access_is_configurable() {
         404
     );
 }
+
+/// The first attack, as reported: a token from `/auth` without authentication
+/// (any credentials, admin) on the same data dir restarted with `--user-authentication true`.
+#[test]
+fn a_no_auth_token_is_refused_after_a_restart_with_authentication() {
+    let dir = data_dir();
+    let s = start(dir.path(), &[]);
+    let open = token(&s, "admin", "anything");
+    assert_eq!(s.stop(), Some(0));
+    add_user(dir.path(), "admin", "real", "admin");
+    let s = start(dir.path(), &["--user-authentication", "true"]);
+    assert_eq!(status_with(&s, &open), 401);
+    let (st, _) = s.call(
+        "GET",
+        "/api/v4/addProduct?product=p&licenseKey=K",
+        None,
+        Some(&format!("Bearer {open}")),
+    );
+    assert_eq!(st, 401);
+    assert_eq!(status_with(&s, &token(&s, "admin", "real")), 200);
+}
