@@ -399,3 +399,31 @@ async fn garbage_credentials_never_crash_or_pass() {
         }
     }
 }
+
+/// A signed license file whose id a JavaScript client cannot hold is refused like the
+/// same id in `addProduct`, and nothing is added.
+#[tokio::test]
+async fn a_signed_file_with_an_id_beyond_2_53_is_refused() {
+    use keyfloat_server::license_file::{sign_license, LicenseAuth, LicenseDoc};
+    let h = harness(false).await;
+    let doc = LicenseDoc::new(
+        1 << 53,
+        "big",
+        LicenseAuth::Key {
+            license_key: "K".into(),
+        },
+    );
+    let (s, v) = h
+        .send(
+            Request::post("/api/v4/license/upload")
+                .header(header::CONTENT_TYPE, "text/plain")
+                .body(Body::from(sign_license(&doc, &h.vendor)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["code"], "invalid_parameters", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("license_id"), "{v}");
+    let (_, list) = h.get("/api/v4/license").await;
+    assert_eq!(list.as_array().unwrap().len(), 0);
+}
