@@ -14,7 +14,7 @@ VENV=${KEYFLOAT_VENV:-$ROOT/target/venv}
 # Debian packages: build deps of the pcsc crate, the PC/SC stack the tests run against,
 # the third-party tools that check our virtual card, and the browser for the UI test.
 DEB_BUILD=(pkgconf libpcsclite-dev)
-DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc)
+DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc sqlite3)
 PY_TEST=(licensespring==4.0.0 yubikey-manager==5.9.2)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

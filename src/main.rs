@@ -41,6 +41,9 @@ enum Command {
     /// Accounts for authentication mode.
     #[command(subcommand)]
     User(cli::user::Command),
+    /// The tamper-evident audit log: verify the hash chain, export JSON lines.
+    #[command(subcommand)]
+    Audit(cli::audit::Command),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Vendor(c) => cli::vendor::run(c),
         Command::License(c) => cli::license::run(c),
         Command::User(c) => cli::user::run(c),
+        Command::Audit(c) => cli::audit::run(c),
     };
     match result {
         Ok(code) => code,

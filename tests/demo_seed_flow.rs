@@ -125,10 +125,11 @@ fn wait_key(base: &str, token: &str, want: &str) {
     }
 }
 
-fn wait_metric(base: &str, line: &str) {
+/// `/metrics` needs a token in authentication mode (the demo's mode).
+fn wait_metric(base: &str, token: &str, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (s, text) = http(base, "GET", "/metrics", None, None).unwrap();
+        let (s, text) = http(base, "GET", "/metrics", None, Some(&format!("Bearer {token}"))).unwrap();
         assert_eq!(s, 200, "{text}");
         if text.lines().any(|l| l == line) {
             return;
@@ -175,7 +176,7 @@ fn demo_prints_a_seed_flow_that_works_and_unplug_refuses_with_the_page_error() {
         if c.path.ends_with("/sim/unplug") {
             wait_key(&demo.base, &token, "absent");
             // The key-event watcher polls the cell: let it see the pull before the replug.
-            wait_metric(&demo.base, "keyfloat_key_events_total{event=\"pulled\"} 1");
+            wait_metric(&demo.base, &token, "keyfloat_key_events_total{event=\"pulled\"} 1");
         }
         if c.path.ends_with("/sim/plug") {
             wait_key(&demo.base, &token, "valid");
@@ -233,7 +234,8 @@ fn demo_prints_a_seed_flow_that_works_and_unplug_refuses_with_the_page_error() {
     )
     .unwrap();
     assert_eq!(s, 200, "{b}");
-    let (s, metrics) = http(&demo.base, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(http(&demo.base, "GET", "/metrics", None, None).unwrap().0, 401);
+    let (s, metrics) = http(&demo.base, "GET", "/metrics", None, Some(&bearer)).unwrap();
     assert_eq!(s, 200);
     assert!(
         metrics.contains("keyfloat_gate_refusals_total{route=\"/api/v4/add_feature_consumption\"} 1"),

@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/registrations", get(admin::registrations_list))
         .route("/registrations/release", post(admin::registrations_release))
         .route("/audit", get(admin::audit_list))
+        .route("/audit/verify", get(admin::audit_verify))
         .route("/health", get(health::health_show))
         .route("/sim/plug", post(sim::sim_plug))
         .route("/sim/unplug", post(sim::sim_unplug));
@@ -115,14 +116,31 @@ fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response<Bod
     res
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight. Licenses are
-/// never deactivated on shutdown.
+/// Serves until `shutdown` resolves, then finishes the requests in flight (for at most
+/// the default drain time), with the default connection limits and timeouts of
+/// [`crate::listen::ServeOptions`]. Licenses are never deactivated on shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    crate::listen::serve_with(
+        listener,
+        app(state),
+        crate::listen::ServeOptions::default(),
+        std::sync::Arc::new(crate::listen::PlainTcp),
+        shutdown,
+    )
+    .await
+}
+
+/// The router of the separate `metrics_listen` address: `/metrics` only, unauthenticated.
+pub fn metrics_app(state: AppState) -> Router {
+    let router = Router::new()
+        .route("/metrics", get(crate::metrics::metrics_open))
+        .fallback(not_found)
+        .with_state(state);
+    with_error_layers(router)
 }
 
 #[cfg(test)]

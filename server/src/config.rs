@@ -78,6 +78,53 @@ pub struct ServerConfig {
     /// Trusted attestation roots (PEM file paths or inline PEM): Yubico's PIV root CA.
     #[serde(alias = "attestationRoots")]
     pub attestation_roots: Vec<String>,
+    /// Lifetime of login tokens (seconds). Long by default: the SDKs never refresh a v1
+    /// token; revoke with `keyfloat user revoke`.
+    #[serde(alias = "tokenLifetimeSecs")]
+    pub token_lifetime_secs: u64,
+    /// Password-hashing threads [default: the number of cores].
+    #[serde(alias = "hashWorkers")]
+    pub hash_workers: Option<usize>,
+    /// `/metrics` without a token in authentication mode (off by default).
+    #[serde(alias = "metricsPublic")]
+    pub metrics_public: bool,
+    /// A dedicated bearer token for `/metrics` (besides account tokens).
+    #[serde(alias = "metricsToken")]
+    pub metrics_token: Option<String>,
+    /// A separate address serving only `/metrics`, without authentication (bind it to
+    /// a private interface).
+    #[serde(alias = "metricsListen")]
+    pub metrics_listen: Option<String>,
+    /// Per-license metric series (license ids, product codes, usage).
+    #[serde(alias = "metricsLicenseLabels")]
+    pub metrics_license_labels: bool,
+    /// Time a client has to send a request's headers (seconds).
+    #[serde(alias = "headerTimeoutSecs")]
+    pub header_timeout_secs: u64,
+    /// Time a client has to send a request's body (seconds).
+    #[serde(alias = "bodyTimeoutSecs")]
+    pub body_timeout_secs: u64,
+    /// An idle keep-alive connection is closed after this long (seconds).
+    #[serde(alias = "idleTimeoutSecs")]
+    pub idle_timeout_secs: u64,
+    /// Most connections served at once; more wait in the kernel's backlog.
+    #[serde(alias = "maxConnections")]
+    pub max_connections: usize,
+    /// On SIGTERM, requests in flight get this long (seconds) before the server exits.
+    #[serde(alias = "drainSecs")]
+    pub drain_secs: u64,
+    /// TLS certificate chain (PEM). With `tls_key`, the server speaks HTTPS only.
+    #[serde(alias = "tlsCert")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[serde(alias = "tlsKey")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to (mutual TLS).
+    #[serde(alias = "tlsClientCa")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: an additional plain-HTTP address (only when asked for).
+    #[serde(alias = "httpListen")]
+    pub http_listen: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +143,21 @@ impl Default for ServerConfig {
             key_grace_secs: 0,
             require_attestation: false,
             attestation_roots: Vec::new(),
+            token_lifetime_secs: crate::auth::TOKEN_LIFETIME_SECS,
+            hash_workers: None,
+            metrics_public: false,
+            metrics_token: None,
+            metrics_listen: None,
+            metrics_license_labels: true,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 16_384,
+            drain_secs: 10,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            http_listen: None,
         }
     }
 }
@@ -173,6 +235,19 @@ mod tests {
         assert_eq!(ServerConfig::from_yaml("").unwrap(), ServerConfig::default());
         assert!(ServerConfig::from_yaml("key_backend: usb\n").is_err());
         assert!(!c.allow_serial_only_keys, "serial-only keys are refused unless allowed");
+        let t = ServerConfig::from_yaml(
+            "tlsCert: /etc/kf/cert.pem\ntls_key: /etc/kf/key.pem\ntlsClientCa: /etc/kf/ca.pem\nmetricsToken: s3\nmaxConnections: 100\ndrainSecs: 3\n",
+        )
+        .unwrap();
+        assert_eq!(t.tls_cert.as_deref(), Some(Path::new("/etc/kf/cert.pem")));
+        assert_eq!(t.tls_key.as_deref(), Some(Path::new("/etc/kf/key.pem")));
+        assert_eq!(t.tls_client_ca.as_deref(), Some(Path::new("/etc/kf/ca.pem")));
+        assert_eq!(
+            (t.metrics_token.as_deref(), t.max_connections, t.drain_secs),
+            (Some("s3"), 100, 3)
+        );
+        let d = ServerConfig::default();
+        assert!(!d.metrics_public && d.metrics_license_labels && d.http_listen.is_none());
         assert!(
             ServerConfig::from_yaml("allowSerialOnlyKeys: true\n")
                 .unwrap()

@@ -2,6 +2,8 @@
 #![warn(unreachable_pub)]
 
 pub mod license_file;
+pub mod listen;
+pub mod logs;
 pub mod metrics;
 
 pub mod app;
@@ -9,18 +11,23 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod files;
+pub mod hashing;
 pub mod model;
 pub mod params;
+pub mod ratelimit;
 pub mod routes;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod terms;
+pub mod tls;
 pub mod web;
 
 pub use app::{app, serve};
 pub use config::{KeyBackend, ServerConfig};
 pub use error::{ApiError, ApiResult};
-pub use state::{AppState, KeyControl, KeyPolicy, StateParts};
+pub use state::{AppState, KeyControl, KeyPolicy, MetricsAccess, Security, StateParts};
 pub use store::{SqliteStore, Store};
 
 /// Exit status of `keyfloat serve` when `crashIfNoHardwareKey` stops it.

@@ -93,6 +93,9 @@ pub struct ConsumptionTerms {
     /// Negative amounts (refunds) allowed.
     #[serde(default)]
     pub allow_negative: bool,
+    /// Refunds may take the total below zero (credit). Off: a total never goes below 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_negative_total: bool,
     /// `daily`, `weekly`, `monthly`, `annually`.
     #[serde(default)]
     pub reset_period: Option<String>,
@@ -635,6 +638,7 @@ mod tests {
             allow_overages: true,
             max_overages: 10,
             allow_negative: false,
+            allow_negative_total: false,
             reset_period: Some("monthly".into()),
         });
         d.features = vec![

@@ -200,19 +200,27 @@ pub async fn track(req: Request<Body>, next: Next) -> Response<Body> {
     let route = matched.as_ref().map_or("other", MatchedPath::as_str);
     let status = res.status().as_u16();
     Metrics::global().record_request(route, &method, status, code);
-    // One log line per refused action (the gate, or a missing/insufficient login).
-    match code {
-        Some(GATE_CODE) => tracing::warn!(
-            target: "keyfloat::gate",
-            route,
-            method = %method,
-            code = GATE_CODE,
-            "action refused: no valid hardware key for a key-bound license"
-        ),
-        Some(code @ ("unauthorized" | "forbidden")) => {
-            tracing::info!(target: "keyfloat::gate", route, method = %method, code, status, "request refused")
+    // One log line per refused action (the gate, or a missing/insufficient login), at
+    // most 20 a second: a flood of refusals must not flood the log (the metrics count all).
+    let refused = matches!(
+        code,
+        Some(GATE_CODE | "unauthorized" | "forbidden" | "too_many_requests")
+    );
+    if let Some(suppressed) = refused.then(crate::logs::admit_refused).flatten() {
+        match code {
+            Some(GATE_CODE) => tracing::warn!(
+                target: "keyfloat::gate",
+                route,
+                method = %method,
+                code = GATE_CODE,
+                suppressed,
+                "action refused: no valid hardware key for a key-bound license"
+            ),
+            Some(code) => {
+                tracing::info!(target: "keyfloat::gate", route, method = %method, code, status, suppressed, "request refused")
+            }
+            None => {}
         }
-        _ => {}
     }
     res
 }
@@ -383,9 +391,20 @@ impl LicenseUsage {
     }
 }
 
-/// `GET /metrics`. Open like `GET /` (Prometheus scrapers carry no token); it exposes
-/// counts, never user names or keys.
-pub async fn metrics_show(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+/// `GET /metrics`. Open in no-auth mode; in authentication mode it needs an account
+/// token or the dedicated `metrics_token` unless `metrics_public` is set (see
+/// [`crate::auth::metrics_allowed`]). It exposes counts, never user names or keys;
+/// per-license series can be turned off.
+pub async fn metrics_show(State(st): State<AppState>, headers: axum::http::HeaderMap) -> ApiResult<impl IntoResponse> {
+    if !crate::auth::metrics_allowed(&st, &headers) {
+        return Err(crate::error::ApiError::unauthorized());
+    }
+    metrics_open(State(st)).await
+}
+
+/// `GET /metrics` on the separate `metrics_listen` address: no check (bind it privately).
+pub async fn metrics_open(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let hide = st.security().metrics.hide_license_labels;
     let now = now_micros();
     let entries = st.catalog().entries().to_vec();
     let licenses = read(st.store(), move |tx| {
@@ -407,6 +426,7 @@ pub async fn metrics_show(State(st): State<AppState>) -> ApiResult<impl IntoResp
         Ok(out)
     })
     .await?;
+    let licenses = if hide { Vec::new() } else { licenses };
     let body = render(Metrics::global(), &st.keys().snapshot(), st.backend(), &licenses);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -589,6 +589,7 @@ pub(crate) mod tests {
                     allow_overages: true,
                     max_overages: 5,
                     allow_negative: false,
+                    allow_negative_total: false,
                     reset_period: None,
                 }),
                 features: vec![FeatureTerms {

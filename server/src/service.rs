@@ -289,6 +289,25 @@ fn cap(max: i64, allow_unlimited: bool, allow_overages: bool, max_overages: i64,
     over.map(|o| max.saturating_add(o))
 }
 
+/// Exact consumption arithmetic: an addition that would overflow is refused (nothing is
+/// counted, nothing changes), and refunds never take a total below zero unless the
+/// license allows a negative total.
+fn checked_total(total: i64, amount: i64, below_zero: bool) -> Result<i64, ApiError> {
+    let new = total
+        .checked_add(amount)
+        .ok_or_else(|| ApiError::invalid("consumptions", format!("adding {amount} to {total} overflows")))?;
+    if amount < 0 && new < 0 && !below_zero {
+        return Err(ApiError::invalid(
+            "consumptions",
+            format!(
+                "a refund of {} would take the total {total} below zero",
+                amount.unsigned_abs()
+            ),
+        ));
+    }
+    Ok(new)
+}
+
 /// `POST /add_consumption`: the license with its new total (answer:
 /// [`model::ConsumptionAnswer`]).
 pub fn add_consumption(
@@ -311,7 +330,7 @@ pub fn add_consumption(
             "Negative consumptions are not allowed for this license",
         ));
     }
-    let total = l.total_consumptions.saturating_add(amount);
+    let total = checked_total(l.total_consumptions, amount, c.allow_negative_total)?;
     if amount > 0 {
         if let Some(limit) = cap(
             c.max_consumptions,
@@ -359,7 +378,7 @@ pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64
             "Negative consumptions are not allowed for this feature",
         ));
     }
-    let total = l.feature_totals.get(code).copied().unwrap_or(0).saturating_add(amount);
+    let total = checked_total(l.feature_totals.get(code).copied().unwrap_or(0), amount, false)?;
     let limit = cap(
         f.max_consumption.unwrap_or(0),
         false,

@@ -9,9 +9,11 @@ use arc_swap::ArcSwap;
 use keyfloat_hal::trust::VendorPublicKey;
 use keyfloat_hal::{CellReader, KeyToken, Serial};
 
-use crate::auth::TokenKeys;
+use crate::auth::{Accounts, TokenKeys};
 use crate::error::ApiError;
+use crate::hashing::HashPool;
 use crate::model::License;
+use crate::ratelimit::{LoginLimiter, LoginLimits};
 use crate::store::{Store, Tx};
 
 /// What the catalog knows about one license: enough to resolve a request, gate it and
@@ -137,6 +139,45 @@ struct Inner {
     backend: String,
     vendor_key: Option<VendorPublicKey>,
     admin_lock: tokio::sync::Mutex<()>,
+    accounts: Accounts,
+    hash_pool: HashPool,
+    limiter: LoginLimiter,
+    security: Security,
+}
+
+/// Who may read `/metrics` in authentication mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsAccess {
+    /// Anyone (the pre-hardening behaviour); off by default.
+    pub public: bool,
+    /// A dedicated bearer token accepted besides account tokens.
+    pub token: Option<String>,
+    /// Leave out per-license series (ids, product codes, usage).
+    pub hide_license_labels: bool,
+}
+
+/// Security settings of the app; [`Security::default`] is safe.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Password-hashing threads (at most the number of cores is sensible).
+    pub hash_workers: usize,
+    /// How long a login waits for a hashing thread before `429`.
+    pub hash_wait: std::time::Duration,
+    /// Login rate limits.
+    pub login_limits: LoginLimits,
+    /// `/metrics` access.
+    pub metrics: MetricsAccess,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            hash_workers: crate::hashing::default_workers(),
+            hash_wait: std::time::Duration::from_millis(500),
+            login_limits: LoginLimits::default(),
+            metrics: MetricsAccess::default(),
+        }
+    }
 }
 
 impl fmt::Debug for AppState {
@@ -171,10 +212,21 @@ pub struct StateParts {
 }
 
 impl AppState {
-    /// Builds the state and loads the license catalog from the store.
+    /// Builds the state with the default [`Security`] and loads the license catalog and
+    /// the accounts from the store.
     pub async fn new(parts: StateParts) -> Result<Self, ApiError> {
+        Self::with_security(parts, Security::default()).await
+    }
+
+    /// [`AppState::new`] with explicit security settings.
+    pub async fn with_security(parts: StateParts, security: Security) -> Result<Self, ApiError> {
         let licenses = crate::store::transact(parts.store.as_ref(), |tx| Ok(tx.licenses()?)).await?;
         let catalog = Catalog::build(&licenses, &parts.keys);
+        let accounts = Accounts::default();
+        let (list, gens) = crate::auth::load_accounts(parts.store.as_ref()).await?;
+        accounts.replace(&list, &gens);
+        let hash_pool = HashPool::new(security.hash_workers, security.hash_wait)
+            .map_err(|e| ApiError::internal(format!("cannot start the hashing threads: {e}")))?;
         let state = Self {
             inner: Arc::new(Inner {
                 store: parts.store,
@@ -187,6 +239,10 @@ impl AppState {
                 backend: parts.backend,
                 vendor_key: parts.vendor_key,
                 admin_lock: tokio::sync::Mutex::new(()),
+                accounts,
+                hash_pool,
+                limiter: LoginLimiter::new(security.login_limits),
+                security,
             }),
         };
         state.spawn_purge();
@@ -246,6 +302,33 @@ impl AppState {
     /// JWT keys.
     pub fn tokens(&self) -> &TokenKeys {
         &self.inner.tokens
+    }
+
+    /// The in-memory copy of the accounts.
+    pub fn accounts(&self) -> &Accounts {
+        &self.inner.accounts
+    }
+
+    /// Re-reads the accounts from the store now (tests; the server also polls).
+    pub async fn reload_accounts(&self) -> Result<(), ApiError> {
+        let (list, gens) = crate::auth::load_accounts(self.store()).await?;
+        self.inner.accounts.replace(&list, &gens);
+        Ok(())
+    }
+
+    /// The password-hashing pool.
+    pub fn hash_pool(&self) -> &HashPool {
+        &self.inner.hash_pool
+    }
+
+    /// Login rate limits.
+    pub fn login_limiter(&self) -> &LoginLimiter {
+        &self.inner.limiter
+    }
+
+    /// Security settings.
+    pub fn security(&self) -> &Security {
+        &self.inner.security
     }
 
     /// Authentication mode on?

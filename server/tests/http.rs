@@ -338,7 +338,7 @@ async fn authentication_mode_roles_and_bad_tokens() {
 
     // Missing, garbage, wrongly signed, alg none: 401.
     let forged = keyfloat_server::auth::TokenKeys::from_secret(&[1; 32])
-        .issue("admin", Role::Admin)
+        .issue("admin", Role::Admin, 0, "auth")
         .unwrap();
     let payload = admin.split('.').nth(1).unwrap();
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
@@ -556,7 +556,7 @@ async fn consumptions_and_overages() {
     let h = harness(false).await;
     h.add_product("product=c&licenseKey=K&maxConsumptions=10&allowOverages=true&maxOverages=5")
         .await;
-    h.add_product("product=n&licenseKey=K&maxConsumptions=10&allowNegativeConsumptions=true")
+    h.add_product("product=n&licenseKey=K&maxConsumptions=10&allowNegativeConsumptions=true&allowNegativeTotal=true")
         .await;
     h.add_product("product=plain&licenseKey=K").await;
     let add = |p: &str, body: Value| {
@@ -765,6 +765,7 @@ async fn signed_license_upload() {
         allow_overages: false,
         max_overages: 0,
         allow_negative: false,
+        allow_negative_total: false,
         reset_period: None,
     });
     doc.license_type = "consumption".into();

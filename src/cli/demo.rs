@@ -141,6 +141,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
                 allow_overages: false,
                 max_overages: 0,
                 allow_negative: false,
+                allow_negative_total: false,
                 reset_period: None,
             }),
             features: vec![
@@ -317,7 +318,10 @@ fn banner(addr: SocketAddr, args: &Args, data_dir: &Path, vendor_key: &Path) -> 
         s,
         "  licenses:    {HW_PRODUCT} (key-bound: consumptions, consFeature2, floatFeature) and {PLAIN_PRODUCT}"
     );
-    let _ = writeln!(s, "  metrics:     http://{addr}/metrics");
+    let _ = writeln!(
+        s,
+        "  metrics:     http://{addr}/metrics (with the login token: -H \"Authorization: Bearer $TOKEN\")"
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "The seed flow (paste into a shell):");
     let _ = writeln!(s, "export KF=http://{addr}");

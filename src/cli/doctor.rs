@@ -32,13 +32,16 @@ pub struct Args {
     /// (PEM file or the PEM itself). Without it only serials are read.
     #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
     vendor_public_key: Option<String>,
-    /// Read `vendor_public_key` (and `require_attestation` / `attestation_roots`) from this
-    /// server configuration file instead.
+    /// Read `vendor_public_key` (`require_attestation` / `attestation_roots`, `data_dir`) from
+    /// this server configuration file instead.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Also demand a fresh PIV attestation chaining to this root (PEM; repeatable).
     #[arg(long, value_name = "PATH|PEM")]
     attestation_root: Vec<String>,
+    /// Check that this server data directory and its files are private (0700 / 0600).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 /// One problem or note, with what to do about it.
@@ -184,7 +187,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             roots = c.attestation_roots.clone();
         }
     }
-    let report = diagnose_with(vendor.as_deref(), &roots, Path::new("/proc"), Path::new("/sys"));
+    let mut report = diagnose_with(vendor.as_deref(), &roots, Path::new("/proc"), Path::new("/sys"));
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.data_dir.clone()));
+    if let Some(dir) = &data_dir {
+        check_data_dir(&mut report, dir);
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
@@ -200,6 +210,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Warns about a data dir or data files that group or others can read: they hold argon2
+/// hashes, license keys and the JWT secret.
+pub fn check_data_dir(r: &mut Report, dir: &Path) {
+    for warning in keyfloat_server::files::permission_warnings(dir) {
+        r.problem(
+            "data_dir_permissions",
+            warning,
+            "make the data dir 0700 and its files 0600 (the server does so at start)",
+        );
+    }
+    r.ok = r.problems.is_empty();
 }
 
 /// Runs every check; keys must also attest (chaining to `attestation_roots`) when any are given.

@@ -172,6 +172,7 @@ fn issue(args: IssueArgs) -> anyhow::Result<ExitCode> {
         allow_overages: args.overages.is_some(),
         max_overages: args.overages.unwrap_or(0),
         allow_negative: false,
+        allow_negative_total: false,
         reset_period: args.reset_period,
     });
     doc.features = args

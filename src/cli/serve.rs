@@ -72,6 +72,51 @@ pub struct Args {
     /// Trusted attestation root (PEM file or inline PEM; repeatable; replaces the file's list).
     #[arg(long, value_name = "PATH|PEM")]
     pub attestation_root: Vec<String>,
+    /// Lifetime of login tokens in seconds [default: ten years; revoke with `keyfloat user revoke`].
+    #[arg(long)]
+    pub token_lifetime_secs: Option<u64>,
+    /// Password-hashing threads [default: the number of cores].
+    #[arg(long)]
+    pub hash_workers: Option<usize>,
+    /// Authentication mode: serve /metrics without a token.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_public: Option<bool>,
+    /// A dedicated bearer token for /metrics.
+    #[arg(long, env = "KEYFLOAT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// A separate address serving only /metrics, unauthenticated (bind it privately).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Per-license metric series (`--metrics-license-labels false` leaves them out).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_license_labels: Option<bool>,
+    /// Seconds a client has for the TLS handshake and each request's headers [default: 10].
+    #[arg(long)]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a client has for a request body [default: 30].
+    #[arg(long)]
+    pub body_timeout_secs: Option<u64>,
+    /// Seconds a read or write may stall [default: 60].
+    #[arg(long)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Connections served at once [default: 16384].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds SIGTERM waits for requests in flight [default: 10].
+    #[arg(long)]
+    pub drain_secs: Option<u64>,
+    /// TLS certificate chain (PEM); with --tls-key the server speaks HTTPS only.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to (mutual TLS).
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: also serve plain HTTP on this address.
+    #[arg(long)]
+    pub http_listen: Option<String>,
     /// Serial of the simulated key.
     #[arg(long, default_value_t = 12345678)]
     pub sim_serial: u32,
@@ -141,6 +186,39 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     if !args.attestation_root.is_empty() {
         c.attestation_roots = args.attestation_root.clone();
     }
+    macro_rules! set {
+        ($($f:ident),*) => {$(
+            if let Some(v) = &args.$f {
+                c.$f = v.clone();
+            }
+        )*};
+    }
+    macro_rules! set_opt {
+        ($($f:ident),*) => {$(
+            if let Some(v) = &args.$f {
+                c.$f = Some(v.clone());
+            }
+        )*};
+    }
+    set!(
+        token_lifetime_secs,
+        metrics_public,
+        metrics_license_labels,
+        header_timeout_secs,
+        body_timeout_secs,
+        idle_timeout_secs,
+        max_connections,
+        drain_secs
+    );
+    set_opt!(
+        hash_workers,
+        metrics_token,
+        metrics_listen,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        http_listen
+    );
     Ok(c)
 }
 
@@ -168,14 +246,58 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(config, sim_serial))
+    let out = rt.block_on(serve(config, sim_serial));
+    // Connections still open after the drain are abandoned, not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    out
+}
+
+/// Connection limits and timeouts of `config`.
+pub fn serve_options(config: &ServerConfig) -> keyfloat_server::listen::ServeOptions {
+    let secs = |s: u64| Duration::from_secs(s.max(1));
+    let mut max_connections = config.max_connections.max(1);
+    // Descriptors for the store, the keys and the log; beyond the limit accept() fails.
+    if let Some(limit) = keyfloat_server::listen::open_files_limit() {
+        let usable = limit.saturating_sub(64).max(1);
+        if max_connections > usable {
+            tracing::warn!(
+                max_connections,
+                open_files_limit = limit,
+                "max_connections above the open-files limit; using {usable} (raise `ulimit -n`)"
+            );
+            max_connections = usable;
+        }
+    }
+    keyfloat_server::listen::ServeOptions {
+        header_timeout: secs(config.header_timeout_secs),
+        body_timeout: secs(config.body_timeout_secs),
+        idle_timeout: secs(config.idle_timeout_secs),
+        max_connections,
+        drain: Duration::from_secs(config.drain_secs),
+    }
+}
+
+/// Security settings of `config`.
+pub fn security(config: &ServerConfig) -> keyfloat_server::Security {
+    let mut s = keyfloat_server::Security::default();
+    if let Some(n) = config.hash_workers {
+        s.hash_workers = n.clamp(1, keyfloat_server::hashing::default_workers());
+    }
+    s.metrics = keyfloat_server::MetricsAccess {
+        public: config.metrics_public,
+        token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+        hide_license_labels: !config.metrics_license_labels,
+    };
+    s
 }
 
 /// The server loop (also used by `keyfloat demo`): store, key monitor, app, until SIGTERM.
 pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
     let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
-    let tokens = TokenKeys::load_or_create(&data_dir).context("loading the JWT secret")?;
+    let tokens = TokenKeys::load_or_create(&data_dir)
+        .context("loading the JWT secret")?
+        .with_lifetime(config.token_lifetime_secs);
 
     let mut attestation_roots = config.attestation_roots.clone();
     let mut vendor: Option<VendorPublicKey> = match &config.vendor_public_key {
@@ -272,21 +394,29 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         KeyPolicy::Refuse
     };
 
-    let state = AppState::new(StateParts {
-        store: Arc::clone(&store) as Arc<dyn Store>,
-        keys: reader.clone(),
-        tokens,
-        user_authentication: config.user_authentication,
-        key_policy,
-        sim: sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
-        backend: config.key_backend.as_str().into(),
-        vendor_key: vendor,
-    })
+    let state = AppState::with_security(
+        StateParts {
+            store: Arc::clone(&store) as Arc<dyn Store>,
+            keys: reader.clone(),
+            tokens,
+            user_authentication: config.user_authentication,
+            key_policy,
+            sim: sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
+            backend: config.key_backend.as_str().into(),
+            vendor_key: vendor,
+        },
+        security(&config),
+    )
     .await
     .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
 
     // Key events: one log line, one audit row and one metric each.
     tokio::spawn(keyfloat_server::metrics::watch_keys(state.clone()));
+    // Account changes made by `keyfloat user` while the server runs.
+    tokio::spawn(keyfloat_server::auth::watch_accounts(state.clone()));
+    for warning in keyfloat_server::files::permission_warnings(&data_dir) {
+        tracing::warn!("{warning}");
+    }
 
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -301,14 +431,109 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         data_dir = %data_dir.display(),
         "keyfloat server started"
     );
-    println!("listening on http://{local}");
-    keyfloat_server::serve(listener, state, shutdown_signal())
-        .await
-        .context("serving")?;
+    if let Some(m) = &config.metrics_listen {
+        let ml = tokio::net::TcpListener::bind(m)
+            .await
+            .with_context(|| format!("binding metrics_listen {m}"))?;
+        println!("metrics on http://{}", ml.local_addr()?);
+        let router = keyfloat_server::app::metrics_app(state.clone());
+        let opts = serve_options(&config);
+        tokio::spawn(keyfloat_server::listen::serve_with(
+            ml,
+            router,
+            opts,
+            Arc::new(keyfloat_server::listen::PlainTcp),
+            std::future::pending(),
+        ));
+    }
+    let opts = serve_options(&config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let router = keyfloat_server::app(state);
+    let mut servers = tokio::task::JoinSet::new();
+    let tls = tls_acceptor(&config)?;
+    let main: Arc<dyn keyfloat_server::listen::Accept> = match &tls {
+        Some(t) => Arc::clone(t) as _,
+        None => Arc::new(keyfloat_server::listen::PlainTcp),
+    };
+    // With TLS, plain HTTP only on an address asked for.
+    if let (Some(_), Some(h)) = (&tls, &config.http_listen) {
+        let hl = tokio::net::TcpListener::bind(h)
+            .await
+            .with_context(|| format!("binding http_listen {h}"))?;
+        println!("listening on http://{}", hl.local_addr()?);
+        servers.spawn(keyfloat_server::listen::serve_with(
+            hl,
+            router.clone(),
+            opts,
+            Arc::new(keyfloat_server::listen::PlainTcp),
+            wait(stopped.clone()),
+        ));
+    }
+    println!("listening on {}://{local}", main.scheme());
+    servers.spawn(keyfloat_server::listen::serve_with(
+        listener,
+        router.clone(),
+        opts,
+        main,
+        wait(stopped.clone()),
+    ));
+    if let Some(t) = tls {
+        tokio::spawn(reload_on_sighup(t));
+    }
+    shutdown_signal().await;
+    tracing::info!(drain_secs = opts.drain.as_secs(), "stopping: draining connections");
+    let _ = stop.send(true);
+    while let Some(r) = servers.join_next().await {
+        r.context("server task")?.context("serving")?;
+    }
     tracing::info!("shutting down: flushing the store (licenses stay activated)");
     store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
     monitor.stop();
     Ok(ExitCode::SUCCESS)
+}
+
+fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<Arc<keyfloat_server::tls::TlsAcceptor>>> {
+    match (&config.tls_cert, &config.tls_key) {
+        (None, None) => {
+            if config.tls_client_ca.is_some() {
+                anyhow::bail!("tls_client_ca needs tls_cert and tls_key");
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key)) => {
+            let files = keyfloat_server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            };
+            Ok(Some(Arc::new(
+                keyfloat_server::tls::TlsAcceptor::new(files).context("loading the TLS certificate and key")?,
+            )))
+        }
+        _ => anyhow::bail!("tls_cert and tls_key go together"),
+    }
+}
+
+/// SIGHUP: re-read the certificate and key. New handshakes use them; open connections
+/// keep theirs. A bad file is logged and the configuration in force stays.
+async fn reload_on_sighup(tls: Arc<keyfloat_server::tls::TlsAcceptor>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the previous certificate"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tls);
 }
 
 async fn shutdown_signal() {

@@ -49,6 +49,38 @@ pub enum Command {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Change an account's role (its tokens stop working).
+    Role {
+        /// Server data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// New role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Delete an account (its tokens stop working).
+    Delete {
+        /// Server data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Login name.
+        #[arg(long)]
+        username: String,
+    },
+    /// Revoke every token of an account (the account stays; it logs in again).
+    Revoke {
+        /// Server data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Login name (or --username).
+        name: Option<String>,
+        /// Login name.
+        #[arg(long, conflicts_with = "name")]
+        username: Option<String>,
+    },
     /// List accounts.
     List {
         /// Server data directory.
@@ -133,11 +165,71 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 };
                 a.password_hash = hash;
                 tx.put_account(&a)?;
+                tx.bump_token_generation(&name)?;
                 tx.audit(&AuditEvent::new("password_changed", Some("cli"), None, name.clone()))?;
                 Ok(())
             })
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("password of {username} changed");
+        }
+        Command::Role {
+            data_dir,
+            username,
+            role,
+        } => {
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::User => Role::User,
+            };
+            let name = username.clone();
+            change(&data_dir, move |tx| {
+                let Some(mut a) = tx.account(&name)? else {
+                    return Err(not_found(&name));
+                };
+                a.role = role;
+                tx.put_account(&a)?;
+                tx.bump_token_generation(&name)?;
+                tx.audit(&AuditEvent::new(
+                    "role_changed",
+                    Some("cli"),
+                    None,
+                    format!("{name} ({})", role.as_str()),
+                ))?;
+                Ok(())
+            })?;
+            println!("role of {username} is now {}; its tokens were revoked", role.as_str());
+        }
+        Command::Delete { data_dir, username } => {
+            let name = username.clone();
+            change(&data_dir, move |tx| {
+                if !tx.delete_account(&name)? {
+                    return Err(not_found(&name));
+                }
+                // Kept after the account: a re-created account does not revive old tokens.
+                tx.bump_token_generation(&name)?;
+                tx.audit(&AuditEvent::new("user_deleted", Some("cli"), None, name.clone()))?;
+                Ok(())
+            })?;
+            println!("user {username} deleted");
+        }
+        Command::Revoke {
+            data_dir,
+            name,
+            username,
+        } => {
+            let Some(username) = name.or(username) else {
+                bail!("name the account: keyfloat user revoke NAME");
+            };
+            let name = username.clone();
+            let gen = change(&data_dir, move |tx| {
+                if tx.account(&name)?.is_none() {
+                    return Err(not_found(&name));
+                }
+                let gen = tx.bump_token_generation(&name)?;
+                tx.audit(&AuditEvent::new("tokens_revoked", Some("cli"), None, name.clone()))?;
+                Ok(gen)
+            })?;
+            println!("tokens of {username} revoked (generation {gen}); a running server refuses them within a second");
         }
         Command::List { data_dir } => {
             let store = SqliteStore::open(&data_dir)?;
@@ -149,4 +241,17 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn not_found(name: &str) -> keyfloat_server::ApiError {
+    keyfloat_server::ApiError::bad_request("user_not_found", format!("no user {name:?}"))
+}
+
+/// Runs one change on the data dir's store.
+fn change<T: Send + 'static>(
+    data_dir: &std::path::Path,
+    f: impl FnOnce(&mut dyn keyfloat_server::store::Tx) -> Result<T, keyfloat_server::ApiError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = SqliteStore::open(data_dir)?;
+    transact_blocking(&store, f).map_err(|e| anyhow::anyhow!("{}", e.message))
 }

@@ -22,6 +22,8 @@ from licensespring.licensefile.floating_manager import FloatingManager
 
 HOST, PHASE = sys.argv[1], sys.argv[2]
 USER, PASSWORD = os.environ.get("KF_USER"), os.environ.get("KF_PASSWORD")
+# `https` for the TLS test (the CA comes from REQUESTS_CA_BUNDLE).
+PROTOCOL = os.environ.get("KF_PROTOCOL", "http")
 PRODUCTS = ["plain", "hwbased"]
 
 
@@ -31,7 +33,7 @@ def check(cond, what):
 
 
 def client():
-    c = FloatingAPIClient(api_protocol="http", api_domain=HOST)
+    c = FloatingAPIClient(api_protocol=PROTOCOL, api_domain=HOST)
     check(c.is_floating_server_v2() is False, "must be detected as a v1 server")
     if USER:
         r = c.auth(USER, PASSWORD)
@@ -73,7 +75,7 @@ def manager(product, path):
         api_key="unused",
         shared_key="unused",
         api_domain=HOST,
-        api_protocol="http",
+        api_protocol=PROTOCOL,
         file_path=path,
         verify_license_signature=False,
     )

@@ -9,7 +9,7 @@ use keyfloat_hal::Serial;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::auth::{hash_password, Caller};
+use crate::auth::Caller;
 use crate::clock::{self, format_micros, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::license_file::{self, LicenseDoc};
@@ -158,6 +158,10 @@ pub struct AddProductRequest {
     allow_negative_camel: Option<bool>,
     #[serde(rename = "allow_negative_consumptions", deserialize_with = "lenient::bool")]
     allow_negative: Option<bool>,
+    #[serde(rename = "allowNegativeTotal", deserialize_with = "lenient::bool")]
+    allow_negative_total_camel: Option<bool>,
+    #[serde(deserialize_with = "lenient::bool")]
+    allow_negative_total: Option<bool>,
     #[serde(rename = "consumptionPeriod", deserialize_with = "lenient::string")]
     consumption_period_camel: Option<String>,
     #[serde(deserialize_with = "lenient::string")]
@@ -212,34 +216,18 @@ pub struct AddProductRequest {
     hardware_key_required: Option<bool>,
 }
 
-fn serials(v: Option<Value>) -> Vec<String> {
-    let list = |a: &[Value]| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
-    match v {
-        Some(Value::Array(a)) => list(&a),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
-            Ok(Value::Array(a)) => list(&a),
-            _ => s
-                .split(',')
-                .map(|x| x.trim().to_owned())
-                .filter(|x| !x.is_empty())
-                .collect(),
-        },
-        _ => Vec::new(),
-    }
-}
-
-/// Terms of an `addProduct` request.
-fn terms_from_request(r: AddProductRequest) -> ApiResult<LicenseTerms> {
+/// Terms of an `addProduct` request. A User-Auth password comes back beside the terms
+/// (their `password_hash` is empty): it is hashed on the bounded pool, not here.
+fn terms_from_request(r: AddProductRequest) -> ApiResult<(LicenseTerms, Option<String>)> {
     let product = r.product.required("product")?;
+    let mut password = None;
     let auth = if let Some(key) = r.license_key_camel.or(r.license_key).filter(|k| !k.is_empty()) {
         Auth::Key { license_key: key }
     } else if let Some(username) = r.username.filter(|u| !u.is_empty()) {
-        let password = r.password.required("password")?;
-        let password_hash =
-            hash_password(&password).map_err(|e| ApiError::internal(format!("cannot hash password: {e}")))?;
+        password = Some(r.password.required("password")?);
         Auth::User {
             username,
-            password_hash,
+            password_hash: String::new(),
         }
     } else {
         return Err(ApiError::bad_request(
@@ -256,6 +244,7 @@ fn terms_from_request(r: AddProductRequest) -> ApiResult<LicenseTerms> {
             allow_overages: r.allow_overages_camel.or(r.allow_overages).unwrap_or(false),
             max_overages: r.max_overages_camel.or(r.max_overages).unwrap_or(0),
             allow_negative: r.allow_negative_camel.or(r.allow_negative).unwrap_or(false),
+            allow_negative_total: r.allow_negative_total_camel.or(r.allow_negative_total).unwrap_or(false),
             reset_period: r.consumption_period_camel.or(r.consumption_period),
         });
     let features = match r.features.or(r.product_features) {
@@ -263,7 +252,8 @@ fn terms_from_request(r: AddProductRequest) -> ApiResult<LicenseTerms> {
         Some(Value::Array(items)) => items.iter().map(feature_from_json).collect::<ApiResult<_>>()?,
         Some(_) => return Err(ApiError::invalid("features", "expected an array")),
     };
-    Ok(LicenseTerms {
+    let allowed_serials = allowed_serials(r.allowed_serials_camel.or(r.allowed_serials))?;
+    let terms = LicenseTerms {
         product_name: r.product_name_camel.or(r.product_name),
         license_type: r.license_type_camel.or(r.license_type).unwrap_or_else(|| {
             if consumption.is_some() {
@@ -298,10 +288,46 @@ fn terms_from_request(r: AddProductRequest) -> ApiResult<LicenseTerms> {
             .or(r.is_hw_key_req)
             .or(r.hardware_key_required)
             .unwrap_or(false),
-        allowed_serials: serials(r.allowed_serials_camel.or(r.allowed_serials)),
+        allowed_serials,
         product,
         auth,
-    })
+    };
+    Ok((terms, password))
+}
+
+/// `allowedSerials`: a JSON array of strings or numbers (serials are decimal), or a
+/// comma-separated string. Anything else is refused: silently dropping an entry would
+/// bind the license to whatever key is in force.
+fn allowed_serials(v: Option<Value>) -> ApiResult<Vec<String>> {
+    let bad = |why: String| ApiError::invalid("allowedSerials", why);
+    let one = |v: &Value| -> ApiResult<String> {
+        match v {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Value::Number(n) if n.as_u64().is_some() => Ok(n.to_string()),
+            other => Err(bad(format!(
+                "{other} is not a key serial (a string or a non-negative integer)"
+            ))),
+        }
+    };
+    match v {
+        Some(Value::Array(a)) => a.iter().map(one).collect(),
+        Some(v @ Value::Number(_)) => Ok(vec![one(&v)?]),
+        // A query parameter or form field: a JSON text of a list, or a plain comma list.
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+            Ok(Value::Array(a)) => a.iter().map(one).collect(),
+            Ok(v @ Value::Number(_)) => Ok(vec![one(&v)?]),
+            _ => Ok(split_serials(&s)),
+        },
+        Some(Value::Null) | None => Ok(Vec::new()),
+        Some(other) => Err(bad(format!("{other} is not a list of serials"))),
+    }
+}
+
+fn split_serials(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
 }
 
 /// Terms of a verified license file.
@@ -357,6 +383,11 @@ async fn add_license(
     id: Option<u64>,
     source: LicenseSource,
 ) -> ApiResult<Value> {
+    // Both doors (addProduct and signed files) pass the same domain checks.
+    crate::terms::validate_terms(&terms).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    if let Some(id) = id {
+        crate::terms::validate_license_id(id).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    }
     let hw = activation_hardware_id(st, &terms)?;
     let _guard = st.admin_lock().await;
     let actor = caller.username.clone();
@@ -422,7 +453,22 @@ pub async fn products_add(
     Req(r): Req<AddProductRequest>,
 ) -> ApiResult<Json<Value>> {
     let id = r.license_id.or(r.license_id_camel);
-    let terms = terms_from_request(r)?;
+    let (mut terms, password) = terms_from_request(r)?;
+    crate::terms::validate_terms(&terms).map_err(|e| ApiError::invalid(e.field, e.why))?;
+    if let (Some(password), Auth::User { password_hash, .. }) = (password, &mut terms.auth) {
+        *password_hash = st
+            .hash_pool()
+            .hash(password)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "Password hashing is busy; retry",
+                )
+            })?
+            .ok_or_else(|| ApiError::internal("cannot hash password"))?;
+    }
     Ok(Json(add_license(&st, &caller, terms, id, LicenseSource::Api).await?))
 }
 
@@ -765,3 +811,16 @@ pub async fn audit_list(State(st): State<AppState>, _a: Admin, Req(r): Req<Admin
 
 /// The header naming the next page of the audit log.
 pub const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// `GET /api/v4/audit/verify` (admin): the audit hash chain's check, for the page's badge
+/// (`keyfloat audit verify` does the same offline).
+pub async fn audit_verify(State(st): State<AppState>, _a: Admin) -> ApiResult<Json<Value>> {
+    let report = transact(st.store(), |tx| Ok(tx.verify_audit_chain()?)).await?;
+    Ok(Json(json!({
+        "ok": report.ok(),
+        "records": report.records,
+        "before_chain": report.before_chain,
+        "start_id": report.start_id,
+        "first_bad": report.first_bad,
+    })))
+}

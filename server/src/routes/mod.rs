@@ -19,7 +19,8 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     /// No-auth mode: everyone, and the `Authorization` header is ignored (node sends
-    /// `Bearer undefined`). Authentication mode: a valid HS256 bearer token.
+    /// `Bearer undefined`). Authentication mode: a valid HS256 bearer token from
+    /// authentication mode whose account exists and still has the token's generation.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if !state.user_authentication() {
             return Ok(Caller {
@@ -32,7 +33,8 @@ impl FromRequestParts<AppState> for Caller {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_bearer)
-            .and_then(|t| state.tokens().verify(t))
+            .and_then(|t| state.tokens().decode(t))
+            .and_then(|claims| state.accounts().caller(&claims))
             .ok_or_else(ApiError::unauthorized)
     }
 }

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use crate::error::ApiError;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
+pub mod audit_chain;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -186,8 +187,18 @@ pub trait Tx: ReadTx {
 
     /// Creates or replaces an account.
     fn put_account(&mut self, a: &Account) -> StoreResult<()>;
-    /// Appends an audit record.
+
+    /// Removes an account.
+    fn delete_account(&mut self, username: &str) -> StoreResult<bool>;
+    /// Token generation of every account that has one (absent = 0).
+    fn token_generations(&mut self) -> StoreResult<std::collections::HashMap<String, u64>>;
+    /// Increments an account's token generation (refusing its older tokens); returns it.
+    fn bump_token_generation(&mut self, username: &str) -> StoreResult<u64>;
+
+    /// Appends an audit record (to the hash chain).
     fn audit(&mut self, event: &AuditEvent) -> StoreResult<()>;
+    /// Checks the audit hash chain (see [`audit_chain::verify`]).
+    fn verify_audit_chain(&mut self) -> StoreResult<audit_chain::ChainReport>;
 }
 
 /// A unit of work run by the store writer inside a transaction.

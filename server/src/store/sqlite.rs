@@ -100,6 +100,33 @@ CREATE TRIGGER seat_counts_delete AFTER DELETE ON registrations BEGIN
     UPDATE seat_counts SET n = n - 1 WHERE license_id = old.license_id;
 END;
 "#,
+    // Token generations: a token names its account's generation; bumping it (password or
+    // role change, deletion, `keyfloat user revoke`) refuses older tokens. Kept apart from
+    // `accounts` so a deleted and re-created account does not revive old tokens.
+    r#"
+CREATE TABLE token_generations (
+    username TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL
+);
+"#,
+    // Tamper-evident audit log: each record carries the SHA-256 of the previous record's
+    // hash and its own content; `audit_chain` records where the chain starts (records
+    // older than this migration are outside it) and its head.
+    r#"
+ALTER TABLE audit ADD COLUMN prev_hash TEXT;
+ALTER TABLE audit ADD COLUMN hash TEXT;
+CREATE TABLE audit_chain (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    start_id INTEGER NOT NULL,
+    genesis TEXT NOT NULL,
+    head_id INTEGER,
+    head_hash TEXT,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO audit_chain (one, start_id, genesis, created_at)
+    SELECT 1, COALESCE(MAX(id), 0) + 1, lower(hex(randomblob(32))), CAST(strftime('%s','now') AS INTEGER) * 1000000
+    FROM audit;
+"#,
 ];
 
 /// Sizes of the store's queues and read pool.
@@ -236,10 +263,18 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] with explicit queue and pool sizes.
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Failed(format!("{}: {e}", data_dir.display())))?;
+        let private = |e: std::io::Error| StoreError::Failed(format!("{}: {e}", data_dir.display()));
+        crate::files::make_private_dir(data_dir).map_err(private)?;
         let path = data_dir.join(DB_FILE);
+        // SQLite creates the WAL and shared-memory files with the database's mode.
+        crate::files::create_private_file(&path).map_err(private)?;
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
+        for p in crate::files::private_paths(data_dir).iter().skip(1) {
+            if p.exists() {
+                crate::files::make_private_file(p).map_err(private)?;
+            }
+        }
         let readers = (0..options.readers.max(1))
             .map(|_| open_reader(&path))
             .collect::<StoreResult<Vec<_>>>()?;
@@ -1064,11 +1099,38 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
+    fn delete_account(&mut self, username: &str) -> StoreResult<bool> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM accounts WHERE username = ?1")?
+            .execute([username])?;
+        Ok(n > 0)
+    }
+
+    fn token_generations(&mut self) -> StoreResult<HashMap<String, u64>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT username, generation FROM token_generations")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, uid(r.get::<_, i64>(1)?))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn bump_token_generation(&mut self, username: &str) -> StoreResult<u64> {
+        Ok(uid(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO token_generations (username, generation) VALUES (?1, 1)
+                 ON CONFLICT (username) DO UPDATE SET generation = generation + 1 RETURNING generation",
+            )?
+            .query_row([username], |r| r.get::<_, i64>(0))?))
+    }
+
     fn audit(&mut self, e: &AuditEvent) -> StoreResult<()> {
-        self.conn
-            .prepare_cached("INSERT INTO audit (at, kind, actor, license_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![e.at, e.kind, e.actor, e.license_id.map(sid), e.detail])?;
-        Ok(())
+        super::audit_chain::append(self.conn, e)
+    }
+
+    fn verify_audit_chain(&mut self) -> StoreResult<super::audit_chain::ChainReport> {
+        super::audit_chain::verify(self.conn)
     }
 }
 

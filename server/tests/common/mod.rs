@@ -159,6 +159,8 @@ impl Harness {
         transact(self.store.as_ref(), move |tx| Ok(tx.put_account(&a)?))
             .await
             .unwrap();
+        // The server keeps an in-memory copy of the accounts (it polls; tests reload).
+        self.state.reload_accounts().await.unwrap();
     }
 
     pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
