@@ -219,6 +219,41 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     assert!(out.contains("attestation verified: serial 13572468"), "{out}");
     assert!(out.contains("attested certificate"), "{out}");
 
+    // The provisioning-station mode reads the same from the connected key.
+    let serial = SERIAL.to_string();
+    let station = |serial: &str| {
+        rig.run(
+            KEYFLOAT,
+            &[
+                "vendor",
+                "sign-key-cert",
+                "--vendor-key",
+                "vendor.pem",
+                "--serial",
+                serial,
+                "--from-key",
+                "--attestation-root",
+                "root.pem",
+                "--out",
+                "cert-station.pem",
+            ],
+        )
+    };
+    let out = station(&serial);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("attested certificate"),
+        "{}",
+        text(&out)
+    );
+    let out = station("99999999");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reports serial 13572468"),
+        "{}",
+        text(&out)
+    );
+
     rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
     let status = rig.piv_tool(&["-a", "status"]);
     assert!(
@@ -305,6 +340,30 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
         "an imported key was attested: {}",
         text(&attest)
     );
+    // The provisioning-station mode refuses to certify it.
+    let out = rig.run(
+        KEYFLOAT,
+        &[
+            "vendor",
+            "sign-key-cert",
+            "--vendor-key",
+            "vendor.pem",
+            "--serial",
+            "11223344",
+            "--from-key",
+            "--attestation-root",
+            "root.pem",
+            "--out",
+            "cert.pem",
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no attestation"),
+        "{}",
+        text(&out)
+    );
+    assert!(!rig.dir.join("cert.pem").exists());
 
     // A vendor certifying it anyway (the old flow, no attestation): the server refuses it.
     use p256::pkcs8::EncodePublicKey;
