@@ -107,7 +107,8 @@ fn bound_license() -> License {
             valid_until: None,
             hardware_key_required: true,
             allowed_serials: Vec::new(),
-        },
+        }
+        .into(),
         activation_hardware_id: "12345678".into(),
         source: LicenseSource::Api,
         added_at: 0,
@@ -118,7 +119,7 @@ fn bound_license() -> License {
 
 /// The server's state over `reader`, with one key-bound license in a throw-away store
 /// (the store is only read once, to build the catalog; the gate never touches it).
-fn server_state(reader: CellReader) -> (AppState, Entry, tempfile::TempDir) {
+fn server_state(reader: CellReader) -> (AppState, Arc<Entry>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let license = bound_license();
@@ -150,7 +151,7 @@ enum Subject {
     // The last field keeps the store's directory alive for as long as the state lives.
     ServerCheckKey(
         AppState,
-        Entry,
+        Arc<Entry>,
         Arc<Mutex<HardwareIdCell>>,
         #[allow(dead_code)] Arc<tempfile::TempDir>,
     ),

@@ -8,8 +8,8 @@
 //! the chain), alternated on the same card through the same pcscd.
 //!
 //! `cargo bench --bench hotplug_pcsc` runs 10 cycles and 40 validations of each kind;
-//! `cargo test --benches` runs 2 and 3 as a smoke test. Needs root, pcscd and vsmartcard-vpcd (fails without them unless
-//! `KEYFLOAT_QUICK_LOCAL=1`).
+//! `cargo test --benches` runs 2 and 3 as a smoke test. Needs root, pcscd and
+//! vsmartcard-vpcd (fails without them).
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the time goes: runs the HTTP scenarios of scripts/bench-http.sh one by one under wrk
 # while `perf record -e cpu-clock` samples the server for 4 s, then prints the CPU cost per
-# request and its split (store writer thread, allocation, JSON, kernel, HTTP stack...).
+# request and its split (store writer / reader threads, allocation, JSON, kernel, HTTP stack...).
 # Software sampling (cpu-clock) because this VM exposes no hardware counters. Not run in CI.
 #
 #   ./scripts/bench-profile.sh
@@ -81,7 +81,7 @@ BUCKETS = [  # first match wins; the store thread is counted whole
     ("tokio/sync", r"tokio|mio|parking|std::sync|mpsc"),
     ("keyfloat code", r"keyfloat"),
 ]
-order = ["store writer thread", "kernel", *[b for b, _ in BUCKETS], "other"]
+order = ["store writer thread", "store reader threads", "kernel", *[b for b, _ in BUCKETS], "other"]
 for line in open(f"{tmp}/results"):
     name, rest = line.split(" RESULT ")
     requests = int(re.search(r"requests=(\d+)", rest).group(1))
@@ -97,6 +97,8 @@ for line in open(f"{tmp}/results"):
         total += n
         if comm.startswith("keyfloat-store"):
             k = "store writer thread"
+        elif comm.startswith("keyfloat-read"):
+            k = "store reader threads"
         elif kind == "k":
             k = "kernel"
         else:

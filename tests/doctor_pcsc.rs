@@ -2,8 +2,8 @@
 //! reader, the virtual YubiKey (right and wrong vendor key), and the card held exclusively
 //! by another process (`keyfloat simulate hold`), which doctor must name.
 //!
-//! The pcscd cases need pcscd + vsmartcard-vpcd and fail without them, unless
-//! `KEYFLOAT_QUICK_LOCAL=1`.
+//! The pcscd cases need pcscd + vsmartcard-vpcd and fail without them; they are
+//! reported as ignored by a plain `cargo test`; `./scripts/dev.sh test` runs them (`--include-ignored`).
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -90,6 +90,7 @@ fn pcscd_absent_is_a_problem_with_a_hint() {
     assert!(text.contains("hint: "), "{text}");
 }
 
+#[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn private_pcscd_empty_reader_then_card_then_held_card() {
     let Some(pcscd) = pcscd() else { return };
@@ -137,7 +138,11 @@ fn private_pcscd_empty_reader_then_card_then_held_card() {
     assert_eq!(codes(&v), ["key_invalid"]);
     assert_eq!(v["keys"][0]["reason"], "wrong_vendor");
 
-    // Held exclusively by another process: busy, and the holder is named.
+    // Held exclusively by another process while the keyfloat server watches the same
+    // pcscd: busy, the holder is named first, the server never.
+    let data = tempfile::tempdir().unwrap();
+    let mut server = spawn_server(&socket, data.path());
+    let server_pid = u64::from(server.id());
     let mut holder = spawn_holder(&socket, &pcscd.reader(0));
     let holder_pid = u64::from(holder.id());
     let (code, v) = doctor_until(&socket, &[], "the busy card", |_, v| v["keys"][0]["proof"] == "busy");
@@ -146,6 +151,16 @@ fn private_pcscd_empty_reader_then_card_then_held_card() {
     let holders = v["keys"][0]["holders"].as_array().unwrap();
     let named = holders.iter().find(|h| h["pid"].as_u64() == Some(holder_pid));
     let named = named.unwrap_or_else(|| panic!("holder {holder_pid} not named: {v:#}"));
+    assert_eq!(
+        holders[0]["pid"].as_u64(),
+        Some(holder_pid),
+        "the holder comes first: {v:#}"
+    );
+    assert!(
+        holders.iter().all(|h| h["pid"].as_u64() != Some(server_pid)),
+        "the keyfloat server is named as a holder: {v:#}"
+    );
+    assert!(!v.to_string().contains(&format!("kill {server_pid}")), "{v:#}");
     assert!(named["cmdline"].as_str().unwrap().contains("simulate hold"), "{v:#}");
     let problem = v["problems"]
         .as_array()
@@ -169,7 +184,37 @@ fn private_pcscd_empty_reader_then_card_then_held_card() {
     );
     let _ = holder.kill();
     let _ = holder.wait();
+    let _ = server.kill();
+    let _ = server.wait();
     card.stop();
+}
+
+/// `keyfloat serve --key-backend pcsc` on the private pcscd (its monitor is a PC/SC client).
+fn spawn_server(socket: &Path, data: &Path) -> Child {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--key-backend",
+            "pcsc",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env(CSOCK_ENV, socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("listening on") => break,
+            Some(Ok(_)) => {}
+            other => panic!("server did not start: {other:?}"),
+        }
+    }
+    child
 }
 
 /// `keyfloat simulate hold`: a real second PC/SC client with an exclusive connection.

@@ -85,11 +85,13 @@ fn flow(auth_mode: bool) {
     assert_eq!(s.stop(), Some(0), "graceful shutdown exits 0");
 }
 
+#[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn sdk_flow_without_authentication() {
     flow(false);
 }
 
+#[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn sdk_flow_with_authentication() {
     flow(true);

@@ -89,6 +89,9 @@ pub enum KeyState {
     Invalid,
     /// Keys attached, none could be asked (busy, I/O error...).
     Error,
+    /// The key in force left or became unreadable; its serial stays in force until the
+    /// grace period ends (see [`Grace`]).
+    Grace,
 }
 
 impl KeyState {
@@ -100,6 +103,7 @@ impl KeyState {
             Self::Validating => "validating",
             Self::Invalid => "invalid",
             Self::Error => "error",
+            Self::Grace => "grace",
         }
     }
 }
@@ -119,6 +123,59 @@ pub struct Snapshot {
     pub keys: Vec<KeyView>,
     /// The backend failure in progress (e.g. pcscd unreachable), if any.
     pub backend_error: Option<BackendError>,
+    /// The grace period in progress, if any (never together with `in_force`).
+    pub grace: Option<Grace>,
+    /// How the latest grace period ended (kept until the next one starts).
+    pub grace_ended: Option<GraceEnd>,
+}
+
+/// A grace period: the key in force disappeared or became unreadable, and its serial stays
+/// the hardware ID in force until `deadline_unix_ms` unless something ends it earlier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grace {
+    /// The serial still in force.
+    pub serial: Serial,
+    /// The key that left.
+    pub key: KeyId,
+    /// Length of the period in milliseconds.
+    pub period_ms: u64,
+    /// Wall-clock start (ms since the Unix epoch).
+    pub started_unix_ms: u64,
+    /// Wall-clock end (ms since the Unix epoch).
+    pub deadline_unix_ms: u64,
+}
+
+impl Grace {
+    /// Seconds left at wall-clock time `now_unix_ms` (rounded up, 0 once over).
+    pub fn seconds_left(&self, now_unix_ms: u64) -> u64 {
+        self.deadline_unix_ms.saturating_sub(now_unix_ms).div_ceil(1000)
+    }
+}
+
+/// How a grace period ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraceEnd {
+    /// The same key (same serial, proof verified again) came back.
+    Returned,
+    /// Another valid key was put in force.
+    Replaced,
+    /// A key with the grace serial failed its proof.
+    FailedProof,
+    /// The period ran out.
+    Expired,
+}
+
+impl GraceEnd {
+    /// Stable lower-case name (audit details, logs).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Returned => "returned",
+            Self::Replaced => "replaced",
+            Self::FailedProof => "failed_proof",
+            Self::Expired => "expired",
+        }
+    }
 }
 
 /// A backend-level failure shown in the snapshot.
@@ -142,6 +199,8 @@ impl Snapshot {
             in_force: None,
             keys: Vec::new(),
             backend_error: None,
+            grace: None,
+            grace_ended: None,
         }
     }
 
@@ -149,6 +208,9 @@ impl Snapshot {
     pub fn state(&self) -> KeyState {
         if self.in_force.is_some() {
             return KeyState::Valid;
+        }
+        if self.grace.is_some() {
+            return KeyState::Grace;
         }
         if self.keys.is_empty() {
             return KeyState::Absent;
@@ -261,18 +323,22 @@ impl HardwareIdCell {
     pub fn publish(&mut self, mut snapshot: Snapshot) -> u64 {
         self.generation += 1;
         snapshot.generation = self.generation;
-        snapshot.hardware_id = match snapshot.in_force.as_ref().and_then(|k| k.serial.as_ref()) {
-            Some(serial) => HardwareId::from(serial),
-            None => {
-                snapshot.in_force = None;
-                snapshot.machine_id.clone()
-            }
+        if snapshot.in_force.as_ref().is_some_and(|k| k.serial.is_none()) {
+            snapshot.in_force = None;
+        }
+        if snapshot.in_force.is_some() {
+            snapshot.grace = None;
+        }
+        // During a grace period the serial that left stays in force, on the hot path too.
+        let serial = match (&snapshot.in_force, &snapshot.grace) {
+            (Some(k), _) => k.serial.clone(),
+            (None, Some(g)) => Some(g.serial.clone()),
+            (None, None) => None,
         };
-        let token = snapshot
-            .in_force
+        snapshot.hardware_id = serial
             .as_ref()
-            .and_then(|k| k.serial.as_ref())
-            .map_or(0, |s| self.shared.token(s).get());
+            .map_or_else(|| snapshot.machine_id.clone(), HardwareId::from);
+        let token = serial.as_ref().map_or(0, |s| self.shared.token(s).get());
         let word = ((self.generation & 0xFFFF_FFFF) << 32) | u64::from(token);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.word.0.store(word, Ordering::Release);

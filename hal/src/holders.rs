@@ -5,8 +5,12 @@
 //! `libpcsclite` and own at least one Unix socket, plus processes that hold a HID or raw USB
 //! device node directly (GnuPG's internal CCID driver, libusb and hidraw users). This cannot
 //! tell an exclusive holder from a passive monitor — only a failed connect proves
-//! exclusivity — so the result names *candidates*. Ourselves and pcscd are never listed.
-//! Processes of other users are only visible to root; unreadable entries are skipped.
+//! exclusivity — so the result names *candidates*. Ourselves, pcscd and keyfloat's own
+//! processes are never listed, nor PC/SC clients of another pcscd (their
+//! `PCSCLITE_CSOCK_NAME` names another socket than ours). The newest process comes first:
+//! a card turns busy when its holder takes it, and passive monitors (desktop daemons) are
+//! usually older. Processes of other users are only visible to root; unreadable entries
+//! are skipped.
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,13 +18,52 @@ use std::path::Path;
 
 use crate::error::Holder;
 
-/// Candidate holders on this machine (see the module docs), sorted by pid.
+/// pcscd's default client socket.
+const DEFAULT_SOCKET: &str = "/run/pcscd/pcscd.comm";
+/// The variable libpcsclite reads to find pcscd's socket.
+const SOCKET_ENV: &str = "PCSCLITE_CSOCK_NAME";
+
+/// Candidate holders on this machine (see the module docs), newest process first.
 pub fn candidate_holders() -> Vec<Holder> {
     scan(Path::new("/proc"), std::process::id())
 }
 
+/// keyfloat's own server or doctor: never the holder to blame (its monitor only ever opens
+/// shared connections). Other keyfloat commands (e.g. `simulate hold`) can hold a card.
+fn is_keyfloat_service(base: &Path, command: &str) -> bool {
+    command.starts_with("keyfloat")
+        && fs::read(base.join("cmdline")).is_ok_and(|c| {
+            c.split(|b| *b == 0)
+                .skip(1)
+                .find(|a| !a.starts_with(b"-"))
+                .is_some_and(|sub| sub == b"serve" || sub == b"doctor")
+        })
+}
+
+/// The pcscd socket `environ` (a `/proc/PID/environ` blob) points libpcsclite at.
+fn socket_in_environ(environ: &[u8]) -> Option<String> {
+    environ.split(|b| *b == 0).find_map(|kv| {
+        let v = kv.strip_prefix(SOCKET_ENV.as_bytes())?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_ticks(stat: &str) -> u64 {
+    // The command may contain spaces and parentheses: fields start after the last ')'.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Scans the proc file system mounted at `proc_root`, leaving out `self_pid`.
 pub fn scan(proc_root: &Path, self_pid: u32) -> Vec<Holder> {
+    let ours = std::env::var(SOCKET_ENV).unwrap_or_else(|_| DEFAULT_SOCKET.to_string());
+    scan_for(proc_root, self_pid, &ours)
+}
+
+/// [`scan`] for PC/SC clients of the pcscd listening on `our_socket`.
+pub fn scan_for(proc_root: &Path, self_pid: u32, our_socket: &str) -> Vec<Holder> {
     let unix_inodes = unix_socket_inodes(&proc_root.join("net/unix"));
     let Ok(dir) = fs::read_dir(proc_root) else {
         return Vec::new();
@@ -37,23 +80,29 @@ pub fn scan(proc_root: &Path, self_pid: u32) -> Vec<Holder> {
         let command = fs::read_to_string(base.join("comm"))
             .map(|s| s.trim_end().to_string())
             .unwrap_or_default();
-        if command.is_empty() || command == "pcscd" {
+        if command.is_empty() || command == "pcscd" || is_keyfloat_service(&base, &command) {
             continue;
         }
         let fds = fd_targets(&base.join("fd"));
         let holds_device = fds
             .iter()
             .any(|t| t.starts_with("/dev/hidraw") || t.starts_with("/dev/bus/usb/"));
+        let same_pcscd = || {
+            let theirs = fs::read(base.join("environ")).ok().and_then(|e| socket_in_environ(&e));
+            theirs.as_deref().unwrap_or(DEFAULT_SOCKET) == our_socket
+        };
         let pcsc_client = || {
             fds.iter().any(|t| is_unix_socket(t, &unix_inodes))
                 && fs::read_to_string(base.join("maps")).is_ok_and(|m| m.contains("libpcsclite"))
+                && same_pcscd()
         };
         if holds_device || pcsc_client() {
-            out.push(Holder { pid, command });
+            let started = fs::read_to_string(base.join("stat")).map_or(0, |s| start_ticks(&s));
+            out.push((started, Holder { pid, command }));
         }
     }
-    out.sort_by_key(|h| h.pid);
-    out
+    out.sort_by_key(|(started, h)| (std::cmp::Reverse(*started), h.pid));
+    out.into_iter().map(|(_, h)| h).collect()
 }
 
 fn fd_targets(dir: &Path) -> Vec<String> {
@@ -137,6 +186,42 @@ mod tests {
         let found = scan(&root, 99);
         let names: Vec<_> = found.iter().map(|h| (h.pid, h.command.as_str())).collect();
         assert_eq!(names, [(10, "scdaemon"), (14, "fido-tool"), (15, "gpg-agent")]);
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn skips_keyfloat_and_clients_of_another_pcscd_and_ranks_the_newest_first() {
+        let root = std::env::temp_dir().join(format!("keyfloat-holders-rank-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let proc_ = |pid: u32, comm: &str, started: u64, environ: &str| {
+            let d = root.join(pid.to_string());
+            fs::create_dir_all(d.join("fd")).unwrap();
+            fs::write(d.join("comm"), format!("{comm}\n")).unwrap();
+            fs::write(d.join("maps"), "7f00 r-xp /usr/lib/libpcsclite.so.1\n").unwrap();
+            fs::write(d.join("environ"), environ.replace(';', "\0")).unwrap();
+            let stat = format!("{pid} ({comm} x) S 1 1 1 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {started} 0 0");
+            fs::write(d.join("stat"), stat).unwrap();
+            symlink("socket:[601]", d.join("fd").join("0")).unwrap();
+        };
+        proc_(20, "old-monitor", 100, "HOME=/root;");
+        proc_(21, "keyfloat", 300, "");
+        fs::write(
+            root.join("21/cmdline"),
+            "/usr/bin/keyfloat\0--log-json\0serve\0--port\x000",
+        )
+        .unwrap();
+        proc_(22, "kf-contender", 200, "PCSCLITE_CSOCK_NAME=/tmp/private.comm;");
+        proc_(23, "other-pcscd-cl", 400, "PCSCLITE_CSOCK_NAME=/tmp/elsewhere.comm");
+        proc_(24, "holder", 250, "X=1;PCSCLITE_CSOCK_NAME=/tmp/private.comm");
+        fs::create_dir_all(root.join("net")).unwrap();
+        fs::write(
+            root.join("net/unix"),
+            "Num RefCount Protocol Flags Type St Inode Path\n0000: 2 0 10000 1 1 601\n",
+        )
+        .unwrap();
+        let names = |sock: &str| -> Vec<String> { scan_for(&root, 1, sock).into_iter().map(|h| h.command).collect() };
+        assert_eq!(names("/tmp/private.comm"), ["holder", "kf-contender"]);
+        assert_eq!(names(DEFAULT_SOCKET), ["old-monitor"]);
         let _ = fs::remove_dir_all(&root);
     }
 

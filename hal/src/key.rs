@@ -226,7 +226,6 @@ pub struct KeyAttestation {
 /// Object safe: backends are chosen at run time and held as `Box<dyn HardwareKey>`.
 /// Every method talks to the device and may fail with any [`crate::ErrorKind`]; a key that
 /// another process holds answers [`crate::ErrorKind::Busy`].
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait HardwareKey: Send + fmt::Debug {
     /// Identity as discovered during enumeration.
     fn info(&self) -> &KeyInfo;
@@ -262,7 +261,6 @@ pub enum HotplugEvent {
 }
 
 /// A stream of hot-plug events from one backend.
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait HotplugSource: Send + fmt::Debug {
     /// Waits up to `timeout` for the next event; `Ok(None)` when nothing happened.
     /// A zero timeout never blocks.
@@ -270,7 +268,6 @@ pub trait HotplugSource: Send + fmt::Debug {
 }
 
 /// Finds, opens and watches the keys of one backend.
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// The backend this provider speaks for.
     fn kind(&self) -> BackendKind;

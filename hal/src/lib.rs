@@ -13,19 +13,17 @@ pub mod holders;
 pub mod piv;
 pub mod trust;
 
-pub use cell::{BackendError, CellReader, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView, Snapshot};
+pub use cell::{
+    BackendError, CellReader, Grace, GraceEnd, HardwareIdCell, KeyCheck, KeyState, KeyStatus, KeyToken, KeyView,
+    Snapshot,
+};
 pub use error::{Error, ErrorKind, Holder, Result};
 pub use key::{
     BackendKind, Firmware, HardwareId, HardwareKey, HotplugEvent, HotplugSource, KeyAttestation, KeyId, KeyInfo,
     KeyProvider, Proof, ProofCapability, Serial, SignatureScheme,
 };
 pub use machine_id::{hardware_id_from_file, hardware_id_from_machine_id, machine_hardware_id, MACHINE_ID_ENV};
-pub use monitor::{spawn as spawn_monitor, Driver, Input, Monitor, MonitorConfig, MonitorHandle, Step};
+pub use monitor::{
+    spawn as spawn_monitor, Driver, Input, Monitor, MonitorConfig, MonitorHandle, Step, ValidationRequest,
+};
 pub use validate::{InvalidReason, KeyValidator, ProofStatus, SerialReadable, Validation};
-
-/// mockall mocks of the public traits (feature `mock`, and in this crate's tests).
-#[cfg(any(test, feature = "mock"))]
-pub mod mock {
-    pub use crate::key::{MockHardwareKey, MockHotplugSource, MockKeyProvider};
-    pub use crate::validate::MockKeyValidator;
-}

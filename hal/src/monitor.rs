@@ -1,10 +1,21 @@
 //! The hot-plug monitor: the only component that touches devices.
 //!
 //! [`Monitor`] is a pure state machine — an [`Input`] and the current time in, a [`Step`]
-//! out (a new [`Snapshot`] to publish and the keys to validate) — so the simulator can drive
-//! it deterministically with a virtual clock. [`Driver`] adds the I/O: it opens keys,
-//! runs the [`KeyValidator`] and publishes to the [`HardwareIdCell`]. [`spawn`] runs a
-//! driver on a thread fed by the providers' hot-plug sources.
+//! out (a new [`Snapshot`] to publish and the validations to start) — so the simulator can
+//! drive it deterministically with a virtual clock. [`Driver`] adds the I/O: it publishes to
+//! the [`HardwareIdCell`] and runs validations (open the key, ask the [`KeyValidator`]) when
+//! asked. [`spawn`] runs the state machine on a thread that never touches a device: watcher
+//! threads feed it hot-plug events and one worker thread per key runs that key's
+//! validations, so a key that takes seconds to answer (or never does) delays nothing but
+//! itself. Each validation carries a ticket; an answer about a key that has since been
+//! detached or replaced is discarded, and one that misses `validate_timeout` shows the key
+//! as not answering (out of force) while its worker keeps the attempt.
+//!
+//! **Grace period** (`MonitorConfig::grace`, off by default): when the key in force leaves
+//! or becomes unreadable and no other valid key takes over, its serial stays in force until
+//! the period ends; the same key proved again ends it as valid, another valid key, a failed
+//! proof of that serial or the deadline end it at once. Only a key that was in force opens a
+//! grace period, and a grace period never extends itself.
 //!
 //! **Which key is in force** when several are valid: the key in force stays in force while
 //! it remains valid; when none is in force, the valid key with the smallest [`KeyId`]
@@ -12,13 +23,14 @@
 //! order of events, never on timing or hashing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cell::{BackendError, HardwareIdCell, KeyStatus, KeyView, Snapshot};
+use crate::cell::{BackendError, Grace, GraceEnd, HardwareIdCell, KeyStatus, KeyView, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{BackendKind, Firmware, HardwareId, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Serial};
 use crate::validate::{KeyValidator, Validation};
@@ -32,22 +44,44 @@ pub struct MonitorConfig {
     pub retry_initial: Duration,
     /// Upper bound of the retry delay.
     pub retry_max: Duration,
+    /// Upper bound of the retry delay while a key is busy or its service is down: pcscd
+    /// sends no event when an exclusive holder lets go, so only a short period finds out fast.
+    pub retry_busy_max: Duration,
+    /// A validation not answered within this is shown as timed out and the key leaves
+    /// force; its worker keeps the attempt and the next one waits for it (no new thread).
+    pub validate_timeout: Duration,
+    /// Grace period when the key in force leaves or becomes unreadable (0 = none).
+    pub grace: Duration,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        Self {
-            revalidate_every: Duration::from_secs(60),
-            retry_initial: Duration::from_millis(250),
-            retry_max: Duration::from_secs(5),
-        }
+        Self::DEFAULT
     }
 }
 
 impl MonitorConfig {
+    /// The defaults, usable in `const` items (`..MonitorConfig::DEFAULT`).
+    pub const DEFAULT: Self = Self {
+        revalidate_every: Duration::from_secs(60),
+        retry_initial: Duration::from_millis(250),
+        retry_max: Duration::from_secs(5),
+        retry_busy_max: Duration::from_millis(250),
+        validate_timeout: Duration::from_secs(6),
+        grace: Duration::ZERO,
+    };
+
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(16);
         self.retry_initial.saturating_mul(factor).min(self.retry_max)
+    }
+
+    fn retry_after(&self, failures: u32, kind: ErrorKind) -> Duration {
+        let delay = self.backoff(failures);
+        match kind {
+            ErrorKind::Busy | ErrorKind::ServiceUnavailable => delay.min(self.retry_busy_max),
+            _ => delay,
+        }
     }
 }
 
@@ -60,6 +94,9 @@ pub enum Input {
     Validated {
         /// Which key.
         id: KeyId,
+        /// The request's ticket ([`ValidationRequest::ticket`]); an answer to an older
+        /// request (the key was detached or replaced meanwhile) is discarded.
+        ticket: u64,
         /// Its outcome.
         validation: Validation,
     },
@@ -78,13 +115,30 @@ pub enum Input {
     Tick,
 }
 
+/// One validation the monitor wants run (answer with [`Input::Validated`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationRequest {
+    /// Which key.
+    pub id: KeyId,
+    /// Identifies this attempt.
+    pub ticket: u64,
+}
+
 /// What the monitor wants done after an input.
 #[derive(Debug, Default)]
 pub struct Step {
     /// A new picture to publish, when it changed.
     pub publish: Option<Snapshot>,
-    /// Keys to validate now (each once; answer with [`Input::Validated`]).
-    pub validate: Vec<KeyId>,
+    /// Validations to start now.
+    pub validate: Vec<ValidationRequest>,
+}
+
+/// A validation in flight.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    ticket: u64,
+    since: Duration,
+    timed_out: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +149,13 @@ struct Entry {
     status: KeyStatus,
     due: Option<Duration>,
     failures: u32,
+    attempt: Option<Attempt>,
+}
+
+#[derive(Debug, Clone)]
+struct GraceState {
+    view: Grace,
+    until: Duration,
 }
 
 /// The monitor's state machine. See the module docs.
@@ -103,10 +164,22 @@ pub struct Monitor {
     config: MonitorConfig,
     machine_id: HardwareId,
     keys: BTreeMap<KeyId, Entry>,
-    pending: BTreeSet<KeyId>,
+    next_ticket: u64,
     in_force: Option<KeyId>,
+    /// The key in force after the previous input, with its serial (it may be gone now).
+    was_in_force: Option<(KeyId, Serial)>,
+    grace: Option<GraceState>,
+    grace_ended: Option<GraceEnd>,
+    /// A key reporting the grace serial failed its proof during this input.
+    grace_failed: bool,
     backend_errors: BTreeMap<Option<BackendKind>, Error>,
     published: Snapshot,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Monitor {
@@ -117,8 +190,12 @@ impl Monitor {
             config,
             machine_id,
             keys: BTreeMap::new(),
-            pending: BTreeSet::new(),
+            next_ticket: 0,
             in_force: None,
+            was_in_force: None,
+            grace: None,
+            grace_ended: None,
+            grace_failed: false,
             backend_errors: BTreeMap::new(),
             published,
         }
@@ -133,10 +210,10 @@ impl Monitor {
                 let id = info.id.clone();
                 let same = self.keys.get(&id).is_some_and(|e| e.info == info);
                 if !same {
-                    self.pending.remove(&id);
                     if self.in_force.as_ref() == Some(&id) {
                         self.in_force = None;
                     }
+                    // A new entry: an answer to the old entry's attempt no longer matches.
                     let entry = Entry {
                         info,
                         serial: None,
@@ -144,13 +221,13 @@ impl Monitor {
                         status: KeyStatus::Validating,
                         due: Some(now),
                         failures: 0,
+                        attempt: None,
                     };
                     self.keys.insert(id, entry);
                 }
             }
             Input::Hotplug(HotplugEvent::Detached(id)) => {
                 self.keys.remove(&id);
-                self.pending.remove(&id);
                 if self.in_force.as_ref() == Some(&id) {
                     self.in_force = None;
                 }
@@ -162,7 +239,7 @@ impl Monitor {
             Input::BackendFailed { backend, error } => {
                 self.backend_errors.insert(Some(backend), error);
             }
-            Input::Validated { id, validation } => self.validated(now, id, validation),
+            Input::Validated { id, ticket, validation } => self.validated(now, &id, ticket, validation),
             Input::RevalidateAll => {
                 for e in self.keys.values_mut() {
                     e.due = Some(now);
@@ -170,7 +247,9 @@ impl Monitor {
             }
             Input::Tick => {}
         }
+        self.expire_attempts(now);
         self.choose_in_force();
+        self.update_grace(now);
         let validate = self.due(now);
         let snapshot = self.snapshot_now();
         let publish = if snapshot != self.published {
@@ -182,11 +261,12 @@ impl Monitor {
         Step { publish, validate }
     }
 
-    fn validated(&mut self, now: Duration, id: KeyId, validation: Validation) {
-        if !self.pending.remove(&id) {
+    fn validated(&mut self, now: Duration, id: &KeyId, ticket: u64, validation: Validation) {
+        let Some(entry) = self.keys.get_mut(id) else { return };
+        if entry.attempt.map(|a| a.ticket) != Some(ticket) {
             return; // detached or replaced meanwhile: the answer is about a key that is gone
         }
-        let Some(entry) = self.keys.get_mut(&id) else { return };
+        entry.attempt = None;
         match validation {
             Validation::Valid {
                 serial,
@@ -200,6 +280,12 @@ impl Monitor {
                 entry.due = Some(now + self.config.revalidate_every);
             }
             Validation::Invalid { serial, reason } => {
+                let failed = match (&self.grace, &serial) {
+                    (Some(g), Some(s)) => g.view.serial == *s,
+                    (Some(g), None) => g.view.key == *id,
+                    (None, _) => false,
+                };
+                self.grace_failed |= failed;
                 entry.serial = serial;
                 entry.status = KeyStatus::Invalid { reason };
                 entry.failures = 0;
@@ -213,12 +299,38 @@ impl Monitor {
                     message: e.message().to_string(),
                     holders: e.holders().to_vec(),
                 };
-                entry.due = Some(now + self.config.backoff(entry.failures));
+                entry.due = Some(now + self.config.retry_after(entry.failures, e.kind()));
             }
         }
         // A key is in force only while its latest judgement is "valid".
-        if self.in_force.as_ref() == Some(&id) && !matches!(entry.status, KeyStatus::Valid { .. }) {
+        if self.in_force.as_ref() == Some(id) && !matches!(entry.status, KeyStatus::Valid { .. }) {
             self.in_force = None;
+        }
+    }
+
+    /// A validation past its deadline: the key is shown as not answering and leaves force.
+    /// The attempt stays outstanding (its worker is still blocked); no second one starts.
+    fn expire_attempts(&mut self, now: Duration) {
+        let limit = self.config.validate_timeout;
+        for (id, e) in &mut self.keys {
+            let Some(a) = e.attempt.as_mut() else { continue };
+            if a.timed_out || now < a.since + limit {
+                continue;
+            }
+            a.timed_out = true;
+            e.failures += 1;
+            e.status = KeyStatus::Error {
+                kind: ErrorKind::Timeout,
+                code: ErrorKind::Timeout.code(),
+                message: format!(
+                    "no answer within {} ms (the key is not answering; retried once the pending attempt returns)",
+                    limit.as_millis()
+                ),
+                holders: Vec::new(),
+            };
+            if self.in_force.as_ref() == Some(id) {
+                self.in_force = None;
+            }
         }
     }
 
@@ -239,26 +351,82 @@ impl Monitor {
             .map(|(id, _)| id.clone());
     }
 
-    fn due(&mut self, now: Duration) -> Vec<KeyId> {
-        let mut out = Vec::new();
-        for (id, e) in &self.keys {
-            if e.due.is_some_and(|d| d <= now) && !self.pending.contains(id) {
-                out.push(id.clone());
+    /// Starts, keeps or ends the grace period after the key in force changed.
+    fn update_grace(&mut self, now: Duration) {
+        let current = self
+            .in_force
+            .as_ref()
+            .and_then(|id| Some((id.clone(), self.keys.get(id)?.serial.clone()?)));
+        let failed = std::mem::take(&mut self.grace_failed);
+        if let Some(g) = &self.grace {
+            let end = match &current {
+                Some((_, serial)) if *serial == g.view.serial => Some(GraceEnd::Returned),
+                Some(_) => Some(GraceEnd::Replaced),
+                None if failed => Some(GraceEnd::FailedProof),
+                None if now >= g.until => Some(GraceEnd::Expired),
+                None => None,
+            };
+            if let Some(end) = end {
+                self.grace = None;
+                self.grace_ended = Some(end);
+            }
+        } else if current.is_none() && !self.config.grace.is_zero() {
+            // Only a key that was valid and in force opens a grace period.
+            if let Some((key, serial)) = self.was_in_force.take() {
+                let period_ms = u64::try_from(self.config.grace.as_millis()).unwrap_or(u64::MAX);
+                let started_unix_ms = unix_ms();
+                self.grace = Some(GraceState {
+                    view: Grace {
+                        serial,
+                        key,
+                        period_ms,
+                        started_unix_ms,
+                        deadline_unix_ms: started_unix_ms.saturating_add(period_ms),
+                    },
+                    until: now + self.config.grace,
+                });
+                self.grace_ended = None;
             }
         }
-        for id in &out {
-            self.pending.insert(id.clone());
+        self.was_in_force = current;
+    }
+
+    fn due(&mut self, now: Duration) -> Vec<ValidationRequest> {
+        let mut out = Vec::new();
+        for (id, e) in &mut self.keys {
+            if e.attempt.is_none() && e.due.is_some_and(|d| d <= now) {
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                e.attempt = Some(Attempt {
+                    ticket,
+                    since: now,
+                    timed_out: false,
+                });
+                out.push(ValidationRequest { id: id.clone(), ticket });
+            }
         }
         out
     }
 
-    /// When the next re-validation is due, if any (for the driver's sleep).
+    /// When the monitor next needs a [`Input::Tick`]: a re-validation due, a validation's
+    /// deadline, or the end of the grace period.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.keys
-            .iter()
-            .filter(|(id, _)| !self.pending.contains(*id))
-            .filter_map(|(_, e)| e.due)
-            .min()
+        let keys = self.keys.values().filter_map(|e| match e.attempt {
+            None => e.due,
+            Some(a) if !a.timed_out => Some(a.since + self.config.validate_timeout),
+            Some(_) => None,
+        });
+        keys.chain(self.grace.as_ref().map(|g| g.until)).min()
+    }
+
+    /// Whether a validation of `id` is in flight.
+    pub fn is_validating(&self, id: &KeyId) -> bool {
+        self.keys.get(id).is_some_and(|e| e.attempt.is_some())
+    }
+
+    /// Whether `id` is attached.
+    pub fn is_attached(&self, id: &KeyId) -> bool {
+        self.keys.contains_key(id)
     }
 
     fn view(e: &Entry) -> KeyView {
@@ -282,16 +450,30 @@ impl Monitor {
         s.hardware_id = in_force
             .as_ref()
             .and_then(|k| k.serial.as_ref())
+            .or(self.grace.as_ref().map(|g| &g.view.serial))
             .map_or_else(|| self.machine_id.clone(), HardwareId::from);
         s.in_force = in_force;
         s.keys = keys;
         s.backend_error = backend_error;
+        s.grace = self.grace.as_ref().map(|g| g.view.clone());
+        s.grace_ended = self.grace_ended;
         s
     }
 
     /// The picture as of the last input.
     pub fn snapshot(&self) -> &Snapshot {
         &self.published
+    }
+}
+
+/// Opens `id` with the provider of its backend and runs the validator on it.
+fn validate_key(providers: &[Arc<dyn KeyProvider>], validator: &dyn KeyValidator, id: &KeyId) -> Validation {
+    let Some(provider) = providers.iter().find(|p| id.as_str().starts_with(p.kind().as_str())) else {
+        return Validation::Failed(Error::new(ErrorKind::Unsupported, format!("no provider for {id}")));
+    };
+    match provider.open(id) {
+        Ok(mut key) => validator.validate(key.as_mut()),
+        Err(e) => Validation::Failed(e),
     }
 }
 
@@ -321,38 +503,40 @@ impl Driver {
         }
     }
 
-    /// Feeds one input at `now`, runs every validation it triggers (and those they trigger)
-    /// and publishes the resulting picture. Returns the generation published, if any.
-    pub fn handle(&mut self, now: Duration, input: Input) -> Option<u64> {
-        let mut published = None;
-        let mut queue = std::collections::VecDeque::from([input]);
-        while let Some(input) = queue.pop_front() {
-            let step = self.monitor.apply(now, input);
-            if let Some(snapshot) = step.publish {
-                let generation = self.cell.publish(snapshot);
-                log_change(&self.cell.snapshot());
-                published = Some(generation);
-            }
-            for id in step.validate {
-                let validation = self.validate(&id);
-                queue.push_back(Input::Validated { id, validation });
-            }
+    /// Feeds one input at `now` and publishes the resulting picture; returns the
+    /// validations to start (run them with [`Driver::run_validation`], anywhere, any time,
+    /// and feed the answer back). Never touches a device.
+    pub fn apply(&mut self, now: Duration, input: Input) -> Vec<ValidationRequest> {
+        let step = self.monitor.apply(now, input);
+        if let Some(snapshot) = step.publish {
+            self.cell.publish(snapshot);
+            log_change(&self.cell.snapshot());
         }
-        published
+        step.validate
     }
 
-    fn validate(&self, id: &KeyId) -> Validation {
-        let Some(provider) = self
-            .providers
-            .iter()
-            .find(|p| id.as_str().starts_with(p.kind().as_str()))
-        else {
-            return Validation::Failed(Error::new(ErrorKind::Unsupported, format!("no provider for {id}")));
-        };
-        match provider.open(id) {
-            Ok(mut key) => self.validator.validate(key.as_mut()),
-            Err(e) => Validation::Failed(e),
+    /// Runs one requested validation (opens the key, asks the validator): blocking I/O.
+    pub fn run_validation(&self, request: &ValidationRequest) -> Input {
+        Input::Validated {
+            id: request.id.clone(),
+            ticket: request.ticket,
+            validation: validate_key(&self.providers, self.validator.as_ref(), &request.id),
         }
+    }
+
+    /// Feeds one input at `now`, runs every validation it triggers (and those they trigger)
+    /// inline and publishes the resulting picture. Returns the generation published, if any.
+    /// For deterministic drivers (simulator, tests); [`spawn`] validates on workers instead.
+    pub fn handle(&mut self, now: Duration, input: Input) -> Option<u64> {
+        let before = self.cell.snapshot().generation;
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for request in self.apply(now, input) {
+                queue.push_back(self.run_validation(&request));
+            }
+        }
+        let after = self.cell.snapshot().generation;
+        (after != before).then_some(after)
     }
 
     /// The state machine, for inspection.
@@ -363,6 +547,95 @@ impl Driver {
     /// When the next re-validation is due.
     pub fn next_deadline(&self) -> Option<Duration> {
         self.monitor.next_deadline()
+    }
+}
+
+/// Validation workers: one thread per attached key, started on its first request and
+/// kept while the key is attached (and, when its attempt hangs, until that returns). A
+/// key that keeps failing is retried on the same thread: a wedged card costs one blocked
+/// thread, never one per attempt.
+struct Validators {
+    providers: Vec<Arc<dyn KeyProvider>>,
+    validator: Arc<dyn KeyValidator>,
+    results: mpsc::Sender<Message>,
+    workers: BTreeMap<KeyId, KeyWorker>,
+    live: Arc<AtomicUsize>,
+}
+
+struct KeyWorker {
+    requests: mpsc::Sender<u64>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Validators {
+    fn request(&mut self, request: ValidationRequest) {
+        let ValidationRequest { id, ticket } = request;
+        if let Some(w) = self.workers.get(&id) {
+            if w.requests.send(ticket).is_ok() {
+                return;
+            }
+        }
+        match self.start(&id) {
+            Ok(w) => {
+                let _ = w.requests.send(ticket);
+                self.workers.insert(id, w);
+            }
+            Err(e) => {
+                let validation = Validation::Failed(Error::with_source(
+                    ErrorKind::Other,
+                    "cannot start a validation thread",
+                    e,
+                ));
+                let _ = self.results.send(Message::Validated { id, ticket, validation });
+            }
+        }
+    }
+
+    fn start(&self, id: &KeyId) -> std::io::Result<KeyWorker> {
+        let (requests, rx) = mpsc::channel::<u64>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let (providers, validator, results) = (
+            self.providers.clone(),
+            Arc::clone(&self.validator),
+            self.results.clone(),
+        );
+        let (busy2, live, id) = (Arc::clone(&busy), Arc::clone(&self.live), id.clone());
+        live.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("keyfloat-validate".into())
+            .spawn(move || {
+                while let Ok(mut ticket) = rx.recv() {
+                    // Only the latest request matters (older ones are stale).
+                    while let Ok(t) = rx.try_recv() {
+                        ticket = t;
+                    }
+                    busy2.store(true, Ordering::Relaxed);
+                    let validation = validate_key(&providers, validator.as_ref(), &id);
+                    busy2.store(false, Ordering::Relaxed);
+                    if results
+                        .send(Message::Validated {
+                            id: id.clone(),
+                            ticket,
+                            validation,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                live.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(KeyWorker { requests, busy })
+    }
+
+    /// Lets the idle workers of detached keys end (dropping their request channel).
+    fn prune(&mut self, monitor: &Monitor) {
+        self.workers
+            .retain(|id, w| monitor.is_attached(id) || monitor.is_validating(id) || w.busy.load(Ordering::Relaxed));
     }
 }
 
@@ -399,9 +672,16 @@ fn log_change(s: &Snapshot) {
 pub struct MonitorHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    validators: Arc<AtomicUsize>,
 }
 
 impl MonitorHandle {
+    /// Validation worker threads alive now (one per attached key, plus any still blocked
+    /// in a key that stopped answering).
+    pub fn validation_threads(&self) -> usize {
+        self.validators.load(Ordering::Relaxed)
+    }
+
     /// Stops the monitor and waits for its threads.
     pub fn stop(mut self) {
         self.shutdown();
@@ -421,10 +701,15 @@ impl Drop for MonitorHandle {
     }
 }
 
-/// What a watcher hands to the monitor.
+/// What a watcher or a validation worker hands to the monitor.
 enum Message {
     Event(HotplugEvent),
     BackendFailed(BackendKind, Error),
+    Validated {
+        id: KeyId,
+        ticket: u64,
+        validation: Validation,
+    },
 }
 
 impl Message {
@@ -432,6 +717,7 @@ impl Message {
         match self {
             Message::Event(ev) => Input::Hotplug(ev),
             Message::BackendFailed(backend, error) => Input::BackendFailed { backend, error },
+            Message::Validated { id, ticket, validation } => Input::Validated { id, ticket, validation },
         }
     }
 }
@@ -461,7 +747,8 @@ impl Watcher {
 
     fn failed(&mut self, e: Error) -> Message {
         self.failures += 1;
-        self.retry_at = Instant::now() + self.config.backoff(self.failures);
+        // pcscd coming back sends nothing: a short period finds it again fast.
+        self.retry_at = Instant::now() + self.config.retry_after(self.failures, e.kind());
         Message::BackendFailed(self.provider.kind(), e)
     }
 
@@ -516,10 +803,11 @@ impl Watcher {
     }
 }
 
-/// Runs a monitor on its own thread. With one provider (the usual case) the monitor thread
-/// waits on that provider's source itself, so a hot-plug event costs one thread wake-up;
-/// with several, one watcher thread per provider forwards events over a channel. Watchers
-/// that fail (e.g. pcscd stopped) detach their keys, report the error and re-watch with backoff.
+/// Runs a monitor on its own thread, fed over one channel by one watcher thread per
+/// provider and by the validation workers (one per key). The monitor thread itself never
+/// touches a device, so a key that is slow to answer never delays the news that another
+/// key left. Watchers that fail (e.g. pcscd stopped) detach their keys, report the error
+/// and re-watch with backoff.
 pub fn spawn(
     cell: HardwareIdCell,
     providers: Vec<Arc<dyn KeyProvider>>,
@@ -528,36 +816,31 @@ pub fn spawn(
 ) -> Result<MonitorHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
-    let mut driver = Driver::new(cell, providers.clone(), validator, config);
-    let mut wait_for_events: Box<dyn FnMut(Duration) -> Option<Vec<Message>> + Send> =
-        if let [only] = providers.as_slice() {
-            let mut watcher = Watcher::new(Arc::clone(only), config);
-            let stop = Arc::clone(&stop);
-            Box::new(move |wait| Some(watcher.poll(wait, &stop)))
-        } else {
-            let (tx, rx) = mpsc::channel::<Message>();
-            for provider in &providers {
-                let mut watcher = Watcher::new(Arc::clone(provider), config);
-                let tx = tx.clone();
-                let stop = Arc::clone(&stop);
-                let name = format!("keyfloat-watch-{}", provider.kind());
-                threads.push(std::thread::Builder::new().name(name).spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        for msg in watcher.poll(Duration::from_millis(100), &stop) {
-                            if tx.send(msg).is_err() {
-                                return;
-                            }
-                        }
+    let (tx, rx) = mpsc::channel::<Message>();
+    for provider in &providers {
+        let mut watcher = Watcher::new(Arc::clone(provider), config);
+        let tx = tx.clone();
+        let stop = Arc::clone(&stop);
+        let name = format!("keyfloat-watch-{}", provider.kind());
+        threads.push(std::thread::Builder::new().name(name).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for msg in watcher.poll(Duration::from_millis(100), &stop) {
+                    if tx.send(msg).is_err() {
+                        return;
                     }
-                })?);
+                }
             }
-            drop(tx);
-            Box::new(move |wait| match rx.recv_timeout(wait) {
-                Ok(msg) => Some(vec![msg]),
-                Err(mpsc::RecvTimeoutError::Timeout) => Some(Vec::new()),
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            })
-        };
+        })?);
+    }
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut validators = Validators {
+        providers: providers.clone(),
+        validator: Arc::clone(&validator),
+        results: tx,
+        workers: BTreeMap::new(),
+        live: Arc::clone(&live),
+    };
+    let mut driver = Driver::new(cell, providers, validator, config);
     let stop2 = Arc::clone(&stop);
     threads.push(
         std::thread::Builder::new()
@@ -570,17 +853,29 @@ pub fn spawn(
                         .next_deadline()
                         .map_or(Duration::from_millis(200), |d| d.saturating_sub(now))
                         .min(Duration::from_millis(200));
-                    let Some(messages) = wait_for_events(wait) else { break };
-                    if messages.is_empty() {
-                        driver.handle(start.elapsed(), Input::Tick);
+                    let mut inputs = Vec::new();
+                    match rx.recv_timeout(wait) {
+                        Ok(msg) => {
+                            inputs.push(msg.into_input());
+                            inputs.extend(rx.try_iter().map(Message::into_input));
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => inputs.push(Input::Tick),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    for msg in messages {
-                        driver.handle(start.elapsed(), msg.into_input());
+                    for input in inputs {
+                        for request in driver.apply(start.elapsed(), input) {
+                            validators.request(request);
+                        }
                     }
+                    validators.prune(driver.monitor());
                 }
             })?,
     );
-    Ok(MonitorHandle { stop, threads })
+    Ok(MonitorHandle {
+        stop,
+        threads,
+        validators: live,
+    })
 }
 
 fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
@@ -591,5 +886,157 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::ProofCapability;
+    use crate::validate::{InvalidReason, ProofStatus};
+
+    const GRACE: MonitorConfig = MonitorConfig {
+        grace: Duration::from_secs(2),
+        ..MonitorConfig::DEFAULT
+    };
+
+    fn info(path: &str) -> KeyInfo {
+        KeyInfo {
+            id: KeyId::new(BackendKind::Sim, path),
+            backend: BackendKind::Sim,
+            path: path.into(),
+            serial: None,
+            model: "sim".into(),
+            firmware: None,
+            capability: ProofCapability::Signature,
+        }
+    }
+
+    fn valid(serial: &str) -> Validation {
+        Validation::Valid {
+            serial: Serial::new(serial),
+            firmware: None,
+            proof: ProofStatus::Verified,
+        }
+    }
+
+    /// Attaches `path` and answers its validation with `v`.
+    fn plug(m: &mut Monitor, now: Duration, path: &str, v: Validation) -> Step {
+        let step = m.apply(now, Input::Hotplug(HotplugEvent::Attached(info(path))));
+        let [req] = step.validate.as_slice() else {
+            panic!("one request expected")
+        };
+        m.apply(
+            now,
+            Input::Validated {
+                id: req.id.clone(),
+                ticket: req.ticket,
+                validation: v,
+            },
+        )
+    }
+
+    fn unplug(m: &mut Monitor, now: Duration, path: &str) {
+        m.apply(
+            now,
+            Input::Hotplug(HotplugEvent::Detached(KeyId::new(BackendKind::Sim, path))),
+        );
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn grace_keeps_the_serial_until_it_expires_and_never_extends_itself() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        plug(&mut m, ms(0), "a", valid("111"));
+        unplug(&mut m, ms(10), "a");
+        let s = m.snapshot();
+        assert_eq!(s.state(), crate::cell::KeyState::Grace);
+        assert_eq!(s.hardware_id.as_str(), "111");
+        assert_eq!(m.next_deadline(), Some(ms(2010)));
+        m.apply(ms(2009), Input::Tick);
+        assert!(m.snapshot().grace.is_some());
+        m.apply(ms(2010), Input::Tick);
+        let s = m.snapshot();
+        assert_eq!((s.grace.is_none(), s.grace_ended), (true, Some(GraceEnd::Expired)));
+        assert_eq!(s.hardware_id.as_str(), "machine");
+        m.apply(ms(9000), Input::Tick);
+        assert!(m.snapshot().grace.is_none());
+    }
+
+    #[test]
+    fn grace_ends_on_return_swap_or_failed_proof() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        plug(&mut m, ms(0), "a", valid("111"));
+        unplug(&mut m, ms(10), "a");
+        plug(&mut m, ms(300), "a", valid("111"));
+        assert_eq!(m.snapshot().grace_ended, Some(GraceEnd::Returned));
+        assert!(m.snapshot().in_force.is_some());
+
+        unplug(&mut m, ms(400), "a");
+        plug(&mut m, ms(500), "b", valid("222"));
+        let s = m.snapshot();
+        assert_eq!(
+            (s.grace_ended, s.hardware_id.as_str()),
+            (Some(GraceEnd::Replaced), "222")
+        );
+
+        unplug(&mut m, ms(600), "b");
+        assert!(m.snapshot().grace.is_some());
+        let bad = Validation::Invalid {
+            serial: Some(Serial::new("222")),
+            reason: InvalidReason::BadSignature,
+        };
+        plug(&mut m, ms(700), "b", bad);
+        let s = m.snapshot();
+        assert_eq!(
+            (s.grace_ended, s.hardware_id.as_str()),
+            (Some(GraceEnd::FailedProof), "machine")
+        );
+    }
+
+    #[test]
+    fn grace_never_starts_for_a_key_that_was_never_valid() {
+        let mut m = Monitor::new(HardwareId::new("machine"), GRACE);
+        let bad = Validation::Invalid {
+            serial: Some(Serial::new("111")),
+            reason: InvalidReason::WrongVendor,
+        };
+        plug(&mut m, ms(0), "a", bad);
+        unplug(&mut m, ms(10), "a");
+        assert!(m.snapshot().grace.is_none());
+        let step = m.apply(ms(20), Input::Hotplug(HotplugEvent::Attached(info("a"))));
+        assert_eq!(step.validate.len(), 1);
+        unplug(&mut m, ms(30), "a");
+        assert!(m.snapshot().grace.is_none());
+    }
+
+    #[test]
+    fn an_unreadable_key_in_force_starts_the_grace_and_a_hung_one_times_out_into_it() {
+        let config = MonitorConfig {
+            validate_timeout: ms(500),
+            revalidate_every: ms(1000),
+            ..GRACE
+        };
+        let mut m = Monitor::new(HardwareId::new("machine"), config);
+        plug(&mut m, ms(0), "a", valid("111"));
+        // Re-validation due at 1000 ms; its answer never comes.
+        let step = m.apply(ms(1000), Input::Tick);
+        assert_eq!(step.validate.len(), 1);
+        assert!(m.snapshot().in_force.is_some());
+        let step = m.apply(ms(1500), Input::Tick);
+        assert!(step.validate.is_empty(), "no second attempt while the first hangs");
+        let s = m.snapshot();
+        assert!(s.in_force.is_none());
+        assert_eq!(s.state(), crate::cell::KeyState::Grace);
+        assert!(matches!(
+            &s.keys[0].status,
+            KeyStatus::Error {
+                kind: ErrorKind::Timeout,
+                ..
+            }
+        ));
     }
 }

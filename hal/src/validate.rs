@@ -102,7 +102,6 @@ pub enum Validation {
 }
 
 /// Decides whether a connected key is genuine.
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait KeyValidator: Send + Sync + fmt::Debug {
     /// Talks to `key` (serial, certificate, challenge) and judges it.
     fn validate(&self, key: &mut dyn HardwareKey) -> Validation;

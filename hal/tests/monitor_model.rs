@@ -1,6 +1,11 @@
 //! Property test: random sequences of plug / unplug / swap / busy / I/O error / corrupt /
-//! time steps drive the real monitor (sim backend → Driver → cell), and after every step the
-//! cell is checked against a simple model of the bus.
+//! slow and hung validations / time steps drive the real monitor (sim backend → Driver →
+//! cell), and after every step the cell is checked against a simple model of the bus.
+//!
+//! Validations are answered the way the threaded monitor's workers answer them: at once,
+//! late (the answer is computed now and delivered after a delay, so it may be about a key
+//! that has since been pulled or swapped), or never until the key is un-hung.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +14,7 @@ use std::time::Duration;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::{
     Driver, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, Holder, HotplugSource, Input, InvalidReason,
-    KeyProvider, KeyStatus, KeyValidator, MonitorConfig, ProofStatus, Serial, Validation,
+    KeyProvider, KeyStatus, KeyValidator, MonitorConfig, ProofStatus, Serial, Validation, ValidationRequest,
 };
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{Signature, VerifyingKey};
@@ -62,6 +67,10 @@ enum Op {
     Busy(usize, bool),
     FailNext(usize),
     Corrupt(usize, bool),
+    /// The key's validations block until un-hung (a wedged card).
+    Hang(usize, bool),
+    /// The key's next validation answers this many ms late.
+    Slow(usize, u64),
     Advance(u64),
 }
 
@@ -73,6 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3usize, any::<bool>()).prop_map(|(k, b)| Op::Busy(k, b)),
         1 => (0..3usize).prop_map(Op::FailNext),
         1 => (0..3usize, any::<bool>()).prop_map(|(k, b)| Op::Corrupt(k, b)),
+        1 => (0..3usize, any::<bool>()).prop_map(|(k, b)| Op::Hang(k, b)),
+        1 => (0..3usize, 0..1500u64).prop_map(|(k, ms)| Op::Slow(k, ms)),
         3 => (0..3000u64).prop_map(Op::Advance),
     ]
 }
@@ -84,6 +95,9 @@ struct ModelKey {
     corrupt: bool,
     /// Stayed corrupt ever since it was plugged: it must never be in force.
     corrupt_since_plug: bool,
+    hung: bool,
+    /// Delay of the next validation's answer.
+    slow: Option<Duration>,
 }
 
 struct Rig {
@@ -93,12 +107,18 @@ struct Rig {
     reader: keyfloat_hal::CellReader,
     now: Duration,
     model: BTreeMap<&'static str, ModelKey>,
+    /// Requests of hung keys, with when they were made.
+    hung: Vec<(ValidationRequest, Duration)>,
+    /// Answers on their way: (delivery time, answer).
+    late: Vec<(Duration, Input)>,
 }
 
 const CONFIG: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(1000),
     retry_initial: Duration::from_millis(10),
     retry_max: Duration::from_millis(100),
+    validate_timeout: Duration::from_millis(300),
+    ..MonitorConfig::DEFAULT
 };
 
 impl Rig {
@@ -128,14 +148,52 @@ impl Rig {
             reader,
             now: Duration::ZERO,
             model,
+            hung: Vec::new(),
+            late: Vec::new(),
+        }
+    }
+
+    /// Feeds one input and whatever it triggers, answering validations like the workers.
+    fn feed(&mut self, input: Input) {
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for request in self.driver.apply(self.now, input) {
+                let name = request.id.as_str().trim_start_matches("sim:").to_string();
+                let m = self.model.get_mut(name.as_str()).unwrap();
+                if m.hung {
+                    self.hung.push((request, self.now));
+                } else if let Some(delay) = m.slow.take() {
+                    let answer = self.driver.run_validation(&request);
+                    self.late.push((self.now + delay, answer));
+                } else {
+                    queue.push_back(self.driver.run_validation(&request));
+                }
+            }
         }
     }
 
     fn pump(&mut self) {
         while let Some(ev) = self.source.next_event(Duration::ZERO).unwrap() {
-            self.driver.handle(self.now, Input::Hotplug(ev));
+            self.feed(Input::Hotplug(ev));
         }
-        self.driver.handle(self.now, Input::Tick);
+        let now = self.now;
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.late).into_iter().partition(|(t, _)| *t <= now);
+        self.late = later;
+        for (_, answer) in due {
+            self.feed(answer);
+        }
+        self.feed(Input::Tick);
+    }
+
+    fn unhang(&mut self, name: &str) {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.hung)
+            .into_iter()
+            .partition(|(r, _)| r.id.as_str().trim_start_matches("sim:") == name);
+        self.hung = rest;
+        for (request, _) in mine {
+            let answer = self.driver.run_validation(&request);
+            self.feed(answer);
+        }
     }
 
     fn plug(&mut self, k: &'static str) {
@@ -176,7 +234,21 @@ impl Rig {
                 }
                 self.bus.corrupt(KEYS[i], b).unwrap();
             }
-            Op::Advance(ms) => self.now += Duration::from_millis(ms),
+            Op::Hang(i, b) => {
+                self.model.get_mut(KEYS[i]).unwrap().hung = b;
+                if !b {
+                    self.unhang(KEYS[i]);
+                }
+            }
+            Op::Slow(i, ms) => self.model.get_mut(KEYS[i]).unwrap().slow = Some(Duration::from_millis(ms)),
+            Op::Advance(ms) => {
+                // In steps, so late answers and deadlines land in time order.
+                let end = self.now + Duration::from_millis(ms);
+                while self.now < end {
+                    self.now = (self.now + Duration::from_millis(50)).min(end);
+                    self.pump();
+                }
+            }
         }
         self.pump();
     }
@@ -194,6 +266,12 @@ impl Rig {
                     "a key that never proved itself is in force: {name}"
                 );
                 assert!(matches!(k.status, KeyStatus::Valid { .. }));
+                // A key whose validation is stuck past the deadline is not in force.
+                let stuck = self
+                    .hung
+                    .iter()
+                    .any(|(r, t)| r.id == k.info.id && self.now >= *t + CONFIG.validate_timeout);
+                assert!(!stuck, "a key that stopped answering is still in force: {name}");
                 let serial = k.serial.clone().unwrap();
                 assert_eq!(snap.hardware_id.as_str(), serial.as_str());
                 assert_eq!(check.valid_key(), Some(self.reader.token(&serial)));
@@ -215,6 +293,12 @@ impl Rig {
     /// Once faults are cleared and enough time passes, every plugged key is valid and one is in force.
     fn settle_and_check_liveness(&mut self) {
         for k in KEYS {
+            let m = self.model.get_mut(k).unwrap();
+            m.hung = false;
+            m.slow = None;
+            self.unhang(k);
+        }
+        for k in KEYS {
             self.bus.make_busy(k, None).unwrap();
             self.bus.corrupt(k, false).unwrap();
             let m = self.model.get_mut(k).unwrap();
@@ -223,8 +307,8 @@ impl Rig {
             m.corrupt_since_plug = false;
         }
         for _ in 0..3 {
-            self.now += CONFIG.revalidate_every + CONFIG.retry_max;
-            self.pump();
+            let step = CONFIG.revalidate_every + CONFIG.retry_max;
+            self.apply(&Op::Advance(u64::try_from(step.as_millis()).unwrap()));
         }
         self.check();
         let snap = self.reader.snapshot();
@@ -312,4 +396,46 @@ fn the_key_in_force_stays_in_force_when_another_valid_key_arrives() {
     rig.apply(&Op::Unplug(1));
     assert_eq!(rig.reader.hardware_id().as_str(), "1000");
     let _ = Serial::new("x");
+}
+
+/// The stall case of the issue: key "a" in force, key "b" hangs while being plugged, "a"
+/// is pulled: the pull is published by the same input, whatever "b" is doing.
+#[test]
+fn a_hung_key_does_not_hide_the_pull_of_the_key_in_force() {
+    let mut rig = Rig::new();
+    rig.apply(&Op::Plug(0));
+    assert_eq!(rig.reader.hardware_id().as_str(), "1000");
+    rig.apply(&Op::Hang(1, true));
+    rig.apply(&Op::Plug(1));
+    assert_eq!(rig.hung.len(), 1);
+    rig.apply(&Op::Unplug(0));
+    assert_eq!(rig.reader.hardware_id().as_str(), "machine");
+    // "b" is shown as not answering once past the deadline, and asked only once.
+    rig.apply(&Op::Advance(1000));
+    let snap = rig.reader.snapshot();
+    assert!(matches!(
+        &snap.keys[0].status,
+        KeyStatus::Error {
+            kind: ErrorKind::Timeout,
+            ..
+        }
+    ));
+    assert_eq!(rig.hung.len(), 1, "a hung attempt is never duplicated");
+    // Answering at last puts it in force.
+    rig.apply(&Op::Hang(1, false));
+    assert_eq!(rig.reader.hardware_id().as_str(), "1001");
+}
+
+/// A late "valid" answer about a key that was swapped for a corrupt one meanwhile is dropped.
+#[test]
+fn a_late_answer_about_a_replaced_key_is_discarded() {
+    let mut rig = Rig::new();
+    rig.apply(&Op::Slow(0, 500));
+    rig.apply(&Op::Plug(0));
+    rig.apply(&Op::Unplug(0));
+    rig.apply(&Op::Corrupt(0, true));
+    rig.apply(&Op::Plug(0));
+    rig.apply(&Op::Advance(1000));
+    rig.check();
+    assert!(rig.reader.snapshot().in_force.is_none());
 }

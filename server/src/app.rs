@@ -95,7 +95,7 @@ async fn json_errors(res: Response<Body>) -> Response<Body> {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        s if s.is_server_error() => "internal_server_error",
+        s if s.is_server_error() => "internal_error",
         _ => "bad_request",
     };
     let message = status.canonical_reason().unwrap_or("Error").to_owned();
@@ -151,7 +151,8 @@ mod tests {
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["code"], "internal_server_error");
+        assert_eq!(v["code"], "internal_error");
+        assert!(v["request_id"].is_string(), "{v}");
         let res = app
             .oneshot(Request::get("/tea").body(Body::empty()).unwrap())
             .await

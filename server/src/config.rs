@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Off by default: such a key proves presence, not identity.
     #[serde(alias = "allowSerialOnlyKeys")]
     pub allow_serial_only_keys: bool,
+    /// Grace period (seconds) when the key in force disappears or becomes unreadable: its
+    /// serial stays in force meanwhile. 0 = none (key-bound licenses are refused at once).
+    #[serde(alias = "keyGraceSecs")]
+    pub key_grace_secs: u64,
     /// Every (re)validation also demands a fresh PIV attestation of the key's slot 9E that
     /// chains to one of `attestation_roots` (keys imported from software, or cloned, are
     /// refused as `not_attested`). Off by default for keys provisioned before attestation.
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             revalidate_secs: 60,
             sim_vendor_key: None,
             allow_serial_only_keys: false,
+            key_grace_secs: 0,
             require_attestation: false,
             attestation_roots: Vec::new(),
         }
@@ -122,7 +127,7 @@ impl ServerConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_norway::from_str(text).map_err(|e| e.to_string())
     }
 
     /// Reads a YAML file.

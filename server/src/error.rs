@@ -16,6 +16,18 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// Set on internal errors: the id under which the details were logged.
+    pub request_id: Option<String>,
+}
+
+/// A short id, unique in this process and unlikely to repeat across restarts.
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = *PREFIX.get_or_init(|| rand_core::RngCore::next_u32(&mut rand_core::OsRng));
+    format!("{prefix:08x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ApiError {
@@ -25,6 +37,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            request_id: None,
         }
     }
 
@@ -75,27 +88,61 @@ impl ApiError {
         )
     }
 
-    /// Something broke on our side; details go to the log, not to the client.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_server_error", message)
+    /// Something broke on our side: `detail` goes to the log under a fresh request id;
+    /// the client gets `internal_error` and that id, never the detail (SQL text, paths).
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let id = next_request_id();
+        tracing::error!(request_id = %id, detail = %detail, "internal error");
+        Self {
+            request_id: Some(id.clone()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                format!("Internal error (request id {id})"),
+            )
+        }
+    }
+
+    /// The store's queue is full: `503 server_busy` with `Retry-After`.
+    pub fn busy() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "The server is busy; retry shortly",
+        )
     }
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
-        json!({ "status": self.status.as_u16(), "code": self.code, "message": self.message })
+        match &self.request_id {
+            None => json!({ "status": self.status.as_u16(), "code": self.code, "message": self.message }),
+            Some(id) => json!({
+                "status": self.status.as_u16(), "code": self.code, "message": self.message, "request_id": id,
+            }),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // Internal errors were logged with their detail where they were made.
+        if self.status.is_server_error() && self.request_id.is_none() && self.code != "server_busy" {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let mut res = (self.status, Json(self.body())).into_response();
+        if self.code == "server_busy" {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
         res.extensions_mut().insert(crate::metrics::ErrorCode(self.code));
         res
     }
 }
+
+/// `Retry-After` of a `server_busy` answer: a full queue drains within a second.
+const RETRY_AFTER_SECS: &str = "1";
 
 /// Short form for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;

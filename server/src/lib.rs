@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(unreachable_pub)]
 
 pub mod license_file;
 pub mod metrics;
@@ -19,7 +20,7 @@ pub mod web;
 pub use app::{app, serve};
 pub use config::{KeyBackend, ServerConfig};
 pub use error::{ApiError, ApiResult};
-pub use state::{AppState, KeyPolicy, SimControl, StateParts};
+pub use state::{AppState, KeyControl, KeyPolicy, StateParts};
 pub use store::{SqliteStore, Store};
 
 /// Exit status of `keyfloat serve` when `crashIfNoHardwareKey` stops it.

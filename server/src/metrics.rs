@@ -29,7 +29,7 @@ use crate::error::ApiResult;
 use crate::model::AuditEvent;
 use crate::service;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact};
 
 /// The stable error code of an error response, left in the response extensions by
 /// [`crate::ApiError`] so the counting layer need not parse bodies.
@@ -217,6 +217,11 @@ pub async fn track(req: Request<Body>, next: Next) -> Response<Body> {
     res
 }
 
+/// Wall clock in ms since the Unix epoch (grace deadlines are wall-clock).
+pub fn unix_ms() -> u64 {
+    u64::try_from(now_micros() / 1000).unwrap_or(0)
+}
+
 /// Prometheus label value escaping.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -239,6 +244,7 @@ fn render(m: &Metrics, snap: &Snapshot, backend: &str, licenses: &[LicenseUsage]
         KeyState::Validating,
         KeyState::Invalid,
         KeyState::Error,
+        KeyState::Grace,
     ] {
         let _ = writeln!(
             out,
@@ -248,6 +254,10 @@ fn render(m: &Metrics, snap: &Snapshot, backend: &str, licenses: &[LicenseUsage]
             u8::from(s == state)
         );
     }
+    out.push_str("# HELP keyfloat_key_grace_seconds_left Seconds left in the key grace period (0 when none).\n");
+    out.push_str("# TYPE keyfloat_key_grace_seconds_left gauge\n");
+    let left = snap.grace.as_ref().map_or(0, |g| g.seconds_left(unix_ms()));
+    let _ = writeln!(out, "keyfloat_key_grace_seconds_left {left}");
     out.push_str("# HELP keyfloat_key_valid 1 while a validated hardware key is in force.\n");
     out.push_str("# TYPE keyfloat_key_valid gauge\n");
     let _ = writeln!(out, "keyfloat_key_valid {}", u8::from(snap.in_force.is_some()));
@@ -377,10 +387,13 @@ impl LicenseUsage {
 /// counts, never user names or keys.
 pub async fn metrics_show(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
     let now = now_micros();
-    let licenses = transact(st.store(), move |tx| {
+    let entries = st.catalog().entries().to_vec();
+    let licenses = read(st.store(), move |tx| {
         let mut out = Vec::new();
-        for l in tx.licenses()? {
-            let (seats, _features) = service::usage(tx, &l, now)?;
+        for e in &entries {
+            let Some((l, seats, _features)) = service::usage(tx, &e.license, now)? else {
+                continue;
+            };
             out.push(LicenseUsage {
                 id: l.id,
                 product: l.terms.product.clone(),
@@ -491,6 +504,28 @@ pub fn diff(before: &Snapshot, after: &Snapshot) -> Vec<KeyEvent> {
             });
         }
     }
+    match (&before.grace, &after.grace) {
+        (None, Some(g)) => out.push(KeyEvent {
+            event: "grace_started",
+            key: g.key.as_str().to_owned(),
+            serial: Some(g.serial.as_str().to_owned()),
+            reason: String::new(),
+            detail: format!(
+                "serial {} stays in force for {} s (until unix ms {})",
+                g.serial.as_str(),
+                g.period_ms / 1000,
+                g.deadline_unix_ms
+            ),
+        }),
+        (Some(g), None) => out.push(KeyEvent {
+            event: "grace_ended",
+            key: g.key.as_str().to_owned(),
+            serial: Some(g.serial.as_str().to_owned()),
+            reason: after.grace_ended.map_or("ended", |e| e.as_str()).to_owned(),
+            detail: format!("hardware id in force now {}", after.hardware_id.as_str()),
+        }),
+        _ => {}
+    }
     for k in &before.keys {
         let id: &KeyId = &k.info.id;
         if after.key(id).is_none() {
@@ -515,8 +550,24 @@ pub async fn watch_keys(state: AppState) {
     let mut last_generation = None;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut grace_warned: Option<std::time::Instant> = None;
     loop {
         tick.tick().await;
+        if let Some(g) = &last.grace {
+            // While in grace: a WARN line every 10 s with the seconds left.
+            if grace_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                grace_warned = Some(std::time::Instant::now());
+                let left = g.seconds_left(unix_ms());
+                tracing::warn!(
+                    target: "keyfloat::key",
+                    serial = g.serial.as_str(),
+                    seconds_left = left,
+                    "key grace period: the key in force is gone; key-bound licenses stop in {left} s unless it comes back"
+                );
+            }
+        } else {
+            grace_warned = None;
+        }
         let generation = state.keys().check().generation();
         if last_generation == Some(generation) {
             continue;
@@ -555,7 +606,7 @@ fn log_and_count(e: &KeyEvent) {
     Metrics::global().record_key_event(e.event, &e.reason);
     let serial = e.serial.as_deref().unwrap_or("?");
     match e.event {
-        "invalid" | "contended" | "error" => {
+        "invalid" | "contended" | "error" | "grace_started" | "grace_ended" => {
             tracing::warn!(target: "keyfloat::key", event = e.event, key = %e.key, serial, reason = %e.reason, detail = %e.detail, "key event")
         }
         _ => {

@@ -2,11 +2,12 @@
 //! the JSON shapes the SDKs read (spec §4–§5).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::clock::{format_micros, format_opt};
+use crate::clock::format_micros;
 
 // The terms shared with signed license files are the license file's own types: one
 // definition, so an uploaded file and `addProduct` produce the same thing.
@@ -92,8 +93,8 @@ impl LicenseSource {
 pub struct License {
     /// Server-side license id (`license_id` on the wire).
     pub id: u64,
-    /// Static terms.
-    pub terms: LicenseTerms,
+    /// Static terms (shared with the catalog and the writer's cache: never copied).
+    pub terms: Arc<LicenseTerms>,
     /// Hardware ID in force when it was added (the key serial for key-bound licenses).
     pub activation_hardware_id: String,
     /// Origin.
@@ -236,152 +237,332 @@ impl AuditEvent {
 }
 
 // ---------------------------------------------------------------- wire shapes
+//
+// Typed `Serialize` structs borrowing from the model: an answer is written straight into
+// the response buffer, once, with no intermediate `serde_json::Value` maps.
+
+/// JSON `null`.
+type Null = Option<()>;
+
+/// JSON `{}`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct EmptyObject {}
 
 fn overage_fields(allow: bool, max: i64) -> (bool, i64) {
     (allow, if allow { max } else { 0 })
 }
 
 /// One `product_features[]` entry (spec §5.1), with live counters.
-pub fn feature_object(l: &License, index: usize, f: &FeatureTerms, in_use: usize) -> Value {
-    let timeout = f.floating_timeout_minutes.unwrap_or(l.terms.floating_timeout_minutes);
-    let mut o = json!({
-        "id": index as u64 + 1,
-        "code": f.code,
-        "name": f.name.clone().unwrap_or_else(|| f.code.clone()),
-        "feature_type": f.kind.as_str(),
-        "is_floating": f.floating_users.is_some(),
-        "is_floating_cloud": false,
-        "floating_timeout": timeout,
-        "floating_users": f.floating_users.unwrap_or(0),
-        "floating_in_use_devices": in_use,
-        "expiry_date": null,
-        "metadata": {},
-    });
-    if f.kind == FeatureKind::Consumption {
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureObject<'a> {
+    id: u64,
+    code: &'a str,
+    name: &'a str,
+    feature_type: &'static str,
+    is_floating: bool,
+    is_floating_cloud: bool,
+    floating_timeout: u32,
+    floating_users: u32,
+    floating_in_use_devices: usize,
+    expiry_date: Null,
+    metadata: EmptyObject,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_consumption: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_consumptions: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_consumptions: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_overages: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_overages: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_unlimited_consumptions: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_negative_consumptions: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset_consumption: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consumption_period: Option<Null>,
+}
+
+impl<'a> FeatureObject<'a> {
+    /// The entry of feature `f` (index `index`) of `l` with `in_use` live slots.
+    pub fn new(l: &'a License, index: usize, f: &'a FeatureTerms, in_use: usize) -> Self {
+        let consumption = f.kind == FeatureKind::Consumption;
         let max = f.max_consumption.unwrap_or(0);
         let (allow, max_over) = overage_fields(f.allow_overages, f.max_overages);
-        let extra = json!({
-            "max_consumption": max,
-            "max_consumptions": max,
-            "total_consumptions": l.feature_totals.get(&f.code).copied().unwrap_or(0),
-            "allow_overages": allow,
-            "max_overages": max_over,
-            "allow_unlimited_consumptions": false,
-            "allow_negative_consumptions": false,
-            "reset_consumption": false,
-            "consumption_period": null,
-        });
-        merge(&mut o, extra);
+        let when = |v| consumption.then_some(v);
+        Self {
+            id: index as u64 + 1,
+            code: &f.code,
+            name: f.name.as_deref().unwrap_or(&f.code),
+            feature_type: f.kind.as_str(),
+            is_floating: f.floating_users.is_some(),
+            is_floating_cloud: false,
+            floating_timeout: f.floating_timeout_minutes.unwrap_or(l.terms.floating_timeout_minutes),
+            floating_users: f.floating_users.unwrap_or(0),
+            floating_in_use_devices: in_use,
+            expiry_date: None,
+            metadata: EmptyObject {},
+            max_consumption: when(max),
+            max_consumptions: when(max),
+            total_consumptions: when(l.feature_totals.get(&f.code).copied().unwrap_or(0)),
+            allow_overages: consumption.then_some(allow),
+            max_overages: when(max_over),
+            allow_unlimited_consumptions: consumption.then_some(false),
+            allow_negative_consumptions: consumption.then_some(false),
+            reset_consumption: consumption.then_some(false),
+            consumption_period: consumption.then_some(None),
+        }
     }
-    o
 }
 
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(a), Value::Object(b)) = (into, from) {
-        a.extend(b);
-    }
+/// One `product_features[]` entry as a JSON value (the feature endpoints add fields).
+pub fn feature_object(l: &License, index: usize, f: &FeatureTerms, in_use: usize) -> Value {
+    serde_json::to_value(FeatureObject::new(l, index, f, in_use)).unwrap_or(Value::Null)
 }
 
-/// Consumption fields of the license (also the add_consumption response, with `id`).
-pub fn consumption_fields(l: &License) -> Map<String, Value> {
-    let mut m = Map::new();
-    if let Some(c) = &l.terms.consumption {
+/// Consumption fields of a license (flattened into the license object and the
+/// add_consumption answer).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ConsumptionFields<'a> {
+    max_consumptions: i64,
+    total_consumptions: i64,
+    allow_unlimited_consumptions: bool,
+    allow_negative_consumptions: bool,
+    allow_overages: bool,
+    max_overages: i64,
+    reset_consumption: bool,
+    consumption_period: Option<&'a str>,
+}
+
+impl<'a> ConsumptionFields<'a> {
+    /// `None` for a license without consumption terms.
+    pub fn of(l: &'a License) -> Option<Self> {
+        let c = l.terms.consumption.as_ref()?;
         let (allow, max_over) = overage_fields(c.allow_overages, c.max_overages);
-        m.insert("max_consumptions".into(), json!(c.max_consumptions));
-        m.insert("total_consumptions".into(), json!(l.total_consumptions));
-        m.insert("allow_unlimited_consumptions".into(), json!(c.allow_unlimited));
-        m.insert("allow_negative_consumptions".into(), json!(c.allow_negative));
-        m.insert("allow_overages".into(), json!(allow));
-        m.insert("max_overages".into(), json!(max_over));
-        m.insert("reset_consumption".into(), json!(c.reset_period.is_some()));
-        m.insert("consumption_period".into(), json!(c.reset_period));
+        Some(Self {
+            max_consumptions: c.max_consumptions,
+            total_consumptions: l.total_consumptions,
+            allow_unlimited_consumptions: c.allow_unlimited,
+            allow_negative_consumptions: c.allow_negative,
+            allow_overages: allow,
+            max_overages: max_over,
+            reset_consumption: c.reset_period.is_some(),
+            consumption_period: c.reset_period.as_deref(),
+        })
     }
-    m
 }
 
-/// The license object of spec §5 (`license_json`, decoded). Never contains `hardware_id`,
-/// `local_consumptions` or a string `user` (§5.2).
+/// The add_consumption answer: the consumption fields plus `id` and `license_id`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumptionAnswer<'a> {
+    id: u64,
+    license_id: u64,
+    #[serde(flatten)]
+    fields: Option<ConsumptionFields<'a>>,
+}
+
+impl<'a> ConsumptionAnswer<'a> {
+    /// The answer for `l` (its totals already updated).
+    pub fn new(l: &'a License) -> Self {
+        Self {
+            id: l.id,
+            license_id: l.id,
+            fields: ConsumptionFields::of(l),
+        }
+    }
+}
+
+/// `product_details` of the license object.
+#[derive(Debug, Clone, Serialize)]
+struct ProductDetails<'a> {
+    product_id: u64,
+    product_name: &'a str,
+    short_code: &'a str,
+    authorization_method: &'static str,
+    floating_timeout: u32,
+    prevent_vm: bool,
+}
+
+/// `user` inside `license_json` (an object: a string would crash Python, spec §5.2).
+#[derive(Debug, Clone, Serialize)]
+struct UserObject<'a> {
+    email: &'a str,
+}
+
+/// The license object of spec §5 (`license_json`, decoded), optionally with the fields a
+/// register answer or a license-list entry adds at its top level. Never contains
+/// `hardware_id`, `local_consumptions` or a string `user` (§5.2).
+#[derive(Debug, Clone, Serialize)]
+pub struct LicenseObject<'a> {
+    id: u64,
+    license_type: &'a str,
+    is_floating: bool,
+    is_floating_cloud: bool,
+    floating_timeout: u32,
+    floating_users: u32,
+    floating_in_use_devices: usize,
+    validity_period: Option<String>,
+    start_date: Option<String>,
+    maintenance_period: Null,
+    enable_maintenance_period: bool,
+    prevent_vm: bool,
+    is_trial: bool,
+    max_activations: u32,
+    allow_unlimited_activations: bool,
+    times_activated: u32,
+    transfer_count: u32,
+    max_transfers: u32,
+    allow_grace_period: bool,
+    grace_period: u32,
+    can_borrow: bool,
+    max_borrow_time: u32,
+    is_borrowed: bool,
+    borrowed_until: Option<String>,
+    is_hardware_key_auth: bool,
+    metadata: EmptyObject,
+    customer: EmptyObject,
+    custom_fields: [u8; 0],
+    product_details: ProductDetails<'a>,
+    product_features: Vec<FeatureObject<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    license_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserObject<'a>>,
+    #[serde(flatten)]
+    consumption: Option<ConsumptionFields<'a>>,
+    // Register answer (top level only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    product: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    license_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floating_slots_in_use: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floating_in_use: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    license_json: Option<String>,
+    // License list (admin) only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hardware_key_required: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activation_hardware_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added_at: Option<String>,
+}
+
+impl<'a> LicenseObject<'a> {
+    /// The license object of `l` with live counters.
+    pub fn new(l: &'a License, seats_in_use: usize, feature_in_use: &BTreeMap<String, usize>) -> Self {
+        let t = &*l.terms;
+        let (license_key, user, authorization_method) = match &t.auth {
+            Auth::Key { license_key } => (Some(license_key.as_str()), None, "license-key"),
+            Auth::User { username, .. } => (None, Some(UserObject { email: username }), "user"),
+        };
+        Self {
+            id: l.id,
+            license_type: &t.license_type,
+            is_floating: true,
+            is_floating_cloud: false,
+            floating_timeout: t.floating_timeout_minutes,
+            floating_users: t.floating_users,
+            floating_in_use_devices: seats_in_use,
+            validity_period: t.valid_until.map(format_micros),
+            start_date: t.valid_from.map(format_micros),
+            maintenance_period: None,
+            enable_maintenance_period: false,
+            prevent_vm: false,
+            is_trial: false,
+            max_activations: 1,
+            allow_unlimited_activations: false,
+            times_activated: 1,
+            transfer_count: 0,
+            max_transfers: 0,
+            allow_grace_period: false,
+            grace_period: 0,
+            can_borrow: t.max_borrow_time_hours > 0,
+            max_borrow_time: t.max_borrow_time_hours,
+            is_borrowed: false,
+            borrowed_until: None,
+            is_hardware_key_auth: t.hardware_key_required,
+            metadata: EmptyObject {},
+            customer: EmptyObject {},
+            custom_fields: [],
+            product_details: ProductDetails {
+                product_id: 0,
+                product_name: t.product_name.as_deref().unwrap_or(&t.product),
+                short_code: &t.product,
+                authorization_method,
+                floating_timeout: t.floating_timeout_minutes,
+                prevent_vm: false,
+            },
+            product_features: t
+                .features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| FeatureObject::new(l, i, f, feature_in_use.get(&f.code).copied().unwrap_or(0)))
+                .collect(),
+            license_key,
+            user,
+            consumption: ConsumptionFields::of(l),
+            product: None,
+            license_id: None,
+            floating_slots_in_use: None,
+            floating_in_use: None,
+            registered_at: None,
+            license_json: None,
+            hardware_key_required: None,
+            activation_hardware_id: None,
+            source: None,
+            added_at: None,
+        }
+    }
+
+    /// The register answer (spec §4.2): `license_json` is this object serialized (once),
+    /// and its fields are repeated at the top level for node, with the seat's borrowing
+    /// state and counters, and never a top-level `user`.
+    pub fn register_answer(mut self, reg: &Registration, in_use: usize, now: i64) -> Self {
+        self.license_json = Some(serde_json::to_string(&self).unwrap_or_default());
+        let borrowed = reg.borrowed_until.filter(|b| *b > now);
+        self.user = None;
+        self.product = Some(self.product_details.short_code);
+        self.license_id = Some(self.id);
+        self.floating_slots_in_use = Some(in_use);
+        self.floating_in_use = Some(in_use);
+        self.registered_at = Some(format_micros(reg.registered_at));
+        self.is_borrowed = borrowed.is_some();
+        self.borrowed_until = borrowed.map(format_micros);
+        self
+    }
+
+    /// The license-list entry for admins: the license object plus server-side facts.
+    pub fn list_entry(mut self, l: &'a License) -> Self {
+        self.product = Some(&l.terms.product);
+        self.license_id = Some(l.id);
+        self.hardware_key_required = Some(l.terms.hardware_key_required);
+        self.activation_hardware_id = Some(&l.activation_hardware_id);
+        self.source = Some(l.source.as_str());
+        self.added_at = Some(format_micros(l.added_at));
+        self
+    }
+}
+
+/// The license object as a JSON map (tests and tools; the server writes [`LicenseObject`]).
 pub fn license_object(
     l: &License,
     seats_in_use: usize,
     feature_in_use: &BTreeMap<String, usize>,
 ) -> Map<String, Value> {
-    let t = &l.terms;
-    let features: Vec<Value> = t
-        .features
-        .iter()
-        .enumerate()
-        .map(|(i, f)| feature_object(l, i, f, feature_in_use.get(&f.code).copied().unwrap_or(0)))
-        .collect();
-    let auth_method = match &t.auth {
-        Auth::Key { .. } => "license-key",
-        Auth::User { .. } => "user",
-    };
-    let mut o = json!({
-        "id": l.id,
-        "license_type": t.license_type,
-        "is_floating": true,
-        "is_floating_cloud": false,
-        "floating_timeout": t.floating_timeout_minutes,
-        "floating_users": t.floating_users,
-        "floating_in_use_devices": seats_in_use,
-        "validity_period": format_opt(t.valid_until),
-        "start_date": format_opt(t.valid_from),
-        "maintenance_period": null,
-        "enable_maintenance_period": false,
-        "prevent_vm": false,
-        "is_trial": false,
-        "max_activations": 1,
-        "allow_unlimited_activations": false,
-        "times_activated": 1,
-        "transfer_count": 0,
-        "max_transfers": 0,
-        "allow_grace_period": false,
-        "grace_period": 0,
-        "can_borrow": t.max_borrow_time_hours > 0,
-        "max_borrow_time": t.max_borrow_time_hours,
-        "is_borrowed": false,
-        "borrowed_until": null,
-        "is_hardware_key_auth": t.hardware_key_required,
-        "metadata": {},
-        "customer": {},
-        "custom_fields": [],
-        "product_details": {
-            "product_id": 0,
-            "product_name": t.product_name.clone().unwrap_or_else(|| t.product.clone()),
-            "short_code": t.product,
-            "authorization_method": auth_method,
-            "floating_timeout": t.floating_timeout_minutes,
-            "prevent_vm": false,
-        },
-        "product_features": features,
-    });
-    let Value::Object(map) = &mut o else {
-        return Map::new();
-    };
-    match &t.auth {
-        Auth::Key { license_key } => {
-            map.insert("license_key".into(), json!(license_key));
-        }
-        Auth::User { username, .. } => {
-            // Inside license_json an object `user` is fine (a string would crash Python).
-            map.insert("user".into(), json!({ "email": username }));
-        }
+    match serde_json::to_value(LicenseObject::new(l, seats_in_use, feature_in_use)) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
     }
-    map.extend(consumption_fields(l));
-    std::mem::take(map)
-}
-
-/// The license-list entry for admins: the license object plus server-side facts.
-pub fn license_list_entry(l: &License, seats_in_use: usize, feature_in_use: &BTreeMap<String, usize>) -> Value {
-    let mut o = license_object(l, seats_in_use, feature_in_use);
-    o.insert("product".into(), json!(l.terms.product));
-    o.insert("license_id".into(), json!(l.id));
-    o.insert("hardware_key_required".into(), json!(l.terms.hardware_key_required));
-    o.insert("activation_hardware_id".into(), json!(l.activation_hardware_id));
-    o.insert("source".into(), json!(l.source.as_str()));
-    o.insert("added_at".into(), json!(format_micros(l.added_at)));
-    Value::Object(o)
 }
 
 #[cfg(test)]
@@ -392,7 +573,7 @@ pub(crate) mod tests {
     pub(crate) fn sample() -> License {
         License {
             id: 7,
-            terms: LicenseTerms {
+            terms: Arc::new(LicenseTerms {
                 product: "acme".into(),
                 product_name: None,
                 auth: Auth::Key {
@@ -424,7 +605,7 @@ pub(crate) mod tests {
                 valid_until: None,
                 hardware_key_required: true,
                 allowed_serials: vec![],
-            },
+            }),
             activation_hardware_id: "123".into(),
             source: LicenseSource::Api,
             added_at: 0,

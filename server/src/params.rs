@@ -5,6 +5,7 @@
 use axum::body::Body;
 use axum::extract::FromRequest;
 use axum::http::{header, Request, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -30,11 +31,7 @@ pub async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 impl Params {
     /// Parses a query string (`a=1&b=x`).
     pub fn from_query(query: &str) -> Self {
-        let mut m = Map::new();
-        for (k, v) in form_pairs(query) {
-            m.insert(k, Value::String(v));
-        }
-        Self(m)
+        Self(form_pairs(query).map(|(k, v)| (k, Value::String(v))).collect())
     }
 
     /// Parses a JSON body; empty (or whitespace) = no fields.
@@ -164,60 +161,193 @@ impl Params {
     }
 }
 
-/// `application/x-www-form-urlencoded` pairs.
-fn form_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
+/// `application/x-www-form-urlencoded` pairs (the `form_urlencoded` crate: `+` is a
+/// space, a `%` not followed by two hex digits stays a `%`, bad UTF-8 is replaced).
+fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// What a request carries before it is typed: its query string and its body.
+struct Raw {
+    query: Option<String>,
+    is_form: bool,
+    body: axum::body::Bytes,
+}
+
+impl Raw {
+    async fn of(req: Request<Body>) -> Result<Self, ApiError> {
+        let query = req.uri().query().filter(|q| !q.is_empty()).map(str::to_owned);
+        let is_form = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+        let body = read_body(req.into_body()).await?;
+        Ok(Self { query, is_form, body })
     }
-    String::from_utf8_lossy(&out).into_owned()
+
+    /// The first non-blank byte of the body.
+    fn lead(&self) -> Option<u8> {
+        self.body.iter().copied().find(|b| !b.is_ascii_whitespace())
+    }
+
+    /// curl -d sends JSON as form-urlencoded by default: a body that looks like JSON is JSON.
+    fn body_is_json(&self) -> bool {
+        !self.is_form || matches!(self.lead(), Some(b'{' | b'['))
+    }
+
+    /// Query and body merged into one map (body fields win).
+    fn merged(self) -> Result<Params, ApiError> {
+        let mut params = self.query.as_deref().map(Params::from_query).unwrap_or_default();
+        let body = if self.body_is_json() {
+            Params::from_json(&self.body)?
+        } else {
+            Params::from_query(&String::from_utf8_lossy(&self.body))
+        };
+        params.0.extend(body.0);
+        Ok(params)
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for Params {
     type Rejection = ApiError;
 
     async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
-        let mut params = Self::from_query(req.uri().query().unwrap_or(""));
-        let is_form = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-        let bytes = read_body(req.into_body()).await?;
-        // curl -d sends JSON as form-urlencoded by default: a body that looks like JSON is JSON.
-        let looks_json = matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['));
-        let body = if is_form && !looks_json {
-            Self::from_query(&String::from_utf8_lossy(&bytes))
-        } else {
-            Self::from_json(&bytes)?
-        };
-        params.0.extend(body.0);
-        Ok(params)
+        Raw::of(req).await?.merged()
+    }
+}
+
+/// A typed request: `T` decoded from the JSON body and/or the query string (body fields
+/// win), with the leniency of spec §2 given by the [`lenient`] field decoders. A request
+/// with only a JSON body (what the SDKs send) is decoded straight from its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Req<T>(pub T);
+
+/// An invalid field: `invalid_parameters` naming it.
+fn field_error(path: &serde_path_to_error::Path, e: &dyn std::fmt::Display) -> ApiError {
+    let text = e.to_string();
+    // serde_json appends the position; the field name says more.
+    let why = text.split(" at line ").next().unwrap_or(&text);
+    ApiError::invalid(&path.to_string(), why)
+}
+
+impl<T: DeserializeOwned + Default> Req<T> {
+    /// Decodes a JSON object body.
+    pub fn from_json(bytes: &[u8]) -> Result<T, ApiError> {
+        match bytes.iter().copied().find(|b| !b.is_ascii_whitespace()) {
+            None => return Ok(T::default()),
+            Some(b'{') => {}
+            Some(b'n') if bytes.trim_ascii() == b"null" => return Ok(T::default()),
+            Some(_) => {
+                return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => ApiError::bad_request("invalid_json", "Request body must be a JSON object"),
+                    Err(e) => ApiError::bad_request("invalid_json", format!("Malformed JSON body: {e}")),
+                })
+            }
+        }
+        let malformed =
+            |e: &serde_json::Error| ApiError::bad_request("invalid_json", format!("Malformed JSON body: {e}"));
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let out: T = serde_path_to_error::deserialize(&mut de).map_err(|e| match e.inner().classify() {
+            serde_json::error::Category::Data => field_error(e.path(), e.inner()),
+            _ => malformed(e.inner()),
+        })?;
+        de.end().map_err(|e| malformed(&e))?;
+        Ok(out)
+    }
+
+    /// Decodes merged parameters.
+    pub fn from_params(p: Params) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(Value::Object(p.0)).map_err(|e| field_error(e.path(), e.inner()))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for Req<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, _state: &S) -> Result<Self, Self::Rejection> {
+        let raw = Raw::of(req).await?;
+        if raw.query.is_none() && raw.body_is_json() {
+            return Req::from_json(&raw.body).map(Req);
+        }
+        Req::from_params(raw.merged()?).map(Req)
+    }
+}
+
+/// Field decoders for typed requests (`#[serde(default, deserialize_with = "…")]` on
+/// `Option` fields): `null` = absent, numbers as numbers or numeric strings (`""` =
+/// absent), booleans as bools, `0/1` or `"true"/"false"/"yes"/"no"/"on"/"off"`, strings
+/// from strings, numbers or bools, JSON values inline or as a JSON text (query strings).
+/// They take the same decisions as the [`Params`] accessors, which they call.
+pub mod lenient {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    use super::Params;
+    use crate::error::ApiError;
+
+    fn one<'de, D: Deserializer<'de>, T>(
+        d: D,
+        get: impl FnOnce(&Params) -> Result<Option<T>, ApiError>,
+    ) -> Result<Option<T>, D::Error> {
+        let v = Value::deserialize(d)?;
+        let mut m = serde_json::Map::with_capacity(1);
+        m.insert(String::new(), v);
+        get(&Params(m)).map_err(|e| {
+            // The accessor's message names the field ""; keep only why.
+            let why = e.message.rsplit(": ").next().unwrap_or("invalid").to_owned();
+            D::Error::custom(why)
+        })
+    }
+
+    /// A string.
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        one(d, |p| p.str_opt(&[""]))
+    }
+
+    /// A signed integer.
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        one(d, |p| p.i64_opt(&[""]))
+    }
+
+    /// An unsigned integer (license ids).
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        one(d, |p| p.u64_opt(&[""]))
+    }
+
+    /// A u32.
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        one(d, |p| p.u32_opt(&[""]))
+    }
+
+    /// A boolean.
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        one(d, |p| p.bool_opt(&[""]))
+    }
+
+    /// Any JSON value (or a JSON text in a string).
+    pub fn json<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        one(d, |p| p.json_opt(&[""]))
+    }
+}
+
+/// Required-field helper for typed requests.
+pub trait Required<T> {
+    /// The value, or `missing_parameters` naming `field` (a blank string is missing).
+    fn required(self, field: &str) -> Result<T, ApiError>;
+}
+
+impl Required<String> for Option<String> {
+    fn required(self, field: &str) -> Result<String, ApiError> {
+        self.filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ApiError::missing(field))
+    }
+}
+
+impl Required<i64> for Option<i64> {
+    fn required(self, field: &str) -> Result<i64, ApiError> {
+        self.ok_or_else(|| ApiError::missing(field))
     }
 }
 
@@ -255,8 +385,13 @@ mod tests {
         assert_eq!(q.str_opt(&["product"]).unwrap(), Some("a b".into()));
         assert_eq!(q.str_opt(&["licenseKey"]).unwrap(), Some("K 1".into()));
         assert_eq!(q.bool_opt(&["isHWKeyReq"]).unwrap(), Some(true));
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        let odd = Params::from_query("a=100%&b=%zz&c=%+1&d=%41%e2%82%ac&e=%ff");
+        assert_eq!(odd.str_opt(&["a"]).unwrap(), Some("100%".into()));
+        assert_eq!(odd.str_opt(&["b"]).unwrap(), Some("%zz".into()));
+        // The old hand-written decoder read `%+1` as the byte 0x01.
+        assert_eq!(odd.str_opt(&["c"]).unwrap(), Some("% 1".into()));
+        assert_eq!(odd.str_opt(&["d"]).unwrap(), Some("A€".into()));
+        assert_eq!(odd.str_opt(&["e"]).unwrap(), Some("\u{fffd}".into()));
     }
 
     #[test]
@@ -264,5 +399,71 @@ mod tests {
         assert_eq!(Params::from_json(b"").unwrap(), Params::default());
         assert_eq!(Params::from_json(b"[1]").unwrap_err().code, "invalid_json");
         assert_eq!(Params::from_json(b"{").unwrap_err().code, "invalid_json");
+    }
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    #[serde(default)]
+    struct T {
+        #[serde(deserialize_with = "lenient::string")]
+        product: Option<String>,
+        #[serde(deserialize_with = "lenient::u64")]
+        license_id: Option<u64>,
+        #[serde(deserialize_with = "lenient::i64")]
+        consumptions: Option<i64>,
+        #[serde(rename = "allowOverages", deserialize_with = "lenient::bool")]
+        allow: Option<bool>,
+    }
+
+    #[test]
+    fn typed_requests_are_as_lenient_as_params() {
+        let t: T = Req::from_json(
+            br#"{"product":5,"license_id":"12","consumptions":" 3 ","allowOverages":"true","x":{"y":[1]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            T {
+                product: Some("5".into()),
+                license_id: Some(12),
+                consumptions: Some(3),
+                allow: Some(true),
+            }
+        );
+        let t: T = Req::from_json(br#"{"product":null,"consumptions":"","allowOverages":0}"#).unwrap();
+        assert_eq!(
+            t,
+            T {
+                allow: Some(false),
+                ..T::default()
+            }
+        );
+        assert_eq!(Req::<T>::from_json(b"  ").unwrap(), T::default());
+        assert_eq!(Req::<T>::from_json(b"null").unwrap(), T::default());
+        for bad in [&b"[1]"[..], b"{", b"{\"product\":", b"{} x", b"\"s\""] {
+            let e = Req::<T>::from_json(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_json", "{}", String::from_utf8_lossy(bad));
+        }
+        let e = Req::<T>::from_json(br#"{"product":{"a":1}}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_parameters");
+        assert!(e.message.contains("product"), "{}", e.message);
+        let e = Req::<T>::from_json(br#"{"license_id":-1}"#).unwrap_err();
+        assert!(e.message.contains("license_id"), "{}", e.message);
+        // Query and body merged, body wins; query values are strings.
+        let mut p = Params::from_query("product=q&license_id=7&consumptions=%2B2");
+        p.0.extend(Params::from_json(br#"{"product":"b"}"#).unwrap().0);
+        let t: T = Req::from_params(p).unwrap();
+        assert_eq!(
+            (t.product.as_deref(), t.license_id, t.consumptions),
+            (Some("b"), Some(7), Some(2))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, decoding answers a value or a JSON error: no panic.
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64), q in ".{0,40}") {
+            let _ = Req::<T>::from_json(&bytes);
+            let _ = Req::<T>::from_params(Params::from_query(&q));
+        }
     }
 }

@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::clock::{self, format_micros, format_opt};
+use crate::clock::{self, format_micros};
 use crate::error::ApiError;
-use crate::model::{self, FeatureKind, FeatureRegistration, FeatureTerms, License, Registration};
-use crate::store::Tx;
+use crate::model::{
+    self, FeatureKind, FeatureRegistration, FeatureTerms, License, LicenseObject, LicenseTerms, Registration,
+};
+use crate::store::{ReadTx, Tx};
 
 /// Who is asking, as the register/borrow/feature bodies describe it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,39 +25,42 @@ pub struct ClientInfo {
     pub user_info: Option<String>,
 }
 
-/// Loads a license that passed the gate and checks its validity period.
-pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiError> {
-    let l = tx
-        .license(id)?
-        .ok_or_else(|| ApiError::bad_request("license_not_found", format!("License {id} not found")))?;
-    if l.terms.valid_from.is_some_and(|f| f > now) {
+/// The validity period of a license's terms (no SQL).
+pub fn check_period(terms: &LicenseTerms, now: i64) -> Result<(), ApiError> {
+    if terms.valid_from.is_some_and(|f| f > now) {
         return Err(ApiError::bad_request("license_not_active", "License is not active yet"));
     }
-    if l.terms.valid_until.is_some_and(|u| u <= now) {
+    if terms.valid_until.is_some_and(|u| u <= now) {
         return Err(ApiError::bad_request("license_expired", "License is expired"));
     }
+    Ok(())
+}
+
+fn not_found(id: u64) -> ApiError {
+    ApiError::bad_request("license_not_found", format!("License {id} not found"))
+}
+
+/// Loads a license that passed the gate and checks its validity period.
+pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiError> {
+    let l = tx.license(id)?.ok_or_else(|| not_found(id))?;
+    check_period(&l.terms, now)?;
     Ok(l)
 }
 
 /// Live slots per feature; a license without features needs no query.
-fn feature_usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
+fn feature_usage<T: ReadTx + ?Sized>(tx: &mut T, l: &License, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
     if l.terms.features.is_empty() {
         return Ok(BTreeMap::new());
     }
     Ok(tx.feature_usage(l.id, now)?)
 }
 
-/// Seats in use now; lapsed seats (and their feature slots) are dropped on the way.
-fn seats_in_use(tx: &mut dyn Tx, id: u64, now: i64) -> Result<usize, ApiError> {
-    Ok(tx.count_active_registrations(id, now)?)
-}
-
 /// Heartbeats closer together than this only extend a seat in memory of the next write:
 /// re-registering within a second of the last extension writes nothing.
 const RENEW_GRANULARITY: i64 = 1_000_000;
 
-/// What a registration produced; the response is rendered from it outside the store's
-/// writer thread (see [`Registered::to_json`]) so the writer only does database work.
+/// What a registration produced; the answer is rendered from it outside the store's
+/// threads (see [`Registered::answer`]) so they only do database work.
 #[derive(Debug, Clone)]
 pub struct Registered {
     /// The license with its totals.
@@ -71,42 +76,120 @@ pub struct Registered {
 }
 
 impl Registered {
-    /// The register response body.
+    /// The register answer, typed (serialized once, straight into the response).
+    pub fn answer(&self) -> LicenseObject<'_> {
+        LicenseObject::new(&self.license, self.in_use, &self.features).register_answer(
+            &self.registration,
+            self.in_use,
+            self.now,
+        )
+    }
+
+    /// The register answer as a JSON value (tests and tools).
     pub fn to_json(&self) -> Value {
-        register_response(&self.license, &self.registration, self.in_use, &self.features, self.now)
+        serde_json::to_value(self.answer()).unwrap_or(Value::Null)
     }
 }
 
-/// `POST /register`: take a seat, or renew the one this user holds.
+/// The seat `existing` renewed by `who` at `now`, and whether that must be written: not
+/// when it only extends the seat by less than the granularity.
+fn renew(l: &License, existing: &Registration, who: &ClientInfo, now: i64) -> (Registration, bool) {
+    let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
+    let renewed = Registration {
+        expires_at: (now + timeout).max(existing.expires_at),
+        os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
+        ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
+        user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
+        ..existing.clone()
+    };
+    let same_info = renewed.os_hostname == existing.os_hostname
+        && renewed.ip_local == existing.ip_local
+        && renewed.user_info == existing.user_info;
+    let write = !same_info || renewed.expires_at - existing.expires_at >= RENEW_GRANULARITY;
+    (renewed, write)
+}
+
+/// `license` (from the catalog) with `total` and, for consumption features, their totals.
+fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -> Result<License, ApiError> {
+    let feature_totals = if license
+        .terms
+        .features
+        .iter()
+        .any(|f| f.kind == FeatureKind::Consumption)
+    {
+        tx.license_totals(license.id, true)?
+            .ok_or_else(|| not_found(license.id))?
+            .1
+    } else {
+        BTreeMap::new()
+    };
+    Ok(License {
+        total_consumptions: total,
+        feature_totals,
+        ..license.clone()
+    })
+}
+
+/// `POST /register` on the read path: answers a heartbeat that only extends a live seat
+/// within the renewal granularity, from one snapshot, without the writer. `None` = a
+/// write is needed (new seat, lapsed seat, changed info, due extension): run
+/// [`register`], which decides again on the writer.
+pub fn register_read(
+    tx: &mut dyn ReadTx,
+    license: &License,
+    who: &ClientInfo,
+    now: i64,
+) -> Result<Option<Registered>, ApiError> {
+    check_period(&license.terms, now)?;
+    let view = tx
+        .seat_view(license.id, Some(&who.user), now)?
+        .ok_or_else(|| not_found(license.id))?;
+    let Some(existing) = view.registration.filter(|r| r.is_active(now)) else {
+        return Ok(None);
+    };
+    let (renewed, write) = renew(license, &existing, who, now);
+    if write {
+        return Ok(None);
+    }
+    let l = license_with(tx, license, view.total_consumptions)?;
+    let features = feature_usage(tx, &l, now)?;
+    Ok(Some(Registered {
+        license: l,
+        registration: renewed,
+        in_use: view.in_use,
+        features,
+        now,
+    }))
+}
+
+/// `POST /register`: take a seat, or renew the one this user holds (writer).
 pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, ApiError> {
     let l = live_license(tx, id, now)?;
-    let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
-    let existing = tx.registration(id, &who.user)?.filter(|r| r.is_active(now));
+    // The user's seat and the count in one statement.
+    let view = tx.seat_view(id, Some(&who.user), now)?.ok_or_else(|| not_found(id))?;
+    let existing = view.registration.filter(|r| r.is_active(now));
     let (reg, in_use) = match existing {
         Some(existing) => {
-            let renewed = Registration {
-                expires_at: (now + timeout).max(existing.expires_at),
-                os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
-                ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
-                user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
-                ..existing.clone()
-            };
-            let same_info = renewed.os_hostname == existing.os_hostname
-                && renewed.ip_local == existing.ip_local
-                && renewed.user_info == existing.user_info;
-            if !same_info || renewed.expires_at - existing.expires_at >= RENEW_GRANULARITY {
+            let (renewed, write) = renew(&l, &existing, who, now);
+            if write {
                 tx.put_registration(&renewed)?;
             }
-            (renewed, seats_in_use(tx, id, now)?)
+            (renewed, view.in_use)
         }
         None => {
-            let taken = seats_in_use(tx, id, now)?;
+            // The new-seat path is where lapsed seats are purged (reads only skip them),
+            // when there are any.
+            if view.lapsed > 0 {
+                tx.purge_expired(Some(id), now)?;
+            }
+            let taken = view.in_use;
             if taken >= l.terms.floating_users as usize {
                 return Err(ApiError::bad_request(
                     "floating_not_available",
                     "No floating slots left for this license",
                 ));
             }
+            let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
             let reg = Registration {
                 license_id: id,
                 user: who.user.clone(),
@@ -118,7 +201,7 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
                 user_info: who.user_info.clone(),
             };
             tx.put_registration(&reg)?;
-            // The count just taken (lapsed seats purged) plus this one.
+            // The count just taken plus this one.
             (reg, taken + 1)
         }
     };
@@ -130,31 +213,6 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
         features,
         now,
     })
-}
-
-/// The register body (spec §4.2): `license_json` as a string plus the license fields at
-/// the top level for node; never a top-level string `user`.
-pub fn register_response(
-    l: &License,
-    reg: &Registration,
-    in_use: usize,
-    features: &BTreeMap<String, usize>,
-    now: i64,
-) -> Value {
-    let object = model::license_object(l, in_use, features);
-    let license_json = serde_json::to_string(&object).unwrap_or_default();
-    let mut top: Map<String, Value> = object;
-    top.remove("user");
-    let borrowed = reg.borrowed_until.filter(|b| *b > now);
-    top.insert("product".into(), json!(l.terms.product));
-    top.insert("license_id".into(), json!(l.id));
-    top.insert("floating_slots_in_use".into(), json!(in_use));
-    top.insert("floating_in_use".into(), json!(in_use));
-    top.insert("registered_at".into(), json!(format_micros(reg.registered_at)));
-    top.insert("borrowed_until".into(), format_opt(borrowed));
-    top.insert("is_borrowed".into(), json!(borrowed.is_some()));
-    top.insert("license_json".into(), json!(license_json));
-    Value::Object(top)
 }
 
 /// `POST /unregister`: idempotent.
@@ -231,14 +289,15 @@ fn cap(max: i64, allow_unlimited: bool, allow_overages: bool, max_overages: i64,
     over.map(|o| max.saturating_add(o))
 }
 
-/// `POST /add_consumption`.
+/// `POST /add_consumption`: the license with its new total (answer:
+/// [`model::ConsumptionAnswer`]).
 pub fn add_consumption(
     tx: &mut dyn Tx,
     id: u64,
     amount: i64,
     req: OverageRequest,
     now: i64,
-) -> Result<Value, ApiError> {
+) -> Result<License, ApiError> {
     let mut l = live_license(tx, id, now)?;
     let Some(c) = l.terms.consumption.clone() else {
         return Err(ApiError::bad_request(
@@ -271,10 +330,7 @@ pub fn add_consumption(
     }
     tx.set_total_consumptions(id, total)?;
     l.total_consumptions = total;
-    let mut out = model::consumption_fields(&l);
-    out.insert("id".into(), json!(id));
-    out.insert("license_id".into(), json!(id));
-    Ok(Value::Object(out))
+    Ok(l)
 }
 
 fn feature<'l>(l: &'l License, code: &str) -> Result<(usize, &'l FeatureTerms), ApiError> {
@@ -389,9 +445,18 @@ pub fn feature_release(tx: &mut dyn Tx, id: u64, code: &str, user: Option<&str>,
     Ok(tx.delete_feature_registrations(id, code, user)?)
 }
 
-/// Seats and feature slots of a license, for the license list.
-pub fn usage(tx: &mut dyn Tx, l: &License, now: i64) -> Result<(usize, BTreeMap<String, usize>), ApiError> {
-    Ok((seats_in_use(tx, l.id, now)?, feature_usage(tx, l, now)?))
+/// A license with its totals, seats in use and live slots per feature.
+pub type Usage = (License, usize, BTreeMap<String, usize>);
+
+/// A license (from the catalog) with its current totals, seats and feature slots: the
+/// license list and metrics, on the read path. `None` = removed meanwhile.
+pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, ApiError> {
+    let Some(view) = tx.seat_view(license.id, None, now)? else {
+        return Ok(None);
+    };
+    let l = license_with(tx, license, view.total_consumptions)?;
+    let features = feature_usage(tx, &l, now)?;
+    Ok(Some((l, view.in_use, features)))
 }
 
 #[cfg(test)]

@@ -6,17 +6,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use keyfloat_hal::backend::sim::SimBus;
 use keyfloat_hal::trust::VendorPublicKey;
 use keyfloat_hal::{CellReader, KeyToken, Serial};
 
 use crate::auth::TokenKeys;
 use crate::error::ApiError;
 use crate::model::License;
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
-/// What the catalog knows about one license: enough to resolve a request and gate it
-/// without touching the store.
+/// What the catalog knows about one license: enough to resolve a request, gate it and
+/// render its terms without touching the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// License id.
@@ -25,27 +24,33 @@ pub struct Entry {
     pub product: String,
     /// The key the license was activated with, when it requires one.
     pub key: Option<KeyToken>,
+    /// The license with its parsed terms. Its totals are those of when the catalog was
+    /// built: read the current ones from the store.
+    pub license: License,
 }
 
 /// Licenses in the order they were added.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    entries: Vec<Entry>,
+    entries: Vec<Arc<Entry>>,
     by_id: HashMap<u64, usize>,
 }
 
 impl Catalog {
     /// Builds the catalog; key-bound licenses get the token of their activation serial.
     pub fn build(licenses: &[License], keys: &CellReader) -> Self {
-        let entries: Vec<Entry> = licenses
+        let entries: Vec<Arc<Entry>> = licenses
             .iter()
-            .map(|l| Entry {
-                id: l.id,
-                product: l.terms.product.clone(),
-                key: l
-                    .terms
-                    .hardware_key_required
-                    .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+            .map(|l| {
+                Arc::new(Entry {
+                    id: l.id,
+                    product: l.terms.product.clone(),
+                    key: l
+                        .terms
+                        .hardware_key_required
+                        .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+                    license: l.clone(),
+                })
             })
             .collect();
         let by_id = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
@@ -54,7 +59,7 @@ impl Catalog {
 
     /// The license a request names: `license_id` if given (it must belong to `product`),
     /// else the most recently added license of `product`.
-    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Entry, ApiError> {
+    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Arc<Entry>, ApiError> {
         match license_id {
             Some(id) => match self.by_id.get(&id).map(|i| &self.entries[*i]) {
                 Some(e) if e.product == product => Ok(e),
@@ -73,15 +78,18 @@ impl Catalog {
     }
 
     /// By id.
-    pub fn get(&self, id: u64) -> Option<&Entry> {
+    pub fn get(&self, id: u64) -> Option<&Arc<Entry>> {
         self.by_id.get(&id).map(|i| &self.entries[*i])
     }
 
     /// All entries in add order.
-    pub fn entries(&self) -> &[Entry] {
+    pub fn entries(&self) -> &[Arc<Entry>] {
         &self.entries
     }
 }
+
+/// How often the writer sweeps lapsed seats of every license.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What happens when a key-bound license is used without its key.
 #[derive(Clone)]
@@ -101,13 +109,15 @@ impl fmt::Debug for KeyPolicy {
     }
 }
 
-/// The simulated bus of `--key-backend sim` (plug/unplug endpoints).
-#[derive(Debug, Clone)]
-pub struct SimControl {
-    /// The bus the monitor watches.
-    pub bus: SimBus,
+/// Plugs and unplugs the demo's simulated key (`/api/v4/sim/plug|unplug`). The server knows
+/// no backend: whoever built the key source (the CLI, for `--key-backend sim`) injects this.
+pub trait KeyControl: Send + Sync + fmt::Debug {
     /// Name of the key the endpoints plug and unplug.
-    pub key: String,
+    fn key(&self) -> &str;
+    /// Plugs the key in.
+    fn plug(&self) -> Result<(), String>;
+    /// Pulls the key out.
+    fn unplug(&self) -> Result<(), String>;
 }
 
 /// Shared by every handler. Cheap to clone.
@@ -123,7 +133,7 @@ struct Inner {
     tokens: TokenKeys,
     user_authentication: bool,
     key_policy: KeyPolicy,
-    sim: Option<SimControl>,
+    sim: Option<Arc<dyn KeyControl>>,
     backend: String,
     vendor_key: Option<VendorPublicKey>,
     admin_lock: tokio::sync::Mutex<()>,
@@ -152,8 +162,8 @@ pub struct StateParts {
     pub user_authentication: bool,
     /// Missing-key behaviour.
     pub key_policy: KeyPolicy,
-    /// Simulated bus (only with `--key-backend sim`).
-    pub sim: Option<SimControl>,
+    /// Plug/unplug of the simulated key (only with `--key-backend sim`).
+    pub sim: Option<Arc<dyn KeyControl>>,
     /// `--key-backend` name, for health.
     pub backend: String,
     /// Verifies uploaded license files (uploads are refused without it).
@@ -165,7 +175,7 @@ impl AppState {
     pub async fn new(parts: StateParts) -> Result<Self, ApiError> {
         let licenses = crate::store::transact(parts.store.as_ref(), |tx| Ok(tx.licenses()?)).await?;
         let catalog = Catalog::build(&licenses, &parts.keys);
-        Ok(Self {
+        let state = Self {
             inner: Arc::new(Inner {
                 store: parts.store,
                 keys: parts.keys,
@@ -178,7 +188,32 @@ impl AppState {
                 vendor_key: parts.vendor_key,
                 admin_lock: tokio::sync::Mutex::new(()),
             }),
-        })
+        };
+        state.spawn_purge();
+        Ok(state)
+    }
+
+    /// Reads only skip lapsed seats; the writer drops them on the new-seat path and here,
+    /// periodically, so the lapsed rows a read skips stay few. Stops with the state.
+    fn spawn_purge(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let now = crate::clock::now_micros();
+                let done = crate::store::transact(inner.store.as_ref(), move |tx| Ok(tx.purge_expired(None, now)?));
+                drop(inner);
+                match done.await {
+                    Ok(n) if n > 0 => tracing::debug!(rows = n, "purged lapsed seats"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(code = e.code, "periodic purge of lapsed seats failed"),
+                }
+            }
+        });
     }
 
     /// The store.
@@ -218,9 +253,9 @@ impl AppState {
         self.inner.user_authentication
     }
 
-    /// Simulated bus, if any.
-    pub fn sim(&self) -> Option<&SimControl> {
-        self.inner.sim.as_ref()
+    /// Plug/unplug of the simulated key, if any.
+    pub fn sim(&self) -> Option<&dyn KeyControl> {
+        self.inner.sim.as_deref()
     }
 
     /// The configured vendor public key.
@@ -243,11 +278,32 @@ impl AppState {
         Ok(entry.id)
     }
 
+    /// [`AppState::gate`], answering the catalog entry (terms in memory) instead of its id.
+    pub fn gate_entry(&self, product: &str, license_id: Option<u64>, action: &str) -> Result<Arc<Entry>, ApiError> {
+        let catalog = self.inner.catalog.load();
+        let entry = catalog.resolve(product, license_id)?;
+        self.check_key(entry, action)?;
+        Ok(Arc::clone(entry))
+    }
+
     /// The key gate for one catalog entry.
     pub fn check_key(&self, entry: &Entry, action: &str) -> Result<(), ApiError> {
         match entry.key {
             Some(token) if !self.inner.keys.check().is(token) => Err(self.key_missing(entry, action)),
             _ => Ok(()),
+        }
+    }
+
+    /// The gate again, for inside the store job: a key-bound write commits only if its key
+    /// is still the valid key in force when the job's savepoint is about to be released
+    /// (one atomic load there). Take it right after [`AppState::gate`] and run
+    /// [`CommitCheck::verify`] as the last step of the job (see [`gated`]).
+    pub fn commit_check(&self, id: u64, action: &'static str) -> CommitCheck {
+        let entry = self.inner.catalog.load().get(id).cloned();
+        CommitCheck {
+            state: entry.as_ref().and_then(|e| e.key).map(|_| self.clone()),
+            entry,
+            action,
         }
     }
 
@@ -264,5 +320,39 @@ impl AppState {
             hook(&reason);
         }
         err
+    }
+}
+
+/// The key gate re-checked at commit time. See [`AppState::commit_check`].
+#[derive(Debug, Clone)]
+pub struct CommitCheck {
+    /// `Some` only for a key-bound license (a plain license never pays for the check).
+    state: Option<AppState>,
+    entry: Option<Arc<Entry>>,
+    action: &'static str,
+}
+
+impl CommitCheck {
+    /// `Err(hardware_key_not_accessible)` when the license's key is no longer in force.
+    /// Returning that error from a store job rolls the job's savepoint back.
+    pub fn verify(&self) -> Result<(), ApiError> {
+        match (&self.state, &self.entry) {
+            (Some(st), Some(entry)) => st.check_key(entry, self.action),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Wraps a store job so that [`CommitCheck::verify`] runs after the job's work and
+/// immediately before the store releases the job's savepoint: a job whose key left in
+/// between is refused and leaves no trace.
+pub fn gated<T, F>(check: CommitCheck, f: F) -> impl FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static
+where
+    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+{
+    move |tx| {
+        let out = f(tx)?;
+        check.verify()?;
+        Ok(out)
     }
 }

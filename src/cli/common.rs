@@ -19,6 +19,27 @@ pub enum KeyBackendArg {
     Sim,
 }
 
+/// The demo's plug/unplug endpoints, on a simulated bus.
+#[derive(Debug, Clone)]
+pub struct SimKeyControl {
+    /// The bus the monitor watches.
+    pub bus: SimBus,
+    /// The key the endpoints plug and unplug.
+    pub key: String,
+}
+
+impl keyfloat_server::KeyControl for SimKeyControl {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn plug(&self) -> Result<(), String> {
+        self.bus.plug(&self.key).map_err(|e| e.to_string())
+    }
+    fn unplug(&self) -> Result<(), String> {
+        self.bus.unplug(&self.key).map_err(|e| e.to_string())
+    }
+}
+
 /// The providers for a `--key-backend` choice. `sim` uses the given bus.
 pub fn providers(choice: KeyBackendArg, sim: Option<&SimBus>) -> anyhow::Result<Vec<Arc<dyn KeyProvider>>> {
     let wanted = match choice {

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use keyfloat_hal::trust::VendorSigningKey;
@@ -124,7 +125,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
     // Ids are given by the store when the licenses are inserted.
     let hw = License {
         id: 0,
-        terms: LicenseTerms {
+        terms: Arc::new(LicenseTerms {
             product: HW_PRODUCT.into(),
             product_name: Some("Hardware-key demo product".into()),
             auth: Auth::Key {
@@ -168,7 +169,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
             valid_until: None,
             hardware_key_required: true,
             allowed_serials: Vec::new(),
-        },
+        }),
         // Activated with the key: its serial is the hardware ID while it is plugged in.
         activation_hardware_id: serial.to_string(),
         source: LicenseSource::Api,
@@ -178,7 +179,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
     };
     let plain = License {
         id: 0,
-        terms: LicenseTerms {
+        terms: Arc::new(LicenseTerms {
             product: PLAIN_PRODUCT.into(),
             product_name: Some("Plain demo product".into()),
             auth: Auth::Key {
@@ -194,7 +195,7 @@ pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
             valid_until: None,
             hardware_key_required: false,
             allowed_serials: Vec::new(),
-        },
+        }),
         activation_hardware_id: machine_hw_id.to_owned(),
         source: LicenseSource::Api,
         added_at: now + 1,

@@ -11,6 +11,7 @@ use keyfloat_server::license_file::{
 };
 
 /// Subcommands of `keyfloat license`.
+#[allow(clippy::large_enum_variant)] // parsed once
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Write a license file signed with the vendor key.

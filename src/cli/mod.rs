@@ -12,9 +12,11 @@ pub mod user;
 pub mod vendor;
 
 /// Readable logs on stderr by default, JSON lines with `--log-json`; `RUST_LOG` filters.
-pub fn init_logging(json: bool) {
+///
+/// `default_level` applies when `RUST_LOG` is not set.
+pub fn init_logging(json: bool, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal as _;
     // Colour only for a person at a terminal, never in log files.
     let builder = tracing_subscriber::fmt()

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keyfloat_simulator::scenario::{in_process_server, run_spec, Mode, RunReport, ScenarioError, ScenarioSpec};
+use keyfloat_simulator::scenario::{
+    in_process_server, run_spec, Mode, RunReport, ScenarioError, ScenarioSpec, TraceLine,
+};
 
 /// Arguments of `keyfloat simulate run`.
 #[derive(Debug, clap::Args)]
@@ -20,8 +22,16 @@ pub struct RunArgs {
     /// Run each scenario twice and fail if the traces differ (virtual mode).
     #[arg(long)]
     check_determinism: bool,
-    /// Skip scenarios that do not support the mode instead of failing.
+    /// Print every trace line (by default long traces, e.g. a 1 kHz flap, are condensed to
+    /// their first and last lines).
     #[arg(long)]
+    full_trace: bool,
+    /// Fail on a scenario that does not support the mode (by default it is skipped with a
+    /// `SKIP` line).
+    #[arg(long)]
+    strict_modes: bool,
+    /// Accepted for compatibility: skipping unsupported scenarios is the default now.
+    #[arg(long, hide = true)]
     skip_unsupported: bool,
 }
 
@@ -66,17 +76,55 @@ pub enum ModeArg {
     Pcsc,
 }
 
-fn run_one(spec: &ScenarioSpec, mode: ModeArg) -> Result<RunReport, ScenarioError> {
-    match mode {
-        ModeArg::Virtual => run_spec(spec, in_process_server(spec)),
-        #[cfg(feature = "pcsc")]
-        ModeArg::Pcsc => keyfloat_simulator::scenario::pcsc_mode::run_spec(spec),
-        #[cfg(not(feature = "pcsc"))]
-        ModeArg::Pcsc => Err(ScenarioError::UnsupportedMode(
-            spec.name.clone(),
-            "pcsc (not compiled in)",
-        )),
+/// What scenarios run against: nothing for virtual mode, the private pcscd of this process
+/// for pcsc mode.
+enum Rig {
+    Virtual,
+    #[cfg(feature = "pcsc")]
+    Pcsc(keyfloat_simulator::card::PrivatePcscd),
+}
+
+impl Rig {
+    fn start(mode: ModeArg) -> anyhow::Result<Self> {
+        match mode {
+            ModeArg::Virtual => Ok(Rig::Virtual),
+            #[cfg(feature = "pcsc")]
+            ModeArg::Pcsc => {
+                use anyhow::Context as _;
+                let pcscd = keyfloat_simulator::scenario::pcsc_mode::start_private_pcscd()
+                    .context("starting a private pcscd (needs root, pcscd, vsmartcard-vpcd)")?;
+                // libpcsclite reads the socket name once, at this process's first PC/SC call,
+                // which comes after this line.
+                std::env::set_var(keyfloat_simulator::card::CSOCK_ENV, pcscd.socket());
+                Ok(Rig::Pcsc(pcscd))
+            }
+            #[cfg(not(feature = "pcsc"))]
+            ModeArg::Pcsc => anyhow::bail!("--mode pcsc: this build has no pcsc feature"),
+        }
     }
+
+    fn run(&mut self, spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
+        match self {
+            Rig::Virtual => run_spec(spec, in_process_server(spec)),
+            #[cfg(feature = "pcsc")]
+            Rig::Pcsc(pcscd) => keyfloat_simulator::scenario::pcsc_mode::run_spec(spec, pcscd),
+        }
+    }
+}
+
+/// Prints a trace; a flap step makes thousands of lines, so unless `full` only the first and
+/// last lines of a long trace are shown.
+fn print_trace(trace: &[TraceLine], full: bool) {
+    const HEAD: usize = 30;
+    const TAIL: usize = 20;
+    let n = trace.len();
+    if full || n <= HEAD + TAIL + 10 {
+        trace.iter().for_each(|line| println!("{line}"));
+        return;
+    }
+    trace[..HEAD].iter().for_each(|line| println!("{line}"));
+    println!("   ... {} lines (--full-trace shows them) ...", n - HEAD - TAIL);
+    trace[n - TAIL..].iter().for_each(|line| println!("{line}"));
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -84,6 +132,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ModeArg::Virtual => Mode::Virtual,
         ModeArg::Pcsc => Mode::Pcsc,
     };
+    let mut rig = Rig::start(args.mode)?;
     let mut reports = Vec::new();
     let mut failed = false;
     for path in &args.files {
@@ -95,14 +144,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        if !spec.modes.contains(&mode) && args.skip_unsupported {
-            println!("SKIP {} (supports {:?}, not {})", spec.name, spec.modes, mode.as_str());
+        if !spec.modes.contains(&mode) && !args.strict_modes {
+            let supported: Vec<&str> = spec.modes.iter().map(|m| m.as_str()).collect();
+            println!(
+                "SKIP {} (runs in {}, not {})",
+                spec.name,
+                supported.join(", "),
+                mode.as_str()
+            );
             continue;
         }
         println!("== {} ({})", spec.name, mode.as_str());
-        let result = run_one(&spec, args.mode).and_then(|report| {
+        let result = rig.run(&spec).and_then(|report| {
             if args.check_determinism && args.mode == ModeArg::Virtual {
-                let again = run_one(&spec, args.mode)?;
+                let again = rig.run(&spec)?;
                 if let Some(i) = report.trace.iter().zip(&again.trace).position(|(a, b)| a != b) {
                     return Err(ScenarioError::NotDeterministic(spec.name.clone(), i));
                 }
@@ -117,15 +172,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
         match result {
             Ok(report) => {
-                // A flap step makes thousands of lines; show the first and last few.
-                let n = report.trace.len();
-                for (i, line) in report.trace.iter().enumerate() {
-                    if n <= 60 || i < 30 || i >= n - 20 {
-                        println!("{line}");
-                    } else if i == 30 {
-                        println!("   ... {} lines ...", n - 50);
-                    }
-                }
+                print_trace(&report.trace, args.full_trace);
                 println!("PASS {}", spec.name);
                 reports.push(report);
             }

@@ -16,7 +16,7 @@ use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{provision_sim_key, AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SimControl, SqliteStore, StateParts, Store};
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
 
 use super::common::KeyBackendArg;
 
@@ -27,7 +27,7 @@ pub const SIM_KEY_NAME: &str = "sim-key";
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
-    /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key).
+    /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key, key_grace_secs).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Listen address [default: 127.0.0.1:8080]; port 0 picks a free port. The bound address
@@ -62,6 +62,10 @@ pub struct Args {
     /// Accept serial-only keys (generic HID dongles: presence, not proof) for key-bound licenses.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub allow_serial_only_keys: Option<bool>,
+    /// Grace period (seconds) when the key in force disappears or becomes unreadable (USB
+    /// reset, hub glitch): key-bound licenses keep working meanwhile [default: 0 = none].
+    #[arg(long, alias = "keyGraceSecs")]
+    pub key_grace_secs: Option<u64>,
     /// Demand a fresh PIV attestation of slot 9E at every key (re)validation.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub require_attestation: Option<bool>,
@@ -127,6 +131,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = args.allow_serial_only_keys {
         c.allow_serial_only_keys = v;
+    }
+    if let Some(v) = args.key_grace_secs {
+        c.key_grace_secs = v;
     }
     if let Some(v) = args.require_attestation {
         c.require_attestation = v;
@@ -204,7 +211,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
         }
         bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
-        Some(SimControl {
+        Some(super::common::SimKeyControl {
             bus,
             key: SIM_KEY_NAME.into(),
         })
@@ -246,6 +253,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         validator,
         MonitorConfig {
             revalidate_every: Duration::from_secs(config.revalidate_secs.max(1)),
+            grace: Duration::from_secs(config.key_grace_secs),
             ..MonitorConfig::default()
         },
     )
@@ -270,7 +278,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         tokens,
         user_authentication: config.user_authentication,
         key_policy,
-        sim,
+        sim: sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
         backend: config.key_backend.as_str().into(),
         vendor_key: vendor,
     })
@@ -289,6 +297,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         %local,
         auth = config.user_authentication,
         crash_if_no_hardware_key = config.crash_if_no_hardware_key,
+        key_grace_secs = config.key_grace_secs,
         data_dir = %data_dir.display(),
         "keyfloat server started"
     );

@@ -196,8 +196,8 @@ pub fn basic(user: &str, password: &str) -> String {
 }
 
 /// The Python interpreter with the official SDK: `KEYFLOAT_PYTHON`, else
-/// `target/venv/bin/python`. Missing = test failure, unless `KEYFLOAT_QUICK_LOCAL=1`
-/// (then `None`: the caller skips).
+/// `target/venv/bin/python`. Missing = test failure (tests using it are
+/// `#[ignore = "needs the licensespring Python SDK …"]`; `./scripts/dev.sh test` runs them).
 pub fn python() -> Option<PathBuf> {
     let p = std::env::var_os("KEYFLOAT_PYTHON")
         .map(PathBuf::from)
@@ -209,15 +209,8 @@ pub fn python() -> Option<PathBuf> {
     if ok {
         return Some(p);
     }
-    if std::env::var("KEYFLOAT_QUICK_LOCAL").as_deref() == Ok("1") {
-        eprintln!(
-            "SKIPPED: no Python with licensespring at {} (KEYFLOAT_QUICK_LOCAL=1)",
-            p.display()
-        );
-        return None;
-    }
     panic!(
-        "no Python with the licensespring SDK at {} (set KEYFLOAT_PYTHON, or KEYFLOAT_QUICK_LOCAL=1 to skip)",
+        "no Python with the licensespring SDK at {} (set KEYFLOAT_PYTHON, or run ./scripts/dev.sh install)",
         p.display()
     );
 }

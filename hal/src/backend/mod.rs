@@ -12,18 +12,9 @@ use std::sync::Arc;
 
 use crate::key::{BackendKind, KeyProvider};
 
-/// Which backends to use, as chosen on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// Every hardware backend compiled in.
-    Auto,
-    /// One backend.
-    Only(BackendKind),
-}
-
 /// The hardware providers compiled into this build (never the simulator: tests and the
 /// simulator inject it explicitly).
-// Which pushes exist depends on the features: `vec![]` cannot express that.
+// Pushed one by one: each push exists only with its feature.
 #[allow(clippy::vec_init_then_push)]
 pub fn hardware_providers() -> Vec<Arc<dyn KeyProvider>> {
     #[allow(unused_mut)]

@@ -1,6 +1,6 @@
 //! PIV / YubiKey APDU codec: command builders, response parsers and status-word mapping.
 //! Pure — no I/O. [`session`] runs the operations over an [`ApduTransport`]; the PC/SC
-//! backend supplies the real transport, tests a `scripted::ScriptedTransport` (feature `mock`), and the
+//! backend supplies the real transport, tests a `scripted::ScriptedTransport`, and the
 //! simulator's virtual card parses commands with [`Apdu::parse`].
 
 use std::fmt;
@@ -10,7 +10,7 @@ use crate::key::Firmware;
 
 pub mod session;
 
-#[cfg(any(test, feature = "mock"))]
+#[cfg(test)]
 pub mod scripted;
 
 pub use session::{transceive, ApduTransport};
@@ -179,7 +179,7 @@ impl Apdu {
 
     /// Whether the short encoding can carry this command.
     pub fn fits_short(&self) -> bool {
-        self.data.len() <= 255 && self.le.map_or(true, |l| l <= 256)
+        self.data.len() <= 255 && self.le.is_none_or(|l| l <= 256)
     }
 
     /// Encodes the command: short form when it fits, extended form otherwise.

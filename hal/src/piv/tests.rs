@@ -287,7 +287,7 @@ proptest! {
 fn attestation_reads_the_slot_attestation_then_the_f9_certificate() {
     // A long attestation comes back in two parts (61xx + GET RESPONSE), as on a real key.
     let mut cert = vec![0x30, 0x82, 0x01, 0x2C];
-    cert.extend(std::iter::repeat(0xAB).take(0x12C));
+    cert.extend(std::iter::repeat_n(0xAB, 0x12C));
     let mut first = cert[..256].to_vec();
     first.extend_from_slice(&[0x61, 0x30]);
     let mut second = cert[256..].to_vec();

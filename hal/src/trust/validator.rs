@@ -107,7 +107,7 @@ impl VendorValidator {
     }
 
     fn serial_allowed(&self, serial: &Serial) -> bool {
-        self.allowed_serials.as_ref().map_or(true, |list| list.contains(serial))
+        self.allowed_serials.as_ref().is_none_or(|list| list.contains(serial))
     }
 }
 

@@ -3,22 +3,24 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, State};
 use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keyfloat_hal::Serial;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::{hash_password, Caller};
-use crate::clock::{self, format_micros, format_opt, now_micros};
+use crate::clock::{self, format_micros, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::license_file::{self, LicenseDoc};
 use crate::model::{
-    self, AuditEvent, Auth, ConsumptionTerms, FeatureKind, FeatureTerms, License, LicenseSource, LicenseTerms,
+    AuditEvent, Auth, ConsumptionTerms, FeatureKind, FeatureTerms, License, LicenseObject, LicenseSource, LicenseTerms,
 };
-use crate::params::Params;
+use crate::params::{lenient, Params, Req, Required};
 use crate::routes::Admin;
 use crate::service;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::{read, transact, RegCursor};
 
 /// Defaults for `addProduct` terms the admin leaves out (the real server would get them
 /// from the vendor cloud; here they are explicit and documented).
@@ -33,15 +35,58 @@ pub const ADD_ACTION: &str = "adding product";
 /// Gate action of the admin force-release.
 pub const RELEASE_ACTION: &str = "releasing registration";
 
+/// One entry of `addProduct`'s `features`, typed. Every spelling is its own field (the
+/// first one present wins), so a client sending two is not refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct FeatureRequest {
+    #[serde(deserialize_with = "lenient::string")]
+    code: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    name: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    kind: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    feature_type: Option<String>,
+    #[serde(rename = "type", deserialize_with = "lenient::string")]
+    type_: Option<String>,
+    #[serde(deserialize_with = "lenient::u32")]
+    floating_users: Option<u32>,
+    #[serde(rename = "floatingUsers", deserialize_with = "lenient::u32")]
+    floating_users_camel: Option<u32>,
+    #[serde(deserialize_with = "lenient::u32")]
+    floating_timeout: Option<u32>,
+    #[serde(rename = "floatingTimeout", deserialize_with = "lenient::u32")]
+    floating_timeout_camel: Option<u32>,
+    #[serde(deserialize_with = "lenient::u32")]
+    floating_timeout_minutes: Option<u32>,
+    #[serde(deserialize_with = "lenient::i64")]
+    max_consumption: Option<i64>,
+    #[serde(deserialize_with = "lenient::i64")]
+    max_consumptions: Option<i64>,
+    #[serde(rename = "maxConsumption", deserialize_with = "lenient::i64")]
+    max_consumption_camel: Option<i64>,
+    #[serde(deserialize_with = "lenient::bool")]
+    allow_overages: Option<bool>,
+    #[serde(rename = "allowOverages", deserialize_with = "lenient::bool")]
+    allow_overages_camel: Option<bool>,
+    #[serde(deserialize_with = "lenient::i64")]
+    max_overages: Option<i64>,
+    #[serde(rename = "maxOverages", deserialize_with = "lenient::i64")]
+    max_overages_camel: Option<i64>,
+}
+
 fn feature_from_json(v: &Value) -> ApiResult<FeatureTerms> {
-    let p = Params(
-        v.as_object()
-            .cloned()
-            .ok_or_else(|| ApiError::invalid("features", "expected objects"))?,
-    );
-    let code = p.str_req(&["code"])?;
-    let kind = match p
-        .str_opt(&["kind", "feature_type", "type"])?
+    let map = v
+        .as_object()
+        .cloned()
+        .ok_or_else(|| ApiError::invalid("features", "expected objects"))?;
+    let f: FeatureRequest = Req::from_params(Params(map))?;
+    let code = f.code.required("code")?;
+    let kind = match f
+        .kind
+        .or(f.feature_type)
+        .or(f.type_)
         .unwrap_or_else(|| "activation".into())
         .as_str()
     {
@@ -51,32 +96,145 @@ fn feature_from_json(v: &Value) -> ApiResult<FeatureTerms> {
     };
     Ok(FeatureTerms {
         code,
-        name: p.str_opt(&["name"])?,
+        name: f.name,
         kind,
-        floating_users: p.u32_opt(&["floating_users", "floatingUsers"])?,
-        floating_timeout_minutes: p.u32_opt(&["floating_timeout", "floatingTimeout", "floating_timeout_minutes"])?,
-        max_consumption: p.i64_opt(&["max_consumption", "max_consumptions", "maxConsumption"])?,
-        allow_overages: p.bool_opt(&["allow_overages", "allowOverages"])?.unwrap_or(false),
-        max_overages: p.i64_opt(&["max_overages", "maxOverages"])?.unwrap_or(0),
+        floating_users: f.floating_users.or(f.floating_users_camel),
+        floating_timeout_minutes: f
+            .floating_timeout
+            .or(f.floating_timeout_camel)
+            .or(f.floating_timeout_minutes),
+        max_consumption: f.max_consumption.or(f.max_consumptions).or(f.max_consumption_camel),
+        allow_overages: f.allow_overages.or(f.allow_overages_camel).unwrap_or(false),
+        max_overages: f.max_overages.or(f.max_overages_camel).unwrap_or(0),
     })
 }
 
-fn date_param(p: &Params, names: &[&str]) -> ApiResult<Option<i64>> {
-    match p.str_opt(names)? {
+fn date_param(value: Option<String>, name: &str) -> ApiResult<Option<i64>> {
+    match value {
         None => Ok(None),
         Some(s) => clock::parse(&s)
             .map(Some)
-            .ok_or_else(|| ApiError::invalid(names[0], "expected an RFC 3339 date")),
+            .ok_or_else(|| ApiError::invalid(name, "expected an RFC 3339 date")),
+    }
+}
+
+/// The `addProduct` request (spec §4.10), typed: both spellings of every name are their
+/// own fields (node's camelCase first). Only decoding happens here; what the terms may be
+/// is decided by the domain, not by the deserializer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AddProductRequest {
+    #[serde(deserialize_with = "lenient::string")]
+    product: Option<String>,
+    #[serde(rename = "licenseId", deserialize_with = "lenient::u64")]
+    license_id_camel: Option<u64>,
+    #[serde(deserialize_with = "lenient::u64")]
+    license_id: Option<u64>,
+    #[serde(rename = "licenseKey", deserialize_with = "lenient::string")]
+    license_key_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    license_key: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    username: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    password: Option<String>,
+    #[serde(rename = "maxConsumptions", deserialize_with = "lenient::i64")]
+    max_consumptions_camel: Option<i64>,
+    #[serde(deserialize_with = "lenient::i64")]
+    max_consumptions: Option<i64>,
+    #[serde(rename = "allowUnlimitedConsumptions", deserialize_with = "lenient::bool")]
+    allow_unlimited_camel: Option<bool>,
+    #[serde(rename = "allow_unlimited_consumptions", deserialize_with = "lenient::bool")]
+    allow_unlimited: Option<bool>,
+    #[serde(rename = "allowOverages", deserialize_with = "lenient::bool")]
+    allow_overages_camel: Option<bool>,
+    #[serde(deserialize_with = "lenient::bool")]
+    allow_overages: Option<bool>,
+    #[serde(rename = "maxOverages", deserialize_with = "lenient::i64")]
+    max_overages_camel: Option<i64>,
+    #[serde(deserialize_with = "lenient::i64")]
+    max_overages: Option<i64>,
+    #[serde(rename = "allowNegativeConsumptions", deserialize_with = "lenient::bool")]
+    allow_negative_camel: Option<bool>,
+    #[serde(rename = "allow_negative_consumptions", deserialize_with = "lenient::bool")]
+    allow_negative: Option<bool>,
+    #[serde(rename = "consumptionPeriod", deserialize_with = "lenient::string")]
+    consumption_period_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    consumption_period: Option<String>,
+    #[serde(deserialize_with = "lenient::json")]
+    features: Option<Value>,
+    #[serde(deserialize_with = "lenient::json")]
+    product_features: Option<Value>,
+    /// A JSON array, or a JSON text of one, or a comma-separated list.
+    #[serde(rename = "allowedSerials")]
+    allowed_serials_camel: Option<Value>,
+    allowed_serials: Option<Value>,
+    #[serde(rename = "productName", deserialize_with = "lenient::string")]
+    product_name_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    product_name: Option<String>,
+    #[serde(rename = "licenseType", deserialize_with = "lenient::string")]
+    license_type_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    license_type: Option<String>,
+    #[serde(rename = "floatingUsers", deserialize_with = "lenient::u32")]
+    floating_users_camel: Option<u32>,
+    #[serde(deserialize_with = "lenient::u32")]
+    floating_users: Option<u32>,
+    #[serde(rename = "maxFloatingUsers", deserialize_with = "lenient::u32")]
+    max_floating_users: Option<u32>,
+    #[serde(rename = "floatingTimeout", deserialize_with = "lenient::u32")]
+    floating_timeout_camel: Option<u32>,
+    #[serde(deserialize_with = "lenient::u32")]
+    floating_timeout: Option<u32>,
+    #[serde(rename = "maxBorrowTime", deserialize_with = "lenient::u32")]
+    max_borrow_time_camel: Option<u32>,
+    #[serde(deserialize_with = "lenient::u32")]
+    max_borrow_time: Option<u32>,
+    #[serde(rename = "validFrom", deserialize_with = "lenient::string")]
+    valid_from_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    start_date: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    valid_from: Option<String>,
+    #[serde(rename = "validUntil", deserialize_with = "lenient::string")]
+    valid_until_camel: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    validity_period: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    valid_until: Option<String>,
+    #[serde(rename = "isHWKeyReq", deserialize_with = "lenient::bool")]
+    is_hw_key_req_camel: Option<bool>,
+    #[serde(deserialize_with = "lenient::bool")]
+    is_hw_key_req: Option<bool>,
+    #[serde(deserialize_with = "lenient::bool")]
+    hardware_key_required: Option<bool>,
+}
+
+fn serials(v: Option<Value>) -> Vec<String> {
+    let list = |a: &[Value]| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    match v {
+        Some(Value::Array(a)) => list(&a),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
+            Ok(Value::Array(a)) => list(&a),
+            _ => s
+                .split(',')
+                .map(|x| x.trim().to_owned())
+                .filter(|x| !x.is_empty())
+                .collect(),
+        },
+        _ => Vec::new(),
     }
 }
 
 /// Terms of an `addProduct` request.
-fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
-    let product = p.str_req(&["product"])?;
-    let auth = if let Some(key) = p.str_opt(&["licenseKey", "license_key"])?.filter(|k| !k.is_empty()) {
+fn terms_from_request(r: AddProductRequest) -> ApiResult<LicenseTerms> {
+    let product = r.product.required("product")?;
+    let auth = if let Some(key) = r.license_key_camel.or(r.license_key).filter(|k| !k.is_empty()) {
         Auth::Key { license_key: key }
-    } else if let Some(username) = p.str_opt(&["username"])?.filter(|u| !u.is_empty()) {
-        let password = p.str_req(&["password"])?;
+    } else if let Some(username) = r.username.filter(|u| !u.is_empty()) {
+        let password = r.password.required("password")?;
         let password_hash =
             hash_password(&password).map_err(|e| ApiError::internal(format!("cannot hash password: {e}")))?;
         Auth::User {
@@ -89,42 +247,25 @@ fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
             "Missing required parameter: licenseKey (Key Auth) or username and password (User Auth)",
         ));
     };
-    let max = p.i64_opt(&["maxConsumptions", "max_consumptions"])?;
-    let consumption = max.map(|max_consumptions| -> ApiResult<ConsumptionTerms> {
-        Ok(ConsumptionTerms {
+    let consumption = r
+        .max_consumptions_camel
+        .or(r.max_consumptions)
+        .map(|max_consumptions| ConsumptionTerms {
             max_consumptions,
-            allow_unlimited: p
-                .bool_opt(&["allowUnlimitedConsumptions", "allow_unlimited_consumptions"])?
-                .unwrap_or(false),
-            allow_overages: p.bool_opt(&["allowOverages", "allow_overages"])?.unwrap_or(false),
-            max_overages: p.i64_opt(&["maxOverages", "max_overages"])?.unwrap_or(0),
-            allow_negative: p
-                .bool_opt(&["allowNegativeConsumptions", "allow_negative_consumptions"])?
-                .unwrap_or(false),
-            reset_period: p.str_opt(&["consumptionPeriod", "consumption_period"])?,
-        })
-    });
-    let consumption = consumption.transpose()?;
-    let features = match p.json_opt(&["features", "product_features"])? {
+            allow_unlimited: r.allow_unlimited_camel.or(r.allow_unlimited).unwrap_or(false),
+            allow_overages: r.allow_overages_camel.or(r.allow_overages).unwrap_or(false),
+            max_overages: r.max_overages_camel.or(r.max_overages).unwrap_or(0),
+            allow_negative: r.allow_negative_camel.or(r.allow_negative).unwrap_or(false),
+            reset_period: r.consumption_period_camel.or(r.consumption_period),
+        });
+    let features = match r.features.or(r.product_features) {
         None => Vec::new(),
         Some(Value::Array(items)) => items.iter().map(feature_from_json).collect::<ApiResult<_>>()?,
         Some(_) => return Err(ApiError::invalid("features", "expected an array")),
     };
-    let allowed_serials = match p.json_opt(&["allowedSerials", "allowed_serials"]) {
-        Ok(Some(Value::Array(a))) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-        _ => p
-            .str_opt(&["allowedSerials", "allowed_serials"])?
-            .map(|s| {
-                s.split(',')
-                    .map(|x| x.trim().to_owned())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
     Ok(LicenseTerms {
-        product_name: p.str_opt(&["productName", "product_name"])?,
-        license_type: p.str_opt(&["licenseType", "license_type"])?.unwrap_or_else(|| {
+        product_name: r.product_name_camel.or(r.product_name),
+        license_type: r.license_type_camel.or(r.license_type).unwrap_or_else(|| {
             if consumption.is_some() {
                 "consumption"
             } else {
@@ -132,23 +273,32 @@ fn terms_from_params(p: &Params) -> ApiResult<LicenseTerms> {
             }
             .into()
         }),
-        floating_users: p
-            .u32_opt(&["floatingUsers", "floating_users", "maxFloatingUsers"])?
+        floating_users: r
+            .floating_users_camel
+            .or(r.floating_users)
+            .or(r.max_floating_users)
             .unwrap_or(DEFAULT_FLOATING_USERS),
-        floating_timeout_minutes: p
-            .u32_opt(&["floatingTimeout", "floating_timeout"])?
+        floating_timeout_minutes: r
+            .floating_timeout_camel
+            .or(r.floating_timeout)
             .unwrap_or(DEFAULT_FLOATING_TIMEOUT_MINUTES),
-        max_borrow_time_hours: p
-            .u32_opt(&["maxBorrowTime", "max_borrow_time"])?
+        max_borrow_time_hours: r
+            .max_borrow_time_camel
+            .or(r.max_borrow_time)
             .unwrap_or(DEFAULT_MAX_BORROW_HOURS),
         consumption,
         features,
-        valid_from: date_param(p, &["validFrom", "start_date", "valid_from"])?,
-        valid_until: date_param(p, &["validUntil", "validity_period", "valid_until"])?,
-        hardware_key_required: p
-            .bool_opt(&["isHWKeyReq", "is_hw_key_req", "hardware_key_required"])?
+        valid_from: date_param(r.valid_from_camel.or(r.start_date).or(r.valid_from), "validFrom")?,
+        valid_until: date_param(
+            r.valid_until_camel.or(r.validity_period).or(r.valid_until),
+            "validUntil",
+        )?,
+        hardware_key_required: r
+            .is_hw_key_req_camel
+            .or(r.is_hw_key_req)
+            .or(r.hardware_key_required)
             .unwrap_or(false),
-        allowed_serials,
+        allowed_serials: serials(r.allowed_serials_camel.or(r.allowed_serials)),
         product,
         auth,
     })
@@ -226,7 +376,7 @@ async fn add_license(
         };
         let license = License {
             id,
-            terms,
+            terms: std::sync::Arc::new(terms),
             activation_hardware_id: hw,
             source,
             added_at: now_micros(),
@@ -266,18 +416,26 @@ async fn add_license(
 }
 
 /// `GET|POST /api/v4/addProduct`.
-pub async fn products_add(State(st): State<AppState>, Admin(caller): Admin, p: Params) -> ApiResult<Json<Value>> {
-    let terms = terms_from_params(&p)?;
-    let id = p.u64_opt(&["license_id", "licenseId"])?;
+pub async fn products_add(
+    State(st): State<AppState>,
+    Admin(caller): Admin,
+    Req(r): Req<AddProductRequest>,
+) -> ApiResult<Json<Value>> {
+    let id = r.license_id.or(r.license_id_camel);
+    let terms = terms_from_request(r)?;
     Ok(Json(add_license(&st, &caller, terms, id, LicenseSource::Api).await?))
 }
 
 /// `GET|POST /api/v4/removeProduct`: `license_id` given = that license; else the most
 /// recently added license of `product`. Registrations go with it. Not gated by the key:
 /// an admin must be able to remove a license whose key is lost.
-pub async fn products_remove(State(st): State<AppState>, Admin(caller): Admin, p: Params) -> ApiResult<Json<Value>> {
-    let product = p.str_req(&["product"])?;
-    let license_id = p.u64_opt(&["license_id", "licenseId"])?;
+pub async fn products_remove(
+    State(st): State<AppState>,
+    Admin(caller): Admin,
+    Req(r): Req<AdminRequest>,
+) -> ApiResult<Json<Value>> {
+    let product = r.product.required("product")?;
+    let license_id = r.license_id.or(r.license_id_camel);
     let id = st.catalog().resolve(&product, license_id)?.id;
     let _guard = st.admin_lock().await;
     let actor = caller.username.clone();
@@ -353,63 +511,190 @@ pub async fn licenses_upload(
 }
 
 /// `GET /api/v4/license`: licenses (optionally `?product=`, `?license_id=`) with usage.
-pub async fn licenses_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
-    let product = p.str_opt(&["product"])?;
-    let license_id = p.u64_opt(&["license_id"])?;
+/// Terms come from the catalog; totals and seats from one read snapshot.
+pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<AdminRequest>) -> ApiResult<Response> {
+    let (product, license_id) = (r.product, r.license_id);
     let now = now_micros();
-    let list = transact(st.store(), move |tx| {
-        let mut out = Vec::new();
-        for l in tx.licenses()? {
-            if product.as_ref().is_some_and(|p| *p != l.terms.product) || license_id.is_some_and(|id| id != l.id) {
-                continue;
-            }
-            let (seats, features) = service::usage(tx, &l, now)?;
-            out.push((l, seats, features));
+    let entries: Vec<_> = st
+        .catalog()
+        .entries()
+        .iter()
+        .filter(|e| product.as_ref().is_none_or(|p| *p == e.product) && license_id.is_none_or(|id| id == e.id))
+        .cloned()
+        .collect();
+    let list = read(st.store(), move |tx| {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in &entries {
+            out.extend(service::usage(tx, &e.license, now)?);
         }
         Ok(out)
     })
     .await?;
-    // Rendered here, not on the store's writer thread.
-    Ok(Json(Value::Array(
-        list.iter()
-            .map(|(l, seats, features)| model::license_list_entry(l, *seats, features))
-            .collect(),
-    )))
+    // Rendered here, not on a store thread.
+    let body: Vec<LicenseObject<'_>> = list
+        .iter()
+        .map(|(l, seats, features)| LicenseObject::new(l, *seats, features).list_entry(l))
+        .collect();
+    Ok(Json(body).into_response())
 }
 
-/// `GET /api/v4/registrations`: live seats and feature slots (optionally `?license_id=`).
-pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Params) -> ApiResult<Json<Value>> {
-    let license_id = p.u64_opt(&["license_id"])?;
+/// The parameters of the admin listings and removals, typed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AdminRequest {
+    #[serde(deserialize_with = "lenient::string")]
+    product: Option<String>,
+    #[serde(deserialize_with = "lenient::u64")]
+    license_id: Option<u64>,
+    #[serde(rename = "licenseId", deserialize_with = "lenient::u64")]
+    license_id_camel: Option<u64>,
+    #[serde(deserialize_with = "lenient::string")]
+    user: Option<String>,
+    #[serde(deserialize_with = "lenient::u32")]
+    limit: Option<u32>,
+    /// `/registrations`: an opaque page cursor; `/audit`: an event id.
+    #[serde(deserialize_with = "lenient::string")]
+    cursor: Option<String>,
+    /// `/audit`: older spelling of `cursor`.
+    #[serde(deserialize_with = "lenient::i64")]
+    before: Option<i64>,
+}
+
+/// Most entries of one `/registrations` page (and the default).
+pub const PAGE_MAX: u32 = 1000;
+
+/// Where the next `/registrations` page starts (opaque to clients: base64url of JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PageCursor {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seat: Option<(u64, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slot: Option<(u64, String, String)>,
+    #[serde(default)]
+    seats_done: bool,
+    #[serde(default)]
+    slots_done: bool,
+}
+
+impl PageCursor {
+    fn decode(s: &str) -> ApiResult<Self> {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::invalid("cursor", "not a cursor of this server"))
+    }
+
+    fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SeatRow<'a> {
+    license_id: u64,
+    user: &'a str,
+    registered_at: String,
+    expires_at: String,
+    borrowed_until: Option<String>,
+    os_hostname: Option<&'a str>,
+    ip_local: Option<&'a str>,
+    user_info: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotRow<'a> {
+    license_id: u64,
+    feature: &'a str,
+    user: &'a str,
+    registered_at: String,
+    expires_at: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RegistrationsPage<'a> {
+    registrations: Vec<SeatRow<'a>>,
+    feature_registrations: Vec<SlotRow<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v4/registrations`: live seats and feature slots (optionally `?license_id=`),
+/// a page at a time: `?limit=` (≤ 1000, the default) and `?cursor=` (the previous page's
+/// `next_cursor`; `null` there = nothing more). Keyset pages in (license, user) order, so
+/// a listing of any size costs one page of memory.
+pub async fn registrations_list(
+    State(st): State<AppState>,
+    _c: Caller,
+    Req(r): Req<AdminRequest>,
+) -> ApiResult<Response> {
+    let license_id = r.license_id;
+    let limit = r.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
+    let cursor = match r.cursor.filter(|c| !c.is_empty()) {
+        Some(c) => PageCursor::decode(&c)?,
+        None => PageCursor::default(),
+    };
     let now = now_micros();
-    let (regs, fregs) = transact(st.store(), move |tx| {
-        Ok((
-            tx.registrations(license_id)?,
-            tx.feature_registrations(license_id, None)?,
-        ))
+    let (regs, fregs, next) = read(st.store(), move |tx| {
+        let seat_after = cursor.seat.as_ref().map(|(l, u)| RegCursor {
+            license_id: *l,
+            feature: String::new(),
+            user: u.clone(),
+        });
+        let slot_after = cursor.slot.as_ref().map(|(l, f, u)| RegCursor {
+            license_id: *l,
+            feature: f.clone(),
+            user: u.clone(),
+        });
+        let regs = if cursor.seats_done {
+            Vec::new()
+        } else {
+            tx.registrations_page(license_id, seat_after.as_ref(), limit)?
+        };
+        let fregs = if cursor.slots_done {
+            Vec::new()
+        } else {
+            tx.feature_registrations_page(license_id, None, slot_after.as_ref(), limit)?
+        };
+        let next = PageCursor {
+            seats_done: regs.len() < limit as usize,
+            slots_done: fregs.len() < limit as usize,
+            seat: regs.last().map(|r| (r.license_id, r.user.clone())),
+            slot: fregs.last().map(|r| (r.license_id, r.feature.clone(), r.user.clone())),
+        };
+        Ok((regs, fregs, next))
     })
     .await?;
-    let seats: Vec<Value> = regs
-        .iter()
-        .filter(|r| r.is_active(now))
-        .map(|r| {
-            json!({
-                "license_id": r.license_id, "user": r.user, "registered_at": format_micros(r.registered_at),
-                "expires_at": format_micros(r.expires_at), "borrowed_until": format_opt(r.borrowed_until),
-                "os_hostname": r.os_hostname, "ip_local": r.ip_local, "user_info": r.user_info,
+    let page = RegistrationsPage {
+        registrations: regs
+            .iter()
+            .filter(|r| r.is_active(now))
+            .map(|r| SeatRow {
+                license_id: r.license_id,
+                user: &r.user,
+                registered_at: format_micros(r.registered_at),
+                expires_at: format_micros(r.expires_at),
+                borrowed_until: r.borrowed_until.map(format_micros),
+                os_hostname: r.os_hostname.as_deref(),
+                ip_local: r.ip_local.as_deref(),
+                user_info: r.user_info.as_deref(),
             })
-        })
-        .collect();
-    let slots: Vec<Value> = fregs
-        .iter()
-        .filter(|r| r.expires_at > now)
-        .map(|r| {
-            json!({
-                "license_id": r.license_id, "feature": r.feature, "user": r.user,
-                "registered_at": format_micros(r.registered_at), "expires_at": format_micros(r.expires_at),
+            .collect(),
+        feature_registrations: fregs
+            .iter()
+            .filter(|r| r.expires_at > now)
+            .map(|r| SlotRow {
+                license_id: r.license_id,
+                feature: &r.feature,
+                user: &r.user,
+                registered_at: format_micros(r.registered_at),
+                expires_at: format_micros(r.expires_at),
             })
-        })
-        .collect();
-    Ok(Json(json!({ "registrations": seats, "feature_registrations": slots })))
+            .collect(),
+        next_cursor: (!(next.seats_done && next.slots_done)).then(|| next.encode()),
+    };
+    Ok(Json(page).into_response())
 }
 
 /// `POST /api/v4/registrations/release` (admin): force-release one user's seat (and its
@@ -417,11 +702,11 @@ pub async fn registrations_list(State(st): State<AppState>, _c: Caller, p: Param
 pub async fn registrations_release(
     State(st): State<AppState>,
     Admin(caller): Admin,
-    p: Params,
+    Req(r): Req<AdminRequest>,
 ) -> ApiResult<Json<Value>> {
-    let user = p.str_req(&["user"])?;
-    let license_id = p.u64_opt(&["license_id"])?;
-    let id = match (p.str_opt(&["product"])?, license_id) {
+    let user = r.user.required("user")?;
+    let license_id = r.license_id;
+    let id = match (r.product, license_id) {
         (Some(product), id) => st.gate(&product, id, RELEASE_ACTION)?,
         (None, Some(id)) => {
             let catalog = st.catalog();
@@ -434,6 +719,7 @@ pub async fn registrations_release(
         (None, None) => return Err(ApiError::missing("license_id")),
     };
     let actor = caller.username.clone();
+    let check = st.commit_check(id, RELEASE_ACTION);
     let released = transact(st.store(), move |tx| {
         let released = tx.delete_registration(id, &user)?;
         if released {
@@ -444,16 +730,38 @@ pub async fn registrations_release(
                 format!("user {user} released by an admin"),
             ))?;
         }
+        check.verify()?;
         Ok(released)
     })
     .await?;
     Ok(Json(json!({ "status": "ok", "released": released, "license_id": id })))
 }
 
-/// `GET /api/v4/audit` (admin): newest first; `?limit=` (≤ 1000), `?before=<id>`.
-pub async fn audit_list(State(st): State<AppState>, _a: Admin, p: Params) -> ApiResult<Json<Value>> {
-    let limit = p.u32_opt(&["limit"])?.unwrap_or(100).clamp(1, 1000);
-    let before = p.i64_opt(&["before"])?;
-    let events = transact(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
-    Ok(Json(Value::Array(events.iter().map(AuditEvent::to_json).collect())))
+/// `GET /api/v4/audit` (admin): newest first; `?limit=` (≤ 1000), `?cursor=<id>` (alias
+/// `?before=`): only events older than that id. A full page names the next cursor in the
+/// `X-Next-Cursor` header (the body stays the array of events).
+pub async fn audit_list(State(st): State<AppState>, _a: Admin, Req(r): Req<AdminRequest>) -> ApiResult<Response> {
+    let limit = r.limit.unwrap_or(100).clamp(1, 1000);
+    let before = match r.cursor.filter(|c| !c.trim().is_empty()) {
+        Some(c) => Some(
+            c.trim()
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("cursor", "expected an audit event id"))?,
+        ),
+        None => r.before,
+    };
+    let events = read(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
+    let next = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    let mut res = Json(Value::Array(events.iter().map(AuditEvent::to_json).collect())).into_response();
+    if let Some(next) = next {
+        if let Ok(v) = header::HeaderValue::from_str(&next.to_string()) {
+            res.headers_mut().insert(NEXT_CURSOR, v);
+        }
+    }
+    Ok(res)
 }
+
+/// The header naming the next page of the audit log.
+pub const NEXT_CURSOR: &str = "x-next-cursor";

@@ -44,6 +44,14 @@ pub fn key_state(snap: &Snapshot) -> Value {
             "backend": e.backend.map(|b| b.as_str()), "code": e.code, "message": e.message,
         })),
         "generation": snap.generation,
+        "grace": snap.grace.as_ref().map(|g| json!({
+            "serial": g.serial.as_str(),
+            "key": g.key.as_str(),
+            "started_unix_ms": g.started_unix_ms,
+            "deadline_unix_ms": g.deadline_unix_ms,
+            "seconds_left": g.seconds_left(crate::metrics::unix_ms()),
+        })),
+        "grace_ended": snap.grace_ended.map(|e| e.as_str()),
     })
 }
 

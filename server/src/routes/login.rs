@@ -10,7 +10,7 @@ use crate::auth::{parse_basic, verify_password};
 use crate::error::{ApiError, ApiResult};
 use crate::model::Role;
 use crate::state::AppState;
-use crate::store::transact;
+use crate::store::read;
 
 /// Authentication mode: checks the account's argon2 hash. No-auth mode: any credentials
 /// (or none) get a token, because the node SDK refuses to register before it has one.
@@ -22,7 +22,7 @@ pub async fn auth_login(State(st): State<AppState>, headers: HeaderMap) -> ApiRe
     let (username, role) = if st.user_authentication() {
         let (user, password) = creds.ok_or_else(ApiError::unauthorized)?;
         let name = user.clone();
-        let account = transact(st.store(), move |tx| Ok(tx.account(&name)?)).await?;
+        let account = read(st.store(), move |tx| Ok(tx.account(&name)?)).await?;
         let Some(account) = account else {
             return Err(ApiError::unauthorized());
         };

@@ -9,24 +9,20 @@ use crate::error::{ApiError, ApiResult};
 use crate::routes::Admin;
 use crate::state::AppState;
 
-fn control(st: &AppState) -> ApiResult<&crate::state::SimControl> {
+fn control(st: &AppState) -> ApiResult<&dyn crate::state::KeyControl> {
     st.sim().ok_or_else(ApiError::not_found)
 }
 
 /// `POST /api/v4/sim/plug`.
 pub async fn sim_plug(State(st): State<AppState>, _a: Admin) -> ApiResult<Json<Value>> {
     let sim = control(&st)?;
-    sim.bus
-        .plug(&sim.key)
-        .map_err(|e| ApiError::bad_request("sim_error", e.to_string()))?;
-    Ok(Json(json!({"status": "ok", "key": sim.key, "plugged": true})))
+    sim.plug().map_err(|e| ApiError::bad_request("sim_error", e))?;
+    Ok(Json(json!({"status": "ok", "key": sim.key(), "plugged": true})))
 }
 
 /// `POST /api/v4/sim/unplug`.
 pub async fn sim_unplug(State(st): State<AppState>, _a: Admin) -> ApiResult<Json<Value>> {
     let sim = control(&st)?;
-    sim.bus
-        .unplug(&sim.key)
-        .map_err(|e| ApiError::bad_request("sim_error", e.to_string()))?;
-    Ok(Json(json!({"status": "ok", "key": sim.key, "plugged": false})))
+    sim.unplug().map_err(|e| ApiError::bad_request("sim_error", e))?;
+    Ok(Json(json!({"status": "ok", "key": sim.key(), "plugged": false})))
 }

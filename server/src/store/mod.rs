@@ -1,16 +1,23 @@
-//! Durable state behind two small object-safe traits.
+//! Durable state behind small object-safe traits.
 //!
-//! [`Store`] accepts [`Job`]s; [`Tx`] is what a job sees: domain-level reads and writes
-//! inside one transaction. The SQLite store runs every job on one writer thread and
-//! *group-commits*: it drains all queued jobs into one transaction (a savepoint per job, so
-//! a refused job leaves no trace), commits once with `synchronous=FULL`, and only then
-//! answers every job of the batch. A success is therefore never sent before its change is
-//! durable, there is one fsync per batch instead of one per request, and seat/consumption
-//! limits hold under any concurrency because jobs run one after another.
+//! [`ReadTx`] is what a read sees (one consistent snapshot), [`Tx`] adds the writes.
+//! [`Store`] accepts write [`Job`]s and [`ReadJob`]s. The SQLite store runs every write job
+//! on one writer thread and *group-commits*: it drains the queued jobs into one transaction
+//! (a savepoint per job, so a refused job leaves no trace), commits once with
+//! `synchronous=FULL`, and only then answers every job of the batch. A success is therefore
+//! never sent before its change is durable, there is one fsync per batch instead of one per
+//! request, and seat/consumption limits hold under any concurrency because write jobs run
+//! one after another. Reads never queue behind that fsync: a small pool of read-only WAL
+//! connections serves them, each read inside one snapshot (so never a half-applied batch).
+//!
+//! Both queues are bounded: when one is full the job is refused at once with
+//! [`StoreError::Busy`] (`503 server_busy`), so an overload costs neither unbounded memory
+//! nor unbounded latency.
 //!
 //! Another backend (e.g. a shared PostgreSQL for an active/standby pair) implements the
-//! same two traits.
+//! same traits.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use tokio::sync::oneshot;
@@ -23,31 +30,130 @@ pub mod sqlite;
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("storage error: {0}")]
-pub struct StoreError(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The queue is full: try again shortly.
+    #[error("the store is busy")]
+    Busy,
+    /// The store is shut down.
+    #[error("the store is shut down")]
+    Closed,
+    /// The database failed; the text is for the log, never for a client.
+    #[error("storage error: {0}")]
+    Failed(String),
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        Self(e.to_string())
+        Self::Failed(e.to_string())
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e.to_string())
+        match e {
+            StoreError::Busy => ApiError::busy(),
+            other => ApiError::internal(other.to_string()),
+        }
     }
 }
 
 /// Result of a storage call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Reads and writes inside one transaction.
-pub trait Tx {
+/// See [`ReadTx::seat_view`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatView {
+    /// The license's consumption total.
+    pub total_consumptions: i64,
+    /// Seats held at `now`.
+    pub in_use: usize,
+    /// Lapsed seat rows not purged yet.
+    pub lapsed: usize,
+    /// The user's registration, live or lapsed.
+    pub registration: Option<Registration>,
+}
+
+/// A position in a keyset-paginated listing: the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegCursor {
+    /// License of the last row.
+    pub license_id: u64,
+    /// Feature of the last row (feature slots only; empty for seats).
+    pub feature: String,
+    /// User of the last row.
+    pub user: String,
+}
+
+/// Reads, inside one snapshot.
+pub trait ReadTx {
     /// Every license, in the order they were added.
     fn licenses(&mut self) -> StoreResult<Vec<License>>;
     /// One license.
     fn license(&mut self, id: u64) -> StoreResult<Option<License>>;
+    /// The running totals of a license: its consumptions and (when `features`) its feature
+    /// consumptions. `None` = no such license.
+    fn license_totals(&mut self, id: u64, features: bool) -> StoreResult<Option<(i64, BTreeMap<String, i64>)>>;
+    /// What a heartbeat and the license list need, in one statement: the license's
+    /// consumption total, the seats held at `now` and (when `user` is given) that user's
+    /// registration. `None` = no such license.
+    fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>>;
+
+    /// Registrations of a license (`None` = all licenses), ordered by (license, user),
+    /// starting after `after`, at most `limit`.
+    fn registrations_page(
+        &mut self,
+        license_id: Option<u64>,
+        after: Option<&RegCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Registration>>;
+    /// Registrations of a license (`None` = all licenses).
+    fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>> {
+        self.registrations_page(license_id, None, u32::MAX)
+    }
+    /// The registration of (license, user), live or lapsed.
+    fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>>;
+    /// Seats held at `now` (not lapsed, or borrowed). A pure read: lapsed rows are left
+    /// for the writer to purge, and not counted.
+    fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
+
+    /// Feature slots of a license (optionally of one feature), ordered by (license,
+    /// feature, user), starting after `after`, at most `limit`.
+    fn feature_registrations_page(
+        &mut self,
+        license_id: Option<u64>,
+        feature: Option<&str>,
+        after: Option<&RegCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<FeatureRegistration>>;
+    /// Feature slots of a license (optionally of one feature).
+    fn feature_registrations(
+        &mut self,
+        license_id: Option<u64>,
+        feature: Option<&str>,
+    ) -> StoreResult<Vec<FeatureRegistration>> {
+        self.feature_registrations_page(license_id, feature, None, u32::MAX)
+    }
+    /// One user's slot of a feature.
+    fn feature_registration(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: &str,
+    ) -> StoreResult<Option<FeatureRegistration>>;
+    /// Live slots per feature of a license (slots of users whose seat lapsed excluded).
+    fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<BTreeMap<String, usize>>;
+
+    /// An account.
+    fn account(&mut self, username: &str) -> StoreResult<Option<Account>>;
+    /// All accounts.
+    fn accounts(&mut self) -> StoreResult<Vec<Account>>;
+    /// Audit records newest first, optionally only those with `id < before`.
+    fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+}
+
+/// Reads and writes inside one transaction (writer thread only).
+pub trait Tx: ReadTx {
     /// A fresh, unused license id.
     fn next_license_id(&mut self) -> StoreResult<u64>;
     /// Adds a license (the id must be unused).
@@ -59,36 +165,15 @@ pub trait Tx {
     /// Sets a feature consumption total.
     fn set_feature_total(&mut self, id: u64, feature: &str, total: i64) -> StoreResult<()>;
 
-    /// Registrations of a license (`None` = all licenses).
-    fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>>;
-    /// The registration of (license, user), live or lapsed.
-    fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>>;
-    /// Seats held at `now` (not lapsed, or borrowed).
-    fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
     /// Inserts or replaces the registration of (license, user).
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()>;
     /// Removes one registration and the user's feature slots on that license.
     fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool>;
     /// Removes every registration (and feature slot) of a license, or of all licenses.
     fn delete_registrations(&mut self, license_id: Option<u64>) -> StoreResult<usize>;
-    /// Drops lapsed seats and feature slots of a license.
-    fn purge_expired(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
+    /// Drops lapsed seats and feature slots of a license (`None` = of every license).
+    fn purge_expired(&mut self, license_id: Option<u64>, now: i64) -> StoreResult<usize>;
 
-    /// Feature slots of a license (optionally of one feature).
-    fn feature_registrations(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-    ) -> StoreResult<Vec<FeatureRegistration>>;
-    /// One user's slot of a feature.
-    fn feature_registration(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: &str,
-    ) -> StoreResult<Option<FeatureRegistration>>;
-    /// Live slots per feature of a license.
-    fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<std::collections::BTreeMap<String, usize>>;
     /// Inserts or replaces a feature slot.
     fn put_feature_registration(&mut self, r: &FeatureRegistration) -> StoreResult<()>;
     /// Releases one user's slot (`Some(user)`) or every slot of the feature (`None`).
@@ -99,39 +184,60 @@ pub trait Tx {
         user: Option<&str>,
     ) -> StoreResult<usize>;
 
-    /// An account.
-    fn account(&mut self, username: &str) -> StoreResult<Option<Account>>;
-    /// All accounts.
-    fn accounts(&mut self) -> StoreResult<Vec<Account>>;
     /// Creates or replaces an account.
     fn put_account(&mut self, a: &Account) -> StoreResult<()>;
-
     /// Appends an audit record.
     fn audit(&mut self, event: &AuditEvent) -> StoreResult<()>;
-    /// Audit records newest first, optionally only those with `id < before`.
-    fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>>;
 }
 
-/// A unit of work run by the store inside a transaction.
+/// A unit of work run by the store writer inside a transaction.
 pub trait Job: Send {
     /// Does the work. `false` = refused: its changes are rolled back (the batch goes on).
     fn run(&mut self, tx: &mut dyn Tx) -> bool;
-    /// Called once the batch is committed (or failed to commit): answer the requester.
+    /// Evaluated right before the job's savepoint is released (after a successful `run`):
+    /// `false` rolls the job back, exactly like a refusal. The hook for checks that must
+    /// hold at commit time (e.g. "the key is still in force").
+    fn precommit(&mut self) -> bool {
+        true
+    }
+    /// Called once the batch is committed (or failed to commit, or the job could not be
+    /// queued): answer the requester.
     fn finish(self: Box<Self>, committed: StoreResult<()>);
+}
+
+/// A read served off the writer: it sees one committed snapshot.
+pub trait ReadJob: Send {
+    /// Does the read and answers the requester.
+    fn run(self: Box<Self>, tx: &mut dyn ReadTx);
+    /// The read could not run (busy, shut down, snapshot failed): answer with `e`.
+    fn fail(self: Box<Self>, e: StoreError);
 }
 
 /// Durable state.
 pub trait Store: Send + Sync + fmt::Debug {
-    /// Queues a job. If the store is shut down the job is finished with an error.
+    /// Queues a write job. If the queue is full or the store is shut down the job is
+    /// finished at once with [`StoreError::Busy`] / [`StoreError::Closed`].
     fn submit(&self, job: Box<dyn Job>);
+    /// Queues a read (same refusals as [`Store::submit`]).
+    fn read(&self, job: Box<dyn ReadJob>);
     /// Waits until everything queued so far is committed and checkpoints the log. Blocking.
     fn flush(&self) -> StoreResult<()>;
 }
 
+/// A pre-commit check of a job: `Err` rolls the job back and is its answer.
+pub type Check = Box<dyn Fn() -> Result<(), ApiError> + Send>;
+
 struct FnJob<T, F> {
     f: Option<F>,
+    check: Option<Check>,
     result: Option<Result<T, ApiError>>,
     reply: oneshot::Sender<Result<T, ApiError>>,
+}
+
+/// A panic inside store work must not take a store thread (and every request) down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(ApiError::internal("a store job panicked")))
 }
 
 impl<T, F> Job for FnJob<T, F>
@@ -143,23 +249,54 @@ where
         let Some(f) = self.f.take() else {
             return false;
         };
-        // A panicking job must not take the writer thread (and every other request) down.
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(tx)))
-            .unwrap_or_else(|_| Err(ApiError::internal("internal error while processing the request")));
+        let out = guarded(|| f(tx));
         let ok = out.is_ok();
         self.result = Some(out);
         ok
+    }
+
+    fn precommit(&mut self) -> bool {
+        let Some(check) = &self.check else {
+            return true;
+        };
+        match guarded(check) {
+            Ok(()) => true,
+            Err(e) => {
+                self.result = Some(Err(e));
+                false
+            }
+        }
     }
 
     fn finish(self: Box<Self>, committed: StoreResult<()>) {
         let answer = match (committed, self.result) {
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(Ok(v))) => Ok(v),
-            (Err(e), Some(Ok(_))) => Err(e.into()),
-            (_, None) => Err(ApiError::internal("the store is shut down")),
+            (Err(e), _) => Err(e.into()),
+            (Ok(()), None) => Err(ApiError::internal("a store job finished without running")),
         };
         let _ = self.reply.send(answer);
     }
+}
+
+fn queue<T, F>(store: &dyn Store, check: Option<Check>, f: F) -> oneshot::Receiver<Result<T, ApiError>>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    store.submit(Box::new(FnJob {
+        f: Some(f),
+        check,
+        result: None,
+        reply,
+    }));
+    rx
+}
+
+async fn answer<T>(rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
+    rx.await
+        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
 }
 
 /// Queues `f` now (before the returned future is first polled) and resolves once its
@@ -172,16 +309,21 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
 {
-    let (reply, rx) = oneshot::channel();
-    store.submit(Box::new(FnJob {
-        f: Some(f),
-        result: None,
-        reply,
-    }));
-    async move {
-        rx.await
-            .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
-    }
+    answer(queue(store, None, f))
+}
+
+/// [`transact`] with a pre-commit `check`: evaluated on the writer right before the job's
+/// savepoint is released; an `Err` rolls the job back and is the answer.
+pub fn transact_checked<T, F>(
+    store: &dyn Store,
+    check: Check,
+    f: F,
+) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+{
+    answer(queue(store, Some(check), f))
 }
 
 /// Blocking variant for the CLI and start-up (not for async contexts).
@@ -190,12 +332,52 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
 {
+    queue(store, None, f)
+        .blocking_recv()
+        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+}
+
+struct FnRead<T, F> {
+    f: F,
+    reply: oneshot::Sender<Result<T, ApiError>>,
+}
+
+impl<T, F> ReadJob for FnRead<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &mut dyn ReadTx) {
+        let Self { f, reply } = *self;
+        let _ = reply.send(guarded(|| f(tx)));
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e.into()));
+    }
+}
+
+/// Queues the read `f` now and resolves with its answer. It runs on a read connection,
+/// never on the writer nor on an async worker, and sees everything committed before it
+/// was queued.
+pub fn read<T, F>(store: &dyn Store, f: F) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+{
     let (reply, rx) = oneshot::channel();
-    store.submit(Box::new(FnJob {
-        f: Some(f),
-        result: None,
-        reply,
-    }));
+    store.read(Box::new(FnRead { f, reply }));
+    answer(rx)
+}
+
+/// Blocking variant of [`read`] (not for async contexts).
+pub fn read_blocking<T, F>(store: &dyn Store, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    store.read(Box::new(FnRead { f, reply }));
     rx.blocking_recv()
         .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
 }

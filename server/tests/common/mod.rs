@@ -15,7 +15,7 @@ use keyfloat_hal::{HardwareId, HardwareIdCell, MonitorConfig, MonitorHandle};
 use keyfloat_server::auth::{hash_password, TokenKeys};
 use keyfloat_server::model::{Account, Role};
 use keyfloat_server::store::transact;
-use keyfloat_server::{app, AppState, KeyPolicy, SimControl, SqliteStore, StateParts, Store};
+use keyfloat_server::{app, AppState, KeyControl, KeyPolicy, SqliteStore, StateParts, Store};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -94,10 +94,7 @@ pub async fn build(
         tokens: TokenKeys::load_or_create(dir.path()).unwrap(),
         user_authentication: auth,
         key_policy: policy,
-        sim: Some(SimControl {
-            bus: bus.clone(),
-            key: KEY.into(),
-        }),
+        sim: Some(Arc::new(SimKey(bus.clone()))),
         backend: "sim".into(),
         vendor_key: Some(vendor.public_key()),
     })
@@ -128,6 +125,7 @@ impl Harness {
             revalidate_every: Duration::from_secs(60),
             retry_initial: Duration::from_millis(20),
             retry_max: Duration::from_millis(200),
+            ..MonitorConfig::DEFAULT
         };
         self.monitor =
             Some(keyfloat_hal::spawn_monitor(cell, vec![Arc::new(self.bus.provider())], validator, config).unwrap());
@@ -239,4 +237,20 @@ pub fn q(v: &Value) -> String {
         }
     }
     out
+}
+
+/// The plug/unplug endpoints' control over the test's simulated key.
+#[derive(Debug)]
+pub struct SimKey(pub SimBus);
+
+impl KeyControl for SimKey {
+    fn key(&self) -> &str {
+        KEY
+    }
+    fn plug(&self) -> Result<(), String> {
+        self.0.plug(KEY).map_err(|e| e.to_string())
+    }
+    fn unplug(&self) -> Result<(), String> {
+        self.0.unplug(KEY).map_err(|e| e.to_string())
+    }
 }

@@ -13,13 +13,13 @@ use keyfloat_hal::Firmware;
 pub const MGMT_DEFAULT_KEY: [u8; 24] = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3, 4, 5, 6, 7, 8];
 
 /// PIV algorithm ids of management keys.
-pub const ALG_3DES: u8 = 0x03;
+pub(crate) const ALG_3DES: u8 = 0x03;
 /// AES-128.
-pub const ALG_AES128: u8 = 0x08;
+pub(crate) const ALG_AES128: u8 = 0x08;
 /// AES-192.
-pub const ALG_AES192: u8 = 0x0A;
+pub(crate) const ALG_AES192: u8 = 0x0A;
 /// AES-256.
-pub const ALG_AES256: u8 = 0x0C;
+pub(crate) const ALG_AES256: u8 = 0x0C;
 
 /// A management key and its algorithm.
 #[derive(Clone, PartialEq, Eq)]

@@ -15,23 +15,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The variable libpcsclite reads to find pcscd's socket.
-pub const CSOCK_ENV: &str = "PCSCLITE_CSOCK_NAME";
-
-/// The reader name libccid gives a real YubiKey 5: yubico-piv-tool's default reader filter
-/// ("Yubikey") and ykman match it, so the tools need no `--reader`.
-pub const YUBICO_READER_NAME: &str = "Yubico YubiKey OTP+FIDO+CCID";
+use super::YUBICO_READER_NAME;
 
 const VPCD_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
-const QUICK_LOCAL_ENV: &str = "KEYFLOAT_QUICK_LOCAL";
 
 fn in_path(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
 /// Checks that pcscd, unshare and the vpcd driver are installed.
-/// `Ok(true)`: go ahead. `Ok(false)`: missing, and `KEYFLOAT_QUICK_LOCAL=1` allows skipping.
-/// `Err`: missing — the caller (a test) must fail.
+/// `Ok(true)`: go ahead. `Err`: missing — the caller (a test) must fail. Tests that need
+/// pcscd are `#[ignore = "needs pcscd …"]`, so a plain `cargo test` reports them as ignored
+/// and `./scripts/dev.sh test` (`--include-ignored`) runs them.
 pub fn require_pcscd() -> Result<bool, String> {
     let mut missing = Vec::new();
     for tool in ["pcscd", "unshare", "mount"] {
@@ -49,12 +44,7 @@ pub fn require_pcscd() -> Result<bool, String> {
         "missing {}: install pcscd, vsmartcard-vpcd and util-linux (./scripts/dev.sh install)",
         missing.join(", ")
     );
-    if std::env::var(QUICK_LOCAL_ENV).as_deref() == Ok("1") {
-        eprintln!("SKIPPED ({QUICK_LOCAL_ENV}=1): {msg}");
-        Ok(false)
-    } else {
-        Err(msg)
-    }
+    Err(msg)
 }
 
 /// A running private pcscd with one vpcd reader (two slots). Killed when dropped.

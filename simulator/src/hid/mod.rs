@@ -777,7 +777,7 @@ fn ctap2_answer(d: &mut Device, request: &[u8]) -> Vec<u8> {
                 Some(Value::Map(opts)) => opts
                     .iter()
                     .find(|(k, _)| matches!(k, Value::Text(t) if t == "up"))
-                    .map_or(true, |(_, v)| !matches!(v, Value::Bool(false))),
+                    .is_none_or(|(_, v)| !matches!(v, Value::Bool(false))),
                 _ => true,
             };
             let ours = credential_id(spec);

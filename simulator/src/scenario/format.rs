@@ -120,6 +120,9 @@ pub struct ServerSpec {
     /// `crashIfNoHardwareKey`.
     #[serde(default)]
     pub crash_if_no_hardware_key: bool,
+    /// The monitor's grace period (`key_grace = "2s"`); none by default.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub key_grace: Option<Duration>,
     /// `require_attestation`: every validation demands a fresh attestation chaining to the
     /// scenario's test attestation CA (valid keys are generated on their device and attest).
     #[serde(default)]
@@ -151,6 +154,9 @@ pub enum Action {
     Http,
     /// Restart pcscd (pcsc mode only).
     RestartPcscd,
+    /// Every operation on `key` blocks for `duration` (virtual mode: on the virtual clock;
+    /// pcsc mode: the virtual card stops answering APDUs).
+    Stall,
 }
 
 /// An HTTP request step.
@@ -287,7 +293,13 @@ impl ScenarioSpec {
             last = s.at;
             let needs_key = matches!(
                 s.action,
-                Action::Plug | Action::Unplug | Action::Swap | Action::Flap | Action::Contend | Action::IoError
+                Action::Plug
+                    | Action::Unplug
+                    | Action::Swap
+                    | Action::Flap
+                    | Action::Contend
+                    | Action::IoError
+                    | Action::Stall
             );
             if needs_key {
                 let k = s
@@ -310,8 +322,8 @@ impl ScenarioSpec {
             if s.action == Action::Flap && (s.cycles.is_none() || s.period.is_none()) {
                 return Err(bad(i, "flap needs `cycles` and `period`".into()));
             }
-            if s.action == Action::Contend && s.duration.is_none() {
-                return Err(bad(i, "contend needs `duration`".into()));
+            if matches!(s.action, Action::Contend | Action::Stall) && s.duration.is_none() {
+                return Err(bad(i, format!("{:?} needs `duration`", s.action).to_lowercase()));
             }
         }
         Ok(())
@@ -324,26 +336,26 @@ mod humantime_serde_compat {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 
-    pub mod option {
+    pub(crate) mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => super::serialize(d, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
             Option::<String>::deserialize(d)?
                 .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
                 .transpose()

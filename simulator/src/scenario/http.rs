@@ -18,6 +18,10 @@ impl Response {
     }
 }
 
+/// Builds the server for a scenario, given the reader of the scenario's cell (the in-process
+/// one is `in_process_server`, feature `in-process-server`).
+pub type ServerFactory = Box<dyn FnOnce(CellReader) -> Result<Box<dyn HttpTarget>, String>>;
+
 /// A server the runner can send requests to and restart.
 pub trait HttpTarget: Send {
     /// Sends one request; transport failures are reported as status 0.

@@ -29,7 +29,7 @@ pub(crate) struct ScenarioKeys {
 impl ScenarioKeys {
     /// Provisions `keys`. Vendor keys are fresh per run: traces name keys and states, never
     /// key material, so the seed still fixes the trace.
-    pub fn provision(keys: &[KeySpec], seed: u64) -> Result<Self, String> {
+    pub(crate) fn provision(keys: &[KeySpec], seed: u64) -> Result<Self, String> {
         let vendor = VendorSigningKey::generate();
         let other_vendor = VendorSigningKey::generate();
         let mut specs = BTreeMap::new();
@@ -81,7 +81,7 @@ impl ScenarioKeys {
     }
 
     /// `id` as a trace label: a key name, `machine`, or the raw ID.
-    pub fn label(&self, id: &HardwareId) -> String {
+    pub(crate) fn label(&self, id: &HardwareId) -> String {
         if *id == self.machine_id {
             "machine".into()
         } else {

@@ -6,18 +6,20 @@ mod expect;
 mod format;
 mod http;
 mod keys;
-#[cfg(feature = "pcsc")]
+#[cfg(all(feature = "pcsc", feature = "test-util", feature = "in-process-server"))]
 pub mod pcsc_mode;
 mod run;
+#[cfg(feature = "in-process-server")]
 mod server;
 mod trace;
 
 pub use format::{
     Action, Expect, HttpSpec, KeySpec, LicenseSpec, Mode, Provisioning, ScenarioSpec, ServerSpec, StepSpec,
 };
-pub use http::{HttpTarget, Response};
+pub use http::{HttpTarget, Response, ServerFactory};
 pub use run::{run_file, run_spec, RunReport, Scenario, ScenarioBuilder};
-pub use server::{in_process_server, InProcessServer, ServerFactory};
+#[cfg(feature = "in-process-server")]
+pub use server::{in_process_server, InProcessServer};
 pub use trace::{HttpOutcome, TraceLine};
 
 /// Why a scenario could not run or did not pass.

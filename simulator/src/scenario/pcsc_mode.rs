@@ -9,8 +9,10 @@
 //! once (requests change state). Contention is a real second PC/SC client — a child process
 //! named `kf-contender` — holding the card with an exclusive connection.
 //!
-//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process: run this mode in a process of its
-//! own (`keyfloat simulate run --mode pcsc`), one scenario per process.
+//! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process, so the caller owns the private
+//! pcscd: it starts one ([`start_private_pcscd`]) and points `PCSCLITE_CSOCK_NAME` at its socket
+//! before the process's first PC/SC call (`keyfloat simulate run --mode pcsc` does), then runs
+//! scenarios against it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -45,11 +47,12 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(250),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(500),
+    ..MonitorConfig::DEFAULT
 };
 
-struct PcscRun {
+struct PcscRun<'p> {
     spec: ScenarioSpec,
-    pcscd: PrivatePcscd,
+    pcscd: &'p mut PrivatePcscd,
     cards: BTreeMap<String, (u8, SimKeySpec)>,
     servers: BTreeMap<String, CardServer>,
     keys: ScenarioKeys,
@@ -57,6 +60,8 @@ struct PcscRun {
     _monitor: MonitorHandle,
     http: Option<InProcessServer>,
     holders: Vec<Child>,
+    /// Stalled keys (by name) and when their stall ends.
+    stalls: BTreeMap<String, Instant>,
     start: Instant,
     trace: Vec<TraceLine>,
     step: usize,
@@ -70,8 +75,16 @@ fn run_err(spec: &ScenarioSpec, step: usize, message: impl Into<String>) -> Scen
     }
 }
 
-/// Runs `spec` in pcsc mode (see the module docs). Needs pcscd, vsmartcard-vpcd and `unshare`.
-pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
+/// Starts the private pcscd scenarios run against (needs root, pcscd, vsmartcard-vpcd and
+/// `unshare`). Point `PCSCLITE_CSOCK_NAME` ([`CSOCK_ENV`]) at its socket before the first PC/SC
+/// call of the process.
+pub fn start_private_pcscd() -> std::io::Result<PrivatePcscd> {
+    PrivatePcscd::start(0xA000 + (std::process::id() % 2000) as u16 * 2)
+}
+
+/// Runs `spec` in pcsc mode against `pcscd`, which must be the pcscd this process's PC/SC
+/// calls go to (see the module docs).
+pub fn run_spec(spec: &ScenarioSpec, pcscd: &mut PrivatePcscd) -> Result<RunReport, ScenarioError> {
     if !spec.modes.contains(&Mode::Pcsc) {
         return Err(ScenarioError::UnsupportedMode(spec.name.clone(), Mode::Pcsc.as_str()));
     }
@@ -82,7 +95,7 @@ pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
             "pcsc mode serves at most two keys (the vpcd reader has two slots)",
         ));
     }
-    let mut run = PcscRun::start(spec)?;
+    let mut run = PcscRun::start(spec, pcscd)?;
     for (i, step) in spec.steps.iter().enumerate() {
         run.step = i;
         run.step_once(i, step)?;
@@ -94,12 +107,8 @@ pub fn run_spec(spec: &ScenarioSpec) -> Result<RunReport, ScenarioError> {
     })
 }
 
-impl PcscRun {
-    fn start(spec: &ScenarioSpec) -> Result<Self, ScenarioError> {
-        let pcscd = PrivatePcscd::start(0xA000 + (std::process::id() % 2000) as u16 * 2)
-            .map_err(|e| run_err(spec, 0, format!("cannot start pcscd: {e}")))?;
-        // Before the first PC/SC call of this process.
-        std::env::set_var(CSOCK_ENV, pcscd.socket());
+impl<'p> PcscRun<'p> {
+    fn start(spec: &ScenarioSpec, pcscd: &'p mut PrivatePcscd) -> Result<Self, ScenarioError> {
         let keys = ScenarioKeys::provision(&spec.keys, spec.seed).map_err(|e| run_err(spec, 0, e))?;
         let cards = spec
             .keys
@@ -118,7 +127,11 @@ impl PcscRun {
             VendorValidator::new(keys.vendor.public_key())
                 .require_attestation(spec.server.require_attestation.then(|| keys.attestation_roots.clone())),
         );
-        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, MONITOR)
+        let config = MonitorConfig {
+            grace: spec.server.key_grace.unwrap_or_default(),
+            ..MONITOR
+        };
+        let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, config)
             .map_err(|e| run_err(spec, 0, format!("cannot start the monitor: {e}")))?;
         let http = if !spec.licenses.is_empty() || spec.steps.iter().any(|s| s.http.is_some()) {
             Some(InProcessServer::start(spec, reader.clone()).map_err(|e| run_err(spec, 0, e))?)
@@ -135,6 +148,7 @@ impl PcscRun {
             _monitor: monitor,
             http,
             holders: Vec::new(),
+            stalls: BTreeMap::new(),
             start: Instant::now(),
             trace: Vec::new(),
             step: 0,
@@ -153,8 +167,42 @@ impl PcscRun {
             .ok_or_else(|| run_err(&self.spec, self.step, format!("unknown key {key}")))?;
         let server = CardServer::connect(self.pcscd.vpcd_addr(slot), VirtualCard::new(&spec))
             .map_err(|e| run_err(&self.spec, self.step, format!("cannot serve card {key}: {e}")))?;
+        // A stalled card powers up (pcscd sees it) but answers no command.
+        server.set_hang(self.stalls.get(key).is_some_and(|t| *t > Instant::now()));
         self.servers.insert(key.to_string(), server);
         Ok(())
+    }
+
+    /// `key`'s card stops answering commands for `d` (power-up still works).
+    fn stall(&mut self, key: &str, d: Duration) {
+        self.stalls.insert(key.to_string(), Instant::now() + d);
+        if let Some(server) = self.servers.get(key) {
+            server.set_hang(true);
+        }
+    }
+
+    /// Ends the stalls whose time is up.
+    fn release_stalls(&mut self) {
+        let now = Instant::now();
+        let over: Vec<String> = self
+            .stalls
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in over {
+            self.stalls.remove(&k);
+            if let Some(server) = self.servers.get(&k) {
+                // pcscd's vpcd driver waits forever for the swallowed command's answer: as
+                // with real hardware, the stall ends with the card re-seated.
+                server.set_hang(false);
+                if server.is_inserted() {
+                    server.remove();
+                    std::thread::sleep(Duration::from_millis(300));
+                    server.insert();
+                }
+            }
+        }
     }
 
     fn unplug(&mut self, key: &str) {
@@ -240,10 +288,11 @@ impl PcscRun {
         }
     }
 
-    fn settle(&self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
+    fn settle(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let Some(expect) = &step.expect else { return Ok(()) };
         let deadline = Instant::now() + SETTLE;
         loop {
+            self.release_stalls();
             match self.cell_mismatch(expect) {
                 None => return Ok(()),
                 Some(m) if Instant::now() >= deadline => {
@@ -256,7 +305,9 @@ impl PcscRun {
 
     fn step_once(&mut self, i: usize, step: &StepSpec) -> Result<(), ScenarioError> {
         let key = step.key.clone().unwrap_or_default();
+        self.release_stalls();
         match step.action {
+            Action::Stall => self.stall(&key, step.duration.unwrap_or_default()),
             Action::Plug => self.plug(&key)?,
             Action::Unplug => self.unplug(&key),
             Action::Swap => {
@@ -281,6 +332,7 @@ impl PcscRun {
             Action::Advance => {
                 let prev = i.checked_sub(1).map_or(Duration::ZERO, |p| self.spec.steps[p].at);
                 std::thread::sleep(step.at.saturating_sub(prev).min(Duration::from_secs(10)));
+                self.release_stalls();
             }
             Action::Http => {
                 let h = step
@@ -317,7 +369,7 @@ impl PcscRun {
     }
 }
 
-impl Drop for PcscRun {
+impl Drop for PcscRun<'_> {
     fn drop(&mut self) {
         for mut h in self.holders.drain(..) {
             let _ = h.kill();

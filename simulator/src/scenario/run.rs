@@ -7,7 +7,8 @@ use std::time::Duration;
 use keyfloat_hal::backend::sim::SimBus;
 use keyfloat_hal::trust::VendorValidator;
 use keyfloat_hal::{
-    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider, MonitorConfig,
+    CellReader, Driver, ErrorKind, HardwareId, HardwareIdCell, Holder, HotplugSource, Input, KeyProvider,
+    MonitorConfig, ValidationRequest,
 };
 
 use super::expect::{cell_mismatch, reason, response_mismatch};
@@ -18,13 +19,14 @@ use super::trace::{HttpOutcome, TraceLine};
 use super::ScenarioError;
 
 /// The process named as the holder while a key is contended.
-pub const CONTENDER: &str = "keyfloat-contender";
+pub(crate) const CONTENDER: &str = "keyfloat-contender";
 
 /// Monitor timing in virtual time: fast enough that scenarios stay short.
 const VIRTUAL_MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(500),
     retry_initial: Duration::from_millis(5),
     retry_max: Duration::from_millis(50),
+    ..MonitorConfig::DEFAULT
 };
 
 /// Builds a [`Scenario`] in Rust, with the same verbs as the file format.
@@ -47,10 +49,17 @@ pub struct ScenarioBuilder {
     name: String,
     seed: u64,
     keys: Vec<KeySpec>,
+    grace: Option<Duration>,
     require_attestation: bool,
 }
 
 impl ScenarioBuilder {
+    /// The monitor's grace period (none by default).
+    pub fn key_grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
+    }
+
     /// Seed for key material (same seed, same trace).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -75,7 +84,7 @@ impl ScenarioBuilder {
 
     /// Builds the scenario (no key plugged, time zero).
     pub fn build(self) -> Result<Scenario, ScenarioError> {
-        Scenario::new(self.name, self.seed, &self.keys, self.require_attestation)
+        Scenario::new(self.name, self.seed, &self.keys, self.grace, self.require_attestation)
     }
 }
 
@@ -91,6 +100,11 @@ pub struct Scenario {
     machine_id: HardwareId,
     now: Duration,
     releases: BTreeMap<Duration, Vec<String>>,
+    /// Stalled keys (by name) and when their stall ends.
+    stalls: BTreeMap<String, Duration>,
+    /// Validations blocked by a stall, by the time they get their answer.
+    deferred: BTreeMap<Duration, Vec<ValidationRequest>>,
+    config: MonitorConfig,
     keys: ScenarioKeys,
     http: Option<Box<dyn HttpTarget>>,
     /// After a server restart the new monitor has not run yet: nothing is pumped until time moves.
@@ -123,11 +137,18 @@ impl Scenario {
             name: name.into(),
             seed: 0,
             keys: Vec::new(),
+            grace: None,
             require_attestation: false,
         }
     }
 
-    fn new(name: String, seed: u64, keys: &[KeySpec], require_attestation: bool) -> Result<Self, ScenarioError> {
+    fn new(
+        name: String,
+        seed: u64,
+        keys: &[KeySpec],
+        grace: Option<Duration>,
+        require_attestation: bool,
+    ) -> Result<Self, ScenarioError> {
         let keys = ScenarioKeys::provision(keys, seed).map_err(|e| run_err(&name, 0, e))?;
         let bus = SimBus::new();
         for spec in keys.specs.values() {
@@ -138,7 +159,11 @@ impl Scenario {
                 .require_attestation(require_attestation.then(|| keys.attestation_roots.clone())),
         );
         let machine_id = keys.machine_id.clone();
-        let (driver, source, reader) = Self::monitor(&bus, &validator, &machine_id)?;
+        let config = MonitorConfig {
+            grace: grace.unwrap_or_default(),
+            ..VIRTUAL_MONITOR
+        };
+        let (driver, source, reader) = Self::monitor(&bus, &validator, &machine_id, config)?;
         Ok(Self {
             name,
             bus,
@@ -149,6 +174,9 @@ impl Scenario {
             machine_id,
             now: Duration::ZERO,
             releases: BTreeMap::new(),
+            stalls: BTreeMap::new(),
+            deferred: BTreeMap::new(),
+            config,
             keys,
             http: None,
             pump_suspended: false,
@@ -161,13 +189,14 @@ impl Scenario {
         bus: &SimBus,
         validator: &Arc<VendorValidator>,
         machine_id: &HardwareId,
+        config: MonitorConfig,
     ) -> Result<(Driver, Box<dyn HotplugSource>, CellReader), ScenarioError> {
         let cell = HardwareIdCell::new(machine_id.clone());
         let reader = cell.reader();
         let provider = bus.provider();
         let source = provider.watch().map_err(|e| run_err("", 0, e.to_string()))?;
         let validator: Arc<dyn keyfloat_hal::KeyValidator> = validator.clone();
-        let driver = Driver::new(cell, vec![Arc::new(provider)], validator, VIRTUAL_MONITOR);
+        let driver = Driver::new(cell, vec![Arc::new(provider)], validator, config);
         Ok((driver, source, reader))
     }
 
@@ -201,6 +230,22 @@ impl Scenario {
         self.keys.label(&self.reader.hardware_id())
     }
 
+    /// Feeds one input to the monitor and answers the validations it asks for, like the
+    /// threaded monitor's workers do: at once, or, for a stalled key, when its stall ends
+    /// (meanwhile the monitor goes on with everything else).
+    fn feed(&mut self, input: Input) {
+        let mut queue = std::collections::VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for request in self.driver.apply(self.now, input) {
+                let name = request.id.as_str().strip_prefix("sim:").unwrap_or(request.id.as_str());
+                match self.stalls.get(name) {
+                    Some(until) if *until > self.now => self.deferred.entry(*until).or_default().push(request),
+                    _ => queue.push_back(self.driver.run_validation(&request)),
+                }
+            }
+        }
+    }
+
     fn pump(&mut self) {
         if self.pump_suspended {
             return;
@@ -208,7 +253,7 @@ impl Scenario {
         loop {
             match self.source.next_event(Duration::ZERO) {
                 Ok(Some(ev)) => {
-                    self.driver.handle(self.now, Input::Hotplug(ev));
+                    self.feed(Input::Hotplug(ev));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -217,7 +262,15 @@ impl Scenario {
                 }
             }
         }
-        self.driver.handle(self.now, Input::Tick);
+        let now = self.now;
+        let due: Vec<Duration> = self.deferred.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for request in self.deferred.remove(&t).unwrap_or_default() {
+                let answer = self.driver.run_validation(&request);
+                self.feed(answer);
+            }
+        }
+        self.feed(Input::Tick);
     }
 
     /// Lets virtual time pass until `t`, running every re-validation and contention release
@@ -229,11 +282,14 @@ impl Scenario {
         loop {
             let next_release = self.releases.keys().next().copied().filter(|r| *r <= t);
             let next_deadline = self.driver.next_deadline().filter(|d| *d <= t && *d > self.now);
-            let next = match (next_release, next_deadline) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => break,
+            let next_answer = self
+                .deferred
+                .keys()
+                .next()
+                .copied()
+                .filter(|d| *d <= t && *d > self.now);
+            let Some(next) = [next_release, next_deadline, next_answer].into_iter().flatten().min() else {
+                break;
             };
             self.now = self.now.max(next);
             if let Some(names) = self.releases.remove(&next) {
@@ -285,21 +341,38 @@ impl Scenario {
         };
         let r = self.bus.make_busy(key, Some(holder));
         self.releases.entry(self.now + d).or_default().push(key.to_string());
-        self.driver.handle(self.now, Input::RevalidateAll);
+        self.feed(Input::RevalidateAll);
         self.verb(format!("contend {key} {}", humantime::format_duration(d)), r)
+    }
+
+    /// Every operation on `key` blocks for `d` of virtual time: validations that start
+    /// meanwhile answer when the stall ends; the monitor goes on with everything else.
+    pub fn stall(&mut self, key: &str, d: Duration) -> Result<&TraceLine, ScenarioError> {
+        let r = if self.keys.specs.contains_key(key) {
+            self.stalls.insert(key.to_string(), self.now + d);
+            Ok(())
+        } else {
+            Err(keyfloat_hal::Error::new(
+                ErrorKind::NotPresent,
+                format!("no key named {key:?}"),
+            ))
+        };
+        self.verb(format!("stall {key} {}", humantime::format_duration(d)), r)
     }
 
     /// The next I/O with `key` fails; the monitor notices at once and retries with backoff.
     pub fn io_error(&mut self, key: &str) -> Result<&TraceLine, ScenarioError> {
         let r = self.bus.fail_next(key, ErrorKind::Io);
-        self.driver.handle(self.now, Input::RevalidateAll);
+        self.feed(Input::RevalidateAll);
         self.verb(format!("io_error {key}"), r)
     }
 
     /// Restarts the server and its monitor: a fresh cell that trusts no key until the new
     /// monitor re-proves it (which happens when time next moves).
     pub fn restart_server(&mut self) -> Result<&TraceLine, ScenarioError> {
-        let (driver, source, reader) = Self::monitor(&self.bus, &self.validator, &self.machine_id)?;
+        let (driver, source, reader) = Self::monitor(&self.bus, &self.validator, &self.machine_id, self.config)?;
+        // Answers owed to the old monitor die with it.
+        self.deferred.clear();
         self.driver = driver;
         self.source = source;
         self.reader = reader.clone();
@@ -378,7 +451,7 @@ pub struct RunReport {
 }
 
 /// Runs a scenario in virtual mode, with `server` (if given) for its HTTP steps.
-pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory>) -> Result<RunReport, ScenarioError> {
+pub fn run_spec(spec: &ScenarioSpec, server: Option<super::http::ServerFactory>) -> Result<RunReport, ScenarioError> {
     if !spec.modes.contains(&Mode::Virtual) {
         return Err(ScenarioError::UnsupportedMode(
             spec.name.clone(),
@@ -389,6 +462,7 @@ pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory
         spec.name.clone(),
         spec.seed,
         &spec.keys,
+        spec.server.key_grace,
         spec.server.require_attestation,
     )?;
     if let Some(make) = server {
@@ -409,7 +483,7 @@ pub fn run_spec(spec: &ScenarioSpec, server: Option<super::server::ServerFactory
 /// Parses and runs a file in virtual mode (see [`run_spec`]).
 pub fn run_file(
     path: &std::path::Path,
-    server: Option<super::server::ServerFactory>,
+    server: Option<super::http::ServerFactory>,
 ) -> Result<RunReport, ScenarioError> {
     run_spec(&ScenarioSpec::load(path)?, server)
 }
@@ -437,6 +511,9 @@ fn run_step(sim: &mut Scenario, spec: &ScenarioSpec, i: usize, step: &StepSpec) 
         }
         Action::IoError => {
             sim.io_error(key)?;
+        }
+        Action::Stall => {
+            sim.stall(key, step.duration.unwrap_or_default())?;
         }
         Action::RestartServer => {
             sim.restart_server()?;

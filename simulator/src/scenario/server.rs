@@ -14,10 +14,7 @@ use keyfloat_server::{AppState, KeyPolicy, SqliteStore, StateParts};
 use tower::ServiceExt;
 
 use super::format::ScenarioSpec;
-use super::http::{HttpTarget, Response};
-
-/// Builds the server for a scenario, given the reader of the scenario's cell.
-pub type ServerFactory = Box<dyn FnOnce(CellReader) -> Result<Box<dyn HttpTarget>, String>>;
+use super::http::{HttpTarget, Response, ServerFactory};
 
 /// A factory for [`InProcessServer`] when `spec` talks HTTP (has licenses or requests),
 /// `None` otherwise.

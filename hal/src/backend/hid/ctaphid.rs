@@ -447,6 +447,9 @@ fn receive<T>(
 }
 
 #[cfg(test)]
+mod kat;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::hid::transport::MockHidConnection;

@@ -48,7 +48,7 @@ pub use otp::OtpTiming;
 pub use provisioning::{ProvisionedCredential, ProvisioningStore};
 pub use transport::{HidApiTransport, HidConnection, HidDeviceInfo, HidTransport};
 
-#[cfg(any(test, feature = "mock"))]
+#[cfg(test)]
 pub use transport::{MockHidConnection, MockHidTransport};
 
 /// Yubico's USB vendor id.

@@ -38,7 +38,7 @@ pub struct HidDeviceInfo {
 }
 
 /// Enumerates and opens HID interfaces.
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[cfg_attr(test, mockall::automock)]
 pub trait HidTransport: Send + Sync + fmt::Debug {
     /// The HID interfaces connected now.
     fn enumerate(&self) -> Result<Vec<HidDeviceInfo>>;
@@ -48,7 +48,7 @@ pub trait HidTransport: Send + Sync + fmt::Debug {
 }
 
 /// An open HID interface.
-#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[cfg_attr(test, mockall::automock)]
 pub trait HidConnection: Send + fmt::Debug {
     /// Sends a feature report; `data[0]` is the report id.
     fn send_feature_report(&mut self, data: &[u8]) -> Result<()>;

@@ -243,8 +243,10 @@ impl PcscKey {
     /// transaction on the card, so a connect that misses its deadline is reported as
     /// [`ErrorKind::Busy`] naming the candidate holders.
     pub fn open(reader: &str, timeouts: Timeouts) -> Result<Self> {
+        // Refused as "not answering" (not as busy) while an earlier call is still blocked.
+        worker::ensure_not_wedged(reader)?;
         let owned = reader.to_string();
-        let worker = Worker::start("keyfloat-pcsc-key", timeouts.call, move || {
+        let worker = Worker::start("keyfloat-pcsc-key", Some(reader), timeouts.call, move || {
             PcscChannel::connect(&owned).map(|c| Box::new(c) as Box<dyn CardChannel>)
         })
         .map_err(|e| {
@@ -269,7 +271,7 @@ impl PcscKey {
 
     /// A key over any [`CardChannel`] (the seam tests use to script a card).
     pub fn with_channel(info: KeyInfo, channel: Box<dyn CardChannel>, timeout: Duration) -> Result<Self> {
-        let worker = Worker::start("keyfloat-pcsc-scripted", timeout, move || Ok(channel))?;
+        let worker = Worker::start("keyfloat-pcsc-scripted", None, timeout, move || Ok(channel))?;
         Ok(Self { info, worker, timeout })
     }
 
@@ -357,7 +359,7 @@ pub(crate) enum Probe {
 /// monitor's validation then says busy / timeout instead of the key silently vanishing.
 pub(crate) fn probe(reader: &str, timeouts: Timeouts) -> Probe {
     let owned = reader.to_string();
-    let result = with_deadline("keyfloat-pcsc-probe", timeouts.probe, move || {
+    let result = with_deadline("keyfloat-pcsc-probe", Some(reader), timeouts.probe, move || {
         let mut channel = PcscChannel::connect(&owned)?;
         let mut found = None;
         channel.transaction(&mut |t| {
@@ -412,7 +414,7 @@ impl PcscProvider {
 
     /// Reader names and whether a card is in each, as pcscd sees them now.
     pub fn readers(&self) -> Result<Vec<(String, bool)>> {
-        with_deadline("keyfloat-pcsc-list", self.timeouts.call, || {
+        with_deadline("keyfloat-pcsc-list", None, self.timeouts.call, || {
             let ctx =
                 Context::establish(Scope::User).map_err(|e| map_error(e, Phase::Service, "connecting to pcscd"))?;
             let names = ctx

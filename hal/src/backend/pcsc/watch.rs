@@ -8,8 +8,9 @@
 //! [`ErrorKind::ServiceUnavailable`]; the monitor then re-watches, i.e. builds a new
 //! context once pcscd is back.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::CString;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pcsc::{Context, ReaderState, Scope, State};
@@ -32,33 +33,42 @@ pub(crate) fn card_present(state: State) -> bool {
 pub(crate) struct Seen {
     /// pcscd's insert/remove counter when we last looked.
     pub count: u32,
-    /// The key we reported for the card in it, `None` when the card is not a key.
+    /// The key we reported for the card in it, `None` when the card is not a key (or is
+    /// still being identified).
     pub key: Option<KeyInfo>,
     /// The card was held by another process when probed: probe again on the next change
     /// of the reader's state (the holder letting go) to report its serial.
     pub busy: bool,
+    /// A probe of this card is running; its answer comes back through [`Tracker::probed`].
+    pub probing: bool,
 }
 
 /// The reader bookkeeping, free of PC/SC types so it can be unit tested.
+///
+/// Probes run elsewhere (a card may take seconds to answer, or never): the tracker asks
+/// for one with `start_probe(reader, count)` and takes the answer in [`Tracker::probed`],
+/// where an answer about a card that has since been removed is dropped.
 #[derive(Debug, Default)]
 pub(crate) struct Tracker {
     pub readers: BTreeMap<String, Seen>,
 }
 
 impl Tracker {
-    /// Applies one observation of `reader`; `identify` is asked only for a newly seen card.
-    pub(crate) fn observe(
+    /// Applies one observation of `reader`; a probe is requested only for a newly seen
+    /// card (or a busy one whose reader changed state).
+    pub(crate) fn observe_start(
         &mut self,
         reader: &str,
         present: bool,
         count: u32,
-        identify: &mut dyn FnMut(&str) -> Probe,
+        start_probe: &mut dyn FnMut(&str, u32),
         out: &mut Vec<HotplugEvent>,
     ) {
         if let Some(seen) = self.readers.get_mut(reader) {
             if present && seen.count == count {
-                if seen.busy {
-                    Self::reprobe(seen, identify(reader), out);
+                if seen.busy && !seen.probing {
+                    seen.probing = true;
+                    start_probe(reader, count);
                 }
                 return;
             }
@@ -68,15 +78,63 @@ impl Tracker {
             }
         }
         if present {
-            let (key, busy) = match identify(reader) {
-                Probe::Key(info) => (Some(info), false),
-                Probe::Busy(info) => (Some(info), true),
-                Probe::NotAKey => (None, false),
+            let seen = Seen {
+                count,
+                key: None,
+                busy: false,
+                probing: true,
             };
-            if let Some(info) = &key {
-                out.push(HotplugEvent::Attached(info.clone()));
-            }
-            self.readers.insert(reader.to_string(), Seen { count, key, busy });
+            self.readers.insert(reader.to_string(), seen);
+            start_probe(reader, count);
+        }
+    }
+
+    /// A probe requested by [`Tracker::observe_start`] answered.
+    pub(crate) fn probed(&mut self, reader: &str, count: u32, probe: Probe, out: &mut Vec<HotplugEvent>) {
+        let Some(seen) = self.readers.get_mut(reader) else {
+            return;
+        };
+        if seen.count != count || !seen.probing {
+            return; // about a card that has been removed since
+        }
+        seen.probing = false;
+        if seen.key.is_some() {
+            Self::reprobe(seen, probe, out);
+            return;
+        }
+        let (key, busy) = match probe {
+            Probe::Key(info) => (Some(info), false),
+            Probe::Busy(info) => (Some(info), true),
+            Probe::NotAKey => (None, false),
+        };
+        if let Some(info) = &key {
+            out.push(HotplugEvent::Attached(info.clone()));
+        }
+        seen.key = key;
+        seen.busy = busy;
+    }
+
+    /// [`Tracker::observe_start`] with a probe answered at once (tests).
+    #[cfg(test)]
+    pub(crate) fn observe(
+        &mut self,
+        reader: &str,
+        present: bool,
+        count: u32,
+        identify: &mut dyn FnMut(&str) -> Probe,
+        out: &mut Vec<HotplugEvent>,
+    ) {
+        let mut started = None;
+        self.observe_start(
+            reader,
+            present,
+            count,
+            &mut |r, c| started = Some((r.to_string(), c)),
+            out,
+        );
+        if let Some((r, c)) = started {
+            let probe = identify(&r);
+            self.probed(&r, c, probe, out);
         }
     }
 
@@ -112,16 +170,81 @@ impl Tracker {
     }
 }
 
+/// Probes finished on their threads, waiting for the watcher: (reader, count, answer).
+type Finished = Arc<Mutex<Vec<(String, u32, Probe)>>>;
+
 struct WatchState {
     ctx: Context,
     /// Index 0 is the PnP pseudo-reader.
     states: Vec<ReaderState>,
     tracker: Tracker,
+    finished: Finished,
+    /// Readers with a probe thread running (at most one each).
+    running: BTreeSet<String>,
+    /// Probes asked for, by reader: the card's count (started when the reader is free).
+    wanted: BTreeMap<String, u32>,
 }
 
 impl WatchState {
+    fn new(ctx: Context) -> Self {
+        Self {
+            ctx,
+            states: vec![ReaderState::new(pcsc::PNP_NOTIFICATION(), State::UNAWARE)],
+            tracker: Tracker::default(),
+            finished: Arc::default(),
+            running: BTreeSet::new(),
+            wanted: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the answers of finished probes.
+    fn collect(&mut self, out: &mut Vec<HotplugEvent>) {
+        let done = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
+        for (reader, count, probe) in done {
+            self.running.remove(&reader);
+            self.tracker.probed(&reader, count, probe, out);
+        }
+    }
+
+    /// Starts the wanted probes on readers that have none running. A probe never blocks
+    /// the watcher: a card that takes seconds to answer (or never does) delays nothing
+    /// but its own identification; when done, it wakes the watcher's wait.
+    fn start_probes(&mut self, timeouts: Timeouts) {
+        let ready: Vec<(String, u32)> = self
+            .wanted
+            .iter()
+            .filter(|(r, _)| !self.running.contains(*r))
+            .map(|(r, c)| (r.clone(), *c))
+            .collect();
+        for (reader, count) in ready {
+            self.wanted.remove(&reader);
+            let (finished, ctx, name) = (Arc::clone(&self.finished), self.ctx.clone(), reader.clone());
+            let spawned = std::thread::Builder::new()
+                .name("keyfloat-pcsc-identify".into())
+                .spawn(move || {
+                    let answer = probe(&name, timeouts);
+                    finished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((name, count, answer));
+                    // Wakes `SCardGetStatusChange` (a no-op when the watcher is not waiting).
+                    let _ = ctx.cancel();
+                });
+            match spawned {
+                Ok(_) => {
+                    self.running.insert(reader);
+                }
+                Err(e) => {
+                    tracing::warn!(target: "keyfloat::key", reader, error = %e, "cannot start a probe thread");
+                    self.wanted.insert(reader, count);
+                }
+            }
+        }
+    }
+
     fn poll(&mut self, wait: Duration, timeouts: Timeouts) -> Result<Vec<HotplugEvent>> {
         let mut out = Vec::new();
+        self.collect(&mut out);
         let listed: Vec<String> = self
             .ctx
             .list_readers_owned()
@@ -141,12 +264,22 @@ impl WatchState {
             }
         }
         self.tracker.retain_readers(&listed, &mut out);
+        // Answers already in hand go out now; the wait happens on the next call.
+        let wait = if out.is_empty() { wait } else { Duration::ZERO };
         match self.ctx.get_status_change(Some(wait), &mut self.states) {
             Ok(()) => {}
             Err(pcsc::Error::Timeout) => return Ok(out),
+            Err(pcsc::Error::Cancelled) => {
+                // A probe finished (its answer is taken on the next call, at once).
+                self.collect(&mut out);
+                return Ok(out);
+            }
             Err(e) => return Err(map_error(e, Phase::Service, "waiting for reader events")),
         }
-        let mut identify = |reader: &str| probe(reader, timeouts);
+        let wanted = &mut self.wanted;
+        let mut start = |reader: &str, count: u32| {
+            wanted.insert(reader.to_string(), count);
+        };
         for s in self.states.iter_mut() {
             if s.name() != pcsc::PNP_NOTIFICATION() {
                 let event = s.event_state();
@@ -154,11 +287,12 @@ impl WatchState {
                     let name = s.name().to_string_lossy().into_owned();
                     // A vanished reader (UNKNOWN) counts as "no card"; the next listing drops it.
                     self.tracker
-                        .observe(&name, card_present(event), s.event_count(), &mut identify, &mut out);
+                        .observe_start(&name, card_present(event), s.event_count(), &mut start, &mut out);
                 }
             }
             s.sync_current_state();
         }
+        self.start_probes(timeouts);
         Ok(out)
     }
 }
@@ -175,14 +309,10 @@ impl PcscWatch {
     /// Connects to pcscd; the first [`HotplugSource::next_event`] calls report the keys
     /// present now.
     pub fn start(timeouts: Timeouts) -> Result<Self> {
-        let worker = Worker::start("keyfloat-pcsc-watch", timeouts.call, || {
+        let worker = Worker::start("keyfloat-pcsc-watch", None, timeouts.call, || {
             let ctx =
                 Context::establish(Scope::User).map_err(|e| map_error(e, Phase::Service, "connecting to pcscd"))?;
-            Ok(WatchState {
-                ctx,
-                states: vec![ReaderState::new(pcsc::PNP_NOTIFICATION(), State::UNAWARE)],
-                tracker: Tracker::default(),
-            })
+            Ok(WatchState::new(ctx))
         })?;
         Ok(Self {
             worker,
@@ -199,8 +329,8 @@ impl HotplugSource for PcscWatch {
         }
         let wait = timeout.min(MAX_WAIT);
         let timeouts = self.timeouts;
-        // Probes have their own deadlines; the rest is one IPC round trip or two.
-        let deadline = wait + timeouts.call + timeouts.probe * 2;
+        // Probes run on their own threads; the rest is one IPC round trip or two.
+        let deadline = wait + timeouts.call;
         let events = self.worker.call(deadline, move |st| st.poll(wait, timeouts))?;
         self.pending.extend(events);
         Ok(self.pending.pop_front())

@@ -5,11 +5,98 @@
 //! on a worker thread that owns the PC/SC handles; the caller waits for the answer with its
 //! own deadline and, when it passes, abandons the worker (the thread exits by itself once
 //! the blocked call returns) and reports [`ErrorKind::Timeout`].
+//!
+//! An abandoned thread still holds its pcscd context, so the reader it was talking to is
+//! marked *wedged* until that call returns: new work on a wedged reader fails at once
+//! instead of starting another thread and context. A card that never answers therefore
+//! costs a fixed number of threads and contexts, however long it stays in.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{mpsc, Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
+
+/// Abandoned calls still running, per reader.
+static WEDGED: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn wedged_map() -> std::sync::MutexGuard<'static, HashMap<String, usize>> {
+    // Counters only: a poisoned map is still consistent.
+    WEDGED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Abandoned PC/SC calls on `reader` that have not returned yet.
+pub(crate) fn wedged_calls(reader: &str) -> usize {
+    wedged_map().get(reader).copied().unwrap_or(0)
+}
+
+/// How long a new call waits for an abandoned one on the same reader to return (e.g. a
+/// connect that waited on another client's transaction, which has just ended).
+const WEDGE_PATIENCE: Duration = Duration::from_millis(250);
+
+/// Fails (after a short wait) while an earlier call on `reader` is still blocked.
+pub(crate) fn ensure_not_wedged(reader: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + WEDGE_PATIENCE;
+    while wedged_calls(reader) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match wedged_calls(reader) {
+        0 => Ok(()),
+        n => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the card in {reader:?} has not answered an earlier command yet ({n} pending); \
+                 not asking again until it does (or is removed)"
+            ),
+        )),
+    }
+}
+
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// One call's fate, shared by the caller and the thread running it: whichever side comes
+/// second settles the wedge count of the reader.
+#[derive(Clone)]
+struct Flight {
+    state: Arc<AtomicU8>,
+    reader: Option<Arc<str>>,
+}
+
+impl Flight {
+    fn new(reader: Option<&str>) -> Self {
+        Self {
+            state: Arc::new(AtomicU8::new(RUNNING)),
+            reader: reader.map(Arc::from),
+        }
+    }
+
+    /// The thread's call returned.
+    fn done(&self) {
+        if self.state.swap(DONE, Ordering::AcqRel) == ABANDONED {
+            if let Some(r) = &self.reader {
+                let mut map = wedged_map();
+                if let Some(n) = map.get_mut(&**r) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(&**r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The caller gave up waiting.
+    fn abandon(&self) {
+        if self.state.swap(ABANDONED, Ordering::AcqRel) == RUNNING {
+            if let Some(r) = &self.reader {
+                *wedged_map().entry(r.to_string()).or_default() += 1;
+            }
+        }
+    }
+}
 
 type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
 
@@ -17,6 +104,7 @@ type Job<S> = Box<dyn FnOnce(&mut S) + Send>;
 pub(crate) struct Worker<S> {
     jobs: Option<mpsc::Sender<Job<S>>>,
     name: String,
+    reader: Option<String>,
 }
 
 impl<S> std::fmt::Debug for Worker<S> {
@@ -44,17 +132,27 @@ fn spawn_error(e: std::io::Error) -> Error {
 
 impl<S: 'static> Worker<S> {
     /// Starts the thread and builds its state there with `init`, waiting up to `timeout`.
+    /// With `reader`, refuses at once while that reader is wedged, and marks it wedged
+    /// when this worker's `init` or a call misses its deadline.
     pub(crate) fn start(
         name: &str,
+        reader: Option<&str>,
         timeout: Duration,
         init: impl FnOnce() -> Result<S> + Send + 'static,
     ) -> Result<Self> {
+        if let Some(r) = reader {
+            ensure_not_wedged(r)?;
+        }
         let (jobs, rx) = mpsc::channel::<Job<S>>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
+        let flight = Flight::new(reader);
+        let in_thread = flight.clone();
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
-                let mut state = match init() {
+                let init = init();
+                in_thread.done();
+                let mut state = match init {
                     Ok(s) => {
                         let _ = ready_tx.send(Ok(()));
                         s
@@ -73,9 +171,13 @@ impl<S: 'static> Worker<S> {
             Ok(Ok(())) => Ok(Self {
                 jobs: Some(jobs),
                 name: name.to_string(),
+                reader: reader.map(str::to_string),
             }),
             Ok(Err(e)) => Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(timeout_error(name, timeout)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                flight.abandon();
+                Err(timeout_error(name, timeout))
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(ErrorKind::Other, "PC/SC worker died")),
         }
     }
@@ -94,8 +196,12 @@ impl<S: 'static> Worker<S> {
             ));
         };
         let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
+        let flight = Flight::new(self.reader.as_deref());
+        let in_thread = flight.clone();
         let job: Job<S> = Box::new(move |s| {
-            let _ = tx.send(f(s));
+            let r = f(s);
+            in_thread.done();
+            let _ = tx.send(r);
         });
         if jobs.send(job).is_err() {
             self.jobs = None;
@@ -105,6 +211,7 @@ impl<S: 'static> Worker<S> {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 self.jobs = None;
+                flight.abandon();
                 Err(timeout_error(&self.name, timeout))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -116,21 +223,33 @@ impl<S: 'static> Worker<S> {
 }
 
 /// Runs `f` on a fresh thread, waiting up to `timeout`; the thread is abandoned on timeout.
+/// With `reader`, the same wedge rules as [`Worker::start`].
 pub(crate) fn with_deadline<T: Send + 'static>(
     name: &str,
+    reader: Option<&str>,
     timeout: Duration,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    if let Some(r) = reader {
+        ensure_not_wedged(r)?;
+    }
     let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
+    let flight = Flight::new(reader);
+    let in_thread = flight.clone();
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let _ = tx.send(f());
+            let r = f();
+            in_thread.done();
+            let _ = tx.send(r);
         })
         .map_err(spawn_error)?;
     match rx.recv_timeout(timeout) {
         Ok(r) => r,
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(timeout_error(name, timeout)),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            flight.abandon();
+            Err(timeout_error(name, timeout))
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(ErrorKind::Other, "PC/SC worker died")),
     }
 }

@@ -1,0 +1,181 @@
+//! The opt-in key grace period end to end: a pulled key's licenses keep working until the
+//! grace ends (expiry, return of the same key, another valid key), with health, metrics and
+//! audit showing it; `crashIfNoHardwareKey` fires only after the grace.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{build, Harness, KEY, OTHER_KEY};
+use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
+use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::MonitorConfig;
+use keyfloat_server::KeyPolicy;
+use serde_json::{json, Value};
+
+const HW: &str = "product=hwbased&licenseKey=K&isHWKeyReq=true&floatingUsers=5&maxConsumptions=1000";
+
+async fn grace_harness(grace: Duration, policy: KeyPolicy) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let vendor = VendorSigningKey::generate();
+    let bus = SimBus::new();
+    bus.insert(provision_sim_key(SimKeySpec::generate(KEY, 12345678), &vendor));
+    bus.insert(provision_sim_key(SimKeySpec::generate(OTHER_KEY, 87654321), &vendor));
+    bus.plug(KEY).unwrap();
+    let mut h = build(dir, vendor, bus, false, policy, false).await;
+    let cell = h.cell.take().unwrap();
+    let validator = Arc::new(VendorValidator::new(h.vendor.public_key()));
+    let config = MonitorConfig {
+        retry_initial: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        grace,
+        ..MonitorConfig::DEFAULT
+    };
+    h.monitor = Some(keyfloat_hal::spawn_monitor(cell, vec![Arc::new(h.bus.provider())], validator, config).unwrap());
+    tokio::spawn(keyfloat_server::metrics::watch_keys(h.state.clone()));
+    h.wait_key(true).await;
+    h
+}
+
+async fn wait_state(h: &Harness, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, v) = h.get("/api/v4/health").await;
+        if v["key"]["state"] == state {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "state never became {state}: {v}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn consume(h: &Harness) -> (StatusCode, Value) {
+    h.post("/api/v4/add_consumption", json!({"product":"hwbased","consumptions":1}))
+        .await
+}
+
+async fn audit_kinds(h: &Harness) -> Vec<String> {
+    // The watcher audits within a tick or two.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, v) = h.get("/api/v4/audit?limit=1000").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut kinds: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().or(e["event"].as_str()).unwrap_or("?"),
+                e["detail"]
+            )
+        })
+        .collect();
+    kinds.reverse();
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_key_keeps_its_licenses_until_it_returns() {
+    let h = grace_harness(Duration::from_secs(30), KeyPolicy::Refuse).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    let health = wait_state(&h, "grace").await;
+    assert_eq!(health["hardware_id"], "12345678", "{health}");
+    assert_eq!(health["key"]["grace"]["serial"], "12345678");
+    let left = health["key"]["grace"]["seconds_left"].as_u64().unwrap();
+    assert!((1..=30).contains(&left), "{health}");
+    assert!(health["key"]["grace"]["deadline_unix_ms"].as_u64().unwrap() > 0);
+    let (s, v) = consume(&h).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, m) = h.get("/metrics").await;
+    let m = m.as_str().unwrap().to_owned();
+    assert!(
+        m.contains("keyfloat_key_state{state=\"grace\",backend=\"sim\"} 1"),
+        "{m}"
+    );
+    assert!(!m.contains("keyfloat_key_grace_seconds_left 0\n"), "{m}");
+    // The same key back: valid again, grace ended as "returned".
+    h.bus.plug(KEY).unwrap();
+    let health = wait_state(&h, "valid").await;
+    assert_eq!(health["key"]["grace_ended"], "returned");
+    let kinds = audit_kinds(&h).await;
+    let started = kinds.iter().position(|k| k.starts_with("key_grace_started"));
+    let ended = kinds
+        .iter()
+        .position(|k| k.starts_with("key_grace_ended") && k.contains("returned"));
+    assert!(started.is_some() && ended > started, "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_ends_on_expiry_and_then_everything_is_refused() {
+    let h = grace_harness(Duration::from_millis(600), KeyPolicy::Refuse).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    wait_state(&h, "grace").await;
+    assert_eq!(consume(&h).await.0, StatusCode::OK);
+    let health = wait_state(&h, "absent").await;
+    assert_eq!(health["key"]["grace_ended"], "expired");
+    assert_eq!(health["hardware_id"], common::MACHINE);
+    let (s, v) = consume(&h).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("hardware_key_not_accessible"))
+    );
+    let kinds = audit_kinds(&h).await;
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k.starts_with("key_grace_ended") && k.contains("expired")),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_valid_key_ends_the_grace_at_once() {
+    let h = grace_harness(Duration::from_secs(30), KeyPolicy::Refuse).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    wait_state(&h, "grace").await;
+    h.bus.plug(OTHER_KEY).unwrap();
+    let health = wait_state(&h, "valid").await;
+    assert_eq!(health["hardware_id"], "87654321");
+    assert_eq!(health["key"]["grace_ended"], "replaced");
+    let (s, v) = consume(&h).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("hardware_key_not_accessible"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_if_no_hardware_key_fires_only_after_the_grace() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let policy = KeyPolicy::Crash(Arc::new(move |_: &str| {
+        c.fetch_add(1, Ordering::SeqCst);
+    }));
+    let h = grace_harness(Duration::from_millis(600), policy).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    wait_state(&h, "grace").await;
+    assert_eq!(consume(&h).await.0, StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    wait_state(&h, "absent").await;
+    let _ = consume(&h).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_grace_a_pull_refuses_at_once() {
+    let h = grace_harness(Duration::ZERO, KeyPolicy::Refuse).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    let health = wait_state(&h, "absent").await;
+    assert!(health["key"]["grace"].is_null());
+    assert_eq!(consume(&h).await.0, StatusCode::BAD_REQUEST);
+}
