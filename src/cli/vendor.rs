@@ -65,8 +65,18 @@ pub struct SignKeyCertArgs {
     serial: String,
     /// The key's slot-9E public key: the PEM `yubico-piv-tool -a generate -s 9e -A ECCP256`
     /// prints (RSA2048 keys are accepted too).
-    #[arg(long, value_name = "FILE")]
-    public_key: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "from_key",
+        conflicts_with = "from_key"
+    )]
+    public_key: Option<PathBuf>,
+    /// Read the slot-9E public key, its attestation and the F9 certificate from the one
+    /// PIV key connected through PC/SC (a provisioning station) instead of files; the key must
+    /// report `--serial`. Needs `--attestation-root`.
+    #[arg(long, requires = "attestation_root", conflicts_with = "attestation")]
+    from_key: bool,
     /// Validity in days from now.
     #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
     days: u32,
@@ -87,7 +97,7 @@ pub struct SignKeyCertArgs {
     #[arg(long, value_name = "FILE", requires = "attestation")]
     attestation_intermediate: Option<PathBuf>,
     /// A trusted attestation root (PEM file; repeatable): Yubico's PIV root CA in production.
-    #[arg(long, value_name = "FILE", requires = "attestation")]
+    #[arg(long, value_name = "FILE")]
     attestation_root: Vec<String>,
 }
 
@@ -184,23 +194,37 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     let vendor = VendorSigningKey::read_pem_file(&args.vendor_key)
         .with_context(|| format!("vendor key {}", args.vendor_key.display()))?;
-    let text = std::fs::read_to_string(&args.public_key)
-        .with_context(|| format!("cannot read the key's public key {}", args.public_key.display()))?;
-    let spki = key_spki_from_pem(&text).with_context(|| {
-        format!(
-            "{}: expected the slot-9E public key PEM (yubico-piv-tool -a generate -s 9e -A ECCP256 -o pub.pem)",
-            args.public_key.display()
-        )
-    })?;
     let serial = Serial::new(args.serial.trim());
+    if !args.attestation_root.is_empty() && args.attestation.is_none() && !args.from_key {
+        bail!("--attestation-root needs --attestation (or --from-key)");
+    }
+    let (spki, attested) = match &args.public_key {
+        Some(public_key) => {
+            let text = std::fs::read_to_string(public_key)
+                .with_context(|| format!("cannot read the key's public key {}", public_key.display()))?;
+            let spki = key_spki_from_pem(&text).with_context(|| {
+                format!(
+                    "{}: expected the slot-9E public key PEM (yubico-piv-tool -a generate -s 9e -A ECCP256 -o pub.pem)",
+                    public_key.display()
+                )
+            })?;
+            let attested = match &args.attestation {
+                Some(path) => Some(check_attestation(
+                    &args,
+                    &attestation_files(&args, path)?,
+                    &serial,
+                    &spki,
+                )?),
+                None => None,
+            };
+            (spki, attested)
+        }
+        None => from_key(&args, &serial)?,
+    };
     let now = SystemTime::now();
     // Back-dated a little so a server whose clock lags accepts it at once.
     let not_before = now - Duration::from_secs(300);
     let not_after = now + Duration::from_secs(u64::from(args.days) * 86_400);
-    let attested = match &args.attestation {
-        Some(path) => Some(check_attestation(&args, path, &serial, &spki)?),
-        None => None,
-    };
     let der = issue_key_certificate_attested(&vendor, &serial, &spki, not_before, not_after, attested)
         .context("cannot sign the certificate")?;
     let cert = KeyCertificate::from_der(&der).context("the new certificate does not parse back")?;
@@ -227,9 +251,42 @@ fn sign_key_cert(args: SignKeyCertArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Verifies the attestation files against the roots, the serial and the public key; the
-/// SHA-256 of the attestation certificate on success, a refusal naming the reason otherwise.
-fn check_attestation(args: &SignKeyCertArgs, path: &Path, serial: &Serial, spki: &[u8]) -> anyhow::Result<[u8; 32]> {
+/// `--from-key`: the public key and the attestation read from the one connected PC/SC key,
+/// which must report `serial`.
+#[cfg(feature = "pcsc")]
+fn from_key(args: &SignKeyCertArgs, serial: &Serial) -> anyhow::Result<(Vec<u8>, Option<[u8; 32]>)> {
+    use keyfloat_hal::backend::pcsc::PcscProvider;
+    use keyfloat_hal::KeyProvider;
+
+    let provider = PcscProvider::new();
+    let keys = provider.list().context("listing PC/SC keys")?;
+    let [info] = keys.as_slice() else {
+        bail!("found {} PIV keys through PC/SC; connect exactly one", keys.len());
+    };
+    let mut key = provider.open(&info.id)?;
+    let reported = key.read_serial().context("reading the key's serial")?;
+    if reported != *serial {
+        bail!("the connected key reports serial {reported}, not {serial}");
+    }
+    let attestation = key
+        .attest()
+        .context("the key gives no attestation of slot 9E (key imported, or not a YubiKey)")?;
+    // The key certified is the one the attestation is for; the check below still verifies
+    // that attestation before anything is signed.
+    let spki = KeyCertificate::from_der(&attestation.certificate)
+        .and_then(|c| c.spki_der())
+        .context("the attestation certificate does not parse")?;
+    let digest = check_attestation(args, &attestation, serial, &spki)?;
+    Ok((spki, Some(digest)))
+}
+
+#[cfg(not(feature = "pcsc"))]
+fn from_key(_: &SignKeyCertArgs, _: &Serial) -> anyhow::Result<(Vec<u8>, Option<[u8; 32]>)> {
+    bail!("--public-key is required (this build has no PC/SC support)")
+}
+
+/// The attestation and intermediate files as a [`KeyAttestation`].
+fn attestation_files(args: &SignKeyCertArgs, path: &Path) -> anyhow::Result<KeyAttestation> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let certificate = certificate_der(&read(path)?).with_context(|| format!("--attestation {}", path.display()))?;
     let intermediate_path = args
@@ -242,13 +299,23 @@ fn check_attestation(args: &SignKeyCertArgs, path: &Path, serial: &Serial, spki:
         None => Ok(vec![bytes]),
     }
     .with_context(|| format!("--attestation-intermediate {}", intermediate_path.display()))?;
-    let roots = AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?;
-    let attestation = KeyAttestation {
+    Ok(KeyAttestation {
         certificate,
         intermediates,
-    };
+    })
+}
+
+/// Verifies `attestation` against the roots, the serial and the public key; the SHA-256 of
+/// the attestation certificate on success, a refusal naming the reason otherwise.
+fn check_attestation(
+    args: &SignKeyCertArgs,
+    attestation: &KeyAttestation,
+    serial: &Serial,
+    spki: &[u8],
+) -> anyhow::Result<[u8; 32]> {
+    let roots = AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?;
     let requirement = AttestationRequirement { serial, spki_der: spki };
-    match requirement.check(&roots, &attestation, SystemTime::now()) {
+    match requirement.check(&roots, attestation, SystemTime::now()) {
         Ok(facts) => {
             println!(
                 "attestation verified: serial {}, firmware {}, PIN policy {}, touch policy {}",

@@ -5,7 +5,7 @@
 //! genuine authenticator, and its private key cannot leave it.
 //!
 //! Limits, stated: every real key needs a **touch** for makeCredential (no test can give
-//! one; the simulator's transport seam models it with [`touch`](crate::backend::hid)), so
+//! one; behind the transport seam the simulator's `SimHidTransport::touch` stands for it), so
 //! attestation happens once, at enrollment by a person — not at every validation, where
 //! the server only gets touch-free assertions. FIDO attestation certificates are batch
 //! certificates: they name the model (AAGUID), not the device serial; the serial is bound by
