@@ -7,7 +7,7 @@
 //! back, so both depend on the monitor's short retry period while a key is busy or the
 //! service is down. `cargo bench --bench recovery_pcsc` runs 10 cycles each;
 //! `cargo test --benches` runs 2. Needs root, pcscd and vsmartcard-vpcd (fails without
-//! them unless `KEYFLOAT_QUICK_LOCAL=1`).
+//! them).
 
 use std::ffi::CString;
 use std::sync::Arc;

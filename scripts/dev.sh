@@ -69,7 +69,8 @@ cmd_test() {
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   cargo clippy -p keyfloat-hal --no-default-features -- -D warnings
   echo "== cargo test (workspace, all features, including the tests that need pcscd / SDK / Chromium)"
-  cargo test --workspace --all-features --no-fail-fast -- --include-ignored
+  # (--skip soak_: the 10-minute wedged-card soak is run by hand, see tests/pcsc_faults.rs)
+  cargo test --workspace --all-features --no-fail-fast -- --include-ignored --skip soak_
   echo "== cargo test --benches (each benchmark once, untimed)"
   cargo test --benches
   echo "== all tests passed"
