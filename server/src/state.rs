@@ -94,9 +94,19 @@ impl Catalog {
 /// so it goes straight to the writer instead of first trying the read path; a pair that
 /// was seen (or a seat from before a restart, which the writer then renews) only costs
 /// that path. Wrong answers cost time, never correctness: the writer decides everything.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SeatsSeen {
     shards: [std::sync::Mutex<std::collections::HashSet<u64>>; SEEN_SHARDS],
+    max_per_shard: usize,
+}
+
+impl Default for SeatsSeen {
+    fn default() -> Self {
+        Self {
+            shards: Default::default(),
+            max_per_shard: SEEN_MAX_PER_SHARD,
+        }
+    }
 }
 
 const SEEN_SHARDS: usize = 16;
@@ -129,7 +139,7 @@ impl SeatsSeen {
     pub fn saw(&self, license_id: u64, user: &str) {
         let key = Self::key(license_id, user);
         let mut shard = self.shard(key);
-        if shard.len() >= SEEN_MAX_PER_SHARD {
+        if shard.len() >= self.max_per_shard {
             shard.clear();
         }
         shard.insert(key);
@@ -360,5 +370,32 @@ impl AppState {
             hook(&reason);
         }
         err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seats_seen_is_per_license_and_user_and_bounded() {
+        let seen = SeatsSeen {
+            max_per_shard: 8,
+            ..SeatsSeen::default()
+        };
+        assert!(!seen.may_hold(1, "a"));
+        seen.saw(1, "a");
+        assert!(seen.may_hold(1, "a"));
+        assert!(!seen.may_hold(2, "a"), "another license");
+        assert!(!seen.may_hold(1, "b"), "another user");
+        for i in 0..(8 * SEEN_SHARDS * 4) as u64 {
+            seen.saw(i, "u");
+        }
+        let total: usize = seen
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        assert!(total <= 8 * SEEN_SHARDS);
     }
 }
