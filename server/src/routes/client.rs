@@ -141,11 +141,12 @@ pub async fn licenses_register(
     } else {
         (who, None)
     };
+    // The same license, gated again: the key may have left while the read ran (a heartbeat
+    // answered from the read path commits nothing, but must not answer 200 without its key).
+    st.check_key(&entry, action::REGISTER)?;
     let registered = match fast {
         Some(r) => r,
         None => {
-            // The same license, gated again: the key may have left while the read ran.
-            st.check_key(&entry, action::REGISTER)?;
             let id = entry.id;
             let r = transact(st.store(), move |tx| service::register(tx, id, &who, now)).await?;
             st.seats_seen().saw(id, &r.registration.user);
