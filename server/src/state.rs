@@ -90,6 +90,63 @@ impl Catalog {
     }
 }
 
+/// A hint, never a decision: the (license, user) pairs that held a seat in this process.
+/// A register whose pair was never seen cannot be a heartbeat of a live seat held here,
+/// so it goes straight to the writer instead of first trying the read path; a pair that
+/// was seen (or a seat from before a restart, which the writer then renews) only costs
+/// that path. Wrong answers cost time, never correctness: the writer decides everything.
+#[derive(Debug)]
+pub struct SeatsSeen {
+    shards: [std::sync::Mutex<std::collections::HashSet<u64>>; SEEN_SHARDS],
+    max_per_shard: usize,
+}
+
+impl Default for SeatsSeen {
+    fn default() -> Self {
+        Self {
+            shards: Default::default(),
+            max_per_shard: SEEN_MAX_PER_SHARD,
+        }
+    }
+}
+
+const SEEN_SHARDS: usize = 16;
+/// Past this many pairs per shard the shard starts over (a bound, not an eviction policy).
+const SEEN_MAX_PER_SHARD: usize = 1 << 16;
+
+impl SeatsSeen {
+    fn key(license_id: u64, user: &str) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        h.write_u64(license_id);
+        h.write(user.as_bytes());
+        h.finish()
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
+        self.shards[(key % SEEN_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `user` may hold a seat of `license_id` (false = certainly not in this process).
+    pub fn may_hold(&self, license_id: u64, user: &str) -> bool {
+        let key = Self::key(license_id, user);
+        self.shard(key).contains(&key)
+    }
+
+    /// Records that `user` holds a seat of `license_id`.
+    pub fn saw(&self, license_id: u64, user: &str) {
+        let key = Self::key(license_id, user);
+        let mut shard = self.shard(key);
+        if shard.len() >= self.max_per_shard {
+            shard.clear();
+        }
+        shard.insert(key);
+    }
+}
+
 /// How often the writer sweeps lapsed seats of every license.
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -139,6 +196,7 @@ struct Inner {
     backend: String,
     vendor_key: Option<VendorPublicKey>,
     admin_lock: tokio::sync::Mutex<()>,
+    seats_seen: SeatsSeen,
     accounts: Accounts,
     hash_pool: HashPool,
     limiter: LoginLimiter,
@@ -243,6 +301,7 @@ impl AppState {
                 hash_pool,
                 limiter: LoginLimiter::new(security.login_limits),
                 security,
+                seats_seen: SeatsSeen::default(),
             }),
         };
         state.spawn_purge();
@@ -292,6 +351,11 @@ impl AppState {
         self.inner
             .catalog
             .store(Arc::new(Catalog::build(licenses, &self.inner.keys)));
+    }
+
+    /// (license, user) pairs that held a seat in this process: see [`SeatsSeen`].
+    pub fn seats_seen(&self) -> &SeatsSeen {
+        &self.inner.seats_seen
     }
 
     /// Serialises admin changes so catalog updates apply in commit order.
@@ -437,5 +501,32 @@ where
         let out = f(tx)?;
         check.verify()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seats_seen_is_per_license_and_user_and_bounded() {
+        let seen = SeatsSeen {
+            max_per_shard: 8,
+            ..SeatsSeen::default()
+        };
+        assert!(!seen.may_hold(1, "a"));
+        seen.saw(1, "a");
+        assert!(seen.may_hold(1, "a"));
+        assert!(!seen.may_hold(2, "a"), "another license");
+        assert!(!seen.may_hold(1, "b"), "another user");
+        for i in 0..(8 * SEEN_SHARDS * 4) as u64 {
+            seen.saw(i, "u");
+        }
+        let total: usize = seen
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        assert!(total <= 8 * SEEN_SHARDS);
     }
 }

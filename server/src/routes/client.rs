@@ -130,12 +130,17 @@ pub async fn licenses_register(
     let who = r.client_info(user)?;
     let entry = st.gate_entry(&product, license_id, action::REGISTER)?;
     let now = now_micros();
-    let license = std::sync::Arc::clone(&entry);
-    let (who, fast) = read(st.store(), move |tx| {
-        let r = service::register_read(tx, &license.license, &who, now)?;
-        Ok((who, r))
-    })
-    .await?;
+    // A pair never seen holding a seat here is not a heartbeat: straight to the writer.
+    let (who, fast) = if st.seats_seen().may_hold(entry.id, &who.user) {
+        let license = std::sync::Arc::clone(&entry);
+        read(st.store(), move |tx| {
+            let r = service::register_read(tx, &license.license, &who, now)?;
+            Ok((who, r))
+        })
+        .await?
+    } else {
+        (who, None)
+    };
     // The same license, gated again: the key may have left while the read ran (a heartbeat
     // answered from the read path commits nothing, but must not answer 200 without its key).
     st.check_key(&entry, action::REGISTER)?;
@@ -144,7 +149,9 @@ pub async fn licenses_register(
         None => {
             let id = entry.id;
             let check = st.commit_check(id, action::REGISTER);
-            transact(st.store(), gated(check, move |tx| service::register(tx, id, &who, now))).await?
+            let r = transact(st.store(), gated(check, move |tx| service::register(tx, id, &who, now))).await?;
+            st.seats_seen().saw(id, &r.registration.user);
+            r
         }
     };
     Ok(Json(registered.answer()).into_response())
