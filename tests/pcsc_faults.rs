@@ -74,7 +74,60 @@ fn pcscd_sockets(pcscd: &PrivatePcscd) -> usize {
         .count()
 }
 
+/// A plain `SCardGetStatusChange` listener on one reader: (when, card present) per change.
+struct Listener {
+    events: std::sync::mpsc::Receiver<(Instant, bool)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listener {
+    fn start(reader: String) -> Self {
+        let (tx, events) = std::sync::mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+            let name = std::ffi::CString::new(reader).unwrap();
+            let mut states = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                match ctx.get_status_change(Some(Duration::from_millis(200)), &mut states) {
+                    Ok(()) => {
+                        let now = Instant::now();
+                        let ev = states[0].event_state();
+                        let present = ev.contains(pcsc::State::PRESENT) && !ev.contains(pcsc::State::EMPTY);
+                        let _ = tx.send((now, present));
+                        states[0].sync_current_state();
+                    }
+                    Err(pcsc::Error::Timeout) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        Self { events, stop }
+    }
+
+    /// When the listener first saw the card `present` after `since`.
+    fn seen(&self, since: Instant, present: bool) -> Instant {
+        loop {
+            let (t, p) = self
+                .events
+                .recv_timeout(Duration::from_secs(10))
+                .expect("listener event");
+            if t >= since && p == present {
+                return t;
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Rig {
+    listener: Listener,
     alpha: CardServer,
     wedged: CardServer,
     reader: CellReader,
@@ -97,13 +150,14 @@ fn rig(pcscd: &PrivatePcscd, config: MonitorConfig) -> Rig {
         VirtualCard::new(&provision_sim_key(SimKeySpec::generate("alpha", 31000001), &vendor)),
     )
     .unwrap();
+    let listener = Listener::start(pcscd.reader(0));
     let cell = HardwareIdCell::new(HardwareId::new("machine"));
     let reader = cell.reader();
     let validator = Arc::new(VendorValidator::new(vendor.public_key()));
     let monitor = spawn_monitor(cell, vec![Arc::new(PcscProvider::new())], validator, config).unwrap();
     spin_until(&reader, true);
     // The same cycles without the wedged card, for comparison.
-    let (pull, back) = cycles_of(&alpha, &reader, 10);
+    let (pull, back) = cycles_of(&alpha, &reader, &listener, 10);
     report("pull of the key in force, no other card", &pull);
     report("re-plug to valid, no other card", &back);
     let wedged_spec = provision_sim_key(SimKeySpec::generate("beta", 31000002), &vendor);
@@ -114,6 +168,7 @@ fn rig(pcscd: &PrivatePcscd, config: MonitorConfig) -> Rig {
         reader.snapshot().keys.len() == 2
     });
     Rig {
+        listener,
         alpha,
         wedged,
         reader,
@@ -127,16 +182,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn cycles(rig: &Rig, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
-    cycles_of(&rig.alpha, &rig.reader, runs)
+    cycles_of(&rig.alpha, &rig.reader, &rig.listener, runs)
 }
 
 /// Pulls and re-plugs alpha `runs` times; returns (pull latencies, valid-again latencies).
-fn cycles_of(alpha: &CardServer, reader: &CellReader, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// Also prints how long after a plain listener saw the removal the cell showed it.
+fn cycles_of(
+    alpha: &CardServer,
+    reader: &CellReader,
+    listener: &Listener,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
     let (mut pull, mut back) = (Vec::new(), Vec::new());
+    let mut after_listener = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
         alpha.remove();
-        pull.push(spin_until(reader, false) - t);
+        let cell = spin_until(reader, false);
+        pull.push(cell - t);
+        let heard = listener.seen(t, false);
+        after_listener.push(cell.saturating_duration_since(heard));
         assert_eq!(reader.hardware_id().as_str(), "machine");
         std::thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
@@ -147,6 +212,8 @@ fn cycles_of(alpha: &CardServer, reader: &CellReader, runs: usize) -> (Vec<Durat
     }
     pull.sort();
     back.sort();
+    after_listener.sort();
+    report("  pull: cell after a plain listener", &after_listener);
     (pull, back)
 }
 
