@@ -451,6 +451,7 @@ pub(crate) fn verify_chain(
 }
 
 /// The key a (leaf) certificate certifies, when keyfloat can verify with it.
+#[cfg(feature = "hid")]
 pub(crate) fn leaf_key(cert: &Certificate) -> Result<ProofKey, AttestationError> {
     cert_key(cert).map_err(malformed)
 }
