@@ -58,9 +58,20 @@ async fn consume(h: &Harness) -> (StatusCode, Value) {
         .await
 }
 
-async fn audit_kinds(h: &Harness) -> Vec<String> {
-    // The watcher audits within a tick or two.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+/// The audit log, oldest first, once `done` holds (the watcher audits key events in the
+/// background, and the listing reads a snapshot that may not hold them yet); at most 10 s.
+async fn audit_kinds(h: &Harness, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kinds = audit_once(h).await;
+        if done(&kinds) || std::time::Instant::now() > deadline {
+            return kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn audit_once(h: &Harness) -> Vec<String> {
     let (s, v) = h.get("/api/v4/audit?limit=1000").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let mut kinds: Vec<String> = v
@@ -103,11 +114,10 @@ async fn a_pulled_key_keeps_its_licenses_until_it_returns() {
     h.bus.plug(KEY).unwrap();
     let health = wait_state(&h, "valid").await;
     assert_eq!(health["key"]["grace_ended"], "returned");
-    let kinds = audit_kinds(&h).await;
+    let ended_returned = |k: &String| k.starts_with("key_grace_ended") && k.contains("returned");
+    let kinds = audit_kinds(&h, |k| k.iter().any(ended_returned)).await;
     let started = kinds.iter().position(|k| k.starts_with("key_grace_started"));
-    let ended = kinds
-        .iter()
-        .position(|k| k.starts_with("key_grace_ended") && k.contains("returned"));
+    let ended = kinds.iter().position(ended_returned);
     assert!(started.is_some() && ended > started, "{kinds:?}");
 }
 
@@ -126,13 +136,9 @@ async fn grace_ends_on_expiry_and_then_everything_is_refused() {
         (s, v["code"].clone()),
         (StatusCode::BAD_REQUEST, json!("hardware_key_not_accessible"))
     );
-    let kinds = audit_kinds(&h).await;
-    assert!(
-        kinds
-            .iter()
-            .any(|k| k.starts_with("key_grace_ended") && k.contains("expired")),
-        "{kinds:?}"
-    );
+    let ended_expired = |k: &String| k.starts_with("key_grace_ended") && k.contains("expired");
+    let kinds = audit_kinds(&h, |k| k.iter().any(ended_expired)).await;
+    assert!(kinds.iter().any(ended_expired), "{kinds:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
