@@ -70,7 +70,7 @@ curl -fsS "http://$KF_ADDR/api/v4/health" | grep -q '"state":"valid"' ||
     { echo "simulated key never became valid" >&2; exit 1; }
 
 add() { # product, extra query -> license id
-    curl -fsS "http://$KF_ADDR/api/v4/addProduct?product=$1&licenseKey=BENCH-$1&floatingUsers=10000000$2" |
+    curl -fsS "http://$KF_ADDR/api/v4/addProduct?product=$1&licenseKey=BENCH-$1&floatingUsers=1000000$2" |
         sed -n 's/.*"license_id":\([0-9]*\).*/\1/p'
 }
 BOUND=$(add bound "&isHWKeyReq=true")

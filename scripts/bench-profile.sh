@@ -45,7 +45,7 @@ K="http://$(listen_addr "$TMP/kf.out")/api/v4"
 B="http://$(listen_addr "$TMP/base.out")"
 
 add() { # product -> license id
-    curl -fsS "$K/addProduct?product=$1&licenseKey=P-$1&floatingUsers=10000000$2" |
+    curl -fsS "$K/addProduct?product=$1&licenseKey=P-$1&floatingUsers=1000000$2" |
         sed -n 's/.*"license_id":\([0-9]*\).*/\1/p'
 }
 PLAIN=$(add plain "")

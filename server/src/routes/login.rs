@@ -21,6 +21,10 @@ use crate::model::{AuditEvent, Role};
 use crate::state::AppState;
 use crate::store::transact;
 
+/// How long a login refused by the rate limits waits before its 429 (at most its
+/// `Retry-After`).
+const REFUSAL_DELAY: Duration = Duration::from_millis(200);
+
 /// `429 too_many_requests` with `Retry-After` (whole seconds, at least 1).
 pub fn too_many(retry_after: Duration) -> Response {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -60,7 +64,15 @@ async fn login(st: &AppState, ext: &Extensions, headers: &HeaderMap) -> Result<V
         let (user, password) = creds.ok_or_else(|| ApiError::unauthorized().into_response())?;
         let addr = client_addr(ext);
         let limiter = st.login_limiter();
-        let attempt = limiter.begin(addr, &user, Instant::now()).map_err(too_many)?;
+        let attempt = match limiter.begin(addr, &user, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(retry_after) => {
+                // A tarpit: a refused guess waits a moment for its 429, so a flood from a
+                // few connections costs little CPU, which the legitimate logins need.
+                tokio::time::sleep(retry_after.min(REFUSAL_DELAY)).await;
+                return Err(too_many(retry_after));
+            }
+        };
         let account = st.accounts().get(&user);
         let pool = st.hash_pool();
         let verified = match &account {
