@@ -205,12 +205,6 @@ pub trait Tx: ReadTx {
 pub trait Job: Send {
     /// Does the work. `false` = refused: its changes are rolled back (the batch goes on).
     fn run(&mut self, tx: &mut dyn Tx) -> bool;
-    /// Evaluated right before the job's savepoint is released (after a successful `run`):
-    /// `false` rolls the job back, exactly like a refusal. The hook for checks that must
-    /// hold at commit time (e.g. "the key is still in force").
-    fn precommit(&mut self) -> bool {
-        true
-    }
     /// Called once the batch is committed (or failed to commit, or the job could not be
     /// queued): answer the requester.
     fn finish(self: Box<Self>, committed: StoreResult<()>);
@@ -235,12 +229,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn flush(&self) -> StoreResult<()>;
 }
 
-/// A pre-commit check of a job: `Err` rolls the job back and is its answer.
-pub type Check = Box<dyn Fn() -> Result<(), ApiError> + Send>;
-
 struct FnJob<T, F> {
     f: Option<F>,
-    check: Option<Check>,
     result: Option<Result<T, ApiError>>,
     reply: oneshot::Sender<Result<T, ApiError>>,
 }
@@ -266,19 +256,6 @@ where
         ok
     }
 
-    fn precommit(&mut self) -> bool {
-        let Some(check) = &self.check else {
-            return true;
-        };
-        match guarded(check) {
-            Ok(()) => true,
-            Err(e) => {
-                self.result = Some(Err(e));
-                false
-            }
-        }
-    }
-
     fn finish(self: Box<Self>, committed: StoreResult<()>) {
         let answer = match (committed, self.result) {
             (_, Some(Err(e))) => Err(e),
@@ -290,7 +267,7 @@ where
     }
 }
 
-fn queue<T, F>(store: &dyn Store, check: Option<Check>, f: F) -> oneshot::Receiver<Result<T, ApiError>>
+fn queue<T, F>(store: &dyn Store, f: F) -> oneshot::Receiver<Result<T, ApiError>>
 where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
@@ -298,7 +275,6 @@ where
     let (reply, rx) = oneshot::channel();
     store.submit(Box::new(FnJob {
         f: Some(f),
-        check,
         result: None,
         reply,
     }));
@@ -320,21 +296,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
 {
-    answer(queue(store, None, f))
-}
-
-/// [`transact`] with a pre-commit `check`: evaluated on the writer right before the job's
-/// savepoint is released; an `Err` rolls the job back and is the answer.
-pub fn transact_checked<T, F>(
-    store: &dyn Store,
-    check: Check,
-    f: F,
-) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
-{
-    answer(queue(store, Some(check), f))
+    answer(queue(store, f))
 }
 
 /// Blocking variant for the CLI and start-up (not for async contexts).
@@ -343,7 +305,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
 {
-    queue(store, None, f)
+    queue(store, f)
         .blocking_recv()
         .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
 }
