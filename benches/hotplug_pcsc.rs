@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, HardwareId, HardwareIdCell, KeyProvider, KeyValidator, MonitorConfig, ProofStatus, SerialReadable,
     Validation,

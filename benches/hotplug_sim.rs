@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, BackendKind, CellReader, HardwareId, HardwareIdCell, KeyId, KeyProvider, KeyValidator,
     MonitorConfig, Serial, Validation,

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 

@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{provision_sim_key, AttestationRoots, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{AttestationRoots, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, Holder, KeyProvider, KeyState, KeyStatus,
     MonitorConfig, MonitorHandle, ProofStatus,

@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 use serde_json::Value;
 

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::hid::{DongleId, HidConfig, HidProvider, ProvisioningStore};
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, Driver, ErrorKind, Firmware, HardwareId, HardwareIdCell, Holder, HotplugSource, Input,
     InvalidReason, KeyProvider, KeyStatus, KeyValidator, MonitorConfig, ProofCapability, ProofStatus, Serial, Snapshot,

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::{PcscKey, PcscProvider, Timeouts};
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, KeyProvider, KeyStatus,
     KeyValidator, MonitorConfig, Serial, Snapshot, Validation,

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{spawn_monitor, CellReader, HardwareId, HardwareIdCell, MonitorConfig, MonitorHandle};
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 use keyfloat_simulator::scenario::{HttpTarget, InProcessServer, ScenarioSpec};

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 
 struct Rig {

@@ -3,11 +3,10 @@
 //! while attesting.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{
-    issue_key_certificate, provision_sim_key, AttestationRoots, VendorSigningKey, VendorValidator,
-};
+use keyfloat_hal::trust::{issue_key_certificate, AttestationRoots, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     BackendKind, Error, ErrorKind, Firmware, HardwareKey, InvalidReason, KeyAttestation, KeyId, KeyInfo, KeyProvider,
     KeyValidator, Proof, ProofStatus, Serial, Validation,

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::trust::{
     issue_key_certificate, issue_key_certificate_for_period, issue_key_certificate_spki, key_spki_from_pem,
-    provision_sim_key, KeyCertificate, VendorPublicKey, VendorSigningKey, VendorValidator,
+    KeyCertificate, VendorPublicKey, VendorSigningKey, VendorValidator,
 };
 use keyfloat_hal::{
     BackendKind, Driver, Error, ErrorKind, Firmware, HardwareId, HardwareIdCell, HardwareKey, Holder, Input,

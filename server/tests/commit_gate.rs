@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::{q, Harness, KEY, MACHINE};
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_hal::{CellReader, HardwareId, HardwareIdCell};
 use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::store::{Job, ReadJob, StoreResult, Tx};

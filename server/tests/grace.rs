@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::{build, Harness, KEY, OTHER_KEY};
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::MonitorConfig;
 use keyfloat_server::KeyPolicy;
 use serde_json::{json, Value};

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{provision_sim_key, AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
+use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{CardServer, VirtualCard, DEFAULT_VPCD};
 
 /// Subcommands of `keyfloat simulate`.

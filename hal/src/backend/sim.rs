@@ -12,12 +12,32 @@
 //! bus.plug("alpha").unwrap();
 //! assert_eq!(bus.provider().list().unwrap().len(), 1);
 //! ```
+//!
+//! Provisioned by a vendor key ([`provision_sim_key`]), such a key passes the vendor trust
+//! chain like a real one:
+//! ```
+//! use keyfloat_hal::backend::sim::{provision_sim_key, SimBus, SimKeySpec};
+//! use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
+//! use keyfloat_hal::{KeyProvider, KeyValidator, ProofStatus, Validation};
+//!
+//! let vendor = VendorSigningKey::generate();
+//! let bus = SimBus::new();
+//! bus.insert(provision_sim_key(SimKeySpec::generate("alpha", 12345678), &vendor));
+//! bus.plug("alpha").unwrap();
+//! let provider = bus.provider();
+//! let mut key = provider.open(&provider.list().unwrap()[0].id).unwrap();
+//! let validator = VendorValidator::new(vendor.public_key());
+//! assert!(matches!(
+//!     validator.validate(key.as_mut()),
+//!     Validation::Valid { proof: ProofStatus::Verified, .. }
+//! ));
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
@@ -29,6 +49,8 @@ use crate::key::{
     Proof, ProofCapability, Serial, SignatureScheme,
 };
 use crate::trust::attestation::sim_ca::DeviceAttester;
+use crate::trust::certificate::{issue_key_certificate_attested, CLOCK_SKEW};
+use crate::trust::{TrustError, VendorSigningKey};
 use p256::pkcs8::EncodePublicKey;
 
 /// Everything a virtual key is made of.
@@ -436,6 +458,43 @@ impl HardwareKey for SimKey {
     fn attest(&mut self) -> Result<KeyAttestation> {
         self.bus.with_key(&self.name, |k| k.spec.attestation())
     }
+}
+
+/// How long the certificate of a simulated key lasts.
+pub const SIM_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Provisions a simulated key: a certificate for its key pair and serial, signed by `vendor`.
+///
+/// Cannot fail for keys the simulator generates; should it ever, the key stays
+/// unprovisioned (and validates as `unprovisioned`, never as valid) and an error is logged.
+pub fn provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> SimKeySpec {
+    match try_provision_sim_key(spec.clone(), vendor) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!(key = %spec.name, error = %e, "cannot provision simulated key");
+            spec
+        }
+    }
+}
+
+/// [`provision_sim_key`] that reports failures.
+pub fn try_provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> Result<SimKeySpec, TrustError> {
+    let public = p256::PublicKey::from(spec.verifying_key());
+    // A key that can attest is provisioned as a vendor would after checking the attestation.
+    let attested = match spec.attestation() {
+        Ok(a) => Some(Sha256::digest(&a.certificate).into()),
+        Err(_) => None,
+    };
+    let spki = public
+        .to_public_key_der()
+        .map_err(|e| TrustError::KeyInvalid(format!("cannot encode public key: {e}")))?;
+    let now = SystemTime::now();
+    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
+    let not_after = now
+        .checked_add(SIM_CERT_VALIDITY)
+        .ok_or_else(|| TrustError::InvalidArgument("validity period is too long".into()))?;
+    let cert = issue_key_certificate_attested(vendor, &spec.serial, spki.as_bytes(), not_before, not_after, attested)?;
+    Ok(spec.with_certificate(cert))
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 use p256::ecdsa::DerSignature;
 use p256::pkcs8::EncodePublicKey;
 use rand_core::RngCore;
-use sha2::{Digest, Sha256};
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
 use x509_cert::der::asn1::{Any, OctetString, PrintableStringRef, SetOfVec, Utf8StringRef};
 use x509_cert::der::oid::AssociatedOid;
@@ -27,19 +26,15 @@ use super::pem;
 use super::proof_key::ProofKey;
 use super::vendor_key::{check_len, p256_public_from_pem, p256_public_from_spki_der};
 use super::{VendorPublicKey, VendorSigningKey};
-use crate::backend::sim::SimKeySpec;
 use crate::key::{Proof, Serial};
 
 const OID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 const OID_SERIAL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
 const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 
-/// How long the certificate of a simulated key lasts.
-pub const SIM_CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 /// Back-dating of `notBefore`, so a server whose clock is a little behind accepts a
 /// certificate issued a moment ago.
-const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// X.520 upper bound for `serialNumber`.
 const MAX_SERIAL_LEN: usize = 64;
@@ -144,40 +139,6 @@ pub fn issue_key_certificate_attested(
 /// `openssl pkey -pubout` print.
 pub fn key_public_from_pem(text: &str) -> Result<p256::PublicKey, TrustError> {
     p256_public_from_pem(text)
-}
-
-/// Provisions a simulated key: a certificate for its key pair and serial, signed by `vendor`.
-///
-/// Cannot fail for keys the simulator generates; should it ever, the key stays
-/// unprovisioned (and validates as `unprovisioned`, never as valid) and an error is logged.
-pub fn provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> SimKeySpec {
-    match try_provision_sim_key(spec.clone(), vendor) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::error!(target: "keyfloat::trust", key = %spec.name, error = %e, "cannot provision simulated key");
-            spec
-        }
-    }
-}
-
-/// [`provision_sim_key`] that reports failures.
-pub fn try_provision_sim_key(spec: SimKeySpec, vendor: &VendorSigningKey) -> Result<SimKeySpec, TrustError> {
-    let public = p256::PublicKey::from(spec.verifying_key());
-    // A key that can attest is provisioned as a vendor would after checking the attestation.
-    let attested = match spec.attestation() {
-        Ok(a) => Some(Sha256::digest(&a.certificate).into()),
-        Err(_) => None,
-    };
-    let spki = public
-        .to_public_key_der()
-        .map_err(|e| TrustError::KeyInvalid(format!("cannot encode public key: {e}")))?;
-    let now = SystemTime::now();
-    let not_before = now.checked_sub(CLOCK_SKEW).unwrap_or(now);
-    let not_after = now
-        .checked_add(SIM_CERT_VALIDITY)
-        .ok_or_else(|| TrustError::InvalidArgument("validity period is too long".into()))?;
-    let cert = issue_key_certificate_attested(vendor, &spec.serial, spki.as_bytes(), not_before, not_after, attested)?;
-    Ok(spec.with_certificate(cert))
 }
 
 /// keyfloat's "issued after a verified attestation" extension: the SHA-256 of the

@@ -7,26 +7,10 @@
 //! dongles), so a simulated key, or a key that merely reports the same serial, cannot
 //! stand in for a vendor-provisioned one.
 //!
-//! ```
-//! use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-//! use keyfloat_hal::trust::{provision_sim_key, VendorSigningKey, VendorValidator};
-//! use keyfloat_hal::{KeyProvider, KeyValidator, ProofStatus, Validation};
-//!
-//! let vendor = VendorSigningKey::generate();
-//! let bus = SimBus::new();
-//! bus.insert(provision_sim_key(SimKeySpec::generate("alpha", 12345678), &vendor));
-//! bus.plug("alpha").unwrap();
-//! let provider = bus.provider();
-//! let mut key = provider.open(&provider.list().unwrap()[0].id).unwrap();
-//! let validator = VendorValidator::new(vendor.public_key());
-//! assert!(matches!(
-//!     validator.validate(key.as_mut()),
-//!     Validation::Valid { proof: ProofStatus::Verified, .. }
-//! ));
-//! ```
+//! The simulated backend's module docs show a provisioned simulated key validated this way.
 
 pub mod attestation;
-mod certificate;
+pub(crate) mod certificate;
 mod error;
 mod pem;
 mod proof_key;
@@ -36,8 +20,7 @@ mod vendor_key;
 pub use attestation::{AttestationError, AttestationRoots, AttestedKey};
 pub use certificate::{
     issue_key_certificate, issue_key_certificate_attested, issue_key_certificate_for_period,
-    issue_key_certificate_spki, key_public_from_pem, provision_sim_key, try_provision_sim_key, KeyCertificate,
-    SIM_CERT_VALIDITY,
+    issue_key_certificate_spki, key_public_from_pem, KeyCertificate,
 };
 pub use error::TrustError;
 pub use proof_key::key_spki_from_pem;

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use keyfloat_hal::backend::sim::try_provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{issue_key_certificate, try_provision_sim_key, AttestationRoots, VendorSigningKey};
+use keyfloat_hal::trust::{issue_key_certificate, AttestationRoots, VendorSigningKey};
 use keyfloat_hal::{HardwareId, Serial};
 
 use super::format::{KeySpec, Provisioning};
