@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod gate;
 pub mod hashing;
 pub mod model;
 pub mod params;
