@@ -18,23 +18,10 @@ use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::VendorSigningKey;
-use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_simulator::card::{require_pcscd, require_tools, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 
 const KEYFLOAT: &str = env!("CARGO_BIN_EXE_keyfloat");
-
-fn require_tools(tools: &[&str]) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    panic!("missing {missing:?}: install yubico-piv-tool and openssl (./scripts/dev.sh install)")
-}
 
 struct Rig {
     pcscd: PrivatePcscd,
@@ -44,9 +31,7 @@ struct Rig {
 
 /// A private pcscd and a card built by `make` (given the rig's test attestation CA).
 fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Option<Rig> {
-    if !require_tools(&["yubico-piv-tool", "openssl"]) {
-        return None;
-    }
+    require_tools(&["yubico-piv-tool", "openssl"]).unwrap_or_else(|e| panic!("{e}"));
     require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
     let ca = SimAttestationCa::generate().expect("test attestation CA");
@@ -467,7 +452,7 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
         found,
         "ykman missing: ./scripts/dev.sh install puts yubikey-manager in target/venv"
     );
-    require_tools(&["yubico-piv-tool", "openssl"]);
+    require_tools(&["yubico-piv-tool", "openssl"]).unwrap_or_else(|e| panic!("{e}"));
     require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(0xA6C0).expect("private pcscd");
     let dir = std::env::temp_dir().join(format!("keyfloat-attest-ykman-{}", std::process::id()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::VendorSigningKey;
-use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_simulator::card::{require_pcscd, require_tools, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
 
 struct Rig {
     pcscd: PrivatePcscd,
@@ -21,20 +21,6 @@ struct Rig {
     vendor: VendorSigningKey,
     certificate: Vec<u8>,
     dir: PathBuf,
-}
-
-/// Whether `tools` are installed; missing ones fail the test.
-fn require_tools(tools: &[&str]) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    panic!("missing {missing:?}: install yubico-piv-tool and opensc (./scripts/dev.sh install)")
 }
 
 /// pcscd + a provisioned card with `serial` in slot 0; `None` when skipping is allowed.
@@ -108,9 +94,7 @@ fn pem_body(der: &[u8]) -> String {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root and needs yubico-piv-tool and OpenSC; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
-    if !require_tools(&["yubico-piv-tool"]) {
-        return;
-    }
+    require_tools(&["yubico-piv-tool"]).unwrap_or_else(|e| panic!("{e}"));
     let Some(rig) = rig(0x9D00, 31415926) else { return };
     let status = rig.run_until(
         || {
@@ -159,9 +143,7 @@ fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root and needs yubico-piv-tool and OpenSC; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn opensc_sees_a_piv_card_with_the_card_auth_certificate() {
-    if !require_tools(&["opensc-tool", "pkcs15-tool", "pkcs11-tool"]) {
-        return;
-    }
+    require_tools(&["opensc-tool", "pkcs15-tool", "pkcs11-tool"]).unwrap_or_else(|e| panic!("{e}"));
     let Some(rig) = rig(0x9D20, 27182818) else { return };
     let name = rig.run_until(
         || {

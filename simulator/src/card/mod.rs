@@ -15,7 +15,7 @@ mod vpcd;
 pub use applet::{VirtualCard, ATR_YUBIKEY5_NFC};
 pub use mgmt::{ManagementKey, MGMT_DEFAULT_KEY};
 #[cfg(feature = "test-util")]
-pub use pcscd::{require_pcscd, PrivatePcscd};
+pub use pcscd::{require_pcscd, require_tools, PrivatePcscd};
 
 /// The variable libpcsclite reads to find pcscd's socket.
 pub const CSOCK_ENV: &str = "PCSCLITE_CSOCK_NAME";

@@ -23,6 +23,17 @@ fn in_path(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
+/// Checks that third-party command-line `tools` are on the `PATH`. `Err` names the missing
+/// ones: the caller (a test) must fail, never skip.
+pub fn require_tools(tools: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !in_path(t)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing {missing:?}: install them (./scripts/dev.sh install)"))
+    }
+}
+
 /// Checks that pcscd, unshare and the vpcd driver are installed.
 /// `Ok(true)`: go ahead. `Err`: missing — the caller (a test) must fail. Tests that need
 /// pcscd are `#[ignore = "needs pcscd …"]`, so a plain `cargo test` reports them as ignored
