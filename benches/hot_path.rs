@@ -123,7 +123,7 @@ fn server_state(reader: CellReader) -> (AppState, Arc<Entry>, tempfile::TempDir)
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(SqliteStore::open(dir.path()).expect("store"));
     let license = bound_license();
-    transact_blocking(store.as_ref(), move |tx| Ok(tx.insert_license(&license)?)).expect("insert license");
+    transact_blocking(store.as_ref(), move |tx| tx.insert_license(&license)).expect("insert license");
     let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let state = rt
         .block_on(AppState::new(StateParts {

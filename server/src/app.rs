@@ -58,8 +58,8 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v4", v4)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    with_error_layers(router).layer(axum::middleware::from_fn(crate::metrics::track))
+        .with_state(state.clone());
+    with_error_layers(router).layer(axum::middleware::from_fn_with_state(state, crate::metrics::track))
 }
 
 /// The layers every response passes: JSON error safety net and panic catcher.

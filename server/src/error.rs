@@ -6,6 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use crate::service::LicenseError;
+use crate::store::StoreError;
+
 /// An error answered to a client. `code` is stable; `message` is for humans.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
@@ -141,6 +144,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Busy => ApiError::busy(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+/// The edge of the licensing service: every refusal is a `400` with the error's code and
+/// message (the SDKs raise `ClientError` for it); storage failures are `503`/`500`.
+impl From<LicenseError> for ApiError {
+    fn from(e: LicenseError) -> Self {
+        match e {
+            LicenseError::Store(e) => e.into(),
+            other => ApiError::bad_request(other.code(), other.to_string()),
+        }
+    }
+}
+
 /// `Retry-After` of a `server_busy` answer: a full queue drains within a second.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -158,6 +181,146 @@ mod tests {
         assert_eq!(
             e.body(),
             json!({"code":"hardware_key_not_accessible","message":"No available valid hardware key to perform the action: adding feature consumption","status":400})
+        );
+    }
+
+    /// Each licensing refusal answers 400 with its code and the exact message the SDKs
+    /// and `server/tests/http.rs` read; storage failures keep their 503/500.
+    #[test]
+    fn license_errors_map_to_status_code_and_message() {
+        let cases: Vec<(LicenseError, u16, &str, &str)> = vec![
+            (
+                LicenseError::LicenseNotFound(7),
+                400,
+                "license_not_found",
+                "License 7 not found",
+            ),
+            (
+                LicenseError::LicenseNotActive,
+                400,
+                "license_not_active",
+                "License is not active yet",
+            ),
+            (
+                LicenseError::LicenseExpired,
+                400,
+                "license_expired",
+                "License is expired",
+            ),
+            (
+                LicenseError::FloatingNotAvailable,
+                400,
+                "floating_not_available",
+                "No floating slots left for this license",
+            ),
+            (
+                LicenseError::UserNotRegistered("bob".into()),
+                400,
+                "user_not_registered",
+                "User bob is not registered to this license",
+            ),
+            (
+                LicenseError::BorrowNotAllowed,
+                400,
+                "license_borrow_not_allowed",
+                "This license cannot be borrowed",
+            ),
+            (
+                LicenseError::BorrowUntilNotValid { max_hours: 48 },
+                400,
+                "borrow_until_not_valid",
+                "borrowed_until must be in the future and at most 48 hours from now",
+            ),
+            (
+                LicenseError::NotConsumptionLicense,
+                400,
+                "license_not_consumption",
+                "This license is not a consumption license",
+            ),
+            (
+                LicenseError::NegativeConsumptions { on: "license" },
+                400,
+                "negative_consumptions_not_allowed",
+                "Negative consumptions are not allowed for this license",
+            ),
+            (
+                LicenseError::NegativeConsumptions { on: "feature" },
+                400,
+                "negative_consumptions_not_allowed",
+                "Negative consumptions are not allowed for this feature",
+            ),
+            (
+                LicenseError::LicenseNotEnoughConsumptions,
+                400,
+                "license_not_enough_consumptions",
+                "Not enough consumptions left on this license",
+            ),
+            (
+                LicenseError::FeatureNotFound("f1".into()),
+                400,
+                "feature_not_found",
+                "Feature f1 not found on this license",
+            ),
+            (
+                LicenseError::FeatureNotConsumption("f1".into()),
+                400,
+                "feature_not_consumption",
+                "Feature f1 is not a consumption feature",
+            ),
+            (
+                LicenseError::FeatureNotEnoughConsumptions("f1".into()),
+                400,
+                "feature_not_enough_consumptions",
+                "Not enough consumptions left on feature f1",
+            ),
+            (
+                LicenseError::FeatureNotAvailable("f1".into()),
+                400,
+                "feature_not_available",
+                "No floating slots left for feature f1",
+            ),
+            (
+                LicenseError::InvalidParameter {
+                    field: "consumptions",
+                    why: "adding 1 to 9223372036854775807 overflows".into(),
+                },
+                400,
+                "invalid_parameters",
+                "Invalid parameter consumptions: adding 1 to 9223372036854775807 overflows",
+            ),
+            (
+                LicenseError::Store(StoreError::Busy),
+                503,
+                "server_busy",
+                "The server is busy; retry shortly",
+            ),
+        ];
+        for (domain, status, code, message) in cases {
+            assert_eq!(domain.code(), code, "{domain:?}");
+            let api = ApiError::from(domain);
+            assert_eq!(
+                api.body(),
+                json!({"status": status, "code": code, "message": message}),
+                "{code}"
+            );
+        }
+    }
+
+    /// A storage failure is an internal error: the client gets a request id, never the
+    /// detail (SQL text, paths).
+    #[test]
+    fn store_failures_are_internal_errors_without_detail() {
+        let domain = LicenseError::Store(StoreError::Failed("disk I/O error at /var/x".into()));
+        assert_eq!(domain.code(), "internal_error");
+        let api = ApiError::from(domain);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(api.code, "internal_error");
+        assert!(api.request_id.is_some());
+        assert!(!api.message.contains("/var/x"), "{}", api.message);
+        let closed = ApiError::from(StoreError::Closed);
+        assert_eq!(
+            (closed.status, closed.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
         );
     }
 }

@@ -184,12 +184,13 @@ impl CommitCheck {
 /// Wraps a store job so that [`CommitCheck::verify`] runs after the job's work and
 /// immediately before the store releases the job's savepoint: a job whose key left in
 /// between is refused and leaves no trace.
-pub fn gated<T, F>(check: CommitCheck, f: F) -> impl FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static
+pub fn gated<T, E, F>(check: CommitCheck, f: F) -> impl FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static
 where
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    E: Into<ApiError>,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
     move |tx| {
-        let out = f(tx)?;
+        let out = f(tx).map_err(Into::into)?;
         check.verify()?;
         Ok(out)
     }

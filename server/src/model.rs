@@ -9,9 +9,9 @@ use serde_json::{json, Map, Value};
 
 use crate::clock::format_micros;
 
-// The terms shared with signed license files are the license file's own types: one
-// definition, so an uploaded file and `addProduct` produce the same thing.
-pub use crate::license_file::{ConsumptionTerms, FeatureKind, FeatureTerms, LicenseAuth as Auth};
+// One definition of the terms, shared with signed license files: an uploaded file and
+// `addProduct` produce the same thing.
+pub use crate::terms::{ConsumptionTerms, FeatureKind, FeatureTerms, LicenseAuth as Auth, LicenseTerms};
 
 impl FeatureKind {
     /// Wire name (`feature_type`).
@@ -20,51 +20,6 @@ impl FeatureKind {
             Self::Activation => "activation",
             Self::Consumption => "consumption",
         }
-    }
-}
-
-/// The static terms of a license.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LicenseTerms {
-    /// Product short code.
-    pub product: String,
-    /// Product display name.
-    #[serde(default)]
-    pub product_name: Option<String>,
-    /// Key or user authorisation.
-    pub auth: Auth,
-    /// `perpetual`, `time-limited`, `subscription`, `consumption`.
-    pub license_type: String,
-    /// Floating seats.
-    pub floating_users: u32,
-    /// Seat timeout without re-registration.
-    pub floating_timeout_minutes: u32,
-    /// Borrowing limit; 0 = borrowing not allowed.
-    pub max_borrow_time_hours: u32,
-    /// Consumption terms (consumption licenses).
-    #[serde(default)]
-    pub consumption: Option<ConsumptionTerms>,
-    /// Features.
-    #[serde(default)]
-    pub features: Vec<FeatureTerms>,
-    /// Not valid before (µs).
-    #[serde(default)]
-    pub valid_from: Option<i64>,
-    /// Not valid after (µs).
-    #[serde(default)]
-    pub valid_until: Option<i64>,
-    /// Every action first checks the hardware key.
-    #[serde(default)]
-    pub hardware_key_required: bool,
-    /// Key serials this license may be activated with (empty = any valid key).
-    #[serde(default)]
-    pub allowed_serials: Vec<String>,
-}
-
-impl LicenseTerms {
-    /// A feature by code.
-    pub fn feature(&self, code: &str) -> Option<&FeatureTerms> {
-        self.features.iter().find(|f| f.code == code)
     }
 }
 

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::clock::{self, format_micros};
-use crate::error::ApiError;
 use crate::model::{
     self, FeatureKind, FeatureRegistration, FeatureTerms, License, LicenseObject, LicenseTerms, Registration,
 };
 use crate::store::{ReadTx, Tx};
+
+mod error;
+pub use error::LicenseError;
 
 /// Who is asking, as the register/borrow/feature bodies describe it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,29 +28,33 @@ pub struct ClientInfo {
 }
 
 /// The validity period of a license's terms (no SQL).
-pub fn check_period(terms: &LicenseTerms, now: i64) -> Result<(), ApiError> {
+pub fn check_period(terms: &LicenseTerms, now: i64) -> Result<(), LicenseError> {
     if terms.valid_from.is_some_and(|f| f > now) {
-        return Err(ApiError::bad_request("license_not_active", "License is not active yet"));
+        return Err(LicenseError::LicenseNotActive);
     }
     if terms.valid_until.is_some_and(|u| u <= now) {
-        return Err(ApiError::bad_request("license_expired", "License is expired"));
+        return Err(LicenseError::LicenseExpired);
     }
     Ok(())
 }
 
-fn not_found(id: u64) -> ApiError {
-    ApiError::bad_request("license_not_found", format!("License {id} not found"))
+fn not_found(id: u64) -> LicenseError {
+    LicenseError::LicenseNotFound(id)
 }
 
 /// Loads a license that passed the gate and checks its validity period.
-pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, ApiError> {
+pub fn live_license(tx: &mut dyn Tx, id: u64, now: i64) -> Result<License, LicenseError> {
     let l = tx.license(id)?.ok_or_else(|| not_found(id))?;
     check_period(&l.terms, now)?;
     Ok(l)
 }
 
 /// Live slots per feature; a license without features needs no query.
-fn feature_usage<T: ReadTx + ?Sized>(tx: &mut T, l: &License, now: i64) -> Result<BTreeMap<String, usize>, ApiError> {
+fn feature_usage<T: ReadTx + ?Sized>(
+    tx: &mut T,
+    l: &License,
+    now: i64,
+) -> Result<BTreeMap<String, usize>, LicenseError> {
     if l.terms.features.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -110,7 +116,7 @@ fn renew(l: &License, existing: &Registration, who: &ClientInfo, now: i64) -> (R
 }
 
 /// `license` (from the catalog) with `total` and, for consumption features, their totals.
-fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -> Result<License, ApiError> {
+fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -> Result<License, LicenseError> {
     let feature_totals = if license
         .terms
         .features
@@ -139,7 +145,7 @@ pub fn register_read(
     license: &License,
     who: &ClientInfo,
     now: i64,
-) -> Result<Option<Registered>, ApiError> {
+) -> Result<Option<Registered>, LicenseError> {
     check_period(&license.terms, now)?;
     let view = tx
         .seat_view(license.id, Some(&who.user), now)?
@@ -163,7 +169,7 @@ pub fn register_read(
 }
 
 /// `POST /register`: take a seat, or renew the one this user holds (writer).
-pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, ApiError> {
+pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, LicenseError> {
     let l = live_license(tx, id, now)?;
     // The user's seat and the count in one statement.
     let view = tx.seat_view(id, Some(&who.user), now)?.ok_or_else(|| not_found(id))?;
@@ -184,10 +190,7 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
             }
             let taken = view.in_use;
             if taken >= l.terms.floating_users as usize {
-                return Err(ApiError::bad_request(
-                    "floating_not_available",
-                    "No floating slots left for this license",
-                ));
+                return Err(LicenseError::FloatingNotAvailable);
             }
             let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
             let reg = Registration {
@@ -216,40 +219,30 @@ pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<
 }
 
 /// `POST /unregister`: idempotent.
-pub fn unregister(tx: &mut dyn Tx, id: u64, user: &str) -> Result<bool, ApiError> {
+pub fn unregister(tx: &mut dyn Tx, id: u64, user: &str) -> Result<bool, LicenseError> {
     Ok(tx.delete_registration(id, user)?)
 }
 
-fn active_registration(tx: &mut dyn Tx, id: u64, user: &str, now: i64) -> Result<Registration, ApiError> {
-    tx.registration(id, user)?.filter(|r| r.is_active(now)).ok_or_else(|| {
-        ApiError::bad_request(
-            "user_not_registered",
-            format!("User {user} is not registered to this license"),
-        )
-    })
+fn active_registration(tx: &mut dyn Tx, id: u64, user: &str, now: i64) -> Result<Registration, LicenseError> {
+    tx.registration(id, user)?
+        .filter(|r| r.is_active(now))
+        .ok_or_else(|| LicenseError::UserNotRegistered(user.to_owned()))
 }
 
 /// `POST /borrow`: keep the seat until `until` (`None` = the longest allowed).
-pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, now: i64) -> Result<Value, ApiError> {
+pub fn borrow(tx: &mut dyn Tx, id: u64, who: &ClientInfo, until: Option<i64>, now: i64) -> Result<Value, LicenseError> {
     let l = live_license(tx, id, now)?;
     if l.terms.max_borrow_time_hours == 0 {
-        return Err(ApiError::bad_request(
-            "license_borrow_not_allowed",
-            "This license cannot be borrowed",
-        ));
+        return Err(LicenseError::BorrowNotAllowed);
     }
     let mut reg = active_registration(tx, id, &who.user, now)?;
     let latest = now + clock::hours(l.terms.max_borrow_time_hours);
     let until = until.unwrap_or(latest);
     // A minute of slack for clocks and for clients that compute "now + max" themselves.
     if until <= now || until > latest + 60_000_000 {
-        return Err(ApiError::bad_request(
-            "borrow_until_not_valid",
-            format!(
-                "borrowed_until must be in the future and at most {} hours from now",
-                l.terms.max_borrow_time_hours
-            ),
-        ));
+        return Err(LicenseError::BorrowUntilNotValid {
+            max_hours: l.terms.max_borrow_time_hours,
+        });
     }
     let until = until.min(latest);
     reg.borrowed_until = Some(until);
@@ -292,18 +285,21 @@ fn cap(max: i64, allow_unlimited: bool, allow_overages: bool, max_overages: i64,
 /// Exact consumption arithmetic: an addition that would overflow is refused (nothing is
 /// counted, nothing changes), and refunds never take a total below zero unless the
 /// license allows a negative total.
-fn checked_total(total: i64, amount: i64, below_zero: bool) -> Result<i64, ApiError> {
+fn checked_total(total: i64, amount: i64, below_zero: bool) -> Result<i64, LicenseError> {
     let new = total
         .checked_add(amount)
-        .ok_or_else(|| ApiError::invalid("consumptions", format!("adding {amount} to {total} overflows")))?;
+        .ok_or_else(|| LicenseError::InvalidParameter {
+            field: "consumptions",
+            why: format!("adding {amount} to {total} overflows"),
+        })?;
     if amount < 0 && new < 0 && !below_zero {
-        return Err(ApiError::invalid(
-            "consumptions",
-            format!(
+        return Err(LicenseError::InvalidParameter {
+            field: "consumptions",
+            why: format!(
                 "a refund of {} would take the total {total} below zero",
                 amount.unsigned_abs()
             ),
-        ));
+        });
     }
     Ok(new)
 }
@@ -316,19 +312,13 @@ pub fn add_consumption(
     amount: i64,
     req: OverageRequest,
     now: i64,
-) -> Result<License, ApiError> {
+) -> Result<License, LicenseError> {
     let mut l = live_license(tx, id, now)?;
     let Some(c) = l.terms.consumption.clone() else {
-        return Err(ApiError::bad_request(
-            "license_not_consumption",
-            "This license is not a consumption license",
-        ));
+        return Err(LicenseError::NotConsumptionLicense);
     };
     if amount < 0 && !c.allow_negative {
-        return Err(ApiError::bad_request(
-            "negative_consumptions_not_allowed",
-            "Negative consumptions are not allowed for this license",
-        ));
+        return Err(LicenseError::NegativeConsumptions { on: "license" });
     }
     let total = checked_total(l.total_consumptions, amount, c.allow_negative_total)?;
     if amount > 0 {
@@ -340,10 +330,7 @@ pub fn add_consumption(
             req,
         ) {
             if total > limit {
-                return Err(ApiError::bad_request(
-                    "license_not_enough_consumptions",
-                    "Not enough consumptions left on this license",
-                ));
+                return Err(LicenseError::LicenseNotEnoughConsumptions);
             }
         }
     }
@@ -352,31 +339,31 @@ pub fn add_consumption(
     Ok(l)
 }
 
-fn feature<'l>(l: &'l License, code: &str) -> Result<(usize, &'l FeatureTerms), ApiError> {
+fn feature<'l>(l: &'l License, code: &str) -> Result<(usize, &'l FeatureTerms), LicenseError> {
     l.terms
         .features
         .iter()
         .enumerate()
         .find(|(_, f)| f.code == code)
-        .ok_or_else(|| ApiError::bad_request("feature_not_found", format!("Feature {code} not found on this license")))
+        .ok_or_else(|| LicenseError::FeatureNotFound(code.to_owned()))
 }
 
 /// `POST /add_feature_consumption`.
-pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64, now: i64) -> Result<Value, ApiError> {
+pub fn add_feature_consumption(
+    tx: &mut dyn Tx,
+    id: u64,
+    code: &str,
+    amount: i64,
+    now: i64,
+) -> Result<Value, LicenseError> {
     let mut l = live_license(tx, id, now)?;
     let (index, f) = feature(&l, code)?;
     let f = f.clone();
     if f.kind != FeatureKind::Consumption {
-        return Err(ApiError::bad_request(
-            "feature_not_consumption",
-            format!("Feature {code} is not a consumption feature"),
-        ));
+        return Err(LicenseError::FeatureNotConsumption(code.to_owned()));
     }
     if amount < 0 {
-        return Err(ApiError::bad_request(
-            "negative_consumptions_not_allowed",
-            "Negative consumptions are not allowed for this feature",
-        ));
+        return Err(LicenseError::NegativeConsumptions { on: "feature" });
     }
     let total = checked_total(l.feature_totals.get(code).copied().unwrap_or(0), amount, false)?;
     let limit = cap(
@@ -387,10 +374,7 @@ pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64
         OverageRequest::default(),
     );
     if limit.is_some_and(|lim| total > lim) {
-        return Err(ApiError::bad_request(
-            "feature_not_enough_consumptions",
-            format!("Not enough consumptions left on feature {code}"),
-        ));
+        return Err(LicenseError::FeatureNotEnoughConsumptions(code.to_owned()));
     }
     tx.set_feature_total(id, code, total)?;
     l.feature_totals.insert(code.to_owned(), total);
@@ -404,7 +388,13 @@ pub fn add_feature_consumption(tx: &mut dyn Tx, id: u64, code: &str, amount: i64
 
 /// `POST /featureRegister`: take (or renew) a slot of a floating feature. Only users
 /// registered to the license may do so (1.6.2).
-pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, now: i64) -> Result<Value, ApiError> {
+pub fn feature_register(
+    tx: &mut dyn Tx,
+    id: u64,
+    code: &str,
+    who: &ClientInfo,
+    now: i64,
+) -> Result<Value, LicenseError> {
     let l = live_license(tx, id, now)?;
     let (index, f) = feature(&l, code)?;
     let f = f.clone();
@@ -424,10 +414,7 @@ pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, 
             None => {
                 let in_use = tx.feature_usage(id, now)?.get(code).copied().unwrap_or(0);
                 if in_use >= users as usize {
-                    return Err(ApiError::bad_request(
-                        "feature_not_available",
-                        format!("No floating slots left for feature {code}"),
-                    ));
+                    return Err(LicenseError::FeatureNotAvailable(code.to_owned()));
                 }
             }
         }
@@ -458,7 +445,13 @@ pub fn feature_register(tx: &mut dyn Tx, id: u64, code: &str, who: &ClientInfo, 
 }
 
 /// `POST /featureRelease` (`user = Some`) and `/featureRelease/all` (`None`).
-pub fn feature_release(tx: &mut dyn Tx, id: u64, code: &str, user: Option<&str>, now: i64) -> Result<usize, ApiError> {
+pub fn feature_release(
+    tx: &mut dyn Tx,
+    id: u64,
+    code: &str,
+    user: Option<&str>,
+    now: i64,
+) -> Result<usize, LicenseError> {
     let l = live_license(tx, id, now)?;
     feature(&l, code)?;
     Ok(tx.delete_feature_registrations(id, code, user)?)
@@ -469,7 +462,7 @@ pub type Usage = (License, usize, BTreeMap<String, usize>);
 
 /// A license (from the catalog) with its current totals, seats and feature slots: the
 /// license list and metrics, on the read path. `None` = removed meanwhile.
-pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, ApiError> {
+pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, LicenseError> {
     let Some(view) = tx.seat_view(license.id, None, now)? else {
         return Ok(None);
     };

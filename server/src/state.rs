@@ -110,6 +110,7 @@ struct Inner {
     hash_pool: HashPool,
     limiter: LoginLimiter,
     security: Security,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Who may read `/metrics` in authentication mode.
@@ -187,7 +188,7 @@ impl AppState {
 
     /// [`AppState::new`] with explicit security settings.
     pub async fn with_security(parts: StateParts, security: Security) -> Result<Self, ApiError> {
-        let licenses = crate::store::transact(parts.store.as_ref(), |tx| Ok(tx.licenses()?)).await?;
+        let licenses = crate::store::transact(parts.store.as_ref(), |tx| tx.licenses()).await?;
         let catalog = Catalog::build(&licenses, &parts.keys);
         let accounts = Accounts::default();
         let (list, gens) = crate::auth::load_accounts(parts.store.as_ref()).await?;
@@ -211,6 +212,7 @@ impl AppState {
                 limiter: LoginLimiter::new(security.login_limits),
                 security,
                 seats_seen: SeatsSeen::default(),
+                metrics: crate::metrics::Metrics::default(),
             }),
         };
         state.spawn_purge();
@@ -229,12 +231,12 @@ impl AppState {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
                 let now = crate::clock::now_micros();
-                let done = crate::store::transact(inner.store.as_ref(), move |tx| Ok(tx.purge_expired(None, now)?));
+                let done = crate::store::transact(inner.store.as_ref(), move |tx| tx.purge_expired(None, now));
                 drop(inner);
                 match done.await {
                     Ok(n) if n > 0 => tracing::debug!(rows = n, "purged lapsed seats"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(code = e.code, "periodic purge of lapsed seats failed"),
+                    Err(e) => tracing::warn!(error = %e, "periodic purge of lapsed seats failed"),
                 }
             }
         });
@@ -302,6 +304,11 @@ impl AppState {
     /// Security settings.
     pub fn security(&self) -> &Security {
         &self.inner.security
+    }
+
+    /// This app's request and key-event counters (`/metrics`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// Authentication mode on?

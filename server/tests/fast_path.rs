@@ -94,7 +94,7 @@ fn hold_writer(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::fut
     let done = transact(store, move |_| {
         let _ = started_tx.send(());
         let _ = hold.recv_timeout(Duration::from_secs(30));
-        Ok(())
+        Ok::<_, keyfloat_server::store::StoreError>(())
     });
     started.recv_timeout(Duration::from_secs(10)).unwrap();
     (release, async move { done.await.unwrap() })
@@ -106,7 +106,7 @@ fn hold_reader(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::fut
     let done = read(store, move |_| {
         let _ = started_tx.send(());
         let _ = hold.recv_timeout(Duration::from_secs(30));
-        Ok(())
+        Ok::<_, keyfloat_server::store::StoreError>(())
     });
     started.recv_timeout(Duration::from_secs(10)).unwrap();
     (release, async move { done.await.unwrap() })
@@ -196,7 +196,8 @@ async fn overload_gets_server_busy_and_loses_no_acknowledged_write() {
     drop(store);
     let reopened = SqliteStore::open(dir.path()).unwrap();
     let mut users: Vec<String> = read(&reopened, move |tx| {
-        Ok(tx.registrations(Some(id))?.into_iter().map(|r| r.user).collect())
+        tx.registrations(Some(id))
+            .map(|regs| regs.into_iter().map(|r| r.user).collect())
     })
     .await
     .unwrap();
@@ -380,7 +381,7 @@ async fn heartbeats_racing_new_seats_and_releases_never_oversell() {
     }
     assert!(answered > 0);
     let now = keyfloat_server::clock::now_micros();
-    let live = read(s.store.as_ref(), move |tx| Ok(tx.count_active_registrations(id, now)?))
+    let live = read(s.store.as_ref(), move |tx| tx.count_active_registrations(id, now))
         .await
         .unwrap();
     assert!(live as u64 <= SEATS, "{live} live seats on a {SEATS}-seat license");

@@ -485,7 +485,7 @@ async fn registrations_lapse_after_the_floating_timeout() {
     })
     .await
     .unwrap_err();
-    assert_eq!(e.code, "floating_not_available");
+    assert_eq!(e.code(), "floating_not_available");
     transact(h.state.store(), move |tx| {
         service::register(tx, id, &b, now + 31 * 60_000_000)
     })

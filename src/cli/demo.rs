@@ -249,7 +249,7 @@ fn seed_store(db: &Path, args: &Args) -> anyhow::Result<()> {
         }
         Ok(())
     })
-    .map_err(|e| anyhow::anyhow!("seeding the demo store: {}", e.message))?;
+    .map_err(|e: keyfloat_server::store::StoreError| anyhow::anyhow!("seeding the demo store: {e}"))?;
     store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

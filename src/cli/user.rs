@@ -233,8 +233,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::List { data_dir } => {
             let store = SqliteStore::open(&data_dir)?;
-            let accounts =
-                transact_blocking(&store, |tx| Ok(tx.accounts()?)).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let accounts = transact_blocking(&store, |tx| tx.accounts()).map_err(|e| anyhow::anyhow!("{e}"))?;
             for a in accounts {
                 println!("{}\t{}", a.username, a.role.as_str());
             }

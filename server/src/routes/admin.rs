@@ -332,23 +332,8 @@ fn split_serials(s: &str) -> Vec<String> {
 
 /// Terms of a verified license file.
 pub fn terms_from_doc(doc: &LicenseDoc) -> ApiResult<LicenseTerms> {
-    let bad = |e: license_file::LicenseFileError| ApiError::bad_request("license_file_invalid", e.to_string());
-    let micros = |t: Option<time::OffsetDateTime>| t.map(|t| (t.unix_timestamp_nanos() / 1000) as i64);
-    Ok(LicenseTerms {
-        product: doc.product.clone(),
-        product_name: doc.product_name.clone(),
-        auth: doc.auth.clone(),
-        license_type: doc.license_type.clone(),
-        floating_users: doc.floating_users,
-        floating_timeout_minutes: doc.floating_timeout_minutes,
-        max_borrow_time_hours: doc.max_borrow_time_hours,
-        consumption: doc.consumption.clone(),
-        features: doc.features.clone(),
-        valid_from: micros(doc.valid_from_time().map_err(bad)?),
-        valid_until: micros(doc.valid_until_time().map_err(bad)?),
-        hardware_key_required: doc.hardware_key_required,
-        allowed_serials: doc.allowed_serials.clone(),
-    })
+    doc.terms_micros()
+        .map_err(|e| ApiError::bad_request("license_file_invalid", e.to_string()))
 }
 
 /// The hardware ID a new license is activated with: the serial of the valid key in force
@@ -568,7 +553,7 @@ pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<A
         .filter(|e| product.as_ref().is_none_or(|p| *p == e.product) && license_id.is_none_or(|id| id == e.id))
         .cloned()
         .collect();
-    let list = read(st.store(), move |tx| {
+    let list = read(st.store(), move |tx| -> ApiResult<_> {
         let mut out = Vec::with_capacity(entries.len());
         for e in &entries {
             out.extend(service::usage(tx, &e.license, now)?);
@@ -682,7 +667,7 @@ pub async fn registrations_list(
         None => PageCursor::default(),
     };
     let now = now_micros();
-    let (regs, fregs, next) = read(st.store(), move |tx| {
+    let (regs, fregs, next) = read(st.store(), move |tx| -> ApiResult<_> {
         let seat_after = cursor.seat.as_ref().map(|(l, u)| RegCursor {
             license_id: *l,
             feature: String::new(),
@@ -766,7 +751,7 @@ pub async fn registrations_release(
     };
     let actor = caller.username.clone();
     let check = st.commit_check(id, RELEASE_ACTION);
-    let released = transact(st.store(), move |tx| {
+    let released = transact(st.store(), move |tx| -> ApiResult<_> {
         let released = tx.delete_registration(id, &user)?;
         if released {
             tx.audit(&AuditEvent::new(
@@ -796,7 +781,7 @@ pub async fn audit_list(State(st): State<AppState>, _a: Admin, Req(r): Req<Admin
         ),
         None => r.before,
     };
-    let events = read(st.store(), move |tx| Ok(tx.audit_events(before, limit)?)).await?;
+    let events = read(st.store(), move |tx| tx.audit_events(before, limit)).await?;
     let next = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.id))
         .flatten();
@@ -815,7 +800,7 @@ pub const NEXT_CURSOR: &str = "x-next-cursor";
 /// `GET /api/v4/audit/verify` (admin): the audit hash chain's check, for the page's badge
 /// (`keyfloat audit verify` does the same offline).
 pub async fn audit_verify(State(st): State<AppState>, _a: Admin) -> ApiResult<Json<Value>> {
-    let report = transact(st.store(), |tx| Ok(tx.verify_audit_chain()?)).await?;
+    let report = transact(st.store(), |tx| tx.verify_audit_chain()).await?;
     Ok(Json(json!({
         "ok": report.ok(),
         "records": report.records,

@@ -135,7 +135,7 @@ pub async fn licenses_register(
         let license = std::sync::Arc::clone(&entry);
         read(st.store(), move |tx| {
             let r = service::register_read(tx, &license.license, &who, now)?;
-            Ok((who, r))
+            Ok::<_, service::LicenseError>((who, r))
         })
         .await?
     } else {

@@ -90,7 +90,7 @@ async fn login(st: &AppState, ext: &Extensions, headers: &HeaderMap) -> Result<V
                 );
                 let event = AuditEvent::new("login_failures", Some(&user), None, detail);
                 // Audited in the background: the refusal does not wait for a commit.
-                let done = transact(st.store(), move |tx| Ok(tx.audit(&event)?));
+                let done = transact(st.store(), move |tx| tx.audit(&event));
                 tokio::spawn(done);
             }
             return Err(ApiError::unauthorized().into_response());

@@ -22,7 +22,6 @@ use std::fmt;
 
 use tokio::sync::oneshot;
 
-use crate::error::ApiError;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
@@ -47,15 +46,6 @@ pub enum StoreError {
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Failed(e.to_string())
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Busy => ApiError::busy(),
-            other => ApiError::internal(other.to_string()),
-        }
     }
 }
 
@@ -229,22 +219,28 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn flush(&self) -> StoreResult<()>;
 }
 
-struct FnJob<T, F> {
+struct FnJob<T, E, F> {
     f: Option<F>,
-    result: Option<Result<T, ApiError>>,
-    reply: oneshot::Sender<Result<T, ApiError>>,
+    result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
 /// A panic inside store work must not take a store thread (and every request) down.
-fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
+fn guarded<T, E: From<StoreError>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(ApiError::internal("a store job panicked")))
+        .unwrap_or_else(|_| Err(StoreError::Failed("a store job panicked".into()).into()))
 }
 
-impl<T, F> Job for FnJob<T, F>
+/// The requester is gone or the store dropped the job without answering.
+fn dropped<E: From<StoreError>>() -> E {
+    StoreError::Failed("the store dropped the request".into()).into()
+}
+
+impl<T, E, F> Job for FnJob<T, E, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
     fn run(&mut self, tx: &mut dyn Tx) -> bool {
         let Some(f) = self.f.take() else {
@@ -261,16 +257,17 @@ where
             (_, Some(Err(e))) => Err(e),
             (Ok(()), Some(Ok(v))) => Ok(v),
             (Err(e), _) => Err(e.into()),
-            (Ok(()), None) => Err(ApiError::internal("a store job finished without running")),
+            (Ok(()), None) => Err(StoreError::Failed("a store job finished without running".into()).into()),
         };
         let _ = self.reply.send(answer);
     }
 }
 
-fn queue<T, F>(store: &dyn Store, f: F) -> oneshot::Receiver<Result<T, ApiError>>
+fn queue<T, E, F>(store: &dyn Store, f: F) -> oneshot::Receiver<Result<T, E>>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
     let (reply, rx) = oneshot::channel();
     store.submit(Box::new(FnJob {
@@ -281,44 +278,42 @@ where
     rx
 }
 
-async fn answer<T>(rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, ApiError> {
-    rx.await
-        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+async fn answer<T, E: From<StoreError>>(rx: oneshot::Receiver<Result<T, E>>) -> Result<T, E> {
+    rx.await.unwrap_or_else(|_| Err(dropped()))
 }
 
 /// Queues `f` now (before the returned future is first polled) and resolves once its
-/// batch is committed.
-pub fn transact<T, F>(
-    store: &dyn Store,
-    f: F,
-) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
+/// batch is committed. `f`'s error type is the caller's (a domain error, or the edge's
+/// `ApiError`): the store only needs to turn its own failures into it.
+pub fn transact<T, E, F>(store: &dyn Store, f: F) -> impl std::future::Future<Output = Result<T, E>> + Send + 'static
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
     answer(queue(store, f))
 }
 
 /// Blocking variant for the CLI and start-up (not for async contexts).
-pub fn transact_blocking<T, F>(store: &dyn Store, f: F) -> Result<T, ApiError>
+pub fn transact_blocking<T, E, F>(store: &dyn Store, f: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn Tx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
-    queue(store, f)
-        .blocking_recv()
-        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+    queue(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
 }
 
-struct FnRead<T, F> {
+struct FnRead<T, E, F> {
     f: F,
-    reply: oneshot::Sender<Result<T, ApiError>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<T, F> ReadJob for FnRead<T, F>
+impl<T, E, F> ReadJob for FnRead<T, E, F>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
 {
     fn run(self: Box<Self>, tx: &mut dyn ReadTx) {
         let Self { f, reply } = *self;
@@ -330,27 +325,35 @@ where
     }
 }
 
+fn queue_read<T, E, F>(store: &dyn Store, f: F) -> oneshot::Receiver<Result<T, E>>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
+{
+    let (reply, rx) = oneshot::channel();
+    store.read(Box::new(FnRead { f, reply }));
+    rx
+}
+
 /// Queues the read `f` now and resolves with its answer. It runs on a read connection,
 /// never on the writer nor on an async worker, and sees everything committed before it
 /// was queued.
-pub fn read<T, F>(store: &dyn Store, f: F) -> impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static
+pub fn read<T, E, F>(store: &dyn Store, f: F) -> impl std::future::Future<Output = Result<T, E>> + Send + 'static
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
 {
-    let (reply, rx) = oneshot::channel();
-    store.read(Box::new(FnRead { f, reply }));
-    answer(rx)
+    answer(queue_read(store, f))
 }
 
 /// Blocking variant of [`read`] (not for async contexts).
-pub fn read_blocking<T, F>(store: &dyn Store, f: F) -> Result<T, ApiError>
+pub fn read_blocking<T, E, F>(store: &dyn Store, f: F) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&mut dyn ReadTx) -> Result<T, ApiError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
 {
-    let (reply, rx) = oneshot::channel();
-    store.read(Box::new(FnRead { f, reply }));
-    rx.blocking_recv()
-        .unwrap_or_else(|_| Err(ApiError::internal("the store dropped the request")))
+    queue_read(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
 }

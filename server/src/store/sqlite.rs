@@ -1151,13 +1151,12 @@ mod tests {
                     username: "a".into(),
                     password_hash: "h".into(),
                     role: Role::Admin,
-                })?;
-                Ok(())
+                })
             })
             .unwrap();
         }
         let s = SqliteStore::open(dir.path()).unwrap();
-        let acc = transact_blocking(&s, |tx| Ok(tx.account("a")?)).unwrap();
+        let acc = transact_blocking(&s, |tx| tx.account("a")).unwrap();
         assert_eq!(acc.map(|a| a.role), Some(Role::Admin));
     }
 
@@ -1179,15 +1178,14 @@ mod tests {
             ip_local: None,
             user_info: None,
         };
-        let count = |now: i64| transact_blocking(&s, move |tx| Ok(tx.count_active_registrations(id, now)?)).unwrap();
+        let count = |now: i64| transact_blocking(&s, move |tx| tx.count_active_registrations(id, now)).unwrap();
         transact_blocking(&s, move |tx| {
             tx.insert_license(&license)?;
             for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
                 tx.put_registration(&reg(user, 100 + i as i64))?;
             }
             // A renewal is an upsert: still three seats.
-            tx.put_registration(&reg("a", 500))?;
-            Ok(())
+            tx.put_registration(&reg("a", 500))
         })
         .unwrap();
         assert_eq!(count(50), 3);
@@ -1199,11 +1197,11 @@ mod tests {
         });
         assert!(refused.is_err());
         assert_eq!(count(200), 1, "a refused job's seat is not counted");
-        transact_blocking(&s, move |tx| Ok(tx.delete_registration(id, "a")?)).unwrap();
+        transact_blocking(&s, move |tx| tx.delete_registration(id, "a")).unwrap();
         assert_eq!(count(200), 0);
         transact_blocking(&s, move |tx| {
             tx.put_registration(&reg("e", 900))?;
-            Ok(tx.delete_license(id)?)
+            tx.delete_license(id)
         })
         .unwrap();
         assert_eq!(count(200), 0);
@@ -1222,7 +1220,7 @@ mod tests {
             Err(ApiError::bad_request("nope", "refused"))
         });
         assert_eq!(refused.unwrap_err().code, "nope");
-        assert!(transact_blocking(&s, |tx| Ok(tx.account("x")?)).unwrap().is_none());
+        assert!(transact_blocking(&s, |tx| tx.account("x")).unwrap().is_none());
     }
 
     /// Jobs queued while a batch is running are committed together in the next one.
@@ -1238,7 +1236,7 @@ mod tests {
                 crate::store::transact(s.as_ref(), move |_| {
                     let _ = started_tx.send(());
                     let _ = hold.recv();
-                    Ok(())
+                    Ok::<_, StoreError>(())
                 })
                 .await
             })
@@ -1253,8 +1251,7 @@ mod tests {
                         username: format!("u{i}"),
                         password_hash: "h".into(),
                         role: Role::User,
-                    })?;
-                    Ok(())
+                    })
                 })
             })
             .collect();
@@ -1265,7 +1262,7 @@ mod tests {
         }
         let batches = s.stats().batches.load(Ordering::Relaxed) - before;
         assert!(batches <= 2, "100 queued jobs took {batches} commits");
-        let n = crate::store::transact(s.as_ref(), |tx| Ok(tx.accounts()?.len()))
+        let n = crate::store::transact(s.as_ref(), |tx| tx.accounts().map(|v| v.len()))
             .await
             .unwrap();
         assert_eq!(n, 100);
@@ -1275,11 +1272,11 @@ mod tests {
     fn a_panicking_job_is_an_internal_error() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        let r: Result<(), _> = transact_blocking(&s, |_| panic!("boom"));
+        let r: Result<(), ApiError> = transact_blocking(&s, |_| panic!("boom"));
         let e = r.unwrap_err();
         assert_eq!(e.code, "internal_error");
         assert!(e.request_id.is_some() && !e.message.contains("boom"), "{e:?}");
-        assert!(transact_blocking(&s, |tx| Ok(tx.accounts()?)).is_ok());
+        assert!(transact_blocking(&s, |tx| tx.accounts()).is_ok());
     }
 
     fn seat(license_id: u64, user: &str, expires_at: i64) -> Registration {
@@ -1298,7 +1295,7 @@ mod tests {
     fn with_license(s: &SqliteStore) -> u64 {
         let license = crate::model::tests::sample();
         let id = license.id;
-        transact_blocking(s, move |tx| Ok(tx.insert_license(&license)?)).unwrap();
+        transact_blocking(s, move |tx| tx.insert_license(&license)).unwrap();
         id
     }
 
@@ -1315,33 +1312,33 @@ mod tests {
             tx.put_registration(&seat(id, "lapsed", 10))?;
             let mut borrowed = seat(id, "borrowed", 10);
             borrowed.borrowed_until = Some(2_000);
-            Ok(tx.put_registration(&borrowed)?)
+            tx.put_registration(&borrowed)
         })
         .unwrap();
-        let count = |now: i64| read_blocking(&s, move |tx| Ok(tx.count_active_registrations(id, now)?)).unwrap();
-        let rows = || read_blocking(&s, move |tx| Ok(tx.registrations(Some(id))?.len())).unwrap();
+        let count = |now: i64| read_blocking(&s, move |tx| tx.count_active_registrations(id, now)).unwrap();
+        let rows = || read_blocking(&s, move |tx| tx.registrations(Some(id)).map(|v| v.len())).unwrap();
         assert_eq!(count(5), 3);
         assert_eq!(count(100), 2, "the lapsed seat is not counted");
         assert_eq!(rows(), 3, "…and not deleted by the read");
         assert_eq!(count(1_500), 1, "only the borrowed seat is held");
-        let view = read_blocking(&s, move |tx| Ok(tx.seat_view(id, Some("lapsed"), 100)?))
+        let view = read_blocking(&s, move |tx| tx.seat_view(id, Some("lapsed"), 100))
             .unwrap()
             .unwrap();
         assert_eq!((view.in_use, view.lapsed, view.total_consumptions), (2, 1, 4));
         assert_eq!(view.registration.map(|r| r.expires_at), Some(10));
-        let view = read_blocking(&s, move |tx| Ok(tx.seat_view(id, None, 100)?))
+        let view = read_blocking(&s, move |tx| tx.seat_view(id, None, 100))
             .unwrap()
             .unwrap();
         assert!(view.registration.is_none());
-        assert!(read_blocking(&s, move |tx| Ok(tx.seat_view(id + 1, None, 100)?))
+        assert!(read_blocking(&s, move |tx| tx.seat_view(id + 1, None, 100))
             .unwrap()
             .is_none());
-        let purged = transact_blocking(&s, move |tx| Ok(tx.purge_expired(None, 100)?)).unwrap();
+        let purged = transact_blocking(&s, move |tx| tx.purge_expired(None, 100)).unwrap();
         assert_eq!(purged, 1);
         assert_eq!(rows(), 2);
         assert_eq!(count(100), 2, "the trigger-kept counter followed the purge");
         assert_eq!(
-            transact_blocking(&s, move |tx| Ok(tx.purge_expired(Some(id), 1_500)?)).unwrap(),
+            transact_blocking(&s, move |tx| tx.purge_expired(Some(id), 1_500)).unwrap(),
             1
         );
         assert_eq!(count(1_500), 1);
@@ -1359,7 +1356,7 @@ mod tests {
         let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
         let license = crate::model::tests::sample();
         let id = license.id;
-        transact(s.as_ref(), move |tx| Ok(tx.insert_license(&license)?))
+        transact(s.as_ref(), move |tx| tx.insert_license(&license))
             .await
             .unwrap();
         // Hold the writer so every job below lands in one batch.
@@ -1368,7 +1365,7 @@ mod tests {
         let blocker = crate::store::transact(s.as_ref(), move |_| {
             let _ = started_tx.send(());
             let _ = hold.recv();
-            Ok(())
+            Ok::<_, StoreError>(())
         });
         started.recv().unwrap();
         // Half way through the batch a job waits until readers have read meanwhile.
@@ -1387,7 +1384,7 @@ mod tests {
                             std::thread::sleep(std::time::Duration::from_millis(1));
                         }
                     }
-                    Ok(())
+                    Ok::<_, StoreError>(())
                 })
             })
             .collect();
@@ -1405,9 +1402,10 @@ mod tests {
                     loop {
                         let finished = done.load(Ordering::SeqCst);
                         let during = mid.load(Ordering::SeqCst);
-                        let (total, features) = read(s.as_ref(), move |tx| Ok(tx.license_totals(id, true)?.unwrap()))
-                            .await
-                            .unwrap();
+                        let (total, features) =
+                            read(s.as_ref(), move |tx| tx.license_totals(id, true).map(Option::unwrap))
+                                .await
+                                .unwrap();
                         let feature = features.get("f").copied().unwrap_or(4);
                         // The sample license starts at 4 consumptions and no feature total.
                         assert!(
@@ -1460,7 +1458,7 @@ mod tests {
         let blocker = transact(s.as_ref(), move |_| {
             let _ = started_tx.send(());
             let _ = hold.recv();
-            Ok(())
+            Ok::<_, StoreError>(())
         });
         started.recv().unwrap();
         let queued: Vec<_> = (0..20)
@@ -1471,7 +1469,7 @@ mod tests {
                         password_hash: "h".into(),
                         role: Role::User,
                     })?;
-                    Ok(i)
+                    Ok::<_, StoreError>(i)
                 })
             })
             .collect();
@@ -1480,11 +1478,11 @@ mod tests {
         let rblocker = read(s.as_ref(), move |_| {
             let _ = rstarted_tx.send(());
             let _ = rhold.recv();
-            Ok(())
+            Ok::<_, StoreError>(())
         });
         rstarted.recv().unwrap();
         let reads: Vec<_> = (0..20)
-            .map(|_| read(s.as_ref(), |tx| Ok(tx.accounts()?.len())))
+            .map(|_| read(s.as_ref(), |tx| tx.accounts().map(|v| v.len())))
             .collect();
         release.send(()).unwrap();
         rrelease.send(()).unwrap();
@@ -1494,7 +1492,7 @@ mod tests {
         for q in queued {
             match q.await {
                 Ok(i) => ok.push(i),
-                Err(e) => assert_eq!((e.code, e.status.as_u16()), ("server_busy", 503)),
+                Err(e) => assert_eq!(e, StoreError::Busy),
             }
         }
         assert_eq!(ok, vec![0, 1, 2, 3], "exactly the queue's capacity was accepted");
@@ -1502,17 +1500,15 @@ mod tests {
         assert_eq!(busy_reads, 16);
         assert_eq!(s.stats().refused.load(Ordering::Relaxed), 32);
         // Drained: served again at once; the accepted jobs are there, the refused are not.
-        let n = read(s.as_ref(), |tx| Ok(tx.accounts()?.len())).await.unwrap();
+        let n = read(s.as_ref(), |tx| tx.accounts().map(|v| v.len())).await.unwrap();
         assert_eq!(n, 4);
     }
 
-    async fn futures_count(
-        reads: Vec<impl std::future::Future<Output = Result<usize, crate::error::ApiError>>>,
-    ) -> usize {
+    async fn futures_count(reads: Vec<impl std::future::Future<Output = StoreResult<usize>>>) -> usize {
         let mut busy = 0;
         for r in reads {
             if let Err(e) = r.await {
-                assert_eq!(e.code, "server_busy");
+                assert_eq!(e, StoreError::Busy);
                 busy += 1;
             }
         }
@@ -1548,7 +1544,7 @@ mod tests {
             .unwrap()
             .block_on(transact(&s, put("kept")));
         assert!(kept.is_ok());
-        let names: Vec<_> = transact_blocking(&s, |tx| Ok(tx.accounts()?))
+        let names: Vec<_> = transact_blocking(&s, |tx| tx.accounts())
             .unwrap()
             .into_iter()
             .map(|a| a.username)
@@ -1562,9 +1558,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         s.close();
-        let e = transact_blocking(&s, |tx| Ok(tx.accounts()?)).unwrap_err();
-        assert_eq!(e.code, "internal_error");
-        assert!(crate::store::read_blocking(&s, |tx| Ok(tx.accounts()?)).is_err());
+        let e = transact_blocking(&s, |tx| tx.accounts()).unwrap_err();
+        assert!(matches!(e, StoreError::Closed | StoreError::Failed(_)), "{e:?}");
+        assert!(crate::store::read_blocking(&s, |tx| tx.accounts()).is_err());
         assert!(s.flush().is_err());
     }
 }

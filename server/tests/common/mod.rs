@@ -157,7 +157,7 @@ impl Harness {
             password_hash: hash_password(password).unwrap(),
             role,
         };
-        transact(self.store.as_ref(), move |tx| Ok(tx.put_account(&a)?))
+        transact(self.store.as_ref(), move |tx| tx.put_account(&a))
             .await
             .unwrap();
         // The server keeps an in-memory copy of the accounts (it polls; tests reload).

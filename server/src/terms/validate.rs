@@ -2,8 +2,7 @@
 //! terms (negative limits, zero seats, unknown periods, validity ending before it starts,
 //! ids a JavaScript client cannot hold) are refused naming the field.
 
-use crate::license_file::{LICENSE_TYPES, RESET_PERIODS};
-use crate::model::{FeatureKind, LicenseTerms};
+use super::{ConsumptionTerms, FeatureKind, FeatureTerms, LicenseTerms, LICENSE_TYPES, RESET_PERIODS};
 
 /// Largest license id: ids are JSON numbers, exact in JavaScript only up to 2^53 − 1.
 pub const MAX_LICENSE_ID: u64 = (1 << 53) - 1;
@@ -38,6 +37,39 @@ pub fn validate_terms(t: &LicenseTerms) -> Result<(), InvalidField> {
     if t.product.trim().is_empty() || t.product.len() > 256 {
         return bad("product", "must have 1 to 256 characters");
     }
+    limits(t)?;
+    match &t.consumption {
+        Some(c) => consumption(c)?,
+        None if t.license_type == "consumption" => {
+            return bad("maxConsumptions", "a consumption license needs maxConsumptions")
+        }
+        None => {}
+    }
+    let mut codes = std::collections::BTreeSet::new();
+    for f in &t.features {
+        if f.code.trim().is_empty() || f.code.len() > 256 {
+            return bad("features.code", "must have 1 to 256 characters");
+        }
+        if !codes.insert(f.code.as_str()) {
+            return bad("features.code", format!("{:?} appears twice", f.code));
+        }
+        feature(f)?;
+    }
+    if let (Some(from), Some(until)) = (t.valid_from, t.valid_until) {
+        if until <= from {
+            return bad("validUntil", "must be after validFrom");
+        }
+    }
+    for s in &t.allowed_serials {
+        if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return bad("allowedSerials", format!("{s:?} is not a key serial"));
+        }
+    }
+    Ok(())
+}
+
+/// License type, seats, seat timeout, borrowing.
+fn limits(t: &LicenseTerms) -> Result<(), InvalidField> {
     if !LICENSE_TYPES.contains(&t.license_type.as_str()) {
         return bad(
             "licenseType",
@@ -53,72 +85,45 @@ pub fn validate_terms(t: &LicenseTerms) -> Result<(), InvalidField> {
     if t.max_borrow_time_hours > 87_600 {
         return bad("maxBorrowTime", "must be at most 87600 hours (ten years)");
     }
-    if let Some(c) = &t.consumption {
-        if c.max_consumptions < 0 {
-            return bad("maxConsumptions", "must not be negative");
-        }
-        if c.max_overages < 0 {
-            return bad("maxOverages", "must not be negative");
-        }
-        if let Some(p) = &c.reset_period {
-            if !RESET_PERIODS.contains(&p.as_str()) {
-                return bad(
-                    "consumptionPeriod",
-                    format!("{p:?} is not one of {}", RESET_PERIODS.join(", ")),
-                );
-            }
-        }
-    } else if t.license_type == "consumption" {
-        return bad("maxConsumptions", "a consumption license needs maxConsumptions");
+    Ok(())
+}
+
+fn consumption(c: &ConsumptionTerms) -> Result<(), InvalidField> {
+    if c.max_consumptions < 0 {
+        return bad("maxConsumptions", "must not be negative");
     }
-    let mut codes = std::collections::BTreeSet::new();
-    for f in &t.features {
-        if f.code.trim().is_empty() || f.code.len() > 256 {
-            return bad("features.code", "must have 1 to 256 characters");
-        }
-        if !codes.insert(f.code.as_str()) {
-            return bad("features.code", format!("{:?} appears twice", f.code));
-        }
-        if f.floating_users == Some(0) {
-            return bad(
-                "features.floating_users",
-                format!("feature {:?}: must be at least 1", f.code),
-            );
-        }
-        if f.floating_timeout_minutes == Some(0) {
-            return bad(
-                "features.floating_timeout",
-                format!("feature {:?}: must be at least 1", f.code),
-            );
-        }
-        if f.max_consumption.is_some_and(|n| n < 0) {
-            return bad(
-                "features.max_consumption",
-                format!("feature {:?}: must not be negative", f.code),
-            );
-        }
-        if f.kind == FeatureKind::Consumption && f.max_consumption.is_none() {
-            return bad(
-                "features.max_consumption",
-                format!("consumption feature {:?} needs max_consumption", f.code),
-            );
-        }
-        if f.max_overages < 0 {
-            return bad(
-                "features.max_overages",
-                format!("feature {:?}: must not be negative", f.code),
-            );
-        }
+    if c.max_overages < 0 {
+        return bad("maxOverages", "must not be negative");
     }
-    if let (Some(from), Some(until)) = (t.valid_from, t.valid_until) {
-        if until <= from {
-            return bad("validUntil", "must be after validFrom");
-        }
+    match &c.reset_period {
+        Some(p) if !RESET_PERIODS.contains(&p.as_str()) => bad(
+            "consumptionPeriod",
+            format!("{p:?} is not one of {}", RESET_PERIODS.join(", ")),
+        ),
+        _ => Ok(()),
     }
-    for s in &t.allowed_serials {
-        if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return bad("allowedSerials", format!("{s:?} is not a key serial"));
-        }
+}
+
+/// One feature's numbers (its code is checked by the caller, which sees them all).
+fn feature(f: &FeatureTerms) -> Result<(), InvalidField> {
+    let named = |what: &str| format!("feature {:?}: {what}", f.code);
+    if f.floating_users == Some(0) {
+        return bad("features.floating_users", named("must be at least 1"));
+    }
+    if f.floating_timeout_minutes == Some(0) {
+        return bad("features.floating_timeout", named("must be at least 1"));
+    }
+    if f.max_consumption.is_some_and(|n| n < 0) {
+        return bad("features.max_consumption", named("must not be negative"));
+    }
+    if f.kind == FeatureKind::Consumption && f.max_consumption.is_none() {
+        return bad(
+            "features.max_consumption",
+            format!("consumption feature {:?} needs max_consumption", f.code),
+        );
+    }
+    if f.max_overages < 0 {
+        return bad("features.max_overages", named("must not be negative"));
     }
     Ok(())
 }
