@@ -372,6 +372,27 @@ mod tests {
         assert_eq!(verify_license(&sign_raw(&json), &public).unwrap(), small_doc());
     }
 
+    /// Files signed before the terms type was shared (by `keyfloat license issue`, with a
+    /// throw-away vendor key) still verify, and writing the parsed document again gives the
+    /// signed JSON byte for byte: the flattened terms keep the file format.
+    #[test]
+    fn files_signed_by_earlier_versions_verify_and_reserialize_byte_for_byte() {
+        let public =
+            keyfloat_hal::trust::VendorPublicKey::from_pem(include_str!("fixtures/vendor.pub.pem")).unwrap();
+        for text in [include_str!("fixtures/full.lic"), include_str!("fixtures/user.lic")] {
+            let doc = verify_license(text, &public).unwrap();
+            let json = &text[..text.find(&format!("\n{SIGNATURE_BEGIN}")).unwrap()];
+            assert_eq!(serde_json::to_string_pretty(&doc).unwrap(), json);
+        }
+        let full = verify_license(include_str!("fixtures/full.lic"), &public).unwrap();
+        assert_eq!((full.license_id, full.floating_users, full.features.len()), (4242, 5, 3));
+        let terms = full.terms_micros().unwrap();
+        assert_eq!(terms.valid_from, Some(1_767_225_600_000_000));
+        // `+02:00`: two hours before midnight UTC.
+        assert_eq!(terms.valid_until, Some(1_798_761_600_000_000 - 7_200_000_000));
+        assert_eq!(terms.product, full.product);
+    }
+
     type Mutation = fn(&mut LicenseDoc);
 
     #[test]
