@@ -22,7 +22,10 @@ for f in files:
         if not m: continue
         indent = m.group(1)
         for j in range(i, len(code)):
-            if code[j].rstrip() == indent + "}" or (j == i and l.rstrip().endswith(";")):
+            if code[j].rstrip() == indent + "}":
+                break
+            # A declaration without a body (a trait method), on one line or several.
+            if "{" not in "".join(code[i:j + 1]) and code[j].rstrip().endswith(";"):
                 break
         n = j - i + 1
         if n > 80: long_fns.append((n, f, m.group(7)))
