@@ -377,15 +377,17 @@ mod tests {
     /// signed JSON byte for byte: the flattened terms keep the file format.
     #[test]
     fn files_signed_by_earlier_versions_verify_and_reserialize_byte_for_byte() {
-        let public =
-            keyfloat_hal::trust::VendorPublicKey::from_pem(include_str!("fixtures/vendor.pub.pem")).unwrap();
+        let public = keyfloat_hal::trust::VendorPublicKey::from_pem(include_str!("fixtures/vendor.pub.pem")).unwrap();
         for text in [include_str!("fixtures/full.lic"), include_str!("fixtures/user.lic")] {
             let doc = verify_license(text, &public).unwrap();
             let json = &text[..text.find(&format!("\n{SIGNATURE_BEGIN}")).unwrap()];
             assert_eq!(serde_json::to_string_pretty(&doc).unwrap(), json);
         }
         let full = verify_license(include_str!("fixtures/full.lic"), &public).unwrap();
-        assert_eq!((full.license_id, full.floating_users, full.features.len()), (4242, 5, 3));
+        assert_eq!(
+            (full.license_id, full.floating_users, full.features.len()),
+            (4242, 5, 3)
+        );
         let terms = full.terms_micros().unwrap();
         assert_eq!(terms.valid_from, Some(1_767_225_600_000_000));
         // `+02:00`: two hours before midnight UTC.
