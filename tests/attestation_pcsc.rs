@@ -10,15 +10,16 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, require_tools, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_testkit::process::{output_text, run_until, Piped};
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 
 const KEYFLOAT: &str = env!("CARGO_BIN_EXE_keyfloat");
@@ -26,7 +27,7 @@ const KEYFLOAT: &str = env!("CARGO_BIN_EXE_keyfloat");
 struct Rig {
     pcscd: PrivatePcscd,
     card: CardServer,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// A private pcscd and a card built by `make` (given the rig's test attestation CA).
@@ -36,32 +37,23 @@ fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> O
     let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
     let ca = SimAttestationCa::generate().expect("test attestation CA");
     let card = CardServer::connect(pcscd.vpcd_addr(0), make(&ca)).expect("card");
-    let dir = std::env::temp_dir().join(format!("keyfloat-attest-{}-{port_hint}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    std::fs::write(dir.join("root.pem"), ca.root_pem()).expect("write root");
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("root.pem"), ca.root_pem()).expect("write root");
     Some(Rig { pcscd, card, dir })
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
         self.card.remove();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 impl Rig {
     fn cmd(&self, program: &str, args: &[&str]) -> Command {
         let mut c = Command::new(program);
-        c.env(CSOCK_ENV, self.pcscd.socket()).args(args).current_dir(&self.dir);
+        c.env(CSOCK_ENV, self.pcscd.socket())
+            .args(args)
+            .current_dir(self.dir.path());
         c
     }
 
@@ -73,20 +65,16 @@ impl Rig {
     /// Runs `yubico-piv-tool` until it succeeds (the card appears at pcscd's next poll), at
     /// most 10 s.
     fn piv_tool(&self, args: &[&str]) -> Output {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.run("yubico-piv-tool", args);
-            if out.status.success() {
-                return out;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "yubico-piv-tool {args:?} failed: {}\npcscd log: {}",
-                text(&out),
-                self.pcscd.log_path().display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!(
+            "yubico-piv-tool {args:?} to succeed (pcscd log: {})",
+            self.pcscd.log_path().display()
+        );
+        run_until(
+            Duration::from_secs(10),
+            what,
+            || self.cmd("yubico-piv-tool", args),
+            |out| out.status.success(),
+        )
     }
 
     fn vendor_keygen(&self) {
@@ -101,7 +89,7 @@ impl Rig {
                 "vendor.pub.pem",
             ],
         );
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
     }
 
     /// `keyfloat vendor sign-key-cert --attestation …` with the rig's files.
@@ -132,27 +120,23 @@ impl Rig {
 
     /// `keyfloat keys --json` on this pcscd with the vendor key and the test root.
     fn keys(&self, expect_serial: &str) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self.run(
-                KEYFLOAT,
-                &[
-                    "keys",
-                    "--json",
-                    "--key-backend",
-                    "pcsc",
-                    "--vendor-public-key",
-                    "vendor.pub.pem",
-                    "--attestation-root",
-                    "root.pem",
-                ],
-            );
-            if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(expect_serial) {
-                return serde_json::from_slice(&out.stdout).expect("keys --json is JSON");
-            }
-            assert!(Instant::now() < deadline, "keyfloat keys: {}", text(&out));
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let args = [
+            "keys",
+            "--json",
+            "--key-backend",
+            "pcsc",
+            "--vendor-public-key",
+            "vendor.pub.pem",
+            "--attestation-root",
+            "root.pem",
+        ];
+        let out = run_until(
+            Duration::from_secs(10),
+            format_args!("keyfloat keys to list {expect_serial}"),
+            || self.cmd(KEYFLOAT, &args),
+            |out| out.status.success() && String::from_utf8_lossy(&out.stdout).contains(expect_serial),
+        );
+        serde_json::from_slice(&out.stdout).expect("keys --json is JSON")
     }
 }
 
@@ -195,11 +179,11 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
         "openssl",
         &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
     );
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"));
 
     let signed = rig.sign_attested(SERIAL, "root.pem");
-    assert!(signed.status.success(), "{}", text(&signed));
+    assert!(signed.status.success(), "{}", output_text(&signed));
     let out = String::from_utf8_lossy(&signed.stdout);
     assert!(out.contains("attestation verified: serial 13572468"), "{out}");
     assert!(out.contains("attested certificate"), "{out}");
@@ -225,18 +209,18 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
         )
     };
     let out = station(&serial);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("attested certificate"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     let out = station("99999999");
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("reports serial 13572468"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 
     rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
@@ -244,7 +228,7 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("CN=keyfloat key 13572468"),
         "{}",
-        text(&status)
+        output_text(&status)
     );
 
     let rows = rig.keys("13572468");
@@ -263,15 +247,19 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     rig.vendor_keygen();
     generate_attest_read_f9(&rig);
     let refused = |out: &Output, code: &str| {
-        assert!(!out.status.success(), "{}", text(out));
+        assert!(!out.status.success(), "{}", output_text(out));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("refused ({code})")), "{code}: {}", text(out));
-        assert!(!rig.dir.join("cert.pem").exists(), "a certificate was written");
+        assert!(
+            err.contains(&format!("refused ({code})")),
+            "{code}: {}",
+            output_text(out)
+        );
+        assert!(!rig.dir.path().join("cert.pem").exists(), "a certificate was written");
     };
 
     // An attestation signed by an unknown root (a CA of the same name, another key).
     std::fs::write(
-        rig.dir.join("other-root.pem"),
+        rig.dir.path().join("other-root.pem"),
         SimAttestationCa::generate().unwrap().root_pem(),
     )
     .unwrap();
@@ -299,7 +287,7 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_pin_policy");
     // Garbage in place of the attestation: a clear refusal, no panic.
-    std::fs::write(rig.dir.join("attest.pem"), "not a certificate").unwrap();
+    std::fs::write(rig.dir.path().join("attest.pem"), "not a certificate").unwrap();
     let out = rig.sign_attested(SERIAL, "root.pem");
     assert!(!out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
@@ -315,7 +303,7 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     // The attacker's software key, imported into the card.
     let soft = p256::SecretKey::random(&mut rand_core::OsRng);
     std::fs::write(
-        rig.dir.join("soft.pem"),
+        rig.dir.path().join("soft.pem"),
         soft.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes(),
     )
     .unwrap();
@@ -325,7 +313,7 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     assert!(
         !attest.status.success(),
         "an imported key was attested: {}",
-        text(&attest)
+        output_text(&attest)
     );
     // The provisioning-station mode refuses to certify it.
     let out = rig.run(
@@ -344,18 +332,18 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
             "cert.pem",
         ],
     );
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no attestation"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
-    assert!(!rig.dir.join("cert.pem").exists());
+    assert!(!rig.dir.path().join("cert.pem").exists());
 
     // A vendor certifying it anyway (the old flow, no attestation): the server refuses it.
     use p256::pkcs8::EncodePublicKey;
     std::fs::write(
-        rig.dir.join("pub.pem"),
+        rig.dir.path().join("pub.pem"),
         soft.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
     )
     .unwrap();
@@ -375,7 +363,7 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
             "cert.pem",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
     let rows = rig.keys("11223344");
     assert_eq!(rows[0]["proof"], "invalid", "{rows}");
@@ -398,7 +386,7 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
     }) else {
         return;
     };
-    std::fs::write(rig.dir.join("vendor.pub.pem"), vendor.public_key().to_pem()).unwrap();
+    std::fs::write(rig.dir.path().join("vendor.pub.pem"), vendor.public_key().to_pem()).unwrap();
     // The replayed attestation itself is genuine: openssl accepts its chain …
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
@@ -406,7 +394,7 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
         "openssl",
         &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
     );
-    assert!(verify.status.success(), "{}", text(&verify));
+    assert!(verify.status.success(), "{}", output_text(&verify));
     // … but it is for another serial and another key, so the server refuses card B.
     let rows = rig.keys("55550002");
     assert_eq!(rows[0]["proof"], "invalid", "{rows}");
@@ -437,7 +425,6 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
 #[test]
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool, openssl and ykman; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
-    use std::io::{BufRead, BufReader, Write};
     let beside_python = std::env::var_os("KEYFLOAT_PYTHON")
         .map(|p| Path::new(&p).with_file_name("ykman"))
         .filter(|p| p.is_file())
@@ -455,48 +442,43 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
     require_tools(&["yubico-piv-tool", "openssl"]).unwrap_or_else(|e| panic!("{e}"));
     require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(0xA6C0).expect("private pcscd");
-    let dir = std::env::temp_dir().join(format!("keyfloat-attest-ykman-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
     let vpcd = pcscd.vpcd_addr(0).to_string();
-    let mut card = Command::new(KEYFLOAT)
-        .args([
-            "simulate",
-            "card",
-            "--serial",
-            "36925814",
-            "--vpcd",
-            &vpcd,
-            "--unprovisioned",
-            "--attestation-root-out",
-            "root.pem",
-        ])
-        .current_dir(&dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("keyfloat simulate card");
-    let mut stdin = card.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(card.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("banner").expect("banner");
+    let mut card = Piped::spawn(
+        Command::new(KEYFLOAT)
+            .args([
+                "simulate",
+                "card",
+                "--serial",
+                "36925814",
+                "--vpcd",
+                &vpcd,
+                "--unprovisioned",
+                "--attestation-root-out",
+                "root.pem",
+            ])
+            .current_dir(dir)
+            .stderr(std::process::Stdio::null()),
+    );
+    let first = card.line();
     assert!(first.contains("serial 36925814"), "{first}");
 
     let run = |program: &str, args: &[&str]| {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let out = Command::new(program)
-                .args(args)
+        let mut attempt = || {
+            let mut c = Command::new(program);
+            c.args(args)
                 .env(CSOCK_ENV, pcscd.socket())
                 .env("YKMAN_NO_EXLUSIVE", "1")
-                .current_dir(&dir)
-                .output()
-                .expect("tool runs");
-            if out.status.success() {
-                return out;
-            }
-            assert!(Instant::now() < deadline, "{program} {args:?}: {}", text(&out));
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                .current_dir(dir);
+            c
+        };
+        run_until(
+            Duration::from_secs(15),
+            format_args!("{program} {args:?} to succeed"),
+            &mut attempt,
+            |out| out.status.success(),
+        )
     };
     run(
         "yubico-piv-tool",
@@ -528,7 +510,7 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
     assert!(
         String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"),
         "{}",
-        text(&verify)
+        output_text(&verify)
     );
     // The attested key is the one generate printed.
     let pubkey = |args: &[&str]| run("openssl", args).stdout;
@@ -537,7 +519,5 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
         std::fs::read(dir.join("pub.pem")).expect("pub.pem")
     );
 
-    writeln!(stdin, "quit").expect("stdin");
-    assert!(card.wait().expect("exit").success());
-    let _ = std::fs::remove_dir_all(&dir);
+    card.finish("quit");
 }

@@ -31,17 +31,17 @@ fn require_attestation_without_roots_refuses_to_start() {
     std::fs::write(&vendor_pub, vendor.public_key().to_pem()).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "requireAttestation: true\nkey_backend: pcsc\n").unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--vendor-public-key")
-        .arg(&vendor_pub)
-        .arg("--data-dir")
-        .arg(dir.path().join("db"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let serve = || {
+        let mut c = Command::new(BIN);
+        c.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--vendor-public-key")
+            .arg(&vendor_pub)
+            .arg("--data-dir")
+            .arg(dir.path().join("db"));
+        c
+    };
+    let mut child = serve().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let code = wait_exit(&mut child, Duration::from_secs(20));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -50,15 +50,9 @@ fn require_attestation_without_roots_refuses_to_start() {
 
     // A root that is not a certificate: refused too, naming the setting.
     std::fs::write(dir.path().join("root.pem"), "not a certificate").unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--vendor-public-key")
-        .arg(&vendor_pub)
+    let out = serve()
         .arg("--attestation-root")
         .arg(dir.path().join("root.pem"))
-        .arg("--data-dir")
-        .arg(dir.path().join("db"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

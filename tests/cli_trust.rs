@@ -2,7 +2,7 @@
 //! verify → tamper → verify fails. Plus: no private key PEM is ever part of the source tree.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn keyfloat(args: &[&str]) -> Output {
@@ -35,29 +35,45 @@ fn fails(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("keyfloat-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_string_lossy().into_owned()
-    }
+/// `vendor sign-key-cert` arguments.
+fn sign_key_cert<'a>(
+    vendor: &'a str,
+    serial: &'a str,
+    public_key: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "vendor",
+        "sign-key-cert",
+        "--vendor-key",
+        vendor,
+        "--serial",
+        serial,
+        "--public-key",
+        public_key,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// A temp dir handing out file paths as strings (for command lines).
+struct TempDir(tempfile::TempDir);
+
+impl TempDir {
+    fn new() -> Self {
+        Self(tempfile::tempdir().expect("temp dir"))
+    }
+    fn path(&self, file: &str) -> String {
+        self.0.path().join(file).to_string_lossy().into_owned()
     }
 }
 
 #[test]
 fn vendor_round_trip_and_tampering() {
-    let dir = TempDir::new("cli-trust");
+    let dir = TempDir::new();
     let (vendor, vendor_pub) = (dir.path("vendor.pem"), dir.path("vendor.pub.pem"));
 
     let out = ok(&["vendor", "keygen", "--out", &vendor, "--public-out", &vendor_pub]);
@@ -80,36 +96,12 @@ fn vendor_round_trip_and_tampering() {
     ok(&["vendor", "keygen", "--out", &key, "--public-out", &key_pub]);
 
     let cert = dir.path("cert.pem");
-    let out = ok(&[
-        "vendor",
-        "sign-key-cert",
-        "--vendor-key",
-        &vendor,
-        "--serial",
-        "12345678",
-        "--public-key",
-        &key_pub,
-        "--days",
-        "30",
-        "--out",
-        &cert,
-    ]);
+    let out = ok(&sign_key_cert(&vendor, "12345678", &key_pub, &cert, &["--days", "30"]));
     assert!(out.contains("12345678"), "{out}");
     let pem = std::fs::read_to_string(&cert).unwrap();
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
     let cert_der = dir.path("cert.der");
-    ok(&[
-        "vendor",
-        "sign-key-cert",
-        "--vendor-key",
-        &vendor,
-        "--serial",
-        "12345678",
-        "--public-key",
-        &key_pub,
-        "--out",
-        &cert_der,
-    ]);
+    ok(&sign_key_cert(&vendor, "12345678", &key_pub, &cert_der, &[]));
     let der = std::fs::read(&cert_der).unwrap();
     assert_eq!(der[0], 0x30, "DER certificate starts with a SEQUENCE");
     let parsed = keyfloat_hal::trust::KeyCertificate::from_der(&der).unwrap();
@@ -118,18 +110,8 @@ fn vendor_round_trip_and_tampering() {
     parsed.verify_issued_by(&vendor_key).unwrap();
 
     // A private key where the public key belongs is refused with a reason.
-    let err = fails(&[
-        "vendor",
-        "sign-key-cert",
-        "--vendor-key",
-        &vendor,
-        "--serial",
-        "1",
-        "--public-key",
-        &key,
-        "--out",
-        &dir.path("x.pem"),
-    ]);
+    let x = dir.path("x.pem");
+    let err = fails(&sign_key_cert(&vendor, "1", &key, &x, &[]));
     assert!(err.contains("wrong key type"), "{err}");
 
     let lic = dir.path("license.json");

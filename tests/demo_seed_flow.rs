@@ -5,13 +5,12 @@
 
 mod server_support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keyfloat_testkit::serve::spawn_until;
 use serde_json::{json, Value};
-use server_support::{basic, http, BIN};
+use server_support::{basic, free_port, http, login, wait_for, BIN};
 
 struct Demo {
     child: Child,
@@ -26,47 +25,19 @@ impl Drop for Demo {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_demo(data: &std::path::Path, global: &[&str]) -> Demo {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args(global)
+    let log = data.with_extension("log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(global)
         .args(["demo", "--listen", &listen, "--data-dir"])
         .arg(data)
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(data.with_extension("log")).unwrap()))
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    let (child, mut banner) = spawn_until(&mut cmd, Some(&log), Duration::from_secs(60), |lines| {
+        lines.last().is_some_and(|l| l.starts_with("listening on http://"))
     });
-    let mut banner = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("listening on http://") => break,
-            Ok(line) => banner.push(line),
-            Err(_) => panic!(
-                "demo did not start; stdout so far: {banner:#?}\nlog:\n{}",
-                std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
-            ),
-        }
-    }
+    banner.pop();
     Demo {
         child,
         base: listen,
@@ -112,31 +83,29 @@ fn parse_curl(line: &str) -> Option<Curl> {
 }
 
 fn wait_key(base: &str, token: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for(Duration::from_secs(10), format_args!("key state {want}"), || {
         let (s, b) = http(base, "GET", "/api/v4/health", None, Some(&format!("Bearer {token}"))).unwrap();
         assert_eq!(s, 200, "{b}");
         let v: Value = serde_json::from_str(&b).unwrap();
         if v["key"]["state"] == want {
-            return;
+            Ok(())
+        } else {
+            Err(v)
         }
-        assert!(Instant::now() < deadline, "key never became {want}: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 /// `/metrics` needs a token in authentication mode (the demo's mode).
 fn wait_metric(base: &str, token: &str, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for(Duration::from_secs(10), format_args!("metrics line {line:?}"), || {
         let (s, text) = http(base, "GET", "/metrics", None, Some(&format!("Bearer {token}"))).unwrap();
         assert_eq!(s, 200, "{text}");
         if text.lines().any(|l| l == line) {
-            return;
+            Ok(())
+        } else {
+            Err(text)
         }
-        assert!(Instant::now() < deadline, "metrics never showed {line:?}:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
 }
 
 #[test]
@@ -281,12 +250,7 @@ fn log_json_gives_one_json_line_per_key_event_and_refused_action() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("demo");
     let demo = start_demo(&data, &["--log-json"]);
-    let (s, b) = http(&demo.base, "GET", "/auth", None, Some(&basic("admin", "demo-admin"))).unwrap();
-    assert_eq!(s, 200, "{b}");
-    let token = serde_json::from_str::<Value>(&b).unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = login(&demo.base, "admin", "demo-admin");
     let bearer = format!("Bearer {token}");
     wait_key(&demo.base, &token, "valid");
     let (s, _) = http(&demo.base, "POST", "/api/v4/sim/unplug", None, Some(&bearer)).unwrap();
@@ -302,27 +266,28 @@ fn log_json_gives_one_json_line_per_key_event_and_refused_action() {
     .unwrap();
     assert_eq!(s, 400);
     let log = data.with_extension("log");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
-            .collect();
-        let pulled = lines
-            .iter()
-            .any(|v| v["fields"]["event"] == "pulled" && v["fields"]["serial"] == "12345678");
-        let refused = lines.iter().any(|v| {
-            v["fields"]["code"] == "hardware_key_not_accessible" && v["fields"]["route"] == "/api/v4/add_consumption"
-        });
-        if pulled && refused {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "log lacks the key event or the refusal:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        Duration::from_secs(10),
+        "the key event and the refusal in the log",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+                .collect();
+            let pulled = lines
+                .iter()
+                .any(|v| v["fields"]["event"] == "pulled" && v["fields"]["serial"] == "12345678");
+            let refused = lines.iter().any(|v| {
+                v["fields"]["code"] == "hardware_key_not_accessible"
+                    && v["fields"]["route"] == "/api/v4/add_consumption"
+            });
+            if pulled && refused {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    );
 }

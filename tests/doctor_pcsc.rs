@@ -6,15 +6,16 @@
 //! reported as ignored by a plain `cargo test`; `./scripts/dev.sh test` runs them (`--include-ignored`).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_testkit::serve::{listening, spawn_until, START_LIMIT};
+use keyfloat_testkit::wait_for_every;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyfloat");
@@ -52,18 +53,19 @@ fn codes(report: &Value) -> Vec<String> {
 
 /// Runs doctor until `cond` holds (≤ 15 s): pcscd needs a moment to notice a card.
 fn doctor_until(socket: &Path, extra: &[&str], what: &str, cond: impl Fn(i32, &Value) -> bool) -> (i32, Value) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (code, v) = doctor(socket, extra);
-        if cond(code, &v) {
-            return (code, v);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "doctor never showed {what}: exit {code}, {v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_every(
+        Duration::from_millis(100),
+        Duration::from_secs(15),
+        format_args!("doctor to show {what}"),
+        || {
+            let (code, v) = doctor(socket, extra);
+            if cond(code, &v) {
+                Ok((code, v))
+            } else {
+                Err(format!("exit {code}, {v:#}"))
+            }
+        },
+    )
 }
 
 #[test]
@@ -169,20 +171,11 @@ fn private_pcscd_empty_reader_then_card_then_held_card() {
         .iter()
         .find(|p| p["code"] == "key_busy")
         .unwrap();
-    assert!(
-        problem["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("pid {holder_pid}")),
-        "{problem}"
-    );
-    assert!(
-        problem["hint"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("kill {holder_pid}")),
-        "{problem}"
-    );
+    let says = |field: &str, text: String| {
+        assert!(problem[field].as_str().unwrap().contains(&text), "{problem}");
+    };
+    says("message", format!("pid {holder_pid}"));
+    says("hint", format!("kill {holder_pid}"));
     let _ = holder.kill();
     let _ = holder.wait();
     let _ = server.kill();
@@ -192,48 +185,26 @@ fn private_pcscd_empty_reader_then_card_then_held_card() {
 
 /// `keyfloat serve --key-backend pcsc` on the private pcscd (its monitor is a PC/SC client).
 fn spawn_server(socket: &Path, data: &Path) -> Child {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--key-backend",
-            "pcsc",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env(CSOCK_ENV, socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("listening on") => break,
-            Some(Ok(_)) => {}
-            other => panic!("server did not start: {other:?}"),
-        }
-    }
-    child
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--key-backend",
+        "pcsc",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data)
+    .env(CSOCK_ENV, socket)
+    .stderr(Stdio::null());
+    spawn_until(&mut cmd, None, START_LIMIT, |l| listening(l, "http").is_some()).0
 }
 
 /// `keyfloat simulate hold`: a real second PC/SC client with an exclusive connection.
 fn spawn_holder(socket: &Path, reader: &str) -> Child {
-    let mut child = Command::new(BIN)
-        .args(["simulate", "hold", "--reader", reader, "--millis", "60000"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["simulate", "hold", "--reader", reader, "--millis", "60000"])
         .env(CSOCK_ENV, socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.trim() == "HOLDING" => break,
-            Some(Ok(_)) => {}
-            other => panic!("holder did not start: {other:?}"),
-        }
-    }
-    child
+        .stderr(Stdio::inherit());
+    spawn_until(&mut cmd, None, START_LIMIT, |l| l.iter().any(|l| l.trim() == "HOLDING")).0
 }

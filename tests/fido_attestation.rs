@@ -20,15 +20,14 @@ struct Rig {
     hid: SimHidTransport,
     provider: HidProvider,
     store: ProvisioningStore,
-    dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
     ca: SimAttestationCa,
 }
 
 impl Rig {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("keyfloat-fido-att-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = ProvisioningStore::new(&dir);
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProvisioningStore::new(dir.path());
         let hid = SimHidTransport::new();
         let config = HidConfig {
             provisioning: Some(store.clone()),
@@ -39,7 +38,7 @@ impl Rig {
             hid,
             provider,
             store,
-            dir,
+            _dir: dir,
             ca: SimAttestationCa::generate().unwrap(),
         }
     }
@@ -65,15 +64,9 @@ impl Rig {
     }
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[test]
 fn enrollment_verifies_packed_attestation_and_the_credential_then_proves_itself() {
-    let rig = Rig::new("ok");
+    let rig = Rig::new();
     let spec = rig.plug("alpha", 12345678, true);
     let mut key = rig.key();
 
@@ -119,7 +112,7 @@ fn enrollment_verifies_packed_attestation_and_the_credential_then_proves_itself(
 #[test]
 fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
     // A key without an attestation key (format "none"): nothing chains to a root.
-    let rig = Rig::new("none");
+    let rig = Rig::new();
     rig.plug("plain", 1, false);
     rig.hid.touch("plain").unwrap();
     let mut key = rig.key();
@@ -127,7 +120,7 @@ fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
     assert!(e.to_string().contains("attestation_untrusted"), "{e}");
 
     // A genuine-looking chain to a root nobody configured.
-    let rig = Rig::new("root");
+    let rig = Rig::new();
     rig.plug("k", 2, true);
     rig.hid.touch("k").unwrap();
     let other = SimAttestationCa::generate().unwrap().roots().unwrap();
@@ -135,7 +128,7 @@ fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
     assert!(e.to_string().contains("attestation_untrusted"), "{e}");
 
     // The key signs something else than the new credential.
-    let rig = Rig::new("corrupt");
+    let rig = Rig::new();
     rig.plug("k", 3, true);
     rig.hid.corrupt("k", true).unwrap();
     rig.hid.touch("k").unwrap();
@@ -147,8 +140,8 @@ fn enrollment_refuses_none_attestation_unknown_roots_and_bad_signatures() {
 /// The CLI glue on a machine without HID keys (every CI machine): a clear refusal, no file.
 #[test]
 fn fido_enroll_without_a_key_says_so() {
-    let dir = std::env::temp_dir().join(format!("keyfloat-fido-enroll-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     VendorSigningKey::generate()
         .write_pem_file(dir.join("vendor.pem"))
         .unwrap();
@@ -164,12 +157,11 @@ fn fido_enroll_without_a_key_says_so() {
             "--provisioning-dir",
             "creds",
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("found 0 FIDO keys"), "{err}");
     assert!(!dir.join("creds").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }

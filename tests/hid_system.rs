@@ -7,6 +7,7 @@ use std::process::Command;
 
 use keyfloat_hal::backend::hid::{HidApiTransport, HidProvider, HidTransport};
 use keyfloat_hal::KeyProvider;
+use keyfloat_testkit::process::success_stdout;
 
 /// Whether the kernel shows any hidraw node (a developer machine with a keyboard may).
 fn has_hidraw() -> bool {
@@ -37,13 +38,7 @@ fn keys_json_with_the_hid_backend_prints_an_empty_list() {
         .env_remove("KEYFLOAT_HID_DONGLES")
         .output()
         .expect("run keyfloat");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}, stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = success_stdout(&out);
     let rows: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
     assert!(rows.is_array(), "{stdout}");
     if !has_hidraw() {

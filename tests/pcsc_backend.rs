@@ -7,9 +7,8 @@
 //! a child (`holder_child_process`), which is a no-op unless the parent sets its variable.
 //! Fails when pcscd / vpcd are missing; reported as ignored by a plain `cargo test`; `./scripts/dev.sh test` runs them (`--include-ignored`).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::{PcscKey, PcscProvider, Timeouts};
@@ -20,24 +19,17 @@ use keyfloat_hal::{
     spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, KeyProvider, KeyStatus,
     KeyValidator, MonitorConfig, Serial, Snapshot, Validation,
 };
-use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_simulator::card::{CardServer, PrivatePcscd, VirtualCard};
+use keyfloat_testkit::pcscd::shared_pcscd;
+use keyfloat_testkit::serve::spawn_until;
+use keyfloat_testkit::{wait_for as testkit_wait_for, wait_until};
 
 const HOLD_ENV: &str = "KEYFLOAT_TEST_HOLD_READER";
 const HOLD_MODE_ENV: &str = "KEYFLOAT_TEST_HOLD_MODE";
 
 /// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
 fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
-    static PCSCD: OnceLock<Option<Mutex<PrivatePcscd>>> = OnceLock::new();
-    let slot = PCSCD.get_or_init(|| {
-        if !require_pcscd().expect("pcscd is required for this test") {
-            return None;
-        }
-        let p = PrivatePcscd::start(0x9E00).expect("private pcscd");
-        // Before any PC/SC call in this process (libpcsclite caches it).
-        std::env::set_var(CSOCK_ENV, p.socket());
-        Some(Mutex::new(p))
-    });
-    slot.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    shared_pcscd(0x9E00)
 }
 
 fn provisioned(serial: u32) -> (SimKeySpec, VendorSigningKey) {
@@ -45,27 +37,19 @@ fn provisioned(serial: u32) -> (SimKeySpec, VendorSigningKey) {
     (provision_sim_key(SimKeySpec::generate("card", serial), &vendor), vendor)
 }
 
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    wait_until(limit, what, cond);
 }
 
 fn wait_snapshot(reader: &CellReader, what: &str, cond: impl Fn(&Snapshot) -> bool) -> Arc<Snapshot> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    testkit_wait_for(Duration::from_secs(10), what, || {
         let s = reader.snapshot();
         if cond(&s) {
-            return Arc::clone(&s);
+            Ok(Arc::clone(&s))
+        } else {
+            Err(format!("{s:#?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for: {what}; last snapshot: {s:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    })
 }
 
 fn fast_monitor() -> MonitorConfig {
@@ -163,27 +147,14 @@ fn spawn_holder(reader: &str) -> Child {
 }
 
 fn spawn_holder_in(reader: &str, mode: &str) -> Child {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "holder_child_process", "--nocapture", "--test-threads=1"])
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["--exact", "holder_child_process", "--nocapture", "--test-threads=1"])
         .env(HOLD_ENV, reader)
         .env(HOLD_MODE_ENV, mode)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn holder");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.trim_end().ends_with("HOLDING") => break,
-            Some(Ok(_)) => {}
-            other => panic!("holder did not start: {other:?}"),
-        }
-    }
-    // Keep reading so the child never writes into a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    child
+        .stderr(Stdio::inherit());
+    let holding = |lines: &[String]| lines.iter().any(|l| l.trim_end().ends_with("HOLDING"));
+    spawn_until(&mut cmd, None, Duration::from_secs(30), holding).0
 }
 
 /// Not a scenario: the body of the holder process (see [`spawn_holder`]).
@@ -192,7 +163,6 @@ fn holder_child_process() {
     let Ok(reader) = std::env::var(HOLD_ENV) else { return };
     let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("context");
     let name = std::ffi::CString::new(reader).expect("reader name");
-    let deadline = Instant::now() + Duration::from_secs(10);
     // Our monitor may hold a shared connection for a moment: retry until exclusive.
     // "exclusive": an exclusive connection; "transaction": a shared one inside a transaction.
     let transaction = std::env::var(HOLD_MODE_ENV).as_deref() == Ok("transaction");
@@ -201,16 +171,9 @@ fn holder_child_process() {
     } else {
         pcsc::ShareMode::Exclusive
     };
-    let mut card = loop {
-        match ctx.connect(&name, mode, pcsc::Protocols::ANY) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot hold the card: {e}"),
-        }
-    };
+    let mut card = testkit_wait_for(Duration::from_secs(10), "a connection holding the card", || {
+        ctx.connect(&name, mode, pcsc::Protocols::ANY)
+    });
     let tx = if transaction {
         Some(card.transaction().expect("begin transaction"))
     } else {

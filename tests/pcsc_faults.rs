@@ -9,7 +9,7 @@
 //! `cargo test --test pcsc_faults soak_ -- --ignored --nocapture`.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
@@ -17,40 +17,27 @@ use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
 use keyfloat_hal::{spawn_monitor, CellReader, HardwareId, HardwareIdCell, MonitorConfig, MonitorHandle};
-use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_simulator::card::{CardServer, PrivatePcscd, VirtualCard};
 use keyfloat_simulator::scenario::{HttpTarget, InProcessServer, ScenarioSpec};
+use keyfloat_testkit::pcscd::shared_pcscd;
+use keyfloat_testkit::wait_until;
 
+/// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
 fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
-    static PCSCD: OnceLock<Option<Mutex<PrivatePcscd>>> = OnceLock::new();
-    let slot = PCSCD.get_or_init(|| {
-        if !require_pcscd().expect("pcscd is required for this test") {
-            return None;
-        }
-        let p = PrivatePcscd::start(0x9A80).expect("private pcscd");
-        std::env::set_var(CSOCK_ENV, p.socket());
-        Some(Mutex::new(p))
-    });
-    slot.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    shared_pcscd(0x9A80)
 }
 
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+fn wait_for(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    wait_until(limit, what, cond);
 }
 
 /// Spins (no sleep) until the cell's validity is `valid`; returns when it saw it.
 fn spin_until(reader: &CellReader, valid: bool) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if reader.check().valid_key().is_some() == valid {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "the key never became valid={valid}");
-        std::hint::spin_loop();
-    }
+    keyfloat_testkit::spin_until(
+        Duration::from_secs(20),
+        format_args!("the key to become valid={valid}"),
+        || reader.check().valid_key().is_some() == valid,
+    )
 }
 
 /// Waits until no slot holds a card (a previous test's card may still be leaving).
@@ -142,15 +129,17 @@ const MONITOR: MonitorConfig = MonitorConfig {
     ..MonitorConfig::DEFAULT
 };
 
+/// A card "alpha" with `serial`, provisioned by `vendor`, in slot 0.
+fn alpha_card(pcscd: &PrivatePcscd, serial: u32, vendor: &VendorSigningKey) -> CardServer {
+    let spec = provision_sim_key(SimKeySpec::generate("alpha", serial), vendor);
+    CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).unwrap()
+}
+
 /// alpha (valid) in slot 0 and in force; a wedged card in slot 1.
 fn rig(pcscd: &PrivatePcscd, config: MonitorConfig) -> Rig {
     wait_empty();
     let vendor = VendorSigningKey::generate();
-    let alpha = CardServer::connect(
-        pcscd.vpcd_addr(0),
-        VirtualCard::new(&provision_sim_key(SimKeySpec::generate("alpha", 31000001), &vendor)),
-    )
-    .unwrap();
+    let alpha = alpha_card(pcscd, 31000001, &vendor);
     let listener = Listener::start(pcscd.reader(0));
     let cell = HardwareIdCell::new(HardwareId::new("machine"));
     let reader = cell.reader();
@@ -279,11 +268,7 @@ fn grace_covers_a_300ms_hiccup_with_zero_refused_requests() {
     let Some(pcscd) = pcscd() else { return };
     wait_empty();
     let vendor = VendorSigningKey::generate();
-    let card = CardServer::connect(
-        pcscd.vpcd_addr(0),
-        VirtualCard::new(&provision_sim_key(SimKeySpec::generate("alpha", 31000003), &vendor)),
-    )
-    .unwrap();
+    let card = alpha_card(&pcscd, 31000003, &vendor);
     let cell = HardwareIdCell::new(HardwareId::new("machine"));
     let reader = cell.reader();
     let config = MonitorConfig {

@@ -6,21 +6,23 @@
 //! and never touch the system pcscd. They FAIL when pcscd / vpcd / the tools are missing;
 //! reported as ignored by a plain `cargo test`; `./scripts/dev.sh test` runs them (`--include-ignored`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keyfloat_hal::backend::sim::provision_sim_key;
 use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_simulator::card::{require_pcscd, require_tools, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_testkit::process::{run_until, Piped};
+use keyfloat_testkit::wait_for_every;
 
 struct Rig {
     pcscd: PrivatePcscd,
     card: CardServer,
     vendor: VendorSigningKey,
     certificate: Vec<u8>,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// pcscd + a provisioned card with `serial` in slot 0; `None` when skipping is allowed.
@@ -33,8 +35,7 @@ fn rig(port_hint: u16, serial: u32) -> Option<Rig> {
     let spec = provision_sim_key(SimKeySpec::generate("card", serial), &vendor);
     let certificate = spec.certificate.clone().expect("provisioned");
     let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
-    let dir = std::env::temp_dir().join(format!("keyfloat-pcsc-tools-{}-{port_hint}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = tempfile::tempdir().expect("temp dir");
     Some(Rig {
         pcscd,
         card,
@@ -52,32 +53,21 @@ impl Rig {
     }
 
     /// Runs the command until it succeeds and `accept`s its stdout (the card shows up at
-    /// pcscd's next 400 ms poll), for at most 10 s; returns the last output.
-    fn run_until(&self, mut make: impl FnMut() -> Command, accept: impl Fn(&str) -> bool) -> Output {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = make().output().expect("tool runs");
-            if out.status.success() && accept(&String::from_utf8_lossy(&out.stdout)) {
-                return out;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "command never succeeded: {}\nstdout:\n{}\nstderr:\n{}\npcscd log: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr),
-                    self.pcscd.log_path().display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    /// pcscd's next 400 ms poll), for at most 10 s; returns that output.
+    fn run_until(&self, make: impl FnMut() -> Command, accept: impl Fn(&str) -> bool) -> Output {
+        let what = format!(
+            "the command to succeed (pcscd log: {})",
+            self.pcscd.log_path().display()
+        );
+        run_until(Duration::from_secs(10), what, make, |out| {
+            out.status.success() && accept(&String::from_utf8_lossy(&out.stdout))
+        })
     }
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
         self.card.remove();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -126,7 +116,7 @@ fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
         "the tool reads back exactly the provisioned certificate"
     );
 
-    let pem = rig.dir.join("cert.pem");
+    let pem = rig.dir.path().join("cert.pem");
     std::fs::write(&pem, stdout(&cert)).expect("write pem");
     let sig = rig.run_until(
         || {
@@ -207,12 +197,12 @@ fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
     assert_eq!(row["firmware"], "5.4.3");
     assert_eq!(row["proof"], "serial_only");
 
-    let vendor_pub = rig.dir.join("vendor.pub.pem");
+    let vendor_pub = rig.dir.path().join("vendor.pub.pem");
     std::fs::write(&vendor_pub, rig.vendor.public_key().to_pem()).expect("write vendor key");
     let verified = rows(&["--vendor-public-key", vendor_pub.to_str().expect("utf-8 path")]);
     assert_eq!(verified[0]["proof"], "verified", "{verified}");
 
-    let other = rig.dir.join("other.pub.pem");
+    let other = rig.dir.path().join("other.pub.pem");
     std::fs::write(&other, VendorSigningKey::generate().public_key().to_pem()).expect("write key");
     let wrong = rows(&["--vendor-public-key", other.to_str().expect("utf-8 path")]);
     assert_eq!(wrong[0]["proof"], "invalid", "{wrong}");
@@ -222,38 +212,34 @@ fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn simulate_card_command_serves_unplugs_and_replugs() {
-    use std::io::{BufRead, BufReader, Write};
     if !require_pcscd().expect("pcscd is required for this test") {
         return;
     }
     let pcscd = PrivatePcscd::start(0x9D60).expect("private pcscd");
     let keyfloat = env!("CARGO_BIN_EXE_keyfloat");
     let vpcd = pcscd.vpcd_addr(0).to_string();
-    let vendor_key = std::env::temp_dir().join(format!("keyfloat-sim-card-vendor-{}.pem", std::process::id()));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let vendor_key = tmp.path().join("vendor.pem");
     VendorSigningKey::generate()
         .write_pem_file(&vendor_key)
         .expect("vendor key file");
-    let mut card = Command::new(keyfloat)
-        .args([
-            "simulate",
-            "card",
-            "--serial",
-            "11223344",
-            "--vpcd",
-            &vpcd,
-            "--reader-slot",
-            "1",
-        ])
-        .arg("--vendor-key")
-        .arg(&vendor_key)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("keyfloat simulate card");
-    let mut stdin = card.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(card.stdout.take().expect("stdout")).lines();
-    let first = lines.next().expect("banner").expect("banner");
+    let mut card = Piped::spawn(
+        Command::new(keyfloat)
+            .args([
+                "simulate",
+                "card",
+                "--serial",
+                "11223344",
+                "--vpcd",
+                &vpcd,
+                "--reader-slot",
+                "1",
+            ])
+            .arg("--vendor-key")
+            .arg(&vendor_key)
+            .stderr(std::process::Stdio::piped()),
+    );
+    let first = card.line();
     assert!(first.contains("serial 11223344"), "{first}");
 
     let keys = || -> serde_json::Value {
@@ -265,28 +251,23 @@ fn simulate_card_command_serves_unplugs_and_replugs() {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     };
     let wait_keys = |what: &str, cond: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_for_every(Duration::from_millis(50), Duration::from_secs(10), what, || {
             let v = keys();
             if cond(&v) {
-                return v;
+                Ok(v)
+            } else {
+                Err(v)
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {v}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     };
     let listed = wait_keys("the card in slot 1", &|v| v[0]["serial"] == "11223344");
     assert_eq!(listed[0]["path"], pcscd.reader(1));
 
-    writeln!(stdin, "remove").expect("stdin");
-    assert_eq!(lines.next().expect("ack").expect("ack"), "removed");
+    card.ask("remove", "removed");
     wait_keys("no card", &|v| v.as_array().is_some_and(Vec::is_empty));
 
-    writeln!(stdin, "insert").expect("stdin");
-    assert_eq!(lines.next().expect("ack").expect("ack"), "inserted");
+    card.ask("insert", "inserted");
     wait_keys("the card again", &|v| v[0]["serial"] == "11223344");
 
-    writeln!(stdin, "quit").expect("stdin");
-    assert!(card.wait().expect("exit").success());
-    let _ = std::fs::remove_file(&vendor_key);
+    card.finish("quit");
 }

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use keyfloat_testkit::process::success_stdout;
+
 fn keyfloat() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_keyfloat"));
     c.env("RUST_LOG", "error");
@@ -39,12 +41,7 @@ fn suite_passes_in_virtual_mode_deterministically() {
         .args(scenarios())
         .output()
         .expect("run keyfloat");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = success_stdout(&out);
     assert!(!stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.matches("PASS").count() >= 10, "{stdout}");
     // pcsc-only scenarios are skipped, each with its line, not failed.
@@ -96,13 +93,8 @@ fn suite_passes_in_pcsc_mode() {
             .arg(&file)
             .output()
             .expect("run keyfloat");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {stdout}\n{}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        eprintln!("{}", file.display());
+        let stdout = success_stdout(&out);
         passed += stdout.matches("PASS").count();
     }
     assert!(passed >= 5, "only {passed} scenarios support pcsc mode");
@@ -110,22 +102,15 @@ fn suite_passes_in_pcsc_mode() {
 
 #[test]
 fn a_broken_expectation_fails_the_run_naming_scenario_and_step() {
-    let dir = std::env::temp_dir().join(format!("keyfloat-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let file = dir.join("broken.toml");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("broken.toml");
     std::fs::write(
         &file,
         r#"
 name = "deliberately-broken"
 seed = 3
-[[keys]]
-name = "alpha"
-serial = 1
-[[steps]]
-at = "0ms"
-action = "plug"
-key = "alpha"
-expect = { hardware_id = "machine" }
+keys = [{ name = "alpha", serial = 1 }]
+steps = [{ at = "0ms", action = "plug", key = "alpha", expect = { hardware_id = "machine" } }]
 "#,
     )
     .expect("write");
@@ -141,12 +126,12 @@ expect = { hardware_id = "machine" }
         "{stdout}"
     );
     assert!(stdout.contains("expected hardware_id=machine, got alpha"), "{stdout}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn json_trace_is_written_on_request() {
-    let out_file = std::env::temp_dir().join(format!("keyfloat-trace-{}.json", std::process::id()));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_file = dir.path().join("trace.json");
     let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("simulator/scenarios/contention.toml");
     let out = keyfloat()
         .args(["simulate", "run", "--json-trace"])
@@ -154,9 +139,8 @@ fn json_trace_is_written_on_request() {
         .arg(scenario)
         .output()
         .expect("run keyfloat");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    success_stdout(&out);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out_file).expect("trace")).expect("json");
     assert_eq!(v[0]["scenario"], "contention");
     assert_eq!(v[0]["trace"][1]["reason"], "KEY_BUSY");
-    let _ = std::fs::remove_file(out_file);
 }

@@ -6,14 +6,14 @@
 
 mod server_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use server_support::{add_user, basic, data_dir, http, start, wait_exit, Server, BIN};
+use keyfloat_testkit::serve::{listening, spawn_until, START_LIMIT};
+use server_support::{add_user, basic, data_dir, free_port, http, start, wait_exit, wait_until, Server, BIN};
 
 fn token(s: &Server, user: &str, password: &str) -> String {
     let v = s.json("GET", "/auth", None, Some(&basic(user, password)));
@@ -26,15 +26,8 @@ fn status_with(s: &Server, token: &str) -> u16 {
 }
 
 /// Polls (≤ 5 s; the server re-reads accounts every second) until `token` is refused.
-fn refused_soon(s: &Server, token: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if status_with(s, token) == 401 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+fn refused_soon(s: &Server, token: &str, what: &str) {
+    wait_until(Duration::from_secs(5), what, || status_with(s, token) == 401);
 }
 
 fn cli(args: &[&str], data: &Path) -> std::process::Output {
@@ -60,17 +53,17 @@ fn cli_account_changes_revoke_tokens_of_a_running_server() {
     assert_eq!(status_with(&s, &t), 200);
     let out = cli(&["user", "revoke", "ops"], &db);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(refused_soon(&s, &t), "revoked token still accepted");
+    refused_soon(&s, &t, "the revoked token to be refused");
 
     let t = token(&s, "ops", "pw-1");
     let out = cli(&["user", "passwd", "--username", "ops", "--password", "pw-2"], &db);
     assert!(out.status.success());
-    assert!(refused_soon(&s, &t), "token survived a password change");
+    refused_soon(&s, &t, "the token to be refused after a password change");
     let t = token(&s, "ops", "pw-2");
 
     let out = cli(&["user", "delete", "--username", "ops"], &db);
     assert!(out.status.success());
-    assert!(refused_soon(&s, &t), "token survived the account's deletion");
+    refused_soon(&s, &t, "the token to be refused after the account's deletion");
     assert_eq!(s.call("GET", "/auth", None, Some(&basic("ops", "pw-2"))).0, 401);
 }
 
@@ -264,27 +257,15 @@ fn sigterm_finishes_within_the_drain_time_whatever_the_clients_do() {
 
 /// Starts `keyfloat serve` under `umask 000`.
 fn start_with_umask_000(data: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("umask 000; exec \"$0\" \"$@\"")
         .arg(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--key-backend", "sim", "--data-dir"])
         .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("listening on http://") {
-                let _ = tx.send(a.to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    (child, addr)
+        .stderr(Stdio::null());
+    let (child, lines) = spawn_until(&mut cmd, None, START_LIMIT, |l| listening(l, "http").is_some());
+    (child, listening(&lines, "http").unwrap())
 }
 
 fn mode(p: &Path) -> u32 {
@@ -400,14 +381,6 @@ fn audit_verify_names_a_record_edited_with_sqlite3() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains(&format!("record {victim}")), "{text}");
     let _ = wait_exit;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `/metrics` in authentication mode: refused without a token, served with the dedicated

@@ -8,11 +8,12 @@ mod server_support;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use keyfloat_testkit::serve::{listening, serve_command, spawn_until, START_LIMIT};
+
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use server_support::{data_dir, http, python, BIN};
+use server_support::{data_dir, http, python, wait_for, wait_until, BIN};
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -45,6 +46,16 @@ fn leaf(ca: &Ca, cn: &str, client: bool, dir: &Path, stem: &str) -> (PathBuf, Pa
     (c, k)
 }
 
+/// A CA named `ca_name`, its certificate as `ca.pem` and the server leaf "server-one" in
+/// `dir`: (CA, certificate, key, CA file).
+fn server_files(ca_name: &str, dir: &Path) -> (Ca, PathBuf, PathBuf, PathBuf) {
+    let ca = ca(ca_name);
+    let (cert, key) = leaf(&ca, "server-one", false, dir, "server");
+    let ca_pem = dir.join("ca.pem");
+    std::fs::write(&ca_pem, ca.cert.pem()).unwrap();
+    (ca, cert, key, ca_pem)
+}
+
 struct Tls {
     child: Child,
     https: String,
@@ -59,46 +70,20 @@ impl Drop for Tls {
     }
 }
 
-fn start_tls(data: &Path, extra: &[&str]) -> Tls {
-    let log = std::fs::File::create(data.join("server.log")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--key-backend", "sim", "--data-dir"])
-        .arg(data.join("db"))
-        .arg("--sim-vendor-key")
-        .arg(data.join("vendor.pem"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                let _ = tx.send(rest.to_owned());
-            }
-        }
-    });
+/// `keyfloat serve` with `--tls-cert cert --tls-key key` and `extra`.
+fn start_tls(data: &Path, cert: &Path, key: &Path, extra: &[&str]) -> Tls {
+    let log = data.join("server.log");
+    let mut cmd = serve_command(Path::new(BIN), data, extra);
+    cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+    cmd.stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
     let want_http = extra.contains(&"--http-listen");
-    let (mut https, mut http) = (None, None);
-    while https.is_none() || (want_http && http.is_none()) {
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!(
-                "server did not start:\n{}",
-                std::fs::read_to_string(data.join("server.log")).unwrap_or_default()
-            )
-        });
-        if let Some(a) = line.strip_prefix("https://") {
-            https = Some(a.to_owned());
-        } else if let Some(a) = line.strip_prefix("http://") {
-            http = Some(a.to_owned());
-        }
-    }
+    let (child, lines) = spawn_until(&mut cmd, Some(&log), START_LIMIT, |l| {
+        listening(l, "https").is_some() && (!want_http || listening(l, "http").is_some())
+    });
     Tls {
         child,
-        https: https.unwrap(),
-        http,
+        https: listening(&lines, "https").unwrap(),
+        http: listening(&lines, "http"),
         data: data.to_path_buf(),
     }
 }
@@ -150,21 +135,8 @@ fn probe(py: &Path, addr: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Re
 fn the_python_sdk_runs_over_https() {
     let Some(py) = python() else { return };
     let dir = data_dir();
-    let ca = ca("keyfloat test CA");
-    let (cert, key) = leaf(&ca, "server-one", false, dir.path(), "server");
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert.pem()).unwrap();
-    let s = start_tls(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (_ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
+    let s = start_tls(dir.path(), &cert, &key, &["--http-listen", "127.0.0.1:0"]);
     // Plain HTTP on the TLS port is not served.
     assert!(http(&s.https, "GET", "/api/v4/health", None, None).map_or(true, |(st, _)| st != 200));
     let plain = s.http.clone().unwrap();
@@ -183,16 +155,19 @@ fn the_python_sdk_runs_over_https() {
         assert_eq!(st, 200, "{body}");
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/fs_flow.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(&s.https)
-        .arg("plugged")
-        .env("KF_PROTOCOL", "https")
-        .env("REQUESTS_CA_BUNDLE", &ca_pem)
-        .env_remove("KF_USER")
-        .env_remove("KF_PASSWORD")
-        .output()
-        .unwrap();
+    let sdk = |ca_bundle: &Path| {
+        Command::new(&py)
+            .arg(script)
+            .arg(&s.https)
+            .arg("plugged")
+            .env("KF_PROTOCOL", "https")
+            .env("REQUESTS_CA_BUNDLE", ca_bundle)
+            .env_remove("KF_USER")
+            .env_remove("KF_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let out = sdk(&ca_pem);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("OK plugged"),
@@ -203,14 +178,7 @@ fn the_python_sdk_runs_over_https() {
     // With another CA the SDK's requests refuse the certificate.
     let other = dir.path().join("other-ca.pem");
     std::fs::write(&other, self::ca("another CA").cert.pem()).unwrap();
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(&s.https)
-        .arg("plugged")
-        .env("KF_PROTOCOL", "https")
-        .env("REQUESTS_CA_BUNDLE", &other)
-        .output()
-        .unwrap();
+    let out = sdk(&other);
     assert!(!out.status.success(), "an unverified certificate was accepted");
     assert!(String::from_utf8_lossy(&out.stderr).contains("CERTIFICATE_VERIFY_FAILED"));
 }
@@ -222,14 +190,8 @@ fn the_python_sdk_runs_over_https() {
 fn sighup_swaps_the_certificate_without_dropping_connections() {
     let Some(py) = python() else { return };
     let dir = data_dir();
-    let ca = ca("keyfloat test CA");
-    let (cert, key) = leaf(&ca, "server-one", false, dir.path(), "server");
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.cert.pem()).unwrap();
-    let s = start_tls(
-        dir.path(),
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
-    );
+    let (ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
+    let s = start_tls(dir.path(), &cert, &key, &[]);
     assert_eq!(probe(&py, &s.https, &ca_pem, None).unwrap(), "200 server-one");
     let (host, port) = s.https.rsplit_once(':').unwrap();
     let mut held = Command::new(&py)
@@ -246,7 +208,9 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
     leaf(&ca, "server-two", false, dir.path(), "server");
     let pid = s.child.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(Duration::from_secs(10), "the reloaded certificate", || {
+        probe(&py, &s.https, &ca_pem, None).and_then(|seen| if seen == "200 server-two" { Ok(()) } else { Err(seen) })
+    });
     writeln!(held.stdin.take().unwrap(), "go").unwrap();
     assert_eq!(
         lines.next().unwrap().unwrap(),
@@ -262,11 +226,11 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
     // A broken key on SIGHUP: the server keeps serving the certificate in force.
     std::fs::write(&key, "not a key").unwrap();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    std::thread::sleep(Duration::from_millis(300));
+    let log = s.data.join("server.log");
+    wait_until(Duration::from_secs(10), "TLS reload failed in the log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("TLS reload failed"))
+    });
     assert_eq!(probe(&py, &s.https, &ca_pem, None).unwrap(), "200 server-two");
-    assert!(std::fs::read_to_string(s.data.join("server.log"))
-        .unwrap()
-        .contains("TLS reload failed"));
 }
 
 /// Mutual TLS: no client certificate, or one from another CA, fails the handshake; one
@@ -276,26 +240,18 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
 fn mutual_tls_requires_a_client_certificate_from_the_ca() {
     let Some(py) = python() else { return };
     let dir = data_dir();
-    let server_ca = ca("server CA");
     let client_ca = ca("client CA");
     let rogue_ca = ca("rogue CA");
-    let (cert, key) = leaf(&server_ca, "server-one", false, dir.path(), "server");
+    let (_server_ca, cert, key, ca_pem) = server_files("server CA", dir.path());
     let (good_c, good_k) = leaf(&client_ca, "client", true, dir.path(), "client");
     let (bad_c, bad_k) = leaf(&rogue_ca, "client", true, dir.path(), "rogue");
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, server_ca.cert.pem()).unwrap();
     let client_ca_pem = dir.path().join("client-ca.pem");
     std::fs::write(&client_ca_pem, client_ca.cert.pem()).unwrap();
     let s = start_tls(
         dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            client_ca_pem.to_str().unwrap(),
-        ],
+        &cert,
+        &key,
+        &["--tls-client-ca", client_ca_pem.to_str().unwrap()],
     );
     assert!(probe(&py, &s.https, &ca_pem, None).is_err(), "no client certificate");
     assert!(

@@ -34,6 +34,14 @@ impl World {
         SimKeySpec::generate(name, serial).with_attestation(Some(SimAttestation::Device(device)))
     }
 
+    /// A key with `attestation`, certified by the vendor.
+    fn provisioned(&self, name: &str, serial: u32, attestation: SimAttestation) -> SimKeySpec {
+        provision_sim_key(
+            SimKeySpec::generate(name, serial).with_attestation(Some(attestation)),
+            &self.vendor,
+        )
+    }
+
     fn validator(&self, roots: Option<AttestationRoots>) -> VendorValidator {
         VendorValidator::new(self.vendor.public_key()).require_attestation(roots)
     }
@@ -51,6 +59,24 @@ impl World {
         let v = validator.validate(key.as_mut());
         self.bus.unplug(&name).unwrap();
         v
+    }
+
+    /// Refused as not attested when attestation is required.
+    #[track_caller]
+    fn assert_not_attested(&self, spec: SimKeySpec) {
+        assert_eq!(
+            reason(&self.validate(spec, &self.required())),
+            Some(InvalidReason::NotAttested)
+        );
+    }
+
+    /// Verified (by its vendor certificate alone) when attestation is not required.
+    #[track_caller]
+    fn assert_verified_when_not_required(&self, spec: SimKeySpec) {
+        assert_eq!(
+            proof(&self.validate(spec, &self.validator(None))),
+            Some(ProofStatus::Verified)
+        );
     }
 }
 
@@ -76,36 +102,22 @@ fn an_attested_key_is_attested_only_when_required() {
         proof(&w.validate(spec.clone(), &w.required())),
         Some(ProofStatus::Attested)
     );
-    assert_eq!(
-        proof(&w.validate(spec, &w.validator(None))),
-        Some(ProofStatus::Verified)
-    );
+    w.assert_verified_when_not_required(spec);
 }
 
 #[test]
 fn an_imported_key_is_not_attested_but_accepted_without_the_requirement() {
     let w = World::new();
     let spec = provision_sim_key(SimKeySpec::generate("imported", 1002), &w.vendor);
-    assert_eq!(
-        reason(&w.validate(spec.clone(), &w.required())),
-        Some(InvalidReason::NotAttested)
-    );
-    assert_eq!(
-        proof(&w.validate(spec, &w.validator(None))),
-        Some(ProofStatus::Verified)
-    );
+    w.assert_not_attested(spec.clone());
+    w.assert_verified_when_not_required(spec);
 }
 
 #[test]
 fn an_attestation_for_another_serial_is_refused() {
     let w = World::new();
     let device = w.ca.issue_device(1003).unwrap().attesting_serial(9999);
-    let spec = SimKeySpec::generate("liar", 1003).with_attestation(Some(SimAttestation::Device(device)));
-    let spec = provision_sim_key(spec, &w.vendor);
-    assert_eq!(
-        reason(&w.validate(spec, &w.required())),
-        Some(InvalidReason::NotAttested)
-    );
+    w.assert_not_attested(w.provisioned("liar", 1003, SimAttestation::Device(device)));
 }
 
 #[test]
@@ -125,20 +137,10 @@ fn a_replayed_attestation_is_refused_whichever_serial_the_clone_claims() {
     let genuine = w.attested("genuine", 1005);
     let captured = genuine.attestation().unwrap();
     // A clone with its own software key and its own serial, replaying the capture.
-    let clone = SimKeySpec::generate("clone", 1006).with_attestation(Some(SimAttestation::Replay(captured.clone())));
-    let clone = provision_sim_key(clone, &w.vendor);
-    assert_eq!(
-        reason(&w.validate(clone, &w.required())),
-        Some(InvalidReason::NotAttested)
-    );
+    w.assert_not_attested(w.provisioned("clone", 1006, SimAttestation::Replay(captured.clone())));
     // A clone claiming the genuine serial, with a vendor certificate for its own key (a
     // sloppy vendor): the attested key is not the certified one.
-    let clone = SimKeySpec::generate("clone2", 1005).with_attestation(Some(SimAttestation::Replay(captured)));
-    let clone = provision_sim_key(clone, &w.vendor);
-    assert_eq!(
-        reason(&w.validate(clone, &w.required())),
-        Some(InvalidReason::NotAttested)
-    );
+    w.assert_not_attested(w.provisioned("clone2", 1005, SimAttestation::Replay(captured)));
 }
 
 #[test]
@@ -154,14 +156,8 @@ fn a_certificate_issued_without_attestation_is_refused_even_if_the_key_attests()
     )
     .unwrap();
     let spec = spec.with_certificate(der);
-    assert_eq!(
-        reason(&w.validate(spec.clone(), &w.required())),
-        Some(InvalidReason::NotAttested)
-    );
-    assert_eq!(
-        proof(&w.validate(spec, &w.validator(None))),
-        Some(ProofStatus::Verified)
-    );
+    w.assert_not_attested(spec.clone());
+    w.assert_verified_when_not_required(spec);
 }
 
 #[test]
@@ -182,10 +178,7 @@ fn a_slot_that_needs_a_pin_or_touch_is_refused() {
             base.clone().with_attestation(Some(SimAttestation::Replay(canned))),
             &w.vendor,
         );
-        assert_eq!(
-            reason(&w.validate(spec, &w.required())),
-            Some(InvalidReason::NotAttested)
-        );
+        w.assert_not_attested(spec);
     }
 }
 

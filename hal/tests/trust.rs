@@ -57,6 +57,15 @@ fn through_driver(
     (snapshot, bus)
 }
 
+/// Runs `spec` through the driver with `vendor`'s validator; asserts it is judged invalid
+/// for `reason` and returns the snapshot.
+#[track_caller]
+fn judged_invalid(vendor: &VendorSigningKey, spec: SimKeySpec, reason: InvalidReason) -> Arc<Snapshot> {
+    let (snapshot, _) = through_driver(spec, VendorValidator::new(vendor.public_key()), |_| {});
+    assert_eq!(key_status(&snapshot), &KeyStatus::Invalid { reason });
+    snapshot
+}
+
 fn key_status(s: &Snapshot) -> &KeyStatus {
     &s.keys.first().expect("one key attached").status
 }
@@ -93,13 +102,7 @@ fn a_key_provisioned_by_another_vendor_is_wrong_vendor() {
     let vendor = VendorSigningKey::generate();
     let demo_vendor = VendorSigningKey::generate();
     let spec = provision_sim_key(SimKeySpec::generate("alpha", 1), &demo_vendor);
-    let (snapshot, _) = through_driver(spec, VendorValidator::new(vendor.public_key()), |_| {});
-    assert_eq!(
-        key_status(&snapshot),
-        &KeyStatus::Invalid {
-            reason: InvalidReason::WrongVendor
-        }
-    );
+    let snapshot = judged_invalid(&vendor, spec, InvalidReason::WrongVendor);
     assert!(snapshot.in_force.is_none());
     assert_eq!(snapshot.hardware_id, HardwareId::new("machine-1"));
 }
@@ -110,17 +113,7 @@ fn a_certificate_for_another_serial_is_serial_mismatch() {
     let spec = SimKeySpec::generate("alpha", 2222);
     let public = p256::PublicKey::from(spec.verifying_key());
     let cert = issue_key_certificate(&vendor, &Serial::from(1111), &public, DAY).unwrap();
-    let (snapshot, _) = through_driver(
-        spec.with_certificate(cert),
-        VendorValidator::new(vendor.public_key()),
-        |_| {},
-    );
-    assert_eq!(
-        key_status(&snapshot),
-        &KeyStatus::Invalid {
-            reason: InvalidReason::SerialMismatch
-        }
-    );
+    let snapshot = judged_invalid(&vendor, spec.with_certificate(cert), InvalidReason::SerialMismatch);
     assert_eq!(snapshot.keys[0].serial, Some(Serial::from(2222)));
 }
 
@@ -146,24 +139,12 @@ fn a_clone_reporting_the_same_serial_with_a_copied_certificate_is_bad_signature(
     let copied_cert = genuine.certificate.clone().expect("provisioned");
     // Same serial, same certificate, but its own key pair: it cannot answer the challenge.
     let clone = SimKeySpec::generate("clone", 4242).with_certificate(copied_cert);
-    let (snapshot, _) = through_driver(clone, VendorValidator::new(vendor.public_key()), |_| {});
-    assert_eq!(
-        key_status(&snapshot),
-        &KeyStatus::Invalid {
-            reason: InvalidReason::BadSignature
-        }
-    );
+    judged_invalid(&vendor, clone, InvalidReason::BadSignature);
     // A clone without any certificate is just unprovisioned.
-    let (snapshot, _) = through_driver(
+    judged_invalid(
+        &vendor,
         SimKeySpec::generate("clone", 4242),
-        VendorValidator::new(vendor.public_key()),
-        |_| {},
-    );
-    assert_eq!(
-        key_status(&snapshot),
-        &KeyStatus::Invalid {
-            reason: InvalidReason::Unprovisioned
-        }
+        InvalidReason::Unprovisioned,
     );
 }
 
@@ -174,17 +155,7 @@ fn an_expired_certificate_is_expired() {
     let public = p256::PublicKey::from(spec.verifying_key());
     let now = SystemTime::now();
     let cert = issue_key_certificate_for_period(&vendor, &spec.serial, &public, now - 30 * DAY, now - DAY).unwrap();
-    let (snapshot, _) = through_driver(
-        spec.with_certificate(cert),
-        VendorValidator::new(vendor.public_key()),
-        |_| {},
-    );
-    assert_eq!(
-        key_status(&snapshot),
-        &KeyStatus::Invalid {
-            reason: InvalidReason::ExpiredCertificate
-        }
-    );
+    judged_invalid(&vendor, spec.with_certificate(cert), InvalidReason::ExpiredCertificate);
 
     // A valid certificate judged with a clock past its end, and before its start.
     let bus = SimBus::new();

@@ -10,14 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{q, Harness, KEY, MACHINE};
-use keyfloat_hal::backend::sim::provision_sim_key;
-use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
+use common::{build_over, q, sim_bus, Harness, KEY};
 use keyfloat_hal::trust::VendorSigningKey;
-use keyfloat_hal::{CellReader, HardwareId, HardwareIdCell};
-use keyfloat_server::auth::TokenKeys;
+use keyfloat_hal::CellReader;
 use keyfloat_server::store::{Job, ReadJob, StoreResult, Tx};
-use keyfloat_server::{app, AppState, KeyPolicy, SqliteStore, StateParts, Store};
+use keyfloat_server::{KeyPolicy, SqliteStore, Store};
 use serde_json::{json, Value};
 
 type Hook = Box<dyn FnOnce() + Send>;
@@ -87,11 +84,12 @@ impl Store for Tap {
     }
 }
 
-async fn tapped_harness() -> (Harness, Arc<Taps>) {
+/// The harness over a tapped store, [`KEY`] plugged and valid; `monitor` = the cell is
+/// driven by the monitor thread, else inline (a pull is in the cell when `unplug` returns).
+async fn tapped_harness(monitor: bool) -> (Harness, Arc<Taps>) {
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorSigningKey::generate();
-    let bus = SimBus::new();
-    bus.insert(provision_sim_key(SimKeySpec::generate(KEY, 12345678), &vendor));
+    let bus = sim_bus(&vendor);
     bus.plug(KEY).unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let taps = Arc::new(Taps::default());
@@ -99,30 +97,12 @@ async fn tapped_harness() -> (Harness, Arc<Taps>) {
         inner: Arc::clone(&store),
         taps: Arc::clone(&taps),
     });
-    let cell = HardwareIdCell::new(HardwareId::new(MACHINE));
-    let state = AppState::new(StateParts {
-        store: tap as Arc<dyn Store>,
-        keys: cell.reader(),
-        tokens: TokenKeys::load_or_create(dir.path()).unwrap(),
-        user_authentication: false,
-        key_policy: KeyPolicy::Refuse,
-        sim: Some(Arc::new(common::SimKey(bus.clone()))),
-        backend: "sim".into(),
-        vendor_key: Some(vendor.public_key()),
-    })
-    .await
-    .unwrap();
-    let mut h = Harness {
-        app: app(state.clone()),
-        state,
-        bus,
-        vendor,
-        store,
-        dir,
-        monitor: None,
-        cell: Some(cell),
-    };
-    h.start_monitor();
+    let mut h = build_over(dir, vendor, bus, store, tap, false, KeyPolicy::Refuse).await;
+    if monitor {
+        h.start_monitor();
+    } else {
+        h.drive_inline();
+    }
     h.wait_key(true).await;
     (h, taps)
 }
@@ -142,21 +122,18 @@ async fn total_consumptions(h: &Harness, id: u64) -> i64 {
 }
 
 fn spin_until(reader: &CellReader, valid: bool) -> Instant {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if reader.check().valid_key().is_some() == valid {
-            return Instant::now();
-        }
-        assert!(Instant::now() < deadline, "the key never became valid={valid}");
-        std::hint::spin_loop();
-    }
+    keyfloat_testkit::spin_until(
+        Duration::from_secs(5),
+        format_args!("the key to become valid={valid}"),
+        || reader.check().valid_key().is_some() == valid,
+    )
 }
 
 /// The key is pulled after the handler's gate let the request through and before its job
 /// reaches the store: 400 `hardware_key_not_accessible`, nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_pulled_between_gate_and_commit_refuses_the_write_and_stores_nothing() {
-    let (h, taps) = tapped_harness().await;
+    let (h, taps) = tapped_harness(false).await;
     let id = h.add_product(&hw_query()).await;
     let writes: [(&str, Value); 3] = [
         ("/api/v4/add_consumption", json!({"product":"hwbased","consumptions":5})),
@@ -167,11 +144,8 @@ async fn a_key_pulled_between_gate_and_commit_refuses_the_write_and_stores_nothi
         ),
     ];
     for (uri, body) in writes {
-        let (bus, reader) = (h.bus.clone(), h.state.keys().clone());
-        *taps.hook.lock().unwrap() = Some(Box::new(move || {
-            bus.unplug(KEY).unwrap();
-            spin_until(&reader, false);
-        }));
+        let (bus, keys) = (h.bus.clone(), h.keys.clone().unwrap());
+        *taps.hook.lock().unwrap() = Some(Box::new(move || keys.unplug(&bus, KEY)));
         let (s, v) = h.post(uri, body).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {v}");
         assert_eq!(v["code"], "hardware_key_not_accessible", "{uri}: {v}");
@@ -197,7 +171,7 @@ async fn a_key_pulled_between_gate_and_commit_refuses_the_write_and_stores_nothi
 /// valid; every 200 is a commit, and the stored total is exactly the acknowledged one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_flap_storm_every_acknowledged_write_committed_while_its_key_was_in_force() {
-    let (h, taps) = tapped_harness().await;
+    let (h, taps) = tapped_harness(true).await;
     let id = h.add_product(&hw_query()).await;
     taps.commits.lock().unwrap().clear();
     let stop = Arc::new(AtomicBool::new(false));

@@ -7,15 +7,14 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{build, Harness, KEY, OTHER_KEY};
-use keyfloat_hal::backend::sim::provision_sim_key;
-use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
-use keyfloat_hal::trust::{VendorSigningKey, VendorValidator};
+use common::{build, monitor_config, sim_bus, Harness, KEY, OTHER_KEY};
+use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_hal::MonitorConfig;
 use keyfloat_server::KeyPolicy;
+use keyfloat_testkit::wait_for_async;
 use serde_json::{json, Value};
 
 const HW: &str = "product=hwbased&licenseKey=K&isHWKeyReq=true&floatingUsers=5&maxConsumptions=1000";
@@ -23,35 +22,37 @@ const HW: &str = "product=hwbased&licenseKey=K&isHWKeyReq=true&floatingUsers=5&m
 async fn grace_harness(grace: Duration, policy: KeyPolicy) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorSigningKey::generate();
-    let bus = SimBus::new();
-    bus.insert(provision_sim_key(SimKeySpec::generate(KEY, 12345678), &vendor));
-    bus.insert(provision_sim_key(SimKeySpec::generate(OTHER_KEY, 87654321), &vendor));
+    let bus = sim_bus(&vendor);
     bus.plug(KEY).unwrap();
     let mut h = build(dir, vendor, bus, false, policy, false).await;
-    let cell = h.cell.take().unwrap();
-    let validator = Arc::new(VendorValidator::new(h.vendor.public_key()));
-    let config = MonitorConfig {
-        retry_initial: Duration::from_millis(20),
-        retry_max: Duration::from_millis(200),
+    h.start_monitor_with(MonitorConfig {
         grace,
-        ..MonitorConfig::DEFAULT
-    };
-    h.monitor = Some(keyfloat_hal::spawn_monitor(cell, vec![Arc::new(h.bus.provider())], validator, config).unwrap());
+        ..monitor_config()
+    });
     tokio::spawn(keyfloat_server::metrics::watch_keys(h.state.clone()));
     h.wait_key(true).await;
     h
 }
 
+/// A harness with a key-bound license whose key was just pulled: in its grace period.
+async fn pulled_in_grace(grace: Duration, policy: KeyPolicy) -> Harness {
+    let h = grace_harness(grace, policy).await;
+    h.add_product(HW).await;
+    h.bus.unplug(KEY).unwrap();
+    wait_state(&h, "grace").await;
+    h
+}
+
 async fn wait_state(h: &Harness, state: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_for_async(Duration::from_secs(5), format!("key state {state}"), || async {
         let (_, v) = h.get("/api/v4/health").await;
         if v["key"]["state"] == state {
-            return v;
+            Ok(v)
+        } else {
+            Err(v)
         }
-        assert!(Instant::now() < deadline, "state never became {state}: {v}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await
 }
 
 async fn consume(h: &Harness) -> (StatusCode, Value) {
@@ -62,14 +63,15 @@ async fn consume(h: &Harness) -> (StatusCode, Value) {
 /// The audit log, oldest first, once `done` holds (the watcher audits key events in the
 /// background, and the listing reads a snapshot that may not hold them yet); at most 10 s.
 async fn audit_kinds(h: &Harness, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_for_async(Duration::from_secs(10), "the audit events", || async {
         let kinds = audit_once(h).await;
-        if done(&kinds) || std::time::Instant::now() > deadline {
-            return kinds;
+        if done(&kinds) {
+            Ok(kinds)
+        } else {
+            Err(format!("{kinds:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn audit_once(h: &Harness) -> Vec<String> {
@@ -124,10 +126,7 @@ async fn a_pulled_key_keeps_its_licenses_until_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_ends_on_expiry_and_then_everything_is_refused() {
-    let h = grace_harness(Duration::from_millis(600), KeyPolicy::Refuse).await;
-    h.add_product(HW).await;
-    h.bus.unplug(KEY).unwrap();
-    wait_state(&h, "grace").await;
+    let h = pulled_in_grace(Duration::from_millis(600), KeyPolicy::Refuse).await;
     assert_eq!(consume(&h).await.0, StatusCode::OK);
     let health = wait_state(&h, "absent").await;
     assert_eq!(health["key"]["grace_ended"], "expired");
@@ -144,10 +143,7 @@ async fn grace_ends_on_expiry_and_then_everything_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_valid_key_ends_the_grace_at_once() {
-    let h = grace_harness(Duration::from_secs(30), KeyPolicy::Refuse).await;
-    h.add_product(HW).await;
-    h.bus.unplug(KEY).unwrap();
-    wait_state(&h, "grace").await;
+    let h = pulled_in_grace(Duration::from_secs(30), KeyPolicy::Refuse).await;
     h.bus.plug(OTHER_KEY).unwrap();
     let health = wait_state(&h, "valid").await;
     assert_eq!(health["hardware_id"], "87654321");
@@ -166,10 +162,7 @@ async fn crash_if_no_hardware_key_fires_only_after_the_grace() {
     let policy = KeyPolicy::Crash(Arc::new(move |_: &str| {
         c.fetch_add(1, Ordering::SeqCst);
     }));
-    let h = grace_harness(Duration::from_millis(600), policy).await;
-    h.add_product(HW).await;
-    h.bus.unplug(KEY).unwrap();
-    wait_state(&h, "grace").await;
+    let h = pulled_in_grace(Duration::from_millis(600), policy).await;
     assert_eq!(consume(&h).await.0, StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     wait_state(&h, "absent").await;

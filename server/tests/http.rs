@@ -49,10 +49,9 @@ async fn seed_flow_with_authentication_and_key_pull() {
 
     let t = Some(admin.as_str());
     let (s, v) = h
-        .call(
-            "POST",
+        .post_as(
             "/api/v4/add_consumption",
-            Some(json!({"product":"hwbased","consumptions":"2"})),
+            json!({"product":"hwbased","consumptions":"2"}),
             t,
         )
         .await;
@@ -60,32 +59,21 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(v["total_consumptions"], 2);
     assert_eq!(v["id"], id);
     let (s, v) = h
-        .call(
-            "POST",
+        .post_as(
             "/api/v4/add_feature_consumption",
-            Some(json!({"product":"hwbased","feature":"consFeature2","consumptions":1})),
+            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
             t,
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 1);
     let (s, v) = h
-        .call(
-            "POST",
-            "/api/v4/register",
-            Some(json!({"product":"hwbased","user":"user2"})),
-            t,
-        )
+        .post_as("/api/v4/register", json!({"product":"hwbased","user":"user2"}), t)
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["license_json"].is_string());
     let (s, v) = h
-        .call(
-            "POST",
-            "/api/v4/featureRegister",
-            Some(json!({"product":"hwbased","feature":"consFeature2","user":"user2","os_hostname":"","ip_local":"0.1.1.1","user_info":"","registered_at":"2024-09-19T12:39:16.356495803-07:00","borrowed_until":"0001-01-01T00:00:00Z"})),
-            t,
-        )
+        .post_as("/api/v4/featureRegister", json!({"product":"hwbased","feature":"consFeature2","user":"user2","os_hostname":"","ip_local":"0.1.1.1","user_info":"","registered_at":"2024-09-19T12:39:16.356495803-07:00","borrowed_until":"0001-01-01T00:00:00Z"}), t)
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["product"], "hwbased");
@@ -100,10 +88,9 @@ async fn seed_flow_with_authentication_and_key_pull() {
 
     h.unplug().await;
     let (s, v) = h
-        .call(
-            "POST",
+        .post_as(
             "/api/v4/add_feature_consumption",
-            Some(json!({"product":"hwbased","feature":"consFeature2","consumptions":1})),
+            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
             t,
         )
         .await;
@@ -162,10 +149,9 @@ async fn seed_flow_with_authentication_and_key_pull() {
     // Plugged back: service resumes by itself.
     h.plug().await;
     let (s, v) = h
-        .call(
-            "POST",
+        .post_as(
             "/api/v4/add_feature_consumption",
-            Some(json!({"product":"hwbased","feature":"consFeature2","consumptions":1})),
+            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
             t,
         )
         .await;
@@ -209,12 +195,12 @@ async fn another_valid_key_is_not_the_activation_key_and_plain_licenses_ignore_k
     h.add_product(&hw_query()).await;
     h.add_product("product=plain&licenseKey=K&floatingUsers=3").await;
     h.bus.swap(KEY, OTHER_KEY).unwrap();
-    // Wait until the other key is in force.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while h.state.keys().hardware_id().as_str() != "87654321" {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    h.sync_keys();
+    assert_eq!(
+        h.state.keys().hardware_id().as_str(),
+        "87654321",
+        "the other key is in force"
+    );
     let (s, v) = h
         .post("/api/v4/register", json!({"product":"hwbased","user":"a"}))
         .await;
@@ -236,20 +222,7 @@ async fn after_a_restart_key_bound_actions_wait_for_revalidation() {
         .post("/api/v4/register", json!({"product":"hwbased","user":"a"}))
         .await;
     assert_eq!(s, StatusCode::OK);
-    let common::Harness {
-        dir,
-        vendor,
-        bus,
-        store,
-        monitor,
-        app,
-        state,
-        ..
-    } = h;
-    drop((monitor, app, state));
-    store.close();
-    drop(store);
-    let mut h2 = common::build(dir, vendor, bus, false, KeyPolicy::Refuse, false).await;
+    let mut h2 = h.restart(false, false).await;
     let (s, v) = h2
         .post("/api/v4/add_consumption", json!({"product":"hwbased","consumptions":1}))
         .await;
@@ -323,12 +296,7 @@ async fn authentication_mode_roles_and_bad_tokens() {
     assert_eq!(s, StatusCode::OK);
     // Users may do licensing calls, reports and health.
     let (s, _) = h
-        .call(
-            "POST",
-            "/api/v4/register",
-            Some(json!({"product":"p","user":"x"})),
-            Some(&user),
-        )
+        .post_as("/api/v4/register", json!({"product":"p","user":"x"}), Some(&user))
         .await;
     assert_eq!(s, StatusCode::OK);
     for uri in ["/api/v4/license", "/api/v4/health", "/api/v4/unregister/all"] {
@@ -383,22 +351,16 @@ async fn no_auth_mode_ignores_authorization_and_still_issues_tokens() {
     assert_eq!(v["message"], "Login successful");
     assert!(v["token"].as_str().is_some_and(|t| !t.is_empty()));
     let (s, _) = h
-        .call(
-            "POST",
+        .post_as(
             "/api/v4/add_consumption",
-            Some(json!({"product":"p","consumptions":1})),
+            json!({"product":"p","consumptions":1}),
             Some("undefined"),
         )
         .await;
     // Not a consumption license, but the header was ignored (400, not 401).
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = h
-        .call(
-            "POST",
-            "/api/v4/register",
-            Some(json!({"product":"p","user":"x"})),
-            Some("undefined"),
-        )
+        .post_as("/api/v4/register", json!({"product":"p","user":"x"}), Some("undefined"))
         .await;
     assert_eq!(s, StatusCode::OK);
 }
@@ -759,15 +721,9 @@ async fn signed_license_upload() {
         },
     );
     doc.floating_users = 3;
-    doc.consumption = Some(ConsumptionTerms {
-        max_consumptions: 10,
-        allow_unlimited: false,
-        allow_overages: false,
-        max_overages: 0,
-        allow_negative: false,
-        allow_negative_total: false,
-        reset_period: None,
-    });
+    let terms = json!({"max_consumptions": 10, "allow_unlimited": false, "allow_overages": false, "max_overages": 0,
+        "allow_negative": false, "allow_negative_total": false, "reset_period": null});
+    doc.consumption = Some(serde_json::from_value::<ConsumptionTerms>(terms).unwrap());
     doc.license_type = "consumption".into();
     doc.hardware_key_required = true;
     let text = sign_license(&doc, &h.vendor);
@@ -914,17 +870,11 @@ async fn health_and_sim_endpoints() {
     h.bus
         .insert(keyfloat_hal::backend::sim::SimKeySpec::generate("rogue", 5555));
     h.bus.plug("rogue").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let (_, v) = h.get("/api/v4/health").await;
-        if v["key"]["state"] == "invalid" {
-            assert_eq!(v["key"]["valid"], false);
-            assert_eq!(v["key"]["reason"], "unprovisioned");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    h.sync_keys();
+    let (_, v) = h.get("/api/v4/health").await;
+    assert_eq!(v["key"]["state"], "invalid", "{v}");
+    assert_eq!(v["key"]["valid"], false);
+    assert_eq!(v["key"]["reason"], "unprovisioned");
 }
 
 #[tokio::test]

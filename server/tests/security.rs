@@ -8,25 +8,11 @@ use axum::http::{header, Request, StatusCode};
 use common::{harness, q, Harness};
 use keyfloat_server::model::Role;
 use keyfloat_server::store::transact;
-use keyfloat_server::KeyPolicy;
 use serde_json::json;
 
-/// Restarts the app over the same data dir with `auth`.
+/// Restarts the app over the same data dir with `auth` (the monitor thread revalidates).
 async fn restart(h: Harness, auth: bool) -> Harness {
-    let Harness {
-        dir,
-        vendor,
-        bus,
-        store,
-        monitor,
-        app,
-        state,
-        ..
-    } = h;
-    drop((monitor, app, state));
-    store.close();
-    drop(store);
-    common::build(dir, vendor, bus, auth, KeyPolicy::Refuse, true).await
+    h.restart(auth, true).await
 }
 
 async fn licenses_status(h: &Harness, token: &str) -> StatusCode {
