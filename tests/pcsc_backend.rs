@@ -82,7 +82,10 @@ fn provider_finds_opens_and_proves_the_card() {
     let mut key = provider.open(&info.id).expect("open");
     assert_eq!(key.read_serial().expect("serial"), Serial::from(20240601));
     assert_eq!(
-        key.read_certificate().expect("certificate"),
+        key.prover()
+            .expect("a PIV key proves")
+            .read_certificate()
+            .expect("certificate"),
         spec.certificate.clone().expect("cert")
     );
     let validator = VendorValidator::new(vendor.public_key());
@@ -102,7 +105,11 @@ fn provider_finds_opens_and_proves_the_card() {
         "{status:?}"
     );
     assert_eq!(key.read_serial().expect("serial after a reset"), Serial::from(20240601));
-    assert!(key.sign_challenge(b"after reset").is_ok());
+    assert!(key
+        .prover()
+        .expect("a PIV key proves")
+        .sign_challenge(b"after reset")
+        .is_ok());
     drop(key);
 
     // Another client sits in a long transaction: our connect waits inside pcscd until our

@@ -93,6 +93,7 @@ pub struct Error {
     kind: ErrorKind,
     message: Cow<'static, str>,
     holders: Vec<Holder>,
+    status_word: Option<u16>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -103,6 +104,7 @@ impl Error {
             kind,
             message: message.into(),
             holders: Vec::new(),
+            status_word: None,
             source: None,
         }
     }
@@ -123,6 +125,18 @@ impl Error {
     pub fn with_holders(mut self, holders: Vec<Holder>) -> Self {
         self.holders = holders;
         self
+    }
+
+    /// Records the status word a smart card answered (ISO 7816 `SW1SW2`), so callers can
+    /// decide on it instead of on the message.
+    pub fn with_status_word(mut self, sw: u16) -> Self {
+        self.status_word = Some(sw);
+        self
+    }
+
+    /// The card's status word, when the error is a card's refusal.
+    pub fn status_word(&self) -> Option<u16> {
+        self.status_word
     }
 
     /// The category callers match on.
@@ -152,6 +166,9 @@ impl fmt::Debug for Error {
         d.field("kind", &self.kind).field("message", &self.message);
         if !self.holders.is_empty() {
             d.field("holders", &self.holders);
+        }
+        if let Some(sw) = self.status_word {
+            d.field("status_word", &format_args!("{sw:04X}"));
         }
         if let Some(source) = &self.source {
             d.field("source", &source.to_string());

@@ -17,11 +17,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::error::Holder;
-
-/// pcscd's default client socket.
-const DEFAULT_SOCKET: &str = "/run/pcscd/pcscd.comm";
-/// The variable libpcsclite reads to find pcscd's socket.
-const SOCKET_ENV: &str = "PCSCLITE_CSOCK_NAME";
+use crate::procfs::{self, DEFAULT_PCSC_SOCKET as DEFAULT_SOCKET, PCSC_SOCKET_ENV as SOCKET_ENV};
 
 /// Candidate holders on this machine (see the module docs), newest process first.
 pub fn candidate_holders() -> Vec<Holder> {
@@ -65,21 +61,16 @@ pub fn scan(proc_root: &Path, self_pid: u32) -> Vec<Holder> {
 /// [`scan`] for PC/SC clients of the pcscd listening on `our_socket`.
 pub fn scan_for(proc_root: &Path, self_pid: u32, our_socket: &str) -> Vec<Holder> {
     let unix_inodes = unix_socket_inodes(&proc_root.join("net/unix"));
-    let Ok(dir) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
+    for procfs::Process {
+        pid,
+        dir: base,
+        command,
+    } in procfs::processes(proc_root)
+    {
         if pid == self_pid {
             continue;
         }
-        let base = entry.path();
-        let command = fs::read_to_string(base.join("comm"))
-            .map(|s| s.trim_end().to_string())
-            .unwrap_or_default();
         if command.is_empty() || command == "pcscd" || is_keyfloat_service(&base, &command) {
             continue;
         }

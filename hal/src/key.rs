@@ -64,26 +64,66 @@ impl fmt::Display for Serial {
     }
 }
 
-/// Identifies one connected key within a process, stable while it stays plugged in:
-/// `pcsc:<reader name>`, `hid:<device path>`, `sim:<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct KeyId(String);
+/// Identifies one connected key within a process, stable while it stays plugged in: the
+/// backend that found it and its path there (reader name, device path, simulator name).
+/// Written `pcsc:<reader name>`, `hid:<device path>`, `sim:<name>` in logs, JSON and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId {
+    backend: BackendKind,
+    path: String,
+    /// `backend:path`, kept so the id can be shown and compared as text without allocating.
+    text: String,
+}
 
 impl KeyId {
     /// Builds the id of a key found by `backend` at `path`.
     pub fn new(backend: BackendKind, path: &str) -> Self {
-        Self(format!("{}:{}", backend.as_str(), path))
+        Self {
+            backend,
+            path: path.to_owned(),
+            text: format!("{}:{}", backend.as_str(), path),
+        }
     }
-    /// The textual form.
+    /// The backend that found the key.
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+    /// Where the backend found it: reader name, device path or simulator name.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    /// The path, when `backend` found the key; `None` for another backend's key.
+    pub fn path_in(&self, backend: BackendKind) -> Option<&str> {
+        (self.backend == backend).then_some(self.path.as_str())
+    }
+    /// The textual form, `backend:path`.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+}
+
+/// Ordered by the textual form, so "the smallest id" means the same in logs as in code.
+impl Ord for KeyId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl PartialOrd for KeyId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -221,7 +261,8 @@ pub struct KeyAttestation {
     pub intermediates: Vec<Vec<u8>>,
 }
 
-/// One plugged-in security key that can say and prove which hardware it is.
+/// One plugged-in security key that can say which hardware it is and, when it holds a
+/// certified private key, prove it (see [`HardwareKey::prover`]).
 ///
 /// Object safe: backends are chosen at run time and held as `Box<dyn HardwareKey>`.
 /// Every method talks to the device and may fail with any [`crate::ErrorKind`]; a key that
@@ -233,6 +274,14 @@ pub trait HardwareKey: Send + fmt::Debug {
     fn read_serial(&mut self) -> Result<Serial>;
     /// Reads the firmware version from the device.
     fn read_firmware(&mut self) -> Result<Firmware>;
+    /// The key's proof of possession, or `None` for a key that can only report a serial
+    /// ([`ProofCapability::SerialOnly`]).
+    fn prover(&mut self) -> Option<&mut dyn Prover>;
+}
+
+/// Proof of possession: a key that holds a certified private key (PIV slot 9E, a FIDO
+/// credential) and signs challenges with it.
+pub trait Prover: Send + fmt::Debug {
     /// Reads the DER X.509 certificate of the proof key (PIV slot 9E).
     /// [`crate::ErrorKind::NotPresent`] when the key holds none.
     fn read_certificate(&mut self) -> Result<Vec<u8>>;
@@ -277,4 +326,38 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     fn open(&self, id: &KeyId) -> Result<Box<dyn HardwareKey>>;
     /// Starts watching: the source first reports every key present now as `Attached`.
     fn watch(&self) -> Result<Box<dyn HotplugSource>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_is_backend_and_path_written_as_text() {
+        let id = KeyId::new(BackendKind::Pcsc, "Yubico YubiKey OTP+FIDO+CCID 00 00");
+        assert_eq!(id.backend(), BackendKind::Pcsc);
+        assert_eq!(id.path(), "Yubico YubiKey OTP+FIDO+CCID 00 00");
+        assert_eq!(id.path_in(BackendKind::Pcsc), Some(id.path()));
+        assert_eq!(id.path_in(BackendKind::Sim), None);
+        assert_eq!(id.to_string(), "pcsc:Yubico YubiKey OTP+FIDO+CCID 00 00");
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"pcsc:Yubico YubiKey OTP+FIDO+CCID 00 00\""
+        );
+    }
+
+    #[test]
+    fn key_ids_order_as_their_text() {
+        // A path may itself contain ':'; the backend is never parsed back out of it.
+        let a = KeyId::new(BackendKind::Sim, "a:b");
+        assert_eq!(a.path(), "a:b");
+        let mut ids = [
+            KeyId::new(BackendKind::Sim, "a"),
+            KeyId::new(BackendKind::Pcsc, "R1"),
+            KeyId::new(BackendKind::Hid, "/dev/hidraw0"),
+        ];
+        ids.sort();
+        let text: Vec<_> = ids.iter().map(KeyId::as_str).collect();
+        assert_eq!(text, ["hid:/dev/hidraw0", "pcsc:R1", "sim:a"]);
+    }
 }

@@ -72,6 +72,15 @@ pub enum ProofStatus {
 }
 
 impl ProofStatus {
+    /// The name in JSON: `verified`, `attested`, `serial_only`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::Attested => "attested",
+            Self::SerialOnly => "serial_only",
+        }
+    }
+
     /// Whether the key proved possession of its certified key (with or without attestation).
     pub const fn is_verified(self) -> bool {
         matches!(self, Self::Verified | Self::Attested)

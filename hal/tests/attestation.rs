@@ -9,7 +9,7 @@ use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{issue_key_certificate, AttestationRoots, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
     BackendKind, Error, ErrorKind, Firmware, HardwareKey, InvalidReason, KeyAttestation, KeyId, KeyInfo, KeyProvider,
-    KeyValidator, Proof, ProofStatus, Serial, Validation,
+    KeyValidator, Proof, ProofStatus, Prover, Serial, Validation,
 };
 use p256::pkcs8::EncodePublicKey;
 
@@ -199,11 +199,20 @@ impl HardwareKey for Attesting {
     fn read_firmware(&mut self) -> keyfloat_hal::Result<Firmware> {
         self.inner.read_firmware()
     }
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        Some(self)
+    }
+}
+
+impl Prover for Attesting {
     fn read_certificate(&mut self) -> keyfloat_hal::Result<Vec<u8>> {
-        self.inner.read_certificate()
+        self.inner.prover().expect("a simulated key proves").read_certificate()
     }
     fn sign_challenge(&mut self, challenge: &[u8]) -> keyfloat_hal::Result<Proof> {
-        self.inner.sign_challenge(challenge)
+        self.inner
+            .prover()
+            .expect("a simulated key proves")
+            .sign_challenge(challenge)
     }
     fn attest(&mut self) -> keyfloat_hal::Result<KeyAttestation> {
         (self.answer)()
@@ -271,7 +280,7 @@ fn every_revalidation_asks_for_a_fresh_attestation() {
     let mut certs = std::collections::BTreeSet::new();
     for _ in 0..50 {
         assert_eq!(proof(&validator.validate(key.as_mut())), Some(ProofStatus::Attested));
-        certs.insert(key.attest().unwrap().certificate);
+        certs.insert(key.prover().unwrap().attest().unwrap().certificate);
     }
     assert_eq!(certs.len(), 50, "each attestation is freshly signed");
 }

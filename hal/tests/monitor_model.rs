@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use keyfloat_hal::backend::sim::{SimBus, SimKeySpec};
 use keyfloat_hal::{
-    Driver, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, Holder, HotplugSource, Input, InvalidReason,
+    Driver, Error, ErrorKind, HardwareId, HardwareIdCell, HardwareKey, Holder, HotplugSource, Input, InvalidReason,
     KeyProvider, KeyStatus, KeyValidator, MonitorConfig, ProofStatus, Serial, Validation, ValidationRequest,
 };
 use p256::ecdsa::signature::Verifier;
@@ -36,7 +36,10 @@ impl KeyValidator for ChallengeValidator {
             Err(e) => return Validation::Failed(e),
         };
         let challenge = [7u8; 32];
-        let proof = match key.sign_challenge(&challenge) {
+        let Some(prover) = key.prover() else {
+            return Validation::Failed(Error::new(ErrorKind::Unsupported, "a simulated key proves"));
+        };
+        let proof = match prover.sign_challenge(&challenge) {
             Ok(p) => p,
             Err(e) => return Validation::Failed(e),
         };
@@ -158,7 +161,7 @@ impl Rig {
         let mut queue = std::collections::VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             for request in self.driver.apply(self.now, input) {
-                let name = request.id.as_str().trim_start_matches("sim:").to_string();
+                let name = request.id.path().to_string();
                 let m = self.model.get_mut(name.as_str()).unwrap();
                 if m.hung {
                     self.hung.push((request, self.now));
@@ -188,7 +191,7 @@ impl Rig {
     fn unhang(&mut self, name: &str) {
         let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.hung)
             .into_iter()
-            .partition(|(r, _)| r.id.as_str().trim_start_matches("sim:") == name);
+            .partition(|(r, _)| r.id.path() == name);
         self.hung = rest;
         for (request, _) in mine {
             let answer = self.driver.run_validation(&request);

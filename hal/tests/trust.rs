@@ -14,7 +14,7 @@ use keyfloat_hal::trust::{
 use keyfloat_hal::{
     BackendKind, Driver, Error, ErrorKind, Firmware, HardwareId, HardwareIdCell, HardwareKey, Holder, Input,
     InvalidReason, KeyId, KeyInfo, KeyProvider, KeyStatus, KeyValidator, MonitorConfig, Proof, ProofCapability,
-    ProofStatus, Serial, SignatureScheme, Snapshot, Validation,
+    ProofStatus, Prover, Serial, SignatureScheme, Snapshot, Validation,
 };
 use proptest::prelude::*;
 
@@ -243,6 +243,15 @@ impl HardwareKey for ScriptedKey {
     fn read_firmware(&mut self) -> keyfloat_hal::Result<Firmware> {
         Err(err(ErrorKind::Unsupported))
     }
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        match self.info.capability {
+            ProofCapability::Signature => Some(self),
+            ProofCapability::SerialOnly => None,
+        }
+    }
+}
+
+impl Prover for ScriptedKey {
     fn read_certificate(&mut self) -> keyfloat_hal::Result<Vec<u8>> {
         self.certificate.clone().map_err(err)
     }
@@ -433,6 +442,12 @@ impl HardwareKey for RsaKey {
     fn read_firmware(&mut self) -> keyfloat_hal::Result<Firmware> {
         Ok(Firmware::new(5, 7, 1))
     }
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        Some(self)
+    }
+}
+
+impl Prover for RsaKey {
     fn read_certificate(&mut self) -> keyfloat_hal::Result<Vec<u8>> {
         Ok(self.certificate.clone())
     }

@@ -6,32 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Which key backends to watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyBackend {
-    /// Every hardware backend compiled in.
-    #[default]
-    Auto,
-    /// PC/SC through pcscd.
-    Pcsc,
-    /// USB HID.
-    Hid,
-    /// Simulated key (demo/CI only).
-    Sim,
-}
-
-impl KeyBackend {
-    /// Name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Pcsc => "pcsc",
-            Self::Hid => "hid",
-            Self::Sim => "sim",
-        }
-    }
-}
+/// Which key backends to watch: the HAL's choice, shared with the command line.
+pub use keyfloat_hal::KeyBackend;
 
 /// Server configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,19 +4,13 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use keyfloat_hal::backend::{self, sim::SimBus};
-use keyfloat_hal::{BackendKind, KeyProvider};
+use keyfloat_hal::{BackendKind, KeyBackend, KeyProvider};
 
-/// `--key-backend`: which backends to watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum KeyBackendArg {
-    /// Every hardware backend compiled in (pcsc, hid).
-    Auto,
-    /// Smart-card interface through pcscd.
-    Pcsc,
-    /// USB HID.
-    Hid,
-    /// Simulated keys (tests, demo); never accepted for licenses signed by a real vendor key.
-    Sim,
+/// `--key-backend`: the HAL's [`KeyBackend`] names, each with its help line.
+pub fn key_backend_parser() -> impl clap::builder::TypedValueParser<Value = KeyBackend> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let values = KeyBackend::ALL.map(|b| PossibleValue::new(b.as_str()).help(b.describe()));
+    PossibleValuesParser::new(values).try_map(|name| name.parse::<KeyBackend>())
 }
 
 /// The demo's plug/unplug endpoints, on a simulated bus.
@@ -41,19 +35,15 @@ impl keyfloat_server::KeyControl for SimKeyControl {
 }
 
 /// The providers for a `--key-backend` choice. `sim` uses the given bus.
-pub fn providers(choice: KeyBackendArg, sim: Option<&SimBus>) -> anyhow::Result<Vec<Arc<dyn KeyProvider>>> {
-    let wanted = match choice {
-        KeyBackendArg::Auto => None,
-        KeyBackendArg::Pcsc => Some(BackendKind::Pcsc),
-        KeyBackendArg::Hid => Some(BackendKind::Hid),
-        KeyBackendArg::Sim => {
-            tracing::warn!(
-                "--key-backend sim: SIMULATED keys only; they can never satisfy a license signed by a real vendor key"
-            );
-            let bus = sim.cloned().unwrap_or_default();
-            return Ok(vec![Arc::new(bus.provider())]);
-        }
-    };
+pub fn providers(choice: KeyBackend, sim: Option<&SimBus>) -> anyhow::Result<Vec<Arc<dyn KeyProvider>>> {
+    let wanted = choice.kind();
+    if wanted == Some(BackendKind::Sim) {
+        tracing::warn!(
+            "--key-backend sim: SIMULATED keys only; they can never satisfy a license signed by a real vendor key"
+        );
+        let bus = sim.cloned().unwrap_or_default();
+        return Ok(vec![Arc::new(bus.provider())]);
+    }
     if let Some(kind) = wanted {
         if !backend::is_compiled(kind) {
             bail!("the {kind} backend is not compiled into this build (enable the `{kind}` feature)");

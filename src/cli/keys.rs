@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorValidator};
-use keyfloat_hal::{BackendKind, KeyValidator, ProofStatus, SerialReadable, Validation};
+use keyfloat_hal::{BackendKind, KeyBackend, KeyInfo, KeyValidator, ProofStatus, SerialReadable, Validation};
 use serde::Serialize;
 
-use super::common::{providers, KeyBackendArg};
+use super::common::{key_backend_parser, providers};
 
 /// Arguments of `keyfloat keys`.
 #[derive(Debug, clap::Args)]
@@ -16,8 +16,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Which backends to look at.
-    #[arg(long, value_enum, default_value = "auto")]
-    key_backend: KeyBackendArg,
+    #[arg(long, value_parser = key_backend_parser(), default_value = "auto")]
+    key_backend: KeyBackend,
     /// Check each key's certificate and proof of possession against this vendor public key
     /// (a PEM file, or the PEM itself); without it only serials are read.
     #[arg(long, value_name = "PATH|PEM", allow_hyphen_values = true)]
@@ -48,23 +48,7 @@ struct Row {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // With a vendor key, keys are judged as a server would (serial-only dongles are listed
-    // as such, not refused); without one, only serials are read.
-    let validator: Box<dyn KeyValidator> = match &args.vendor_public_key {
-        Some(v) => {
-            let roots = if args.attestation_root.is_empty() {
-                None
-            } else {
-                Some(AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?)
-            };
-            Box::new(
-                VendorValidator::new(VendorPublicKey::from_path_or_inline(v).context("--vendor-public-key")?)
-                    .allow_serial_only(true)
-                    .require_attestation(roots),
-            )
-        }
-        None => Box::new(SerialReadable),
-    };
+    let validator = validator(&args)?;
     let mut rows = Vec::new();
     for provider in providers(args.key_backend, None)? {
         let infos = match provider.list() {
@@ -75,45 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         for info in infos {
-            let mut attested = false;
-            let (serial, firmware, proof, reason) = match provider.open(&info.id) {
-                Ok(mut key) => match validator.validate(key.as_mut()) {
-                    Validation::Valid {
-                        serial,
-                        firmware,
-                        mut proof,
-                    } => {
-                        if proof == ProofStatus::Attested {
-                            attested = true;
-                            proof = ProofStatus::Verified;
-                        }
-                        (
-                            Some(serial.to_string()),
-                            firmware.map(|f| f.to_string()),
-                            serde_json::to_value(proof)?.as_str().unwrap_or_default().to_string(),
-                            None,
-                        )
-                    }
-                    Validation::Invalid { serial, reason } => (
-                        serial.map(|s| s.to_string()),
-                        None,
-                        "invalid".into(),
-                        Some(reason.code().to_string()),
-                    ),
-                    Validation::Failed(e) => (None, None, "error".into(), Some(e.to_string())),
-                },
-                Err(e) => (None, None, "error".into(), Some(e.to_string())),
-            };
-            rows.push(Row {
-                backend: info.backend,
-                path: info.path.clone(),
-                serial: serial.or_else(|| info.serial.as_ref().map(|s| s.to_string())),
-                model: info.model.clone(),
-                firmware: firmware.or_else(|| info.firmware.map(|f| f.to_string())),
-                proof,
-                attested,
-                reason,
-            });
+            let outcome = provider.open(&info.id).map(|mut key| validator.validate(key.as_mut()));
+            rows.push(row(&info, outcome));
         }
     }
     if args.json {
@@ -135,4 +82,62 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With a vendor key, keys are judged as a server would (serial-only dongles are listed
+/// as such, not refused); without one, only serials are read.
+fn validator(args: &Args) -> anyhow::Result<Box<dyn KeyValidator>> {
+    let Some(v) = &args.vendor_public_key else {
+        return Ok(Box::new(SerialReadable));
+    };
+    let roots = if args.attestation_root.is_empty() {
+        None
+    } else {
+        Some(AttestationRoots::from_paths_or_inline(&args.attestation_root).context("--attestation-root")?)
+    };
+    Ok(Box::new(
+        VendorValidator::new(VendorPublicKey::from_path_or_inline(v).context("--vendor-public-key")?)
+            .allow_serial_only(true)
+            .require_attestation(roots),
+    ))
+}
+
+/// One listed key: what enumeration showed, completed by what validation read.
+fn row(info: &KeyInfo, outcome: keyfloat_hal::Result<Validation>) -> Row {
+    let mut attested = false;
+    let (serial, firmware, proof, reason) = match outcome {
+        Ok(Validation::Valid {
+            serial,
+            firmware,
+            mut proof,
+        }) => {
+            if proof == ProofStatus::Attested {
+                attested = true;
+                proof = ProofStatus::Verified;
+            }
+            (
+                Some(serial.to_string()),
+                firmware.map(|f| f.to_string()),
+                proof.as_str().to_owned(),
+                None,
+            )
+        }
+        Ok(Validation::Invalid { serial, reason }) => (
+            serial.map(|s| s.to_string()),
+            None,
+            "invalid".into(),
+            Some(reason.code().to_string()),
+        ),
+        Ok(Validation::Failed(e)) | Err(e) => (None, None, "error".into(), Some(e.to_string())),
+    };
+    Row {
+        backend: info.backend,
+        path: info.path.clone(),
+        serial: serial.or_else(|| info.serial.as_ref().map(|s| s.to_string())),
+        model: info.model.clone(),
+        firmware: firmware.or_else(|| info.firmware.map(|f| f.to_string())),
+        proof,
+        attested,
+        reason,
+    }
 }

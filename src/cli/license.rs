@@ -219,6 +219,12 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         args.file.display(),
         vendor.fingerprint_short()
     );
+    print_terms(&doc);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The terms of a verified license, one per line.
+fn print_terms(doc: &LicenseDoc) {
     println!("  license id      {}", doc.license_id);
     match &doc.product_name {
         Some(name) => println!("  product         {} ({name})", doc.product),
@@ -276,7 +282,6 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("  issued at       {}", doc.issued_at);
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -19,8 +19,6 @@ use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, Mon
 use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
 
-use super::common::KeyBackendArg;
-
 /// Name of the simulated key created by `--key-backend sim`.
 pub const SIM_KEY_NAME: &str = "sim-key";
 
@@ -42,8 +40,8 @@ pub struct Args {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Key backends to watch [default: auto].
-    #[arg(long, value_enum)]
-    pub key_backend: Option<KeyBackendArg>,
+    #[arg(long, value_parser = super::common::key_backend_parser())]
+    pub key_backend: Option<KeyBackend>,
     /// Authentication mode: JWT logins, admin/user roles (`--user-authentication [true|false]`).
     #[arg(long, alias = "userAuthentication", num_args = 0..=1, default_missing_value = "true")]
     pub user_authentication: Option<bool>,
@@ -123,24 +121,6 @@ pub struct Args {
     pub sim_serial: u32,
 }
 
-fn backend_of(a: KeyBackendArg) -> KeyBackend {
-    match a {
-        KeyBackendArg::Auto => KeyBackend::Auto,
-        KeyBackendArg::Pcsc => KeyBackend::Pcsc,
-        KeyBackendArg::Hid => KeyBackend::Hid,
-        KeyBackendArg::Sim => KeyBackend::Sim,
-    }
-}
-
-fn arg_of(b: KeyBackend) -> KeyBackendArg {
-    match b {
-        KeyBackend::Auto => KeyBackendArg::Auto,
-        KeyBackend::Pcsc => KeyBackendArg::Pcsc,
-        KeyBackend::Hid => KeyBackendArg::Hid,
-        KeyBackend::Sim => KeyBackendArg::Sim,
-    }
-}
-
 /// The file configuration with the flags applied.
 pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     let mut c = match &args.config {
@@ -158,7 +138,7 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         c.data_dir = v.clone();
     }
     if let Some(v) = args.key_backend {
-        c.key_backend = backend_of(v);
+        c.key_backend = v;
     }
     if let Some(v) = args.user_authentication {
         c.user_authentication = v;
@@ -342,7 +322,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         None
     };
 
-    let providers = super::common::providers(arg_of(config.key_backend), sim.as_ref().map(|s| &s.bus))?;
+    let providers = super::common::providers(config.key_backend, sim.as_ref().map(|s| &s.bus))?;
     let attestation = if config.require_attestation {
         if attestation_roots.is_empty() {
             anyhow::bail!(

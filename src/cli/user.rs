@@ -1,7 +1,7 @@
 //! `keyfloat user`: accounts for authentication mode, stored (argon2 hashes) in the data dir.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -114,104 +114,18 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             username,
             role,
             password: given,
-        } => {
-            if username.trim().is_empty() || username.contains(':') {
-                bail!("invalid user name {username:?} (must be non-empty, without ':')");
-            }
-            let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let role = match role {
-                RoleArg::Admin => Role::Admin,
-                RoleArg::User => Role::User,
-            };
-            let store = SqliteStore::open(&data_dir)?;
-            let name = username.clone();
-            transact_blocking(&store, move |tx| {
-                if tx.account(&name)?.is_some() {
-                    return Err(keyfloat_server::ApiError::bad_request(
-                        "user_exists",
-                        format!("user {name:?} already exists (use `keyfloat user passwd`)"),
-                    ));
-                }
-                tx.put_account(&Account {
-                    username: name.clone(),
-                    password_hash: hash,
-                    role,
-                })?;
-                tx.audit(&AuditEvent::new(
-                    "user_added",
-                    Some("cli"),
-                    None,
-                    format!("{name} ({})", role.as_str()),
-                ))?;
-                Ok(())
-            })
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            println!("user {username} added ({})", role.as_str());
-        }
+        } => add(&data_dir, &username, role.into(), given)?,
         Command::Passwd {
             data_dir,
             username,
             password: given,
-        } => {
-            let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let store = SqliteStore::open(&data_dir)?;
-            let name = username.clone();
-            transact_blocking(&store, move |tx| {
-                let Some(mut a) = tx.account(&name)? else {
-                    return Err(keyfloat_server::ApiError::bad_request(
-                        "user_not_found",
-                        format!("no user {name:?}"),
-                    ));
-                };
-                a.password_hash = hash;
-                tx.put_account(&a)?;
-                tx.bump_token_generation(&name)?;
-                tx.audit(&AuditEvent::new("password_changed", Some("cli"), None, name.clone()))?;
-                Ok(())
-            })
-            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            println!("password of {username} changed");
-        }
+        } => passwd(&data_dir, &username, given)?,
         Command::Role {
             data_dir,
             username,
             role,
-        } => {
-            let role = match role {
-                RoleArg::Admin => Role::Admin,
-                RoleArg::User => Role::User,
-            };
-            let name = username.clone();
-            change(&data_dir, move |tx| {
-                let Some(mut a) = tx.account(&name)? else {
-                    return Err(not_found(&name));
-                };
-                a.role = role;
-                tx.put_account(&a)?;
-                tx.bump_token_generation(&name)?;
-                tx.audit(&AuditEvent::new(
-                    "role_changed",
-                    Some("cli"),
-                    None,
-                    format!("{name} ({})", role.as_str()),
-                ))?;
-                Ok(())
-            })?;
-            println!("role of {username} is now {}; its tokens were revoked", role.as_str());
-        }
-        Command::Delete { data_dir, username } => {
-            let name = username.clone();
-            change(&data_dir, move |tx| {
-                if !tx.delete_account(&name)? {
-                    return Err(not_found(&name));
-                }
-                // Kept after the account: a re-created account does not revive old tokens.
-                tx.bump_token_generation(&name)?;
-                tx.audit(&AuditEvent::new("user_deleted", Some("cli"), None, name.clone()))?;
-                Ok(())
-            })?;
-            println!("user {username} deleted");
-        }
+        } => set_role(&data_dir, &username, role.into())?,
+        Command::Delete { data_dir, username } => delete(&data_dir, &username)?,
         Command::Revoke {
             data_dir,
             name,
@@ -220,16 +134,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             let Some(username) = name.or(username) else {
                 bail!("name the account: keyfloat user revoke NAME");
             };
-            let name = username.clone();
-            let gen = change(&data_dir, move |tx| {
-                if tx.account(&name)?.is_none() {
-                    return Err(not_found(&name));
-                }
-                let gen = tx.bump_token_generation(&name)?;
-                tx.audit(&AuditEvent::new("tokens_revoked", Some("cli"), None, name.clone()))?;
-                Ok(gen)
-            })?;
-            println!("tokens of {username} revoked (generation {gen}); a running server refuses them within a second");
+            revoke(&data_dir, &username)?;
         }
         Command::List { data_dir } => {
             let store = SqliteStore::open(&data_dir)?;
@@ -242,13 +147,119 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Admin => Role::Admin,
+            RoleArg::User => Role::User,
+        }
+    }
+}
+
+fn add(data_dir: &Path, username: &str, role: Role, given: Option<String>) -> anyhow::Result<()> {
+    if username.trim().is_empty() || username.contains(':') {
+        bail!("invalid user name {username:?} (must be non-empty, without ':')");
+    }
+    let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = username.to_owned();
+    change(data_dir, move |tx| {
+        if tx.account(&name)?.is_some() {
+            return Err(keyfloat_server::ApiError::bad_request(
+                "user_exists",
+                format!("user {name:?} already exists (use `keyfloat user passwd`)"),
+            ));
+        }
+        tx.put_account(&Account {
+            username: name.clone(),
+            password_hash: hash,
+            role,
+        })?;
+        tx.audit(&AuditEvent::new(
+            "user_added",
+            Some("cli"),
+            None,
+            format!("{name} ({})", role.as_str()),
+        ))?;
+        Ok(())
+    })?;
+    println!("user {username} added ({})", role.as_str());
+    Ok(())
+}
+
+fn passwd(data_dir: &Path, username: &str, given: Option<String>) -> anyhow::Result<()> {
+    let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let name = username.to_owned();
+    change(data_dir, move |tx| {
+        let Some(mut a) = tx.account(&name)? else {
+            return Err(not_found(&name));
+        };
+        a.password_hash = hash;
+        tx.put_account(&a)?;
+        tx.bump_token_generation(&name)?;
+        tx.audit(&AuditEvent::new("password_changed", Some("cli"), None, name.clone()))?;
+        Ok(())
+    })?;
+    println!("password of {username} changed");
+    Ok(())
+}
+
+fn set_role(data_dir: &Path, username: &str, role: Role) -> anyhow::Result<()> {
+    let name = username.to_owned();
+    change(data_dir, move |tx| {
+        let Some(mut a) = tx.account(&name)? else {
+            return Err(not_found(&name));
+        };
+        a.role = role;
+        tx.put_account(&a)?;
+        tx.bump_token_generation(&name)?;
+        tx.audit(&AuditEvent::new(
+            "role_changed",
+            Some("cli"),
+            None,
+            format!("{name} ({})", role.as_str()),
+        ))?;
+        Ok(())
+    })?;
+    println!("role of {username} is now {}; its tokens were revoked", role.as_str());
+    Ok(())
+}
+
+fn delete(data_dir: &Path, username: &str) -> anyhow::Result<()> {
+    let name = username.to_owned();
+    change(data_dir, move |tx| {
+        if !tx.delete_account(&name)? {
+            return Err(not_found(&name));
+        }
+        // Kept after the account: a re-created account does not revive old tokens.
+        tx.bump_token_generation(&name)?;
+        tx.audit(&AuditEvent::new("user_deleted", Some("cli"), None, name.clone()))?;
+        Ok(())
+    })?;
+    println!("user {username} deleted");
+    Ok(())
+}
+
+fn revoke(data_dir: &Path, username: &str) -> anyhow::Result<()> {
+    let name = username.to_owned();
+    let gen = change(data_dir, move |tx| {
+        if tx.account(&name)?.is_none() {
+            return Err(not_found(&name));
+        }
+        let gen = tx.bump_token_generation(&name)?;
+        tx.audit(&AuditEvent::new("tokens_revoked", Some("cli"), None, name.clone()))?;
+        Ok(gen)
+    })?;
+    println!("tokens of {username} revoked (generation {gen}); a running server refuses them within a second");
+    Ok(())
+}
+
 fn not_found(name: &str) -> keyfloat_server::ApiError {
     keyfloat_server::ApiError::bad_request("user_not_found", format!("no user {name:?}"))
 }
 
 /// Runs one change on the data dir's store.
 fn change<T: Send + 'static>(
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     f: impl FnOnce(&mut dyn keyfloat_server::store::Tx) -> Result<T, keyfloat_server::ApiError> + Send + 'static,
 ) -> anyhow::Result<T> {
     let store = SqliteStore::open(data_dir)?;

@@ -269,6 +269,8 @@ fn from_key(args: &SignKeyCertArgs, serial: &Serial) -> anyhow::Result<(Vec<u8>,
         bail!("the connected key reports serial {reported}, not {serial}");
     }
     let attestation = key
+        .prover()
+        .context("the key cannot prove possession (serial only)")?
         .attest()
         .context("the key gives no attestation of slot 9E (key imported, or not a YubiKey)")?;
     // The key certified is the one the attestation is for; the check below still verifies

@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use p256::ecdsa::signature::Signer;
@@ -46,7 +46,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind, Holder, Result};
 use crate::key::{
     BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyAttestation, KeyId, KeyInfo, KeyProvider,
-    Proof, ProofCapability, Serial, SignatureScheme,
+    Proof, ProofCapability, Prover, Serial, SignatureScheme,
 };
 use crate::trust::attestation::sim_ca::DeviceAttester;
 use crate::trust::certificate::{issue_key_certificate_attested, CLOCK_SKEW};
@@ -195,6 +195,8 @@ struct SimKeyState {
     holder: Option<Holder>,
     fail_next: Option<ErrorKind>,
     corrupt: bool,
+    /// Every operation blocks until the key is released or pulled (a wedged key).
+    hung: bool,
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +216,8 @@ impl BusState {
 #[derive(Debug, Clone, Default)]
 pub struct SimBus {
     state: Arc<Mutex<BusState>>,
+    /// Wakes operations blocked on a hung key when it is released or pulled.
+    unhung: Arc<Condvar>,
 }
 
 fn unknown(name: &str) -> Error {
@@ -250,6 +254,7 @@ impl SimBus {
                 holder: None,
                 fail_next: None,
                 corrupt: false,
+                hung: false,
             },
         );
     }
@@ -277,6 +282,7 @@ impl SimBus {
         key.plugged = false;
         let ev = HotplugEvent::Detached(KeyId::new(BackendKind::Sim, name));
         st.notify(&ev);
+        self.unhung.notify_all();
         Ok(())
     }
 
@@ -300,6 +306,15 @@ impl SimBus {
         Ok(())
     }
 
+    /// Wedges the key (`true`): every operation on it blocks, as a card that stopped
+    /// answering, until it is released (`false`) or pulled.
+    pub fn hang(&self, name: &str, hung: bool) -> Result<()> {
+        let mut st = self.lock();
+        st.keys.get_mut(name).ok_or_else(|| unknown(name))?.hung = hung;
+        self.unhung.notify_all();
+        Ok(())
+    }
+
     /// Makes the key sign garbage (`true`) or sign correctly again (`false`).
     pub fn corrupt(&self, name: &str, corrupt: bool) -> Result<()> {
         let mut st = self.lock();
@@ -319,12 +334,12 @@ impl SimBus {
 
     /// Runs `op` against a plugged key, applying the fault verbs first.
     fn with_key<T>(&self, name: &str, op: impl FnOnce(&SimKeyState) -> Result<T>) -> Result<T> {
+        let removed = || Error::new(ErrorKind::Disconnected, format!("simulated key {name:?} was removed"));
         let mut st = self.lock();
-        let key = st
-            .keys
-            .get_mut(name)
-            .filter(|k| k.plugged)
-            .ok_or_else(|| Error::new(ErrorKind::Disconnected, format!("simulated key {name:?} was removed")))?;
+        while st.keys.get(name).is_some_and(|k| k.plugged && k.hung) {
+            st = self.unhung.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let key = st.keys.get_mut(name).filter(|k| k.plugged).ok_or_else(removed)?;
         if let Some(holder) = &key.holder {
             return Err(
                 Error::new(ErrorKind::Busy, format!("simulated key {name:?} is held exclusively"))
@@ -362,8 +377,7 @@ impl KeyProvider for SimProvider {
 
     fn open(&self, id: &KeyId) -> Result<Box<dyn HardwareKey>> {
         let name = id
-            .as_str()
-            .strip_prefix("sim:")
+            .path_in(BackendKind::Sim)
             .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("{id} is not a simulated key")))?;
         let info = self.bus.with_key(name, |k| Ok(k.spec.info()))?;
         Ok(Box::new(SimKey {
@@ -430,6 +444,12 @@ impl HardwareKey for SimKey {
         self.bus.with_key(&self.name, |k| Ok(k.spec.firmware))
     }
 
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        Some(self)
+    }
+}
+
+impl Prover for SimKey {
     fn read_certificate(&mut self) -> Result<Vec<u8>> {
         self.bus.with_key(&self.name, |k| {
             k.spec
@@ -544,13 +564,42 @@ mod tests {
         bus.plug("a").unwrap();
         let vk = bus.spec("a").unwrap().verifying_key();
         let mut key = bus.provider().open(&KeyId::new(BackendKind::Sim, "a")).unwrap();
-        let proof = key.sign_challenge(b"challenge").unwrap();
+        let proof = key.prover().unwrap().sign_challenge(b"challenge").unwrap();
         let sig = Signature::from_der(&proof.signature).unwrap();
         assert!(vk.verify(&proof.signed_message(b"challenge"), &sig).is_ok());
         bus.corrupt("a", true).unwrap();
-        let proof = key.sign_challenge(b"challenge").unwrap();
+        let proof = key.prover().unwrap().sign_challenge(b"challenge").unwrap();
         let sig = Signature::from_der(&proof.signature).unwrap();
         assert!(vk.verify(b"challenge", &sig).is_err());
+    }
+
+    #[test]
+    fn a_hung_key_blocks_its_operations_until_released() {
+        let bus = bus_with("a", 1);
+        bus.plug("a").unwrap();
+        let mut key = bus.provider().open(&KeyId::new(BackendKind::Sim, "a")).unwrap();
+        bus.hang("a", true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || tx.send(key.read_serial()).unwrap());
+        // Still blocked a moment later (bounded: the release below ends it).
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        assert!(bus.provider().list().unwrap().len() == 1, "enumeration does not hang");
+        bus.hang("a", false).unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(),
+            Serial::from(1)
+        );
+        worker.join().unwrap();
+
+        // Pulling a hung key ends the blocked operation as a disconnect.
+        let mut key = bus.provider().open(&KeyId::new(BackendKind::Sim, "a")).unwrap();
+        bus.hang("a", true).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || tx.send(key.read_serial()).unwrap());
+        bus.unplug("a").unwrap();
+        let e = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Disconnected);
+        worker.join().unwrap();
     }
 
     #[test]

@@ -333,7 +333,7 @@ pub fn status_error(status: u16, what: &str) -> Error {
         sw::INS_NOT_SUPPORTED => (ErrorKind::Unsupported, "not supported by the card"),
         _ => (ErrorKind::Protocol, "unexpected status word"),
     };
-    Error::new(kind, format!("{what}: {text} (SW {status:04X})"))
+    Error::new(kind, format!("{what}: {text} (SW {status:04X})")).with_status_word(status)
 }
 
 fn malformed(what: &str) -> Error {

@@ -143,7 +143,8 @@ pub fn attest(t: &mut dyn ApduTransport, slot: u8) -> Result<Vec<u8>> {
         sw::WRONG_DATA => Err(Error::new(
             ErrorKind::Unsupported,
             format!("slot {slot:02X} cannot be attested (key imported, not generated on the device) (SW 6A80)"),
-        )),
+        )
+        .with_status_word(sw::WRONG_DATA)),
         other => Err(status_error(other, "ATTEST")),
     }
 }
@@ -203,7 +204,7 @@ pub fn sign_with_slot(t: &mut dyn ApduTransport, slot: u8, challenge: &[u8]) -> 
     }
     match sign_rsa2048(t, slot, challenge) {
         Ok(sig) => Ok((alg::RSA2048, sig)),
-        Err(e) if e.message().contains("SW 6A80") => Err(Error::new(
+        Err(e) if e.status_word() == Some(sw::WRONG_DATA) => Err(Error::new(
             ErrorKind::NotPresent,
             format!("slot {slot:02X} holds no P-256 or RSA-2048 key"),
         )),

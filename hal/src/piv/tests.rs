@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::scripted::ScriptedTransport;
-use super::session::{identify, read_certificate, read_serial, sign_p256, sign_rsa2048, Identity};
+use super::session::{identify, read_certificate, read_serial, sign_p256, sign_rsa2048, sign_with_slot, Identity};
 use super::*;
 
 fn h(s: &str) -> Vec<u8> {
@@ -52,6 +52,7 @@ fn status_words_map_to_kinds() {
     assert_eq!(status_error(0x6A88, "x").kind(), ErrorKind::NotPresent);
     assert_eq!(status_error(0x6D00, "x").kind(), ErrorKind::Unsupported);
     assert_eq!(status_error(0x6F00, "x").kind(), ErrorKind::Protocol);
+    assert_eq!(status_error(0x6A80, "x").status_word(), Some(sw::WRONG_DATA));
 }
 
 #[test]
@@ -183,6 +184,38 @@ fn rsa_signing_chains_the_command_and_the_response() {
         .expect(c2, r1)
         .expect([0x00, 0xC0, 0x00, 0x00, (answer.len() - 256) as u8], r2);
     assert_eq!(sign_rsa2048(&mut t, 0x9E, b"nonce").unwrap(), sig);
+    t.done();
+}
+
+#[test]
+fn a_slot_that_refuses_both_algorithms_holds_no_key() {
+    // P-256 refused with 6A80, then the first block of the RSA command chain too: decided
+    // from the status word, whatever the message says.
+    let challenge = b"nonce";
+    let digest: [u8; 32] = sha2::Sha256::digest(challenge).into();
+    let ecc = general_authenticate(alg::ECCP256, 0x9E, &digest).encode();
+    let rsa = general_authenticate(alg::RSA2048, 0x9E, &pkcs1_v15_sha256(&digest, 256).unwrap());
+    let first_block = Apdu {
+        cla: 0x10,
+        data: rsa.data[..255].to_vec(),
+        le: None,
+        ..rsa.clone()
+    };
+    let mut t = ScriptedTransport::new()
+        .expect(ecc, h("6A80"))
+        .expect(first_block.encode(), h("6A80"));
+    let e = sign_with_slot(&mut t, 0x9E, challenge).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotPresent, "{e}");
+    t.done();
+
+    // Any other refusal of the RSA attempt is passed on as it is.
+    let ecc = general_authenticate(alg::ECCP256, 0x9E, &digest).encode();
+    let mut t = ScriptedTransport::new()
+        .expect(ecc, h("6A80"))
+        .expect(first_block.encode(), h("6982"));
+    let e = sign_with_slot(&mut t, 0x9E, challenge).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(e.status_word(), Some(sw::SECURITY_STATUS));
     t.done();
 }
 

@@ -11,7 +11,7 @@ use super::certificate::KeyCertificate;
 use super::error::TrustError;
 use super::vendor_key::VendorPublicKey;
 use crate::error::{Error, ErrorKind};
-use crate::key::{HardwareKey, ProofCapability, Serial};
+use crate::key::{HardwareKey, KeyId, Prover, Serial};
 use crate::validate::{InvalidReason, KeyValidator, ProofStatus, Validation};
 
 /// Where the validator reads the time (certificate validity). Tests pass a fixed clock.
@@ -91,10 +91,10 @@ impl VendorValidator {
         self
     }
 
-    fn invalid(&self, key: &dyn HardwareKey, serial: Serial, reason: InvalidReason, detail: &str) -> Validation {
+    fn invalid(&self, id: &KeyId, serial: Serial, reason: InvalidReason, detail: &str) -> Validation {
         tracing::warn!(
             target: "keyfloat::trust",
-            key = %key.info().id,
+            key = %id,
             serial = %serial,
             reason = reason.code(),
             detail,
@@ -112,30 +112,101 @@ impl VendorValidator {
 }
 
 impl VendorValidator {
+    /// The proof of possession: a certificate from the vendor for this serial, valid now, and
+    /// a fresh challenge signed with the certified key; then the attestation, if required.
+    fn prove(&self, prover: &mut dyn Prover, id: &KeyId, serial: &Serial) -> Result<ProofStatus, Validation> {
+        let reject = |reason, detail: &str| self.invalid(id, serial.clone(), reason, detail);
+        let cert = self.certificate(prover, id, serial)?;
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        if let Err(e) = rand_core::OsRng.try_fill_bytes(&mut challenge) {
+            return Err(Validation::Failed(Error::new(
+                ErrorKind::Other,
+                format!("no randomness for a challenge: {e}"),
+            )));
+        }
+        let proof = prover.sign_challenge(&challenge).map_err(Validation::Failed)?;
+        match cert.verify_proof(&challenge, &proof) {
+            Ok(()) => {}
+            Err(e @ TrustError::SignatureInvalid(_)) => {
+                return Err(reject(InvalidReason::BadSignature, &e.to_string()))
+            }
+            Err(e) => return Err(reject(InvalidReason::Malformed, &e.to_string())),
+        }
+        let Some(roots) = &self.attestation else {
+            return Ok(ProofStatus::Verified);
+        };
+        self.check_attestation(prover, id, serial, &cert, roots)?;
+        Ok(ProofStatus::Attested)
+    }
+
+    /// The key's certificate, when the vendor issued it for `serial` and it is valid now.
+    fn certificate(&self, prover: &mut dyn Prover, id: &KeyId, serial: &Serial) -> Result<KeyCertificate, Validation> {
+        let reject = |reason, detail: &str| self.invalid(id, serial.clone(), reason, detail);
+        let der = match prover.read_certificate() {
+            Ok(der) => der,
+            Err(e) if e.kind() == ErrorKind::NotPresent => {
+                return Err(reject(InvalidReason::Unprovisioned, "no certificate in slot 9E"))
+            }
+            Err(e) => return Err(Validation::Failed(e)),
+        };
+        let cert = KeyCertificate::from_der(&der).map_err(|e| reject(InvalidReason::Malformed, &e.to_string()))?;
+        match cert.verify_issued_by(&self.vendor) {
+            Ok(()) => {}
+            Err(e @ (TrustError::CertificateInvalid(_) | TrustError::SignatureMalformed(_))) => {
+                return Err(reject(InvalidReason::Malformed, &e.to_string()))
+            }
+            Err(e) => return Err(reject(InvalidReason::WrongVendor, &e.to_string())),
+        }
+        match cert.serial() {
+            Ok(s) if s == *serial => {}
+            Ok(s) => {
+                return Err(reject(
+                    InvalidReason::SerialMismatch,
+                    &format!("certificate is for serial {s}"),
+                ))
+            }
+            Err(e) => return Err(reject(InvalidReason::Malformed, &e.to_string())),
+        }
+        if !cert.is_valid_at((self.now)()) {
+            return Err(reject(
+                InvalidReason::ExpiredCertificate,
+                "now is outside the certificate's validity period",
+            ));
+        }
+        Ok(cert)
+    }
+
     /// The attestation step: the certificate must record an attestation at issue, and the
     /// key must attest now, for its serial and its certified key. Transient I/O failures are
     /// `Failed` (retried); a key that cannot attest is `not_attested`.
     fn check_attestation(
         &self,
-        key: &mut dyn HardwareKey,
+        prover: &mut dyn Prover,
+        id: &KeyId,
         serial: &Serial,
         cert: &KeyCertificate,
         roots: &AttestationRoots,
     ) -> Result<(), Validation> {
-        let not_attested = |key: &dyn HardwareKey, detail: &str| {
-            Err(self.invalid(key, serial.clone(), InvalidReason::NotAttested, detail))
-        };
+        let reject = |reason, detail: &str| Err(self.invalid(id, serial.clone(), reason, detail));
         if cert.attested_sha256().is_none() {
-            return not_attested(key, "the key certificate was issued without an attestation");
+            return reject(
+                InvalidReason::NotAttested,
+                "the key certificate was issued without an attestation",
+            );
         }
-        let attestation = match key.attest() {
+        let attestation = match prover.attest() {
             Ok(a) => a,
-            Err(e) if is_transient(e.kind()) => return Err(Validation::Failed(e)),
-            Err(e) => return not_attested(key, &format!("the key gives no attestation: {e}")),
+            Err(e) if e.kind().is_transient() => return Err(Validation::Failed(e)),
+            Err(e) => {
+                return reject(
+                    InvalidReason::NotAttested,
+                    &format!("the key gives no attestation: {e}"),
+                )
+            }
         };
         let spki = match cert.spki_der() {
             Ok(s) => s,
-            Err(e) => return Err(self.invalid(key, serial.clone(), InvalidReason::Malformed, &e.to_string())),
+            Err(e) => return reject(InvalidReason::Malformed, &e.to_string()),
         };
         let requirement = AttestationRequirement {
             serial,
@@ -143,17 +214,9 @@ impl VendorValidator {
         };
         match requirement.check(roots, &attestation, (self.now)()) {
             Ok(_) => Ok(()),
-            Err(e) => not_attested(key, &format!("{}: {e}", e.code())),
+            Err(e) => reject(InvalidReason::NotAttested, &format!("{}: {e}", e.code())),
         }
     }
-}
-
-/// Failures worth retrying: the key is busy, gone for a moment, or the service hiccupped.
-fn is_transient(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::Busy | ErrorKind::Disconnected | ErrorKind::Timeout | ErrorKind::ServiceUnavailable | ErrorKind::Io
-    )
 }
 
 impl KeyValidator for VendorValidator {
@@ -162,96 +225,25 @@ impl KeyValidator for VendorValidator {
             Ok(s) => s,
             Err(e) => return Validation::Failed(e),
         };
-
-        if key.info().capability == ProofCapability::SerialOnly {
-            if !self.allow_serial_only {
+        let id = key.info().id.clone();
+        let proof = match key.prover() {
+            Some(prover) => match self.prove(prover, &id, &serial) {
+                Ok(status) => status,
+                Err(outcome) => return outcome,
+            },
+            None if self.allow_serial_only => ProofStatus::SerialOnly,
+            None => {
                 return self.invalid(
-                    key,
+                    &id,
                     serial,
                     InvalidReason::SerialOnlyNotAllowed,
                     "key cannot prove its identity",
-                );
+                )
             }
-            if !self.serial_allowed(&serial) {
-                return self.invalid(
-                    key,
-                    serial,
-                    InvalidReason::SerialNotAllowed,
-                    "serial not in allowed list",
-                );
-            }
-            return Validation::Valid {
-                serial,
-                firmware: key.read_firmware().ok(),
-                proof: ProofStatus::SerialOnly,
-            };
-        }
-
-        let der = match key.read_certificate() {
-            Ok(der) => der,
-            Err(e) if e.kind() == ErrorKind::NotPresent => {
-                return self.invalid(key, serial, InvalidReason::Unprovisioned, "no certificate in slot 9E")
-            }
-            Err(e) => return Validation::Failed(e),
         };
-        let cert = match KeyCertificate::from_der(&der) {
-            Ok(c) => c,
-            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
-        };
-        match cert.verify_issued_by(&self.vendor) {
-            Ok(()) => {}
-            Err(e @ (TrustError::CertificateInvalid(_) | TrustError::SignatureMalformed(_))) => {
-                return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string())
-            }
-            Err(e) => return self.invalid(key, serial, InvalidReason::WrongVendor, &e.to_string()),
-        }
-        match cert.serial() {
-            Ok(s) if s == serial => {}
-            Ok(s) => {
-                let detail = format!("certificate is for serial {s}");
-                return self.invalid(key, serial, InvalidReason::SerialMismatch, &detail);
-            }
-            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
-        }
-        if !cert.is_valid_at((self.now)()) {
-            return self.invalid(
-                key,
-                serial,
-                InvalidReason::ExpiredCertificate,
-                "now is outside the certificate's validity period",
-            );
-        }
-
-        let mut challenge = [0u8; CHALLENGE_LEN];
-        if let Err(e) = rand_core::OsRng.try_fill_bytes(&mut challenge) {
-            return Validation::Failed(Error::new(
-                ErrorKind::Other,
-                format!("no randomness for a challenge: {e}"),
-            ));
-        }
-        let proof = match key.sign_challenge(&challenge) {
-            Ok(p) => p,
-            Err(e) => return Validation::Failed(e),
-        };
-        match cert.verify_proof(&challenge, &proof) {
-            Ok(()) => {}
-            Err(e @ TrustError::SignatureInvalid(_)) => {
-                return self.invalid(key, serial, InvalidReason::BadSignature, &e.to_string())
-            }
-            Err(e) => return self.invalid(key, serial, InvalidReason::Malformed, &e.to_string()),
-        }
-
-        let mut status = ProofStatus::Verified;
-        if let Some(roots) = &self.attestation {
-            if let Err(outcome) = self.check_attestation(key, &serial, &cert, roots) {
-                return outcome;
-            }
-            status = ProofStatus::Attested;
-        }
-
         if !self.serial_allowed(&serial) {
             return self.invalid(
-                key,
+                &id,
                 serial,
                 InvalidReason::SerialNotAllowed,
                 "serial not in allowed list",
@@ -260,7 +252,7 @@ impl KeyValidator for VendorValidator {
         Validation::Valid {
             serial,
             firmware: key.read_firmware().ok(),
-            proof: status,
+            proof,
         }
     }
 }

@@ -27,25 +27,27 @@
 //! [`SimHidTransport::corrupt`] (signatures over the wrong message),
 //! [`SimHidTransport::vanish_mid_frame`] (the key is pulled after the next report),
 //! [`SimHidTransport::channel_busy`], [`SimHidTransport::slow`] (KEEPALIVEs before answers),
-//! [`SimHidTransport::stall_otp`] (the OTP write flag stays set).
+//! [`SimHidTransport::stall_otp`] (the OTP write flag stays set), [`SimHidTransport::hang`]
+//! (a wedged key: reports block until it is released or pulled).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use ciborium::value::{Integer, Value};
-use keyfloat_hal::backend::hid::ctaphid::{self, cmd, err, Packet, Reassembler, BROADCAST_CID, PACKET_SIZE};
-use keyfloat_hal::backend::hid::otp::{crc16, FRAME_SIZE, REPORT_DATA_SIZE, SLOT_DEVICE_SERIAL};
+use keyfloat_hal::backend::hid::ctaphid::{Reassembler, PACKET_SIZE};
 use keyfloat_hal::backend::hid::{
-    ctap2, HidConnection, HidDeviceInfo, HidTransport, ProvisionedCredential, ProvisioningStore, FIDO_USAGE_PAGE,
-    OTP_USAGE, OTP_USAGE_PAGE, YUBICO_VENDOR_ID,
+    HidConnection, HidDeviceInfo, HidTransport, ProvisionedCredential, ProvisioningStore, FIDO_USAGE_PAGE, OTP_USAGE,
+    OTP_USAGE_PAGE, YUBICO_VENDOR_ID,
 };
-use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
+use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::{Error, ErrorKind, Holder, Result};
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::Signature;
 use sha2::{Digest, Sha256};
+
+mod connection;
+mod fido;
+mod otp;
+
+use connection::SimHidConnection;
 
 /// The credential id the virtual key gives the keyfloat credential of `spec` (deterministic,
 /// so provisioning files can be written before the key is plugged).
@@ -143,6 +145,7 @@ struct Device {
     channel_busy: bool,
     keepalives: u32,
     otp_stall: u32,
+    hung: bool,
     otp: OtpState,
     fido: FidoState,
 }
@@ -160,6 +163,7 @@ impl Device {
             channel_busy: false,
             keepalives: 0,
             otp_stall: 0,
+            hung: false,
             otp: OtpState::default(),
             fido: FidoState::default(),
         }
@@ -176,6 +180,8 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct SimHidTransport {
     state: Arc<Mutex<State>>,
+    /// Wakes reports blocked on a hung key when a verb changes the bus.
+    unhung: Arc<Condvar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +223,9 @@ impl SimHidTransport {
     fn with_device<T>(&self, name: &str, f: impl FnOnce(&mut Device) -> T) -> Result<T> {
         let mut st = self.lock();
         let d = st.devices.get_mut(name).ok_or_else(|| unknown(name))?;
-        Ok(f(d))
+        let out = f(d);
+        self.unhung.notify_all();
+        Ok(out)
     }
 
     /// Adds a YubiKey with OTP and FIDO interfaces, unplugged; replaces a key of that name.
@@ -303,6 +311,12 @@ impl SimHidTransport {
     /// Sends `keepalives` KEEPALIVE packets before each CTAP2 answer (a slow key).
     pub fn slow(&self, name: &str, keepalives: u32) -> Result<()> {
         self.with_device(name, |d| d.keepalives = keepalives)
+    }
+
+    /// Wedges the key (`true`): every report to or from it blocks, as a key that stopped
+    /// answering, until it is released (`false`) or pulled. Enumeration still lists it.
+    pub fn hang(&self, name: &str, hung: bool) -> Result<()> {
+        self.with_device(name, |d| d.hung = hung)
     }
 
     /// A person touches the key: the next makeCredential (which every real key makes wait
@@ -427,479 +441,12 @@ impl HidTransport for SimHidTransport {
         }
         Ok(Box::new(SimHidConnection {
             state: Arc::clone(&self.state),
+            unhung: Arc::clone(&self.unhung),
             name: name.to_string(),
             generation: d.generation,
             iface,
         }))
     }
-}
-
-/// An open interface of a virtual key.
-#[derive(Debug)]
-struct SimHidConnection {
-    state: Arc<Mutex<State>>,
-    name: String,
-    generation: u64,
-    iface: Iface,
-}
-
-impl SimHidConnection {
-    /// Runs `op` on the device if it is still the one this connection opened; applies the
-    /// fault verbs first. `counts` marks operations that move a frame/message forward.
-    fn with<T>(&self, counts: bool, op: impl FnOnce(&mut Device) -> Result<T>) -> Result<T> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let d = st
-            .devices
-            .get_mut(&self.name)
-            .filter(|d| d.plugged && d.generation == self.generation)
-            .ok_or_else(|| gone(&self.name))?;
-        if let Some(kind) = d.fail_next.take() {
-            return Err(Error::new(
-                kind,
-                format!("injected failure on simulated HID key {:?}", self.name),
-            ));
-        }
-        if counts {
-            match d.vanish_after {
-                Some(0) => {
-                    d.plugged = false;
-                    d.vanish_after = None;
-                    return Err(gone(&self.name));
-                }
-                Some(n) => d.vanish_after = Some(n - 1),
-                None => {}
-            }
-        }
-        op(d)
-    }
-}
-
-impl HidConnection for SimHidConnection {
-    fn send_feature_report(&mut self, data: &[u8]) -> Result<()> {
-        if self.iface != Iface::Otp {
-            return Err(Error::new(ErrorKind::Io, "feature report on an interface without one"));
-        }
-        self.with(true, |d| {
-            if data.len() != 9 {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("feature report of {} bytes", data.len()),
-                ));
-            }
-            otp_write(d, &data[1..]);
-            Ok(())
-        })
-    }
-
-    fn get_feature_report(&mut self, buf: &mut [u8]) -> Result<usize> {
-        if self.iface != Iface::Otp {
-            return Err(Error::new(ErrorKind::Io, "feature report on an interface without one"));
-        }
-        self.with(false, |d| {
-            if buf.len() < 9 {
-                return Err(Error::new(ErrorKind::Io, "feature report buffer too small"));
-            }
-            let report = otp_read(d);
-            buf[0] = 0;
-            buf[1..9].copy_from_slice(&report);
-            Ok(9)
-        })
-    }
-
-    fn write(&mut self, data: &[u8]) -> Result<usize> {
-        if self.iface != Iface::Fido {
-            return Err(Error::new(ErrorKind::Io, "output report on an interface without one"));
-        }
-        self.with(true, |d| {
-            if data.len() != PACKET_SIZE + 1 {
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!("output report of {} bytes", data.len()),
-                ));
-            }
-            fido_write(d, &data[1..]);
-            Ok(data.len())
-        })
-    }
-
-    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        if self.iface != Iface::Fido {
-            return Err(Error::new(ErrorKind::Io, "input report on an interface without one"));
-        }
-        let next = self.with(false, |d| Ok(d.fido.out.pop_front()))?;
-        match next {
-            Some(p) => {
-                let n = p.len().min(buf.len());
-                buf[..n].copy_from_slice(&p[..n]);
-                Ok(n)
-            }
-            None => {
-                // Nothing will come: answers are queued when the request is written.
-                std::thread::sleep(timeout.min(Duration::from_millis(20)));
-                Ok(0)
-            }
-        }
-    }
-}
-
-// ---- OTP interface ------------------------------------------------------------------------
-
-fn serial_u32(spec: &SimKeySpec) -> Option<u32> {
-    spec.serial.as_str().parse().ok()
-}
-
-fn otp_write(d: &mut Device, report: &[u8]) {
-    if report[..7].iter().all(|&b| b == 0) && report[7] == 0xFF {
-        d.otp.response = None; // reset
-        return;
-    }
-    let trailer = report[7];
-    let seq = usize::from(trailer & 0x1F);
-    if trailer & 0x80 == 0 || seq >= FRAME_SIZE / REPORT_DATA_SIZE {
-        return;
-    }
-    if seq == 0 {
-        d.otp.frame = vec![0; FRAME_SIZE];
-        d.otp.response = None;
-    }
-    if d.otp.frame.len() != FRAME_SIZE {
-        return; // a frame must start with seq 0
-    }
-    d.otp.frame[seq * REPORT_DATA_SIZE..(seq + 1) * REPORT_DATA_SIZE].copy_from_slice(&report[..7]);
-    if seq == FRAME_SIZE / REPORT_DATA_SIZE - 1 {
-        let frame = std::mem::take(&mut d.otp.frame);
-        let crc = u16::from_le_bytes([frame[65], frame[66]]);
-        if crc != crc16(&frame[..64]) {
-            return; // the key ignores a corrupted frame; the host sees no answer
-        }
-        let Kind::YubiKey { spec, interfaces } = &d.kind else {
-            return;
-        };
-        if frame[64] == SLOT_DEVICE_SERIAL && interfaces.serial_api_visible {
-            if let Some(serial) = serial_u32(spec) {
-                let mut resp = serial.to_be_bytes().to_vec();
-                let crc = !crc16(&resp);
-                resp.extend_from_slice(&crc.to_le_bytes());
-                d.otp.response = Some((resp, 0));
-            }
-        }
-    }
-}
-
-fn otp_read(d: &mut Device) -> [u8; 8] {
-    let mut status = [0u8; 8];
-    if let Kind::YubiKey { spec, .. } = &d.kind {
-        status[1..4].copy_from_slice(&[spec.firmware.major, spec.firmware.minor, spec.firmware.patch]);
-    }
-    status[4] = d.otp.program_sequence;
-    if d.otp_stall > 0 {
-        d.otp_stall -= 1;
-        status[7] = 0x80;
-        return status;
-    }
-    match &mut d.otp.response {
-        Some((resp, pos)) => {
-            let chunks = resp.len().div_ceil(REPORT_DATA_SIZE);
-            let mut r = [0u8; 8];
-            if *pos < chunks {
-                let chunk = &resp[*pos * REPORT_DATA_SIZE..resp.len().min((*pos + 1) * REPORT_DATA_SIZE)];
-                r[..chunk.len()].copy_from_slice(chunk);
-                r[7] = 0x40 | (*pos as u8 & 0x1F);
-                *pos += 1;
-            } else {
-                r[7] = 0x40; // end of response, sequence 0
-            }
-            r
-        }
-        None => status,
-    }
-}
-
-// ---- FIDO interface -----------------------------------------------------------------------
-
-fn queue(d: &mut Device, cid: u32, command: u8, payload: &[u8]) {
-    if let Ok(packets) = ctaphid::fragment(cid, command, payload) {
-        d.fido.out.extend(packets);
-    }
-}
-
-fn fido_write(d: &mut Device, packet: &[u8]) {
-    let Ok(p) = ctaphid::parse_packet(packet) else { return };
-    let cid = p.cid();
-    match p {
-        Packet::Init {
-            cmd: cmd::INIT,
-            data,
-            bcnt,
-            ..
-        } => {
-            if bcnt != 8 {
-                return queue(d, cid, cmd::ERROR, &[err::INVALID_LEN]);
-            }
-            d.fido.assembling = None;
-            let new_cid = if cid == BROADCAST_CID {
-                d.fido.next_cid += 1;
-                let c = 0x0100_0000 | d.fido.next_cid;
-                d.fido.channels.push(c);
-                c
-            } else if d.fido.channels.contains(&cid) {
-                cid
-            } else {
-                return queue(d, cid, cmd::ERROR, &[err::INVALID_CHANNEL]);
-            };
-            let fw = match &d.kind {
-                Kind::YubiKey { spec, .. } => spec.firmware,
-                Kind::Dongle { .. } => keyfloat_hal::Firmware::new(0, 0, 0),
-            };
-            let mut payload = data[..8].to_vec();
-            payload.extend_from_slice(&new_cid.to_be_bytes());
-            // protocol 2, version, capabilities: WINK | CBOR | NMSG
-            payload.extend_from_slice(&[2, fw.major, fw.minor, fw.patch, 0x01 | 0x04 | 0x08]);
-            queue(d, cid, cmd::INIT, &payload);
-        }
-        Packet::Init { .. } => {
-            if cid == BROADCAST_CID || !d.fido.channels.contains(&cid) {
-                return queue(d, cid, cmd::ERROR, &[err::INVALID_CHANNEL]);
-            }
-            if d.channel_busy || d.fido.assembling.as_ref().is_some_and(|r| r.cid() != cid) {
-                return queue(d, cid, cmd::ERROR, &[err::CHANNEL_BUSY]);
-            }
-            match Reassembler::start(&p) {
-                Ok(Some(r)) => d.fido.assembling = Some(r),
-                _ => return queue(d, cid, cmd::ERROR, &[err::INVALID_LEN]),
-            }
-            finish_if_complete(d);
-        }
-        Packet::Cont { .. } => {
-            let Some(r) = d.fido.assembling.as_mut().filter(|r| r.cid() == cid) else {
-                return; // a stray CONT packet is ignored
-            };
-            if r.push(&p).is_err() {
-                d.fido.assembling = None;
-                return queue(d, cid, cmd::ERROR, &[err::INVALID_SEQ]);
-            }
-            finish_if_complete(d);
-        }
-    }
-}
-
-fn finish_if_complete(d: &mut Device) {
-    if !d.fido.assembling.as_ref().is_some_and(Reassembler::is_complete) {
-        return;
-    }
-    let Some(r) = d.fido.assembling.take() else { return };
-    let cid = r.cid();
-    let (command, payload) = r.finish();
-    match command {
-        cmd::PING => queue(d, cid, cmd::PING, &payload),
-        cmd::WINK => queue(d, cid, cmd::WINK, &[]),
-        cmd::CBOR => {
-            for _ in 0..d.keepalives {
-                queue(d, cid, cmd::KEEPALIVE, &[1]);
-            }
-            let answer = ctap2_answer(d, &payload);
-            queue(d, cid, cmd::CBOR, &answer);
-        }
-        _ => queue(d, cid, cmd::ERROR, &[err::INVALID_CMD]),
-    }
-}
-
-fn int(n: u8) -> Value {
-    Value::Integer(Integer::from(n))
-}
-
-fn cbor_ok(map: Vec<(Value, Value)>) -> Vec<u8> {
-    let mut out = vec![ctap2::status::OK];
-    if ciborium::ser::into_writer(&Value::Map(map), &mut out).is_err() {
-        return vec![0x7F];
-    }
-    out
-}
-
-fn get(map: &[(Value, Value)], key: u8) -> Option<&Value> {
-    map.iter()
-        .find(|(k, _)| matches!(k, Value::Integer(i) if i128::from(*i) == i128::from(key)))
-        .map(|(_, v)| v)
-}
-
-/// CTAP2 status: missing parameter.
-const MISSING_PARAMETER: u8 = 0x14;
-/// CTAP1 status: invalid command.
-const INVALID_COMMAND: u8 = 0x01;
-
-fn ctap2_answer(d: &mut Device, request: &[u8]) -> Vec<u8> {
-    let Kind::YubiKey { spec, .. } = &d.kind else {
-        return vec![INVALID_COMMAND];
-    };
-    let Some((&command, body)) = request.split_first() else {
-        return vec![INVALID_COMMAND];
-    };
-    match command {
-        ctap2::GET_INFO => cbor_ok(vec![
-            (
-                int(1),
-                Value::Array(vec![
-                    Value::Text("U2F_V2".into()),
-                    Value::Text("FIDO_2_0".into()),
-                    Value::Text("FIDO_2_1".into()),
-                ]),
-            ),
-            (int(3), Value::Bytes(b"keyfloat-sim-hid".to_vec())),
-            (
-                int(4),
-                Value::Map(vec![
-                    (Value::Text("rk".into()), Value::Bool(true)),
-                    (Value::Text("up".into()), Value::Bool(true)),
-                    (Value::Text("plat".into()), Value::Bool(false)),
-                ]),
-            ),
-            (int(5), Value::Integer(1200.into())),
-            (
-                int(0x0E),
-                Value::Integer(
-                    (u32::from(spec.firmware.major) << 16
-                        | u32::from(spec.firmware.minor) << 8
-                        | u32::from(spec.firmware.patch))
-                    .into(),
-                ),
-            ),
-        ]),
-        ctap2::GET_ASSERTION => {
-            let Ok(Value::Map(map)) = ciborium::de::from_reader::<Value, _>(body) else {
-                return vec![ctap2::status::INVALID_CBOR];
-            };
-            let (Some(Value::Text(rp_id)), Some(Value::Bytes(cdh)), Some(Value::Array(allow))) =
-                (get(&map, 1), get(&map, 2), get(&map, 3))
-            else {
-                return vec![MISSING_PARAMETER];
-            };
-            let up = match get(&map, 5) {
-                Some(Value::Map(opts)) => opts
-                    .iter()
-                    .find(|(k, _)| matches!(k, Value::Text(t) if t == "up"))
-                    .is_none_or(|(_, v)| !matches!(v, Value::Bool(false))),
-                _ => true,
-            };
-            let ours = credential_id(spec);
-            let allowed = allow.iter().any(|c| match c {
-                Value::Map(m) => m
-                    .iter()
-                    .any(|(k, v)| matches!(k, Value::Text(t) if t == "id") && *v == Value::Bytes(ours.clone())),
-                _ => false,
-            });
-            // The credential exists only for keyfloat's relying party.
-            if !allowed || rp_id != ctap2::DEFAULT_RP_ID {
-                return vec![ctap2::status::NO_CREDENTIALS];
-            }
-            if up {
-                return vec![ctap2::status::USER_ACTION_TIMEOUT]; // nobody touches a virtual key
-            }
-            d.fido.sign_count = d.fido.sign_count.wrapping_add(1);
-            let mut auth_data = Sha256::digest(rp_id.as_bytes()).to_vec();
-            auth_data.push(0x00); // up=false: no UP, no UV
-            auth_data.extend_from_slice(&d.fido.sign_count.to_be_bytes());
-            let mut message = auth_data.clone();
-            message.extend_from_slice(cdh);
-            let signature: Signature = if d.corrupt {
-                spec.signing_key.sign(b"not the challenge")
-            } else {
-                spec.signing_key.sign(&message)
-            };
-            cbor_ok(vec![
-                (
-                    int(1),
-                    Value::Map(vec![
-                        (Value::Text("id".into()), Value::Bytes(ours)),
-                        (Value::Text("type".into()), Value::Text("public-key".into())),
-                    ]),
-                ),
-                (int(2), Value::Bytes(auth_data)),
-                (int(3), Value::Bytes(signature.to_der().as_bytes().to_vec())),
-            ])
-        }
-        ctap2::MAKE_CREDENTIAL => make_credential(d, body),
-        _ => vec![INVALID_COMMAND],
-    }
-}
-
-/// The virtual model id.
-const SIM_AAGUID: [u8; 16] = *b"keyfloat-sim-hid";
-
-/// `authenticatorMakeCredential` for keyfloat's relying party: the credential is the key's
-/// own P-256 key (the one assertions use). With a device attester (keys generated on a
-/// genuine device), a `packed` attestation signed by it with its certificate in `x5c`;
-/// without one, format `none`.
-fn make_credential(d: &mut Device, body: &[u8]) -> Vec<u8> {
-    let Kind::YubiKey { spec, .. } = &d.kind else {
-        return vec![INVALID_COMMAND];
-    };
-    let Ok(Value::Map(map)) = ciborium::de::from_reader::<Value, _>(body) else {
-        return vec![ctap2::status::INVALID_CBOR];
-    };
-    let (Some(Value::Bytes(cdh)), Some(Value::Map(rp))) = (get(&map, 1), get(&map, 2)) else {
-        return vec![MISSING_PARAMETER];
-    };
-    let rp_id = rp.iter().find_map(|(k, v)| match (k, v) {
-        (Value::Text(k), Value::Text(v)) if k == "id" => Some(v.clone()),
-        _ => None,
-    });
-    let Some(rp_id) = rp_id else {
-        return vec![MISSING_PARAMETER];
-    };
-    if d.fido.touches == 0 {
-        return vec![ctap2::status::USER_ACTION_TIMEOUT];
-    }
-    d.fido.touches -= 1;
-    d.fido.sign_count = d.fido.sign_count.wrapping_add(1);
-    let id = credential_id(spec);
-    let point = spec.verifying_key().to_encoded_point(false);
-    let (Some(x), Some(y)) = (point.x(), point.y()) else {
-        return vec![INVALID_COMMAND];
-    };
-    let cose = Value::Map(vec![
-        (Value::Integer(1.into()), Value::Integer(2.into())),
-        (Value::Integer(3.into()), Value::Integer((-7).into())),
-        (Value::Integer((-1).into()), Value::Integer(1.into())),
-        (Value::Integer((-2).into()), Value::Bytes(x.to_vec())),
-        (Value::Integer((-3).into()), Value::Bytes(y.to_vec())),
-    ]);
-    let mut auth_data = Sha256::digest(rp_id.as_bytes()).to_vec();
-    auth_data.push(ctap2::FLAG_UP | ctap2::FLAG_AT);
-    auth_data.extend_from_slice(&d.fido.sign_count.to_be_bytes());
-    auth_data.extend_from_slice(&SIM_AAGUID);
-    auth_data.extend_from_slice(&(id.len() as u16).to_be_bytes());
-    auth_data.extend_from_slice(&id);
-    if ciborium::ser::into_writer(&cose, &mut auth_data).is_err() {
-        return vec![INVALID_COMMAND];
-    }
-    let (fmt, stmt) = match &spec.attestation {
-        Some(SimAttestation::Device(attester)) => {
-            let mut message = auth_data.clone();
-            message.extend_from_slice(cdh);
-            let sig = if d.corrupt {
-                attester.sign(b"not the credential")
-            } else {
-                attester.sign(&message)
-            };
-            (
-                "packed",
-                vec![
-                    (Value::Text("alg".into()), Value::Integer((-7).into())),
-                    (Value::Text("sig".into()), Value::Bytes(sig)),
-                    (
-                        Value::Text("x5c".into()),
-                        Value::Array(vec![Value::Bytes(attester.certificate().to_vec())]),
-                    ),
-                ],
-            )
-        }
-        _ => ("none", Vec::new()),
-    };
-    cbor_ok(vec![
-        (int(1), Value::Text(fmt.into())),
-        (int(2), Value::Bytes(auth_data)),
-        (int(3), Value::Map(stmt)),
-    ])
 }
 
 #[cfg(test)]

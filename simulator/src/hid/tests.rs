@@ -7,6 +7,7 @@ use keyfloat_hal::backend::hid::otp::{OtpInterface, OtpTiming};
 use keyfloat_hal::backend::hid::{ctap2, ctaphid, HidTransport};
 use keyfloat_hal::Firmware;
 use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::Signature;
 
 use super::*;
 
@@ -254,4 +255,33 @@ proptest::proptest! {
             let _ = otp.get_feature_report(&mut fbuf);
         }
     }
+}
+
+#[test]
+fn a_hung_key_blocks_its_reports_until_released_or_pulled() {
+    let (t, _) = bus();
+    t.hang("a", true).unwrap();
+    let mut conn = t.open("simhid/a/0").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let r = OtpInterface::new(conn.as_mut(), otp_timing()).read_serial();
+        tx.send(r).unwrap();
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "still blocked");
+    assert_eq!(t.enumerate().unwrap().len(), 2, "enumeration does not hang");
+    t.hang("a", false).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(), 12345678);
+    worker.join().unwrap();
+
+    t.hang("a", true).unwrap();
+    let mut conn = t.open("simhid/a/0").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let r = OtpInterface::new(conn.as_mut(), otp_timing()).read_serial();
+        tx.send(r).unwrap();
+    });
+    t.unplug("a").unwrap();
+    let e = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+    worker.join().unwrap();
 }

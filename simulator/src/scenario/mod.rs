@@ -11,15 +11,17 @@ pub mod pcsc_mode;
 mod run;
 #[cfg(feature = "in-process-server")]
 mod server;
+mod steps;
 mod trace;
 
 pub use format::{
     Action, Expect, HttpSpec, KeySpec, LicenseSpec, Mode, Provisioning, ScenarioSpec, ServerSpec, StepSpec,
 };
 pub use http::{HttpTarget, Response, ServerFactory};
-pub use run::{run_file, run_spec, RunReport, Scenario, ScenarioBuilder};
+pub use run::{Scenario, ScenarioBuilder};
 #[cfg(feature = "in-process-server")]
 pub use server::{in_process_server, InProcessServer};
+pub use steps::{run_file, run_spec, RunReport};
 pub use trace::{HttpOutcome, TraceLine};
 
 /// Why a scenario could not run or did not pass.

@@ -40,7 +40,7 @@ use rand_core::RngCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::{
     BackendKind, Firmware, HardwareKey, HotplugEvent, HotplugSource, KeyId, KeyInfo, KeyProvider, Proof,
-    ProofCapability, Serial, SignatureScheme,
+    ProofCapability, Prover, Serial, SignatureScheme,
 };
 
 pub use ctaphid::CtapTiming;
@@ -338,10 +338,11 @@ impl HidProvider {
 
     /// Opens one key as a [`HidKey`] (for enrollment, which the trait does not cover).
     pub fn open_hid(&self, id: &KeyId) -> Result<HidKey> {
+        let path = id.path_in(BackendKind::Hid);
         let device = self
             .devices()?
             .into_iter()
-            .find(|d| KeyId::new(BackendKind::Hid, &d.primary.path) == *id)
+            .find(|d| path == Some(d.primary.path.as_str()))
             .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("no HID key {id}")))?;
         Ok(HidKey::new(
             Arc::clone(&self.transport),
@@ -560,6 +561,15 @@ impl HardwareKey for HidKey {
         }
     }
 
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        match self.info.capability {
+            ProofCapability::Signature => Some(self),
+            ProofCapability::SerialOnly => None,
+        }
+    }
+}
+
+impl Prover for HidKey {
     fn read_certificate(&mut self) -> Result<Vec<u8>> {
         Ok(self.credential()?.certificate_der)
     }

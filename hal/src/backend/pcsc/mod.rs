@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::holders::candidate_holders;
 use crate::key::{
     BackendKind, Firmware, HardwareKey, HotplugSource, KeyAttestation, KeyId, KeyInfo, KeyProvider, Proof,
-    ProofCapability, Serial, SignatureScheme,
+    ProofCapability, Prover, Serial, SignatureScheme,
 };
 use crate::piv::{self, session, ApduTransport};
 
@@ -215,8 +215,7 @@ fn model_for(firmware: Option<Firmware>) -> String {
 }
 
 fn reader_of(id: &KeyId) -> Result<&str> {
-    id.as_str()
-        .strip_prefix("pcsc:")
+    id.path_in(BackendKind::Pcsc)
         .ok_or_else(|| Error::new(ErrorKind::NotPresent, format!("{id} is not a PC/SC key")))
 }
 
@@ -318,6 +317,12 @@ impl HardwareKey for PcscKey {
         self.op(session::read_version)
     }
 
+    fn prover(&mut self) -> Option<&mut dyn Prover> {
+        Some(self)
+    }
+}
+
+impl Prover for PcscKey {
     fn read_certificate(&mut self) -> Result<Vec<u8>> {
         self.op(|t| session::read_certificate(t, PROOF_SLOT))
     }
