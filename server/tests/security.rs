@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::{harness, q, Harness};
+use common::{harness, login_request, q, Harness};
 use keyfloat_server::model::Role;
 use keyfloat_server::store::transact;
 use serde_json::json;
@@ -24,15 +24,7 @@ async fn licenses_status(h: &Harness, token: &str) -> StatusCode {
 #[tokio::test]
 async fn a_no_auth_token_is_refused_after_switching_authentication_on() {
     let h = harness(false).await;
-    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:anything");
-    let (s, v) = h
-        .send(
-            Request::get("/auth")
-                .header(header::AUTHORIZATION, format!("Basic {basic}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
+    let (s, v) = h.login("admin", "anything").await;
     assert_eq!(s, StatusCode::OK);
     let open_token = v["token"].as_str().unwrap().to_owned();
     let h = restart(h, true).await;
@@ -116,15 +108,7 @@ async fn a_wrong_password_flood_gets_429_and_is_audited() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..40 {
-        let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:wrong");
-        let (s, headers, v) = h
-            .send_full(
-                Request::get("/auth")
-                    .header(header::AUTHORIZATION, format!("Basic {basic}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await;
+        let (s, headers, v) = h.send_full(login_request("admin", "wrong")).await;
         if s == StatusCode::TOO_MANY_REQUESTS {
             assert_eq!(v["code"], "too_many_requests");
             retry_after = headers.get(header::RETRY_AFTER).cloned();

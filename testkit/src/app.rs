@@ -336,13 +336,7 @@ impl Harness {
 
     /// `GET /auth` with Basic credentials.
     pub async fn login(&self, name: &str, password: &str) -> (StatusCode, Value) {
-        self.send(
-            Request::get("/auth")
-                .header(header::AUTHORIZATION, basic(name, password))
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
+        self.send(login_request(name, password)).await
     }
 
     /// A bearer token for `name` (the login must succeed).
@@ -399,6 +393,14 @@ impl Harness {
         assert_eq!(s, StatusCode::OK, "{v}");
         v["license_id"].as_u64().expect("license_id")
     }
+}
+
+/// `GET /auth` with Basic credentials.
+pub fn login_request(name: &str, password: &str) -> Request<Body> {
+    Request::get("/auth")
+        .header(header::AUTHORIZATION, basic(name, password))
+        .body(Body::empty())
+        .expect("request")
 }
 
 /// Sends `req` through `app`; status, headers and JSON body (a non-JSON body as a JSON string).
