@@ -7,8 +7,8 @@ use rsa::signature::Verifier;
 use rsa::traits::PublicKeyParts;
 
 use super::error::TrustError;
-use super::pem::{self, algorithm_name, label_name, OID_EC_PUBLIC_KEY};
-use super::vendor_key::{check_len, p256_public_from_spki_der, verify_p256};
+use super::pem::{algorithm_name, OID_EC_PUBLIC_KEY};
+use super::vendor_key::{check_len, p256_public_from_spki_der, public_key_der_from_pem, verify_p256};
 use crate::key::SignatureScheme;
 
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -89,19 +89,7 @@ impl ProofKey {
 /// Parses the dongle's slot-9E public key as SPKI PEM (what `yubico-piv-tool -a generate`
 /// prints) and returns its DER, after checking it is a P-256 or RSA 2048–4096 key.
 pub fn key_spki_from_pem(text: &str) -> Result<Vec<u8>, TrustError> {
-    check_len("public key PEM", text.len() as u64)?;
-    let blocks = pem::blocks(text)?;
-    let Some(block) = blocks.first() else {
-        return Err(TrustError::PemInvalid(
-            "no PEM block found (expected -----BEGIN PUBLIC KEY-----)".into(),
-        ));
-    };
-    if block.label != "PUBLIC KEY" {
-        return Err(TrustError::WrongKeyType {
-            expected: EXPECTED,
-            found: label_name(&block.label),
-        });
-    }
-    ProofKey::from_spki_der(&block.der)?;
-    Ok(block.der.clone())
+    let der = public_key_der_from_pem(text, EXPECTED)?;
+    ProofKey::from_spki_der(&der)?;
+    Ok(der)
 }

@@ -251,20 +251,27 @@ pub(crate) fn verify_p256(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<
 
 /// Parses an SPKI PEM holding a P-256 public key.
 pub(crate) fn p256_public_from_pem(text: &str) -> Result<p256::PublicKey, TrustError> {
+    p256_public_from_spki_der(&public_key_der_from_pem(text, PUBLIC_EXPECTED)?)
+}
+
+/// The DER of the first `PUBLIC KEY` block of a PEM text (bounded in size); `expected`
+/// names the key type in the error when the block is something else.
+pub(crate) fn public_key_der_from_pem(text: &str, expected: &'static str) -> Result<Vec<u8>, TrustError> {
     check_len("public key PEM", text.len() as u64)?;
-    let blocks = pem::blocks(text)?;
-    let Some(block) = blocks.first() else {
+    let mut blocks = pem::blocks(text)?;
+    if blocks.is_empty() {
         return Err(TrustError::PemInvalid(
             "no PEM block found (expected -----BEGIN PUBLIC KEY-----)".into(),
         ));
-    };
+    }
+    let block = blocks.swap_remove(0);
     if block.label != "PUBLIC KEY" {
         return Err(TrustError::WrongKeyType {
-            expected: PUBLIC_EXPECTED,
+            expected,
             found: label_name(&block.label),
         });
     }
-    p256_public_from_spki_der(&block.der)
+    Ok(block.der)
 }
 
 /// Parses an SPKI DER holding a P-256 public key.
