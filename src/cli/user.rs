@@ -188,40 +188,39 @@ fn add(data_dir: &Path, username: &str, role: Role, given: Option<String>) -> an
 
 fn passwd(data_dir: &Path, username: &str, given: Option<String>) -> anyhow::Result<()> {
     let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let name = username.to_owned();
-    change(data_dir, move |tx| {
-        let Some(mut a) = tx.account(&name)? else {
-            return Err(not_found(&name));
-        };
-        a.password_hash = hash;
-        tx.put_account(&a)?;
-        tx.bump_token_generation(&name)?;
-        tx.audit(&AuditEvent::new("password_changed", Some("cli"), None, name.clone()))?;
-        Ok(())
-    })?;
+    update_account(data_dir, username, "password_changed", None, move |a| a.password_hash = hash)?;
     println!("password of {username} changed");
     Ok(())
 }
 
 fn set_role(data_dir: &Path, username: &str, role: Role) -> anyhow::Result<()> {
+    let detail = format!("{username} ({})", role.as_str());
+    update_account(data_dir, username, "role_changed", Some(detail), move |a| a.role = role)?;
+    println!("role of {username} is now {}; its tokens were revoked", role.as_str());
+    Ok(())
+}
+
+/// Changes an existing account, revokes its tokens and audits `event` (detail: the name
+/// unless given), in one transaction.
+fn update_account(
+    data_dir: &Path,
+    username: &str,
+    event: &'static str,
+    detail: Option<String>,
+    mutate: impl FnOnce(&mut Account) + Send + 'static,
+) -> anyhow::Result<()> {
     let name = username.to_owned();
     change(data_dir, move |tx| {
         let Some(mut a) = tx.account(&name)? else {
             return Err(not_found(&name));
         };
-        a.role = role;
+        mutate(&mut a);
         tx.put_account(&a)?;
         tx.bump_token_generation(&name)?;
-        tx.audit(&AuditEvent::new(
-            "role_changed",
-            Some("cli"),
-            None,
-            format!("{name} ({})", role.as_str()),
-        ))?;
+        let detail = detail.unwrap_or_else(|| name.clone());
+        tx.audit(&AuditEvent::new(event, Some("cli"), None, detail))?;
         Ok(())
-    })?;
-    println!("role of {username} is now {}; its tokens were revoked", role.as_str());
-    Ok(())
+    })
 }
 
 fn delete(data_dir: &Path, username: &str) -> anyhow::Result<()> {
