@@ -429,9 +429,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Msg>, stats: &CommitStats) {
                 terms.clear();
                 tracing::error!(error = %e, jobs = batch.len(), "batch commit failed");
             }
-            for job in batch.drain(..) {
-                job.finish(result.clone());
-            }
+            super::finish_batch(&mut batch, result);
         }
         for f in flushes.drain(..) {
             let _ = f.send(checkpoint(&conn));
