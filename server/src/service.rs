@@ -149,17 +149,16 @@ pub fn register_from_model(
     now: i64,
 ) -> Result<Option<Registered>, LicenseError> {
     check_period(&license.terms, now)?;
-    let Some(existing) = model
-        .registration(license.id, &who.user)
-        .filter(|r| r.is_active(now))
-    else {
+    let Some(existing) = model.registration(license.id, &who.user).filter(|r| r.is_active(now)) else {
         return Ok(None);
     };
     let (renewed, write) = renew(license, existing, who, now);
     if write {
         return Ok(None);
     }
-    let view = model.lookup(license.id, None, now).ok_or_else(|| not_found(license.id))?;
+    let view = model
+        .lookup(license.id, None, now)
+        .ok_or_else(|| not_found(license.id))?;
     Ok(Some(Registered {
         license: view.license,
         registration: renewed,

@@ -240,7 +240,11 @@ async fn heartbeats_do_not_wait_for_the_writer_and_overflow_is_refused() {
     let (release, held) = hold_reader(s.store.as_ref());
     for _ in 0..20 {
         let (st, _, v) = send(&s.app, register("a")).await;
-        assert_eq!((st, v["floating_slots_in_use"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+        assert_eq!(
+            (st, v["floating_slots_in_use"].as_u64()),
+            (StatusCode::OK, Some(2)),
+            "{v}"
+        );
     }
     let refused_before = s.store.stats().refused.load(Ordering::Relaxed);
     let flood: Vec<_> = (0..200)

@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
-use super::{
-    audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx,
-};
+use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 /// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
@@ -479,11 +477,17 @@ mod tests {
                 });
                 s.model().with(|m| assert_eq!(*m, expected, "round {round}"));
                 seats_seen += ids.iter().map(|id| expected.seat_rows(*id).unwrap_or(0)).sum::<usize>();
-                slots_seen += ids.iter().map(|id| expected.feature_registrations(*id).count()).sum::<usize>();
+                slots_seen += ids
+                    .iter()
+                    .map(|id| expected.feature_registrations(*id).count())
+                    .sum::<usize>();
                 assert_eq!(model_counts, counts, "round {round}, now {now}");
             }
         }
-        assert!(seats_seen > 100 && slots_seen > 100, "{seats_seen} seats, {slots_seen} slots");
+        assert!(
+            seats_seen > 100 && slots_seen > 100,
+            "{seats_seen} seats, {slots_seen} slots"
+        );
     }
 
     /// A batch whose COMMIT failed changes nothing in the model.
@@ -550,7 +554,8 @@ mod tests {
                         // Half the batch is written: let the readers read meanwhile.
                         let seen = reads_mid_batch.load(Ordering::SeqCst);
                         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                        while reads_mid_batch.load(Ordering::SeqCst) < seen + 50 && std::time::Instant::now() < deadline {
+                        while reads_mid_batch.load(Ordering::SeqCst) < seen + 50 && std::time::Instant::now() < deadline
+                        {
                             std::thread::yield_now();
                         }
                     }

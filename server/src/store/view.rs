@@ -106,7 +106,9 @@ impl LicenseState {
     }
 
     fn lapsed_users(&self, now: i64) -> impl Iterator<Item = &String> {
-        self.ends.range(..(now.saturating_add(1), String::new())).map(|(_, u)| u)
+        self.ends
+            .range(..(now.saturating_add(1), String::new()))
+            .map(|(_, u)| u)
     }
 
     fn in_use(&self, now: i64) -> usize {
@@ -195,11 +197,7 @@ pub struct SeatLookup {
 
 impl Model {
     /// The model of `licenses` (with totals), `seats` and `slots`, as read in one snapshot.
-    pub fn load(
-        licenses: Vec<License>,
-        seats: Vec<Registration>,
-        slots: Vec<FeatureRegistration>,
-    ) -> Self {
+    pub fn load(licenses: Vec<License>, seats: Vec<Registration>, slots: Vec<FeatureRegistration>) -> Self {
         let mut m = Self::default();
         for l in licenses {
             m.apply(Effect::License(l));
