@@ -147,7 +147,10 @@ impl LicenseState {
         let lapsed: Vec<String> = self.lapsed_users(now).cloned().collect();
         // Slots first, as the store does: a slot goes with its user's lapsed seat.
         for slots in self.slots.values_mut() {
-            slots.retain(|user, s| s.expires_at > now && !lapsed.contains(user));
+            slots.retain(|_, s| s.expires_at > now);
+            for user in &lapsed {
+                slots.remove(user);
+            }
         }
         self.slots.retain(|_, s| !s.is_empty());
         for user in &lapsed {
