@@ -28,6 +28,9 @@ pub mod audit_chain;
 pub mod postgres;
 pub mod queues;
 pub mod sqlite;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod suite;
 
 pub use postgres::{Fence, PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;

@@ -355,11 +355,7 @@ impl Drop for TempDatabase {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// The cluster of `KEYFLOAT_PG_URL`; a test that needs it fails without it.
-    pub(crate) fn pg_url() -> String {
-        std::env::var("KEYFLOAT_PG_URL").expect("KEYFLOAT_PG_URL is not set (scripts/pg.sh start; scripts/dev.sh test)")
-    }
+    use crate::store::suite::pg_url;
 
     #[test]
     fn with_database_swaps_only_the_database() {
