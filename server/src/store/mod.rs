@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
+pub mod lock;
+pub mod open;
 pub mod postgres;
 pub mod queues;
 pub mod sqlite;
@@ -32,6 +34,7 @@ pub mod sqlite;
 #[allow(clippy::unwrap_used)]
 mod suite;
 
+pub use open::{open, StoreSpec};
 pub use postgres::{Fence, PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
 
