@@ -280,9 +280,7 @@ fn writer_loop<W: Writer>(mut writer: W, rx: mpsc::Receiver<Msg>, stats: &Commit
             if let Err(e) = &result {
                 tracing::error!(error = %e, jobs = batch.len(), "batch commit failed");
             }
-            for job in batch.drain(..) {
-                job.finish(result.clone());
-            }
+            super::finish_batch(&mut batch, result);
         }
         for f in flushes.drain(..) {
             let _ = f.send(writer.flush());
