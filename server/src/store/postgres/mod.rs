@@ -22,7 +22,7 @@
 //! batch is rolled back and every job gets [`StoreError::NotLeader`].
 
 mod schema;
-mod tx;
+pub(crate) mod tx;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,7 @@ use postgres::{Client, NoTls, Statement};
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
 use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
 use crate::model::LicenseTerms;
-use tx::PgTx;
+pub(crate) use tx::PgTx;
 
 pub use super::queues::{CommitStats, StoreOptions};
 pub use schema::MIGRATIONS;
@@ -98,6 +98,15 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), migrates, and starts the writer
     /// and reader connections.
     pub fn open(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
+        // The sync client blocks on a runtime of its own: connect off any async runtime the
+        // caller may be on (server start-up is inside one).
+        let url = url.to_owned();
+        std::thread::spawn(move || Self::open_here(&url, options))
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Failed("opening the store panicked".into())))
+    }
+
+    fn open_here(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
         let mut writer = PgConn::connect(url)?;
         schema::migrate(&mut writer.client)?;
         writer.client.batch_execute(&format!(
@@ -144,7 +153,7 @@ impl Store for PgStore {
 /// round trip on every call).
 pub(crate) struct PgConn {
     url: String,
-    client: Client,
+    pub(crate) client: Client,
     statements: HashMap<&'static str, Statement>,
 }
 

@@ -15,10 +15,10 @@ use crate::model::{
 use crate::store::audit_chain::{self, ChainReport};
 use crate::store::{ReadTx, RegCursor, SeatView, StoreError, StoreResult, Tx};
 
-pub(super) struct PgTx<'c> {
-    pub(super) conn: &'c mut PgConn,
+pub(crate) struct PgTx<'c> {
+    pub(crate) conn: &'c mut PgConn,
     /// Parsed terms by license id (writer only): terms never change after insertion.
-    pub(super) terms: Option<&'c mut HashMap<u64, Arc<LicenseTerms>>>,
+    pub(crate) terms: Option<&'c mut HashMap<u64, Arc<LicenseTerms>>>,
 }
 
 // License ids are u64 on the wire; BIGINT is i64. The cast keeps all 64 bits.
