@@ -111,6 +111,7 @@ struct Inner {
     limiter: LoginLimiter,
     security: Security,
     metrics: crate::metrics::Metrics,
+    cluster: std::sync::OnceLock<Arc<crate::ha::Cluster>>,
 }
 
 /// Who may read `/metrics` in authentication mode.
@@ -213,6 +214,7 @@ impl AppState {
                 security,
                 seats_seen: SeatsSeen::default(),
                 metrics: crate::metrics::Metrics::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         };
         state.spawn_purge();
@@ -230,6 +232,14 @@ impl AppState {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
+                // Only the leader writes (a standby's batch would be refused anyway).
+                if inner
+                    .cluster
+                    .get()
+                    .is_some_and(|c| c.role() == crate::ha::Role::Standby)
+                {
+                    continue;
+                }
                 let now = crate::clock::now_micros();
                 let done = crate::store::transact(inner.store.as_ref(), move |tx| tx.purge_expired(None, now));
                 drop(inner);
@@ -329,6 +339,11 @@ impl AppState {
     /// `--key-backend` name.
     pub fn backend(&self) -> &str {
         &self.inner.backend
+    }
+
+    /// The HA cluster cell (see `ha::guard`).
+    pub(crate) fn cluster_cell(&self) -> &std::sync::OnceLock<Arc<crate::ha::Cluster>> {
+        &self.inner.cluster
     }
 
     /// What a key-bound action without its key does.
