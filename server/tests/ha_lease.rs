@@ -217,7 +217,6 @@ async fn a_paused_node_commits_nothing_once_fenced() {
     let fence_a = Fence::new("a");
     let mut conn_a = scratch.client().await;
     let epoch = lease::try_acquire(&db, &a).await.unwrap().unwrap();
-    // What the lease task does on a grant (crate-private there): here, by SQL-equal means.
     let fence_a = grant(&fence_a, epoch);
     assert!(fenced_commit(&mut conn_a, &fence_a).await);
 
@@ -262,7 +261,7 @@ async fn a_paused_node_commits_nothing_once_fenced() {
 
 /// A fence standing for `epoch` (the crate grants it from the lease task only).
 fn grant(fence: &Fence, epoch: u64) -> Fence {
-    fence.epoch_cell().store(epoch, Ordering::SeqCst);
+    fence.set_epoch(epoch);
     fence.clone()
 }
 

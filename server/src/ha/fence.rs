@@ -31,9 +31,10 @@ impl Fence {
         &self.node_id
     }
 
-    /// The shared epoch cell, for a store that keeps its own copy of the handle.
-    pub fn epoch_cell(&self) -> &Arc<AtomicU64> {
-        &self.epoch
+    /// Records the epoch just granted, or 0 when the lease is lost or released (the lease
+    /// task does this; tests of the store set it by hand).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
     }
 
     /// The lease was granted under `epoch`.
