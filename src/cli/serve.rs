@@ -17,7 +17,7 @@ use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
 use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, StateParts, Store};
 
 /// Name of the simulated key created by `--key-backend sim`.
 pub const SIM_KEY_NAME: &str = "sim-key";
@@ -25,7 +25,7 @@ pub const SIM_KEY_NAME: &str = "sim-key";
 /// Arguments of `keyfloat serve`. Flags override the `--config` file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
+    /// YAML configuration file (keys: listen, port, data_dir, store, key_backend, userAuthentication,
     /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key, key_grace_secs).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -39,6 +39,10 @@ pub struct Args {
     /// Data directory: database and JWT secret [default: keyfloat-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Shared store: `postgres://user[:password]@host[:port]/db` [default: the SQLite file
+    /// in the data dir, one server per data dir].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -136,6 +140,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     }
     if let Some(v) = &args.data_dir {
         c.data_dir = v.clone();
+    }
+    if let Some(v) = &args.store {
+        c.store = Some(keyfloat_server::store::open::StoreUrl(v.clone()));
     }
     if let Some(v) = args.key_backend {
         c.key_backend = v;
@@ -275,7 +282,9 @@ pub fn security(config: &ServerConfig) -> keyfloat_server::Security {
 /// The server loop (also used by `keyfloat demo`): store, key monitor, app, until SIGTERM.
 pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
-    let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
+    let spec = config.store_spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store =
+        keyfloat_server::store::open(&spec, None).map_err(|e| anyhow::anyhow!("opening the store {spec}: {e}"))?;
     let tokens = TokenKeys::load_or_create(&data_dir)
         .context("loading the JWT secret")?
         .with_lifetime(config.token_lifetime_secs);
@@ -323,6 +332,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         crash_if_no_hardware_key = config.crash_if_no_hardware_key,
         key_grace_secs = config.key_grace_secs,
         data_dir = %data_dir.display(),
+        store = %spec,
         "keyfloat server started"
     );
     spawn_metrics_listener(&config, &state).await?;
@@ -440,7 +450,7 @@ fn monitor_config(config: &ServerConfig) -> MonitorConfig {
 }
 
 /// `crashIfNoHardwareKey`: flush the store and exit with status 3; otherwise refuse the call.
-fn key_policy(config: &ServerConfig, store: &Arc<SqliteStore>) -> KeyPolicy {
+fn key_policy(config: &ServerConfig, store: &Arc<dyn Store>) -> KeyPolicy {
     if !config.crash_if_no_hardware_key {
         return KeyPolicy::Refuse;
     }

@@ -25,7 +25,9 @@ use tokio::sync::oneshot;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
+pub mod lock;
 pub mod model_store;
+pub mod open;
 pub mod postgres;
 pub mod queues;
 pub mod sqlite;
@@ -35,6 +37,7 @@ mod suite;
 pub mod view;
 
 pub use model_store::ModelStore;
+pub use open::{open, StoreSpec};
 pub use postgres::{Fence, PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
 

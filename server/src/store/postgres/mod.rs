@@ -67,6 +67,15 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), migrates, and starts the writer
     /// and reader connections.
     pub fn open(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
+        // The sync client blocks on a runtime of its own: connect off any async runtime the
+        // caller may be on (server start-up is inside one).
+        let url = url.to_owned();
+        std::thread::spawn(move || Self::open_here(&url, options))
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Failed("opening the store panicked".into())))
+    }
+
+    fn open_here(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
         let mut writer = PgConn::connect(url)?;
         schema::migrate(&mut writer.client)?;
         writer.client.batch_execute(&format!(

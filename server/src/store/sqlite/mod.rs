@@ -27,6 +27,8 @@ pub const DB_FILE: &str = "keyfloat.db";
 pub struct SqliteStore {
     path: PathBuf,
     queues: Queues,
+    // Released after the queues closed (fields drop in order).
+    lock: Option<super::lock::DataDirLock>,
 }
 
 impl SqliteStore {
@@ -58,7 +60,17 @@ impl SqliteStore {
             terms: HashMap::new(),
         };
         let queues = Queues::start("keyfloat", writer, readers, options)?;
-        Ok(Self { path, queues })
+        Ok(Self {
+            path,
+            queues,
+            lock: None,
+        })
+    }
+
+    /// Keeps `lock` (the data dir's, see [`super::lock`]) for as long as the store lives.
+    pub fn holding(mut self, lock: super::lock::DataDirLock) -> Self {
+        self.lock = Some(lock);
+        self
     }
 
     /// Group-commit counters.
