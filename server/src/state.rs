@@ -123,6 +123,30 @@ pub struct StateParts {
     pub vendor_key: Option<VendorPublicKey>,
 }
 
+/// Licenses, accounts and token generations.
+type StartViews = (
+    Vec<License>,
+    Vec<crate::model::Account>,
+    std::collections::HashMap<String, u64>,
+);
+
+/// Loads the model, the licenses and the accounts at start. An HA standby may not write
+/// (the store's fence refuses even these batches): it starts with the licenses only and
+/// the lease task reloads everything when this node becomes leader.
+async fn load_views(store: &Arc<ModelStore>) -> Result<StartViews, ApiError> {
+    match store.reload().await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::NotLeader) => {
+            let licenses = crate::store::read(store.as_ref(), |tx| tx.licenses()).await?;
+            return Ok((licenses, Vec::new(), Default::default()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let licenses = crate::store::transact(store.as_ref(), |tx| tx.licenses()).await?;
+    let (list, gens) = crate::auth::load_accounts(store.as_ref()).await?;
+    Ok((licenses, list, gens))
+}
+
 impl AppState {
     /// Builds the state with the default [`Security`] and loads the license catalog and
     /// the accounts from the store.
@@ -134,12 +158,10 @@ impl AppState {
     pub async fn with_security(parts: StateParts, security: Security) -> Result<Self, ApiError> {
         // Every write from here on goes through the model's recorder.
         let store = Arc::new(ModelStore::new(parts.store));
-        store.reload().await?;
-        let licenses = crate::store::transact(store.as_ref(), |tx| tx.licenses()).await?;
-        let catalog = Catalog::build(&licenses, &parts.keys);
+        let licenses = load_views(&store).await?;
+        let catalog = Catalog::build(&licenses.0, &parts.keys);
         let accounts = Accounts::default();
-        let (list, gens) = crate::auth::load_accounts(store.as_ref()).await?;
-        accounts.replace(&list, &gens);
+        accounts.replace(&licenses.1, &licenses.2);
         let hash_pool = HashPool::new(security.hash_workers, security.hash_wait)
             .map_err(|e| ApiError::internal(format!("cannot start the hashing threads: {e}")))?;
         let state = Self {

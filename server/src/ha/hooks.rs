@@ -35,8 +35,12 @@ impl AppHooks {
         Ok(catalog.key_allows_all(self.state.keys().check()))
     }
 
+    /// The read model (issue 12), the license catalog and the accounts, each read by a
+    /// write job of the new epoch: it sits in the commit order after every batch of the
+    /// previous leader, so nothing committed before the grant is missed.
     async fn reload_views(&self) -> Result<(), ApiError> {
-        let licenses = crate::store::read(self.state.store(), |tx| tx.licenses().map_err(ApiError::from)).await?;
+        self.state.reload_model().await?;
+        let licenses = crate::store::transact(self.state.store(), |tx| tx.licenses().map_err(ApiError::from)).await?;
         self.state.set_catalog(&licenses);
         self.state.reload_accounts().await
     }

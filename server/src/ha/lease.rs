@@ -182,3 +182,16 @@ pub async fn shared_secret(db: &Client, name: &str, fresh: &[u8]) -> Result<Vec<
         .await?;
     Ok(row.get(0))
 }
+
+/// The JWT signing secret every node of the cluster shares (`kf_secrets.jwt`), made on
+/// first use from 32 random bytes. The store's migrations create the table.
+pub async fn load_jwt_secret(url: &str) -> Result<Vec<u8>, tokio_postgres::Error> {
+    let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(conn);
+    let mut fresh = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut fresh);
+    let secret = shared_secret(&db, "jwt", &fresh).await;
+    drop(db);
+    let _ = driver.await;
+    secret
+}
