@@ -1,5 +1,5 @@
 //! One conformance suite, three backends: the same cases — plug, swap, unplug, busy (another
-//! process holds the key), a transient I/O fault, a key that signs garbage, and (sim and
+//! process holds the key), a stuck key (it stops answering), a key that signs garbage, and (sim and
 //! pcsc, the backends with PIV attestation) under `require_attestation` an attested key, a
 //! key imported from software and a key replaying another card's attestation — run through the
 //! real monitor thread, the vendor trust chain and the hardware-ID cell, against
@@ -96,8 +96,9 @@ trait Rig {
     /// Another process takes the key exclusively.
     fn hold(&mut self, k: K);
     fn release(&mut self, k: K);
-    /// The key's I/O fails (until `heal`, or once, depending on the backend).
-    fn fault(&mut self, k: K);
+    /// The key stops answering: every operation on it blocks (a wedged card or dongle).
+    fn hang(&mut self, k: K);
+    /// The stuck key answers again (on PC/SC only after being pulled and reinserted).
     fn heal(&mut self, k: K);
     /// Whether busy errors name the holder process on this backend.
     fn names_holders(&self) -> bool;
@@ -110,6 +111,8 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(200),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(300),
+    // A stuck key must be noticed within every arm's `settle`.
+    validate_timeout: Duration::from_secs(2),
     ..MonitorConfig::DEFAULT
 };
 
@@ -257,16 +260,26 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     rig.release(K::Good);
     wait(reader, t, "recovered after release", |s| in_force_is(s, K::Good));
 
-    // A transient I/O fault: the key leaves force, the monitor retries, it comes back.
+    // A stuck key: reported as not answering (a timeout) and out of force — never left in
+    // force while it cannot answer; once healed it is proved again and comes back.
     let recorder = Recorder::start(reader.clone());
-    rig.fault(K::Good);
-    wait(reader, t, "fault noticed", |s| {
-        machine(s) && s.state() == KeyState::Error
+    rig.hang(K::Good);
+    wait(reader, t, "stuck key noticed", |s| {
+        machine(s)
+            && s.state() == KeyState::Error
+            && s.keys
+                .iter()
+                .any(|k| matches!(&k.status, KeyStatus::Error { kind, .. } if *kind == ErrorKind::Timeout))
     });
     rig.heal(K::Good);
-    wait(reader, t, "recovered after fault", |s| in_force_is(s, K::Good));
+    wait(reader, t, "recovered after heal", |s| in_force_is(s, K::Good));
     let seen = recorder.take();
-    assert!(seen.iter().any(|(st, _)| *st == KeyState::Error), "{seen:?}");
+    let timeout = Some(ErrorKind::Timeout.code().to_string());
+    assert!(
+        seen.iter()
+            .any(|(st, reason)| *st == KeyState::Error && *reason == timeout),
+        "{seen:?}"
+    );
     drop(recorder);
 
     // A key that signs garbage is invalid (bad signature), never in force.
@@ -307,34 +320,41 @@ fn holder() -> Holder {
 
 // ---------------------------------------------------------------- sim arm
 
-struct SimRig(SimBus);
+/// The sim and HID fakes share their fault verbs, so their arms are the same rig.
+macro_rules! fake_rig {
+    ($rig:ident, $fake:ty) => {
+        struct $rig($fake);
 
-impl Rig for SimRig {
-    fn plug(&mut self, k: K) {
-        self.0.plug(k.name()).expect("plug");
-    }
-    fn unplug(&mut self, k: K) {
-        self.0.unplug(k.name()).expect("unplug");
-    }
-    fn hold(&mut self, k: K) {
-        self.0.make_busy(k.name(), Some(holder())).expect("busy");
-    }
-    fn release(&mut self, k: K) {
-        self.0.make_busy(k.name(), None).expect("release");
-    }
-    fn fault(&mut self, k: K) {
-        // A stuck error until healed: fail every operation.
-        self.0.make_busy(k.name(), None).expect("release");
-        self.0.fail_next(k.name(), ErrorKind::Io).expect("fail");
-    }
-    fn heal(&mut self, _k: K) {}
-    fn names_holders(&self) -> bool {
-        true
-    }
-    fn settle(&self) -> Duration {
-        Duration::from_secs(5)
-    }
+        impl Rig for $rig {
+            fn plug(&mut self, k: K) {
+                self.0.plug(k.name()).expect("plug");
+            }
+            fn unplug(&mut self, k: K) {
+                self.0.unplug(k.name()).expect("unplug");
+            }
+            fn hold(&mut self, k: K) {
+                self.0.make_busy(k.name(), Some(holder())).expect("busy");
+            }
+            fn release(&mut self, k: K) {
+                self.0.make_busy(k.name(), None).expect("release");
+            }
+            fn hang(&mut self, k: K) {
+                self.0.hang(k.name(), true).expect("hang");
+            }
+            fn heal(&mut self, k: K) {
+                self.0.hang(k.name(), false).expect("heal");
+            }
+            fn names_holders(&self) -> bool {
+                true
+            }
+            fn settle(&self) -> Duration {
+                Duration::from_secs(5)
+            }
+        }
+    };
 }
+
+fake_rig!(SimRig, SimBus);
 
 const ALL: [K; 6] = [K::Good, K::Other, K::Garbage, K::Attested, K::Imported, K::Replayer];
 
@@ -362,40 +382,14 @@ mod hid_arm {
     use keyfloat_hal::backend::hid::{HidConfig, HidProvider, ProvisioningStore};
     use keyfloat_simulator::hid::{provision, SimHidTransport};
 
-    struct HidRig(SimHidTransport);
-
-    impl Rig for HidRig {
-        fn plug(&mut self, k: K) {
-            self.0.plug(k.name()).expect("plug");
-        }
-        fn unplug(&mut self, k: K) {
-            self.0.unplug(k.name()).expect("unplug");
-        }
-        fn hold(&mut self, k: K) {
-            self.0.make_busy(k.name(), Some(holder())).expect("busy");
-        }
-        fn release(&mut self, k: K) {
-            self.0.make_busy(k.name(), None).expect("release");
-        }
-        fn fault(&mut self, k: K) {
-            self.0.fail_next(k.name(), ErrorKind::Io).expect("fail");
-        }
-        fn heal(&mut self, _k: K) {}
-        fn names_holders(&self) -> bool {
-            true
-        }
-        fn settle(&self) -> Duration {
-            Duration::from_secs(5)
-        }
-    }
+    fake_rig!(HidRig, SimHidTransport);
 
     #[test]
     fn hid_backend_conforms_through_its_transport_seam() {
         let vendor = VendorSigningKey::generate();
         let ca = SimAttestationCa::from_seed(5).expect("test attestation CA");
-        let dir = std::env::temp_dir().join(format!("keyfloat-conformance-hid-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = ProvisioningStore::new(&dir);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ProvisioningStore::new(dir.path());
         let hid = SimHidTransport::new();
         for k in [K::Good, K::Other, K::Garbage] {
             let spec = k.spec(&vendor, &ca);
@@ -411,7 +405,6 @@ mod hid_arm {
         let provider = Arc::new(HidProvider::new(Arc::new(hid.clone()), config));
         let (reader, _monitor) = monitor(provider, &vendor, None);
         conformance(&mut HidRig(hid), &reader);
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -476,7 +469,7 @@ mod pcsc_arm {
                 let _ = c.wait();
             }
         }
-        fn fault(&mut self, k: K) {
+        fn hang(&mut self, k: K) {
             // A wedged card: it stops answering; the backend's deadline turns that into a timeout.
             self.cards[&k].set_hang(true);
         }

@@ -62,6 +62,41 @@ pub struct License {
     pub feature_totals: BTreeMap<String, i64>,
 }
 
+impl License {
+    /// A license as it is added: no consumptions yet.
+    pub fn new(
+        id: u64,
+        terms: LicenseTerms,
+        activation_hardware_id: String,
+        source: LicenseSource,
+        added_at: i64,
+    ) -> Self {
+        Self {
+            id,
+            terms: Arc::new(terms),
+            activation_hardware_id,
+            source,
+            added_at,
+            total_consumptions: 0,
+            feature_totals: BTreeMap::new(),
+        }
+    }
+
+    /// Detail of the `license_added` audit event; `origin` says where it came from
+    /// (`api`, `file`, `demo`).
+    pub fn added_audit_detail(&self, origin: &str) -> String {
+        let key = if self.terms.hardware_key_required {
+            ", hardware key required"
+        } else {
+            ""
+        };
+        format!(
+            "product {} ({origin}), activation hardware id {}{key}",
+            self.terms.product, self.activation_hardware_id
+        )
+    }
+}
+
 /// A floating seat held by one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {

@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use keyfloat_hal::trust::VendorSigningKey;
@@ -123,87 +122,71 @@ fn resolve_listen(listen: &str) -> anyhow::Result<SocketAddr> {
 pub fn demo_licenses(serial: u32, machine_hw_id: &str) -> Vec<License> {
     let now = now_micros();
     // Ids are given by the store when the licenses are inserted.
-    let hw = License {
-        id: 0,
-        terms: Arc::new(LicenseTerms {
-            product: HW_PRODUCT.into(),
-            product_name: Some("Hardware-key demo product".into()),
-            auth: Auth::Key {
-                license_key: "DEMO-HWKEY-0001".into(),
-            },
-            license_type: "consumption".into(),
-            floating_users: 5,
-            floating_timeout_minutes: 30,
-            max_borrow_time_hours: 24,
-            consumption: Some(ConsumptionTerms {
-                max_consumptions: 100,
-                allow_unlimited: false,
-                allow_overages: false,
-                max_overages: 0,
-                allow_negative: false,
-                allow_negative_total: false,
-                reset_period: None,
-            }),
-            features: vec![
-                FeatureTerms {
-                    code: "consFeature2".into(),
-                    name: Some("Consumption feature".into()),
-                    kind: FeatureKind::Consumption,
-                    floating_users: Some(3),
-                    floating_timeout_minutes: None,
-                    max_consumption: Some(10),
-                    allow_overages: false,
-                    max_overages: 0,
-                },
-                FeatureTerms {
-                    code: "floatFeature".into(),
-                    name: Some("Floating feature".into()),
-                    kind: FeatureKind::Activation,
-                    floating_users: Some(2),
-                    floating_timeout_minutes: None,
-                    max_consumption: None,
-                    allow_overages: false,
-                    max_overages: 0,
-                },
-            ],
-            valid_from: None,
-            valid_until: None,
-            hardware_key_required: true,
-            allowed_serials: Vec::new(),
-        }),
+    vec![
         // Activated with the key: its serial is the hardware ID while it is plugged in.
-        activation_hardware_id: serial.to_string(),
-        source: LicenseSource::Api,
-        added_at: now,
-        total_consumptions: 0,
-        feature_totals: Default::default(),
-    };
-    let plain = License {
-        id: 0,
-        terms: Arc::new(LicenseTerms {
-            product: PLAIN_PRODUCT.into(),
-            product_name: Some("Plain demo product".into()),
-            auth: Auth::Key {
-                license_key: "DEMO-PLAIN-0001".into(),
-            },
-            license_type: "perpetual".into(),
-            floating_users: 3,
-            floating_timeout_minutes: 30,
-            max_borrow_time_hours: 24,
-            consumption: None,
-            features: Vec::new(),
-            valid_from: None,
-            valid_until: None,
-            hardware_key_required: false,
-            allowed_serials: Vec::new(),
+        License::new(0, hwbased_terms(), serial.to_string(), LicenseSource::Api, now),
+        License::new(0, plain_terms(), machine_hw_id.to_owned(), LicenseSource::Api, now + 1),
+    ]
+}
+
+/// Key-bound consumption license with a consumption feature and a floating feature.
+fn hwbased_terms() -> LicenseTerms {
+    let feature =
+        |code: &str, name: &str, kind: FeatureKind, floating_users: u32, max_consumption: Option<i64>| FeatureTerms {
+            code: code.into(),
+            name: Some(name.into()),
+            kind,
+            floating_users: Some(floating_users),
+            floating_timeout_minutes: None,
+            max_consumption,
+            allow_overages: false,
+            max_overages: 0,
+        };
+    LicenseTerms {
+        product_name: Some("Hardware-key demo product".into()),
+        license_type: "consumption".into(),
+        floating_users: 5,
+        floating_timeout_minutes: 30,
+        max_borrow_time_hours: 24,
+        consumption: Some(ConsumptionTerms {
+            max_consumptions: 100,
+            allow_unlimited: false,
+            allow_overages: false,
+            max_overages: 0,
+            allow_negative: false,
+            allow_negative_total: false,
+            reset_period: None,
         }),
-        activation_hardware_id: machine_hw_id.to_owned(),
-        source: LicenseSource::Api,
-        added_at: now + 1,
-        total_consumptions: 0,
-        feature_totals: Default::default(),
-    };
-    vec![hw, plain]
+        features: vec![
+            feature(
+                "consFeature2",
+                "Consumption feature",
+                FeatureKind::Consumption,
+                3,
+                Some(10),
+            ),
+            feature("floatFeature", "Floating feature", FeatureKind::Activation, 2, None),
+        ],
+        hardware_key_required: true,
+        ..LicenseTerms::new(HW_PRODUCT, key_auth("DEMO-HWKEY-0001"))
+    }
+}
+
+/// Perpetual license without a hardware key.
+fn plain_terms() -> LicenseTerms {
+    LicenseTerms {
+        product_name: Some("Plain demo product".into()),
+        floating_users: 3,
+        floating_timeout_minutes: 30,
+        max_borrow_time_hours: 24,
+        ..LicenseTerms::new(PLAIN_PRODUCT, key_auth("DEMO-PLAIN-0001"))
+    }
+}
+
+fn key_auth(license_key: &str) -> Auth {
+    Auth::Key {
+        license_key: license_key.into(),
+    }
 }
 
 /// Admin account and the two licenses, committed before the server starts.
@@ -235,16 +218,7 @@ fn seed_store(db: &Path, args: &Args) -> anyhow::Result<()> {
                 "license_added",
                 Some("demo"),
                 Some(l.id),
-                format!(
-                    "product {} (demo), activation hardware id {}{}",
-                    l.terms.product,
-                    l.activation_hardware_id,
-                    if l.terms.hardware_key_required {
-                        ", hardware key required"
-                    } else {
-                        ""
-                    }
-                ),
+                l.added_audit_detail("demo"),
             ))?;
         }
         Ok(())

@@ -16,8 +16,7 @@ use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
-use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, StateParts, Store};
 
 /// Name of the simulated key created by `--key-backend sim`.
 pub const SIM_KEY_NAME: &str = "sim-key";
@@ -25,7 +24,7 @@ pub const SIM_KEY_NAME: &str = "sim-key";
 /// Arguments of `keyfloat serve`. Flags override the `--config` file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
+    /// YAML configuration file (keys: listen, port, data_dir, store, key_backend, userAuthentication,
     /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key, key_grace_secs).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -39,6 +38,19 @@ pub struct Args {
     /// Data directory: database and JWT secret [default: keyfloat-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Shared store: `postgres://user[:password]@host[:port]/db` [default: the SQLite file
+    /// in the data dir, one server per data dir].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// HA: this node's name; with --store postgres://… the node competes for leadership.
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub lease_secs: Option<u64>,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -137,6 +149,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     if let Some(v) = &args.data_dir {
         c.data_dir = v.clone();
     }
+    if let Some(v) = &args.store {
+        c.store = Some(keyfloat_server::store::open::StoreUrl(v.clone()));
+    }
     if let Some(v) = args.key_backend {
         c.key_backend = v;
     }
@@ -182,6 +197,7 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         )*};
     }
     set!(
+        lease_secs,
         token_lifetime_secs,
         metrics_public,
         metrics_license_labels,
@@ -192,6 +208,8 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         drain_secs
     );
     set_opt!(
+        node_id,
+        advertise_url,
         hash_workers,
         metrics_token,
         metrics_listen,
@@ -275,105 +293,23 @@ pub fn security(config: &ServerConfig) -> keyfloat_server::Security {
 /// The server loop (also used by `keyfloat demo`): store, key monitor, app, until SIGTERM.
 pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
-    let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
-    let tokens = TokenKeys::load_or_create(&data_dir)
-        .context("loading the JWT secret")?
+    let spec = config.store_spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = super::ha::cluster(&config, &spec)?;
+    let fence = cluster.as_ref().map(|c| c.fence().clone());
+    let store =
+        keyfloat_server::store::open(&spec, fence).map_err(|e| anyhow::anyhow!("opening the store {spec}: {e}"))?;
+    let tokens = super::ha::token_keys(&config, &spec, cluster.is_some())
+        .await?
         .with_lifetime(config.token_lifetime_secs);
 
-    let mut attestation_roots = config.attestation_roots.clone();
-    let mut vendor: Option<VendorPublicKey> = match &config.vendor_public_key {
-        Some(v) => Some(VendorPublicKey::from_path_or_inline(v).context("reading vendor_public_key")?),
-        None => None,
-    };
-    let sim = if config.key_backend == KeyBackend::Sim {
-        tracing::warn!("##########################################################################");
-        tracing::warn!("## --key-backend sim: SIMULATED hardware key. DEMO / CI ONLY.            ##");
-        tracing::warn!("## A simulated key can never satisfy a license signed by a real vendor.  ##");
-        tracing::warn!("##########################################################################");
-        let bus = SimBus::new();
-        if let Some(path) = &config.sim_vendor_key {
-            let sk = VendorSigningKey::read_pem_file(path)
-                .with_context(|| format!("reading --sim-vendor-key {}", path.display()))?;
-            if vendor.is_none() {
-                vendor = Some(sk.public_key());
-            }
-            let mut spec = SimKeySpec::generate(SIM_KEY_NAME, sim_serial);
-            if config.require_attestation {
-                // The simulated key attests with a TEST CA made now, which this server trusts.
-                let ca = SimAttestationCa::generate().context("creating the TEST attestation CA")?;
-                let device = ca
-                    .issue_device(sim_serial)
-                    .context("issuing the simulated F9 certificate")?;
-                spec = spec.with_attestation(Some(SimAttestation::Device(device)));
-                attestation_roots.push(ca.root_pem());
-                tracing::warn!("--key-backend sim: trusting a TEST attestation root made now (not Yubico)");
-            }
-            bus.insert(provision_sim_key(spec, &sk));
-        } else {
-            tracing::warn!("no --sim-vendor-key: the simulated key is unprovisioned and will never be valid");
-            bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
-        }
-        bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
-        Some(super::common::SimKeyControl {
-            bus,
-            key: SIM_KEY_NAME.into(),
-        })
-    } else {
-        None
-    };
-
-    let providers = super::common::providers(config.key_backend, sim.as_ref().map(|s| &s.bus))?;
-    let attestation = if config.require_attestation {
-        if attestation_roots.is_empty() {
-            anyhow::bail!(
-                "require_attestation is on but no attestation_roots are configured (Yubico's PIV root CA: {})",
-                keyfloat_hal::trust::attestation::YUBICO_ROOTS_URL
-            );
-        }
-        let roots = AttestationRoots::from_paths_or_inline(&attestation_roots).context("reading attestation_roots")?;
-        tracing::info!(roots = ?roots.fingerprints(), "attestation required at every key validation");
-        Some(roots)
-    } else {
-        None
-    };
-    let validator: Arc<dyn KeyValidator> = match &vendor {
-        Some(pk) => Arc::new(
-            VendorValidator::new(*pk)
-                .allow_serial_only(config.allow_serial_only_keys)
-                .require_attestation(attestation),
-        ),
-        None => {
-            tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
-            Arc::new(NoVendorKey)
-        }
-    };
+    let trust = key_trust(&config, sim_serial)?;
+    let providers = super::common::providers(config.key_backend, trust.sim.as_ref().map(|s| &s.bus))?;
+    let validator = key_validator(&config, trust.vendor, &trust.attestation_roots)?;
     let machine_id = keyfloat_hal::machine_hardware_id().context("reading the machine id")?;
     let cell = HardwareIdCell::new(machine_id);
     let reader = cell.reader();
-    let monitor = keyfloat_hal::spawn_monitor(
-        cell,
-        providers,
-        validator,
-        MonitorConfig {
-            revalidate_every: Duration::from_secs(config.revalidate_secs.max(1)),
-            grace: Duration::from_secs(config.key_grace_secs),
-            ..MonitorConfig::default()
-        },
-    )
-    .context("starting the key monitor")?;
-
-    let key_policy = if config.crash_if_no_hardware_key {
-        let store = Arc::clone(&store);
-        KeyPolicy::Crash(Arc::new(move |reason: &str| {
-            tracing::error!(reason, "crashIfNoHardwareKey: stopping the server (exit status 3)");
-            if let Err(e) = store.flush() {
-                tracing::error!(error = %e, "flushing the store failed");
-            }
-            std::process::exit(i32::from(keyfloat_server::EXIT_NO_HARDWARE_KEY));
-        }))
-    } else {
-        KeyPolicy::Refuse
-    };
+    let monitor = keyfloat_hal::spawn_monitor(cell, providers, validator, monitor_config(&config))
+        .context("starting the key monitor")?;
 
     let state = AppState::with_security(
         StateParts {
@@ -381,16 +317,19 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             keys: reader.clone(),
             tokens,
             user_authentication: config.user_authentication,
-            key_policy,
-            sim: sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
+            key_policy: key_policy(&config, &store),
+            sim: trust.sim.map(|s| Arc::new(s) as Arc<dyn keyfloat_server::KeyControl>),
             backend: config.key_backend.as_str().into(),
-            vendor_key: vendor,
+            vendor_key: trust.vendor,
         },
         security(&config),
     )
     .await
     .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
 
+    if let Some(c) = cluster {
+        super::ha::join(c, &spec, &state);
+    }
     // Key events: one log line, one audit row and one metric each.
     tokio::spawn(keyfloat_server::metrics::watch_keys(state.clone()));
     // Account changes made by `keyfloat user` while the server runs.
@@ -403,38 +342,179 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
     tracing::info!(
-        %local,
+        local = %listener.local_addr()?,
         auth = config.user_authentication,
         crash_if_no_hardware_key = config.crash_if_no_hardware_key,
         key_grace_secs = config.key_grace_secs,
         data_dir = %data_dir.display(),
+        store = %spec,
         "keyfloat server started"
     );
-    if let Some(m) = &config.metrics_listen {
-        let ml = tokio::net::TcpListener::bind(m)
-            .await
-            .with_context(|| format!("binding metrics_listen {m}"))?;
-        println!("metrics on http://{}", ml.local_addr()?);
-        let router = keyfloat_server::app::metrics_app(state.clone());
-        let opts = serve_options(&config);
-        tokio::spawn(keyfloat_server::listen::serve_with(
-            ml,
-            router,
-            opts,
-            Arc::new(keyfloat_server::listen::PlainTcp),
-            std::future::pending(),
-        ));
+    spawn_metrics_listener(&config, &state).await?;
+    serve_until_shutdown(&config, listener, state).await?;
+    tracing::info!("shutting down: flushing the store (licenses stay activated)");
+    store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
+    monitor.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whom the server trusts, and the simulated key when `--key-backend sim` asks for one.
+struct KeyTrust {
+    vendor: Option<VendorPublicKey>,
+    attestation_roots: Vec<String>,
+    sim: Option<super::common::SimKeyControl>,
+}
+
+/// The configured vendor key and attestation roots; with the sim backend, the simulated key
+/// (plugged in) and, from `--sim-vendor-key`, the vendor and TEST attestation root it trusts.
+fn key_trust(config: &ServerConfig, sim_serial: u32) -> anyhow::Result<KeyTrust> {
+    let mut trust = KeyTrust {
+        vendor: match &config.vendor_public_key {
+            Some(v) => Some(VendorPublicKey::from_path_or_inline(v).context("reading vendor_public_key")?),
+            None => None,
+        },
+        attestation_roots: config.attestation_roots.clone(),
+        sim: None,
+    };
+    if config.key_backend == KeyBackend::Sim {
+        trust.sim = Some(simulated_key(config, sim_serial, &mut trust)?);
     }
-    let opts = serve_options(&config);
+    Ok(trust)
+}
+
+/// `--key-backend sim`: a bus with one simulated key, provisioned by `--sim-vendor-key` if
+/// given (that vendor, and a TEST attestation root when attestation is required, are trusted).
+fn simulated_key(
+    config: &ServerConfig,
+    sim_serial: u32,
+    trust: &mut KeyTrust,
+) -> anyhow::Result<super::common::SimKeyControl> {
+    tracing::warn!("##########################################################################");
+    tracing::warn!("## --key-backend sim: SIMULATED hardware key. DEMO / CI ONLY.            ##");
+    tracing::warn!("## A simulated key can never satisfy a license signed by a real vendor.  ##");
+    tracing::warn!("##########################################################################");
+    let bus = SimBus::new();
+    if let Some(path) = &config.sim_vendor_key {
+        let sk = VendorSigningKey::read_pem_file(path)
+            .with_context(|| format!("reading --sim-vendor-key {}", path.display()))?;
+        if trust.vendor.is_none() {
+            trust.vendor = Some(sk.public_key());
+        }
+        let mut spec = SimKeySpec::generate(SIM_KEY_NAME, sim_serial);
+        if config.require_attestation {
+            // The simulated key attests with a TEST CA made now, which this server trusts.
+            let ca = SimAttestationCa::generate().context("creating the TEST attestation CA")?;
+            let device = ca
+                .issue_device(sim_serial)
+                .context("issuing the simulated F9 certificate")?;
+            spec = spec.with_attestation(Some(SimAttestation::Device(device)));
+            trust.attestation_roots.push(ca.root_pem());
+            tracing::warn!("--key-backend sim: trusting a TEST attestation root made now (not Yubico)");
+        }
+        bus.insert(provision_sim_key(spec, &sk));
+    } else {
+        tracing::warn!("no --sim-vendor-key: the simulated key is unprovisioned and will never be valid");
+        bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
+    }
+    bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
+    Ok(super::common::SimKeyControl {
+        bus,
+        key: SIM_KEY_NAME.into(),
+    })
+}
+
+/// The validator of keys: the vendor's (with attestation when required), or one that
+/// trusts no key when no vendor key is configured.
+fn key_validator(
+    config: &ServerConfig,
+    vendor: Option<VendorPublicKey>,
+    attestation_roots: &[String],
+) -> anyhow::Result<Arc<dyn KeyValidator>> {
+    let attestation = if config.require_attestation {
+        if attestation_roots.is_empty() {
+            anyhow::bail!(
+                "require_attestation is on but no attestation_roots are configured (Yubico's PIV root CA: {})",
+                keyfloat_hal::trust::attestation::YUBICO_ROOTS_URL
+            );
+        }
+        let roots = AttestationRoots::from_paths_or_inline(attestation_roots).context("reading attestation_roots")?;
+        tracing::info!(roots = ?roots.fingerprints(), "attestation required at every key validation");
+        Some(roots)
+    } else {
+        None
+    };
+    Ok(match vendor {
+        Some(pk) => Arc::new(
+            VendorValidator::new(pk)
+                .allow_serial_only(config.allow_serial_only_keys)
+                .require_attestation(attestation),
+        ),
+        None => {
+            tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
+            Arc::new(NoVendorKey)
+        }
+    })
+}
+
+fn monitor_config(config: &ServerConfig) -> MonitorConfig {
+    MonitorConfig {
+        revalidate_every: Duration::from_secs(config.revalidate_secs.max(1)),
+        grace: Duration::from_secs(config.key_grace_secs),
+        ..MonitorConfig::default()
+    }
+}
+
+/// `crashIfNoHardwareKey`: flush the store and exit with status 3; otherwise refuse the call.
+fn key_policy(config: &ServerConfig, store: &Arc<dyn Store>) -> KeyPolicy {
+    if !config.crash_if_no_hardware_key {
+        return KeyPolicy::Refuse;
+    }
+    let store = Arc::clone(store);
+    KeyPolicy::Crash(Arc::new(move |reason: &str| {
+        tracing::error!(reason, "crashIfNoHardwareKey: stopping the server (exit status 3)");
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "flushing the store failed");
+        }
+        std::process::exit(i32::from(keyfloat_server::EXIT_NO_HARDWARE_KEY));
+    }))
+}
+
+/// `metrics_listen`: /metrics alone on its own address, served until the process ends.
+async fn spawn_metrics_listener(config: &ServerConfig, state: &AppState) -> anyhow::Result<()> {
+    let Some(m) = &config.metrics_listen else {
+        return Ok(());
+    };
+    let ml = tokio::net::TcpListener::bind(m)
+        .await
+        .with_context(|| format!("binding metrics_listen {m}"))?;
+    println!("metrics on http://{}", ml.local_addr()?);
+    tokio::spawn(keyfloat_server::listen::serve_with(
+        ml,
+        keyfloat_server::app::metrics_app(state.clone()),
+        serve_options(config),
+        Arc::new(keyfloat_server::listen::PlainTcp),
+        std::future::pending(),
+    ));
+    Ok(())
+}
+
+/// Serves the app on `listener` (HTTPS when TLS is configured, plus plain HTTP on
+/// `http_listen`) until SIGTERM/SIGINT, then drains the connections in flight.
+async fn serve_until_shutdown(
+    config: &ServerConfig,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+) -> anyhow::Result<()> {
+    let opts = serve_options(config);
+    let cluster = state.cluster().cloned();
+    let router = keyfloat_server::app(state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let router = keyfloat_server::app(state);
     let mut servers = tokio::task::JoinSet::new();
-    let tls = tls_acceptor(&config)?;
+    let tls = tls_acceptor(config)?;
     let main: Arc<dyn keyfloat_server::listen::Accept> = match &tls {
         Some(t) => Arc::clone(t) as _,
         None => Arc::new(keyfloat_server::listen::PlainTcp),
@@ -453,10 +533,10 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
             wait(stopped.clone()),
         ));
     }
-    println!("listening on {}://{local}", main.scheme());
+    println!("listening on {}://{}", main.scheme(), listener.local_addr()?);
     servers.spawn(keyfloat_server::listen::serve_with(
         listener,
-        router.clone(),
+        router,
         opts,
         main,
         wait(stopped.clone()),
@@ -465,15 +545,16 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         tokio::spawn(reload_on_sighup(t));
     }
     shutdown_signal().await;
+    // HA: stop writing and hand the lease over first, so a standby serves within its poll.
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     tracing::info!(drain_secs = opts.drain.as_secs(), "stopping: draining connections");
     let _ = stop.send(true);
     while let Some(r) = servers.join_next().await {
         r.context("server task")?.context("serving")?;
     }
-    tracing::info!("shutting down: flushing the store (licenses stay activated)");
-    store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
-    monitor.stop();
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn tls_acceptor(config: &ServerConfig) -> anyhow::Result<Option<Arc<keyfloat_server::tls::TlsAcceptor>>> {

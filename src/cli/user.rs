@@ -188,7 +188,9 @@ fn add(data_dir: &Path, username: &str, role: Role, given: Option<String>) -> an
 
 fn passwd(data_dir: &Path, username: &str, given: Option<String>) -> anyhow::Result<()> {
     let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
-    update_account(data_dir, username, "password_changed", None, move |a| a.password_hash = hash)?;
+    update_account(data_dir, username, "password_changed", None, move |a| {
+        a.password_hash = hash
+    })?;
     println!("password of {username} changed");
     Ok(())
 }

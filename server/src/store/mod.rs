@@ -25,11 +25,21 @@ use tokio::sync::oneshot;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
+pub mod copy;
+pub mod lock;
 pub mod model_store;
+pub mod open;
+pub mod postgres;
+pub mod queues;
 pub mod sqlite;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod suite;
 pub mod view;
 
 pub use model_store::ModelStore;
+pub use open::{open, StoreSpec};
+pub use postgres::{Fence, PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
@@ -38,6 +48,10 @@ pub enum StoreError {
     /// The queue is full: try again shortly.
     #[error("the store is busy")]
     Busy,
+    /// This node does not hold the write lease (its epoch is not the current one): the
+    /// batch was rolled back (`503 not_leader`).
+    #[error("this node is not the leader")]
+    NotLeader,
     /// The store is shut down.
     #[error("the store is shut down")]
     Closed,
@@ -48,6 +62,12 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
         Self::Failed(e.to_string())
     }
 }

@@ -81,31 +81,13 @@ async fn add_license(
             }
             None => tx.next_license_id()?,
         };
-        let license = License {
-            id,
-            terms: std::sync::Arc::new(terms),
-            activation_hardware_id: hw,
-            source,
-            added_at: now_micros(),
-            total_consumptions: 0,
-            feature_totals: Default::default(),
-        };
+        let license = License::new(id, terms, hw, source, now_micros());
         tx.insert_license(&license)?;
         tx.audit(&AuditEvent::new(
             "license_added",
             Some(&actor),
             Some(id),
-            format!(
-                "product {} ({}), activation hardware id {}{}",
-                license.terms.product,
-                license.source.as_str(),
-                license.activation_hardware_id,
-                if license.terms.hardware_key_required {
-                    ", hardware key required"
-                } else {
-                    ""
-                }
-            ),
+            license.added_audit_detail(license.source.as_str()),
         ))?;
         Ok((license, tx.licenses()?))
     })
