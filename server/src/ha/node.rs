@@ -41,6 +41,8 @@ pub struct Cluster {
 
 /// How often a standby polls a free lease: a released lease is taken within this.
 const STANDBY_POLL_MAX: Duration = Duration::from_millis(200);
+/// How often a leader looks at its key between renewals.
+const KEY_POLL: Duration = Duration::from_millis(50);
 /// Heartbeat and cluster-view refresh period.
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 
@@ -187,17 +189,24 @@ impl Cluster {
                     }
                 }
             }
-            let pause = if self.fence.epoch() != 0 {
-                self.renew_every()
-            } else {
-                self.poll_every()
-            };
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = self.pause(hooks.as_ref()) => {}
                 _ = stop.changed() => {}
             }
         }
         self.finish(db).await;
+    }
+
+    /// Until the next tick: a standby's poll period; a leader's renewal period, cut short
+    /// when its key stops allowing it to lead.
+    async fn pause(&self, hooks: &dyn LeaderHooks) {
+        if self.fence.epoch() == 0 {
+            return tokio::time::sleep(self.poll_every()).await;
+        }
+        let until = Instant::now() + self.renew_every();
+        while Instant::now() < until && hooks.still_may_lead() {
+            tokio::time::sleep(KEY_POLL.min(until - Instant::now())).await;
+        }
     }
 
     async fn connect(&self, url: &str) -> Option<Client> {
