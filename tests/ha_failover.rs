@@ -558,7 +558,9 @@ fn report(faults: &[(Fault, Instant, Instant)], samples: &[Sample]) -> BTreeMap<
         println!("  fault {i} {kind:?}: no acknowledged request for {ms:.0} ms");
         by_kind.entry(*kind).or_default().push(ms);
     }
-    println!("unavailability seen by clients (--lease-secs {LEASE_SECS}): longest time without an acknowledged request:");
+    println!(
+        "unavailability seen by clients (--lease-secs {LEASE_SECS}): longest time without an acknowledged request:"
+    );
     for (kind, v) in &mut by_kind {
         v.sort_by(f64::total_cmp);
         println!(

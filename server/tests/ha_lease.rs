@@ -159,28 +159,28 @@ impl LeaderHooks for FakeHooks {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
-async fn each_grant_increments_the_epoch_and_a_live_lease_is_not_taken() {
+async fn each_grant_increments_the_epoch_and_another_node_cannot_take_a_live_lease() {
     let scratch = ScratchDb::new("grant").await;
     let db = scratch.client().await;
     lease::ensure_row(&db).await.unwrap();
     let (a, b) = (node("a", 60_000), node("b", 60_000));
     assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(1));
     assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), None, "b took a live lease");
-    assert_eq!(
-        lease::try_acquire(&db, &a).await.unwrap(),
-        None,
-        "a restarted node waits for expiry too"
-    );
     assert!(lease::renew(&db, &a, 1).await.unwrap());
     assert!(!lease::renew(&db, &b, 1).await.unwrap(), "only the holder renews");
+    // A grant whose answer was lost (or a restarted node): re-granted under a new epoch,
+    // which fences the old one.
+    assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(2));
+    assert!(!lease::renew(&db, &a, 1).await.unwrap(), "epoch 1 is superseded");
+    assert!(lease::renew(&db, &a, 2).await.unwrap());
     let row = lease::current(&db).await.unwrap();
-    assert_eq!((row.holder.as_deref(), row.epoch, row.live), (Some("a"), 1, true));
+    assert_eq!((row.holder.as_deref(), row.epoch, row.live), (Some("a"), 2, true));
     assert_eq!(row.advertise_url.as_deref(), Some("http://a.test:8080"));
 
-    assert!(lease::release(&db, &a, 1).await.unwrap());
-    assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), Some(2));
-    assert!(!lease::renew(&db, &a, 1).await.unwrap(), "a's old epoch is gone");
-    assert!(!lease::release(&db, &a, 1).await.unwrap(), "a cannot release b's lease");
+    assert!(lease::release(&db, &a, 2).await.unwrap());
+    assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), Some(3));
+    assert!(!lease::renew(&db, &a, 2).await.unwrap(), "a's old epoch is gone");
+    assert!(!lease::release(&db, &a, 2).await.unwrap(), "a cannot release b's lease");
     scratch.drop_db().await;
 }
 

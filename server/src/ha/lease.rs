@@ -67,6 +67,18 @@ fn as_db_epoch(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }
 
+/// Bounds every lease query on the server side: a grant that cannot get the lease row's
+/// lock within `lock_wait` fails there (and is retried at the next poll) instead of
+/// committing later, unseen, after the client gave up on it.
+pub async fn limit_waits(db: &Client, lock_wait: Duration, statement: Duration) -> Result<(), tokio_postgres::Error> {
+    db.batch_execute(&format!(
+        "SET lock_timeout = {}; SET statement_timeout = {}",
+        lock_wait.as_millis().max(1),
+        statement.as_millis().max(1)
+    ))
+    .await
+}
+
 /// Creates the lease row if missing (idempotent).
 pub async fn ensure_row(db: &Client) -> Result<(), tokio_postgres::Error> {
     db.execute(
@@ -77,15 +89,17 @@ pub async fn ensure_row(db: &Client) -> Result<(), tokio_postgres::Error> {
     .map(drop)
 }
 
-/// Takes the lease if it is free or expired: answers the new epoch, or `None` when a live
-/// lease is held (by anyone, this node included: a restarted node waits for its old grant
-/// to expire rather than trust that its previous life is really gone).
+/// Takes the lease if it is free, expired, or already this node's (a grant whose answer
+/// was lost, or a previous life of this node: node ids are unique per node): answers the
+/// new epoch, or `None` when another node holds a live lease. A new epoch fences whatever
+/// the old one still had in flight, so re-granting to the same node is as safe as any grant.
 pub async fn try_acquire(db: &Client, me: &Candidate) -> Result<Option<u64>, tokio_postgres::Error> {
     let row = db
         .query_opt(
             "UPDATE kf_lease SET holder = $1, advertise_url = $2, epoch = epoch + 1,
                  expires_at = now() + make_interval(secs => $3)
-             WHERE name = 'leader' AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())
+             WHERE name = 'leader'
+               AND (holder IS NULL OR holder = $1 OR expires_at IS NULL OR expires_at <= now())
              RETURNING epoch",
             &[&me.node_id, &me.advertise_url, &me.lease.as_secs_f64()],
         )

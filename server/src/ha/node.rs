@@ -217,7 +217,12 @@ impl Cluster {
                         tracing::warn!(error = %e, "lease: database connection closed");
                     }
                 });
-                match lease::ensure_row(&client).await {
+                let lease = self.me.lease;
+                let ready = async {
+                    lease::limit_waits(&client, lease / 4, lease / 3).await?;
+                    lease::ensure_row(&client).await
+                };
+                match ready.await {
                     Ok(()) => Some(client),
                     Err(e) => {
                         tracing::warn!(error = %e, "lease: cannot create the lease row");
