@@ -217,7 +217,7 @@ impl Drop for Cluster {
 fn haproxy_config(lb_port: u16, nodes: &[Node]) -> String {
     let mut cfg = format!(
         "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 100ms\n  timeout client 20s\n  \
-         timeout server 5s\n  timeout check 300ms\n  retries 3\n  retry-on conn-failure empty-response 503\n  \
+         timeout server 5s\n  timeout check 300ms\n  retries 3\n  retry-on conn-failure 503\n  \
          option redispatch 1\nfrontend fe\n  bind 127.0.0.1:{lb_port}\n  default_backend be\nbackend be\n  \
          option httpchk GET /api/v4/ready\n  http-check expect status 200\n  \
          default-server inter 200ms fastinter 100ms downinter 200ms fall 1 rise 1 on-marked-down shutdown-sessions\n"

@@ -90,13 +90,13 @@ async fn wait_expired(db: &Client) {
     }
 }
 
-/// The store's fenced batch, as the PostgreSQL store runs it: the lease check `FOR SHARE`
+/// The store's fenced batch, as the PostgreSQL store runs it: the lease check `FOR KEY SHARE`
 /// inside the transaction, one `kf_batches` row, commit. `false` = refused (not leader).
 async fn fenced_commit(db: &mut Client, fence: &Fence) -> bool {
     let tx = db.transaction().await.unwrap();
     let ok = tx
         .query_opt(
-            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now() FOR SHARE",
+            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now() FOR KEY SHARE",
             &[&fence.node_id(), &(fence.epoch() as i64)],
         )
         .await
@@ -225,11 +225,13 @@ async fn a_paused_node_commits_nothing_once_fenced() {
     tx_conn.batch_execute("BEGIN").await.unwrap();
     tx_conn
         .query_one(
-            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = 'a' AND epoch = $1 AND expires_at > now() FOR SHARE",
+            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = 'a' AND epoch = $1 AND expires_at > now() FOR KEY SHARE",
             &[&(epoch as i64)],
         )
         .await
         .unwrap();
+    // The leader's own renewals do not wait for its batches in flight.
+    assert!(lease::renew(&db, &a, epoch).await.unwrap());
     wait_expired(&db).await;
     // ...so b's grant waits for it.
     let db_b = scratch.client().await;

@@ -1,10 +1,12 @@
 //! The lease row in PostgreSQL: grant, renew, release, and the node heartbeats.
 //!
 //! One row `kf_lease(name = 'leader')`. Every grant increments `epoch`; a write batch of the
-//! store commits only while `holder = node AND epoch = its epoch AND expires_at > now()`
-//! (checked `FOR SHARE` inside the batch, so a grant, which updates the row, waits for the
-//! batches of the previous epoch that already passed the check to commit). All times are
-//! the database's `now()`: the nodes' clocks never decide who leads.
+//! store commits only while `holder = node AND epoch = its epoch AND expires_at > now()`,
+//! checked inside the batch with `FOR KEY SHARE`. A grant locks the row `FOR UPDATE` (which
+//! conflicts with that lock), so it waits for the batches of the previous epoch that
+//! already passed the check to commit; a renewal (`FOR NO KEY UPDATE`, implied by its
+//! `UPDATE`) does not, so a busy leader's renewals never queue behind its own writes. All
+//! times are the database's `now()`: the nodes' clocks never decide who leads.
 
 use std::time::Duration;
 
@@ -96,9 +98,11 @@ pub async fn ensure_row(db: &Client) -> Result<(), tokio_postgres::Error> {
 pub async fn try_acquire(db: &Client, me: &Candidate) -> Result<Option<u64>, tokio_postgres::Error> {
     let row = db
         .query_opt(
-            "UPDATE kf_lease SET holder = $1, advertise_url = $2, epoch = epoch + 1,
+            "WITH locked AS (SELECT name FROM kf_lease WHERE name = 'leader' FOR UPDATE)
+             UPDATE kf_lease SET holder = $1, advertise_url = $2, epoch = epoch + 1,
                  expires_at = now() + make_interval(secs => $3)
-             WHERE name = 'leader'
+             FROM locked
+             WHERE kf_lease.name = locked.name
                AND (holder IS NULL OR holder = $1 OR expires_at IS NULL OR expires_at <= now())
              RETURNING epoch",
             &[&me.node_id, &me.advertise_url, &me.lease.as_secs_f64()],

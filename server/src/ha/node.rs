@@ -180,7 +180,12 @@ impl Cluster {
             if let Some(client) = &db {
                 // A query that hangs (partition) must not hold the loop: the watchdog has
                 // already stopped the writes; start over on a fresh connection.
-                match timeout(self.me.lease / 2, self.tick(client, hooks.as_ref(), &mut next_beat)).await {
+                match timeout(
+                    self.me.lease / 2 + self.me.lease / 8,
+                    self.tick(client, hooks.as_ref(), &mut next_beat),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "lease: database error"),
                     Err(_) => {
@@ -219,7 +224,7 @@ impl Cluster {
                 });
                 let lease = self.me.lease;
                 let ready = async {
-                    lease::limit_waits(&client, lease / 4, lease / 3).await?;
+                    lease::limit_waits(&client, lease / 4, lease / 2).await?;
                     lease::ensure_row(&client).await
                 };
                 match ready.await {
