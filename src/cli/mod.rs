@@ -10,6 +10,7 @@ pub mod license;
 pub mod scenario;
 pub mod serve;
 pub mod simulate;
+pub mod store;
 pub mod user;
 pub mod vendor;
 

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
+pub mod copy;
 pub mod lock;
 pub mod model_store;
 pub mod open;

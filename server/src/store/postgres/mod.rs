@@ -22,7 +22,7 @@
 //! batch is rolled back and every job gets [`StoreError::NotLeader`].
 
 mod schema;
-mod tx;
+pub(crate) mod tx;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use postgres::{Client, NoTls, Statement};
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
 use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
 use crate::model::LicenseTerms;
-use tx::PgTx;
+pub(crate) use tx::PgTx;
 
 pub use super::queues::{CommitStats, StoreOptions};
 pub use schema::MIGRATIONS;
@@ -122,7 +122,7 @@ impl Store for PgStore {
 /// round trip on every call).
 pub(crate) struct PgConn {
     url: String,
-    client: Client,
+    pub(crate) client: Client,
     statements: HashMap<&'static str, Statement>,
 }
 
@@ -173,6 +173,10 @@ impl SavepointTx for PgTx<'_> {
 
     fn tx(&mut self) -> &mut dyn Tx {
         self
+    }
+
+    fn next_savepoint(&mut self) -> StoreResult<()> {
+        self.conn.exec("RELEASE SAVEPOINT job; SAVEPOINT job")
     }
 }
 
