@@ -104,7 +104,10 @@ mod tests {
             ..HaArgs::default()
         };
         apply(&args, &mut c);
-        assert_eq!((c.node_id.as_deref(), c.advertise_url.as_deref(), c.lease_secs), (Some("b"), Some("http://a:8080"), 2));
+        assert_eq!(
+            (c.node_id.as_deref(), c.advertise_url.as_deref(), c.lease_secs),
+            (Some("b"), Some("http://a:8080"), 2)
+        );
         let sqlite = c.store_spec().unwrap();
         assert!(cluster(&c, &sqlite).unwrap_err().to_string().contains("PostgreSQL"));
         let pg = StoreSpec::parse(Some("postgres://u@h/db"), &c.data_dir).unwrap();
