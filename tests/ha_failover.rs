@@ -650,3 +650,23 @@ fn three_nodes_survive_twenty_random_faults_of_the_leader() {
         }
     }
 }
+
+/// The shipped HAProxy configuration (deploy/haproxy.cfg) is one HAProxy accepts, checks
+/// readiness, and never retries a request that may have committed.
+#[test]
+#[ignore = "needs HAProxy (Debian's haproxy package)"]
+fn the_shipped_haproxy_configuration_is_valid() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+    let out = Command::new("haproxy")
+        .args(["-c", "-f", cfg])
+        .output()
+        .expect("haproxy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("option httpchk GET /api/v4/ready"));
+    let retry = text.lines().find(|l| l.trim_start().starts_with("retry-on")).unwrap();
+    assert!(
+        !retry.contains("empty-response") && !retry.contains("response-timeout"),
+        "{retry}"
+    );
+}
