@@ -40,7 +40,7 @@ pub struct Cluster {
 }
 
 /// How often a standby polls a free lease: a released lease is taken within this.
-const STANDBY_POLL_MAX: Duration = Duration::from_millis(200);
+const STANDBY_POLL_MAX: Duration = Duration::from_millis(100);
 /// How often a leader looks at its key between renewals.
 const KEY_POLL: Duration = Duration::from_millis(50);
 /// Heartbeat and cluster-view refresh period.
