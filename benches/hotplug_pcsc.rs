@@ -27,6 +27,7 @@ use keyfloat_hal::{
     Validation,
 };
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_testkit::stats::Samples;
 
 /// A plain listener: reports (when, card present) for every change of `reader`.
 fn listener(reader: String, stop: Arc<AtomicBool>, tx: mpsc::Sender<(Instant, bool)>) {
@@ -48,27 +49,6 @@ fn listener(reader: String, stop: Arc<AtomicBool>, tx: mpsc::Sender<(Instant, bo
             Err(pcsc::Error::Timeout) => {}
             Err(e) => panic!("listener: {e}"),
         }
-    }
-}
-
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn median(&mut self) -> f64 {
-        self.0.sort_by(f64::total_cmp);
-        self.0[(self.0.len() - 1) / 2]
-    }
-
-    fn line(&mut self, label: &str) -> String {
-        self.0.sort_by(f64::total_cmp);
-        let n = self.0.len();
-        let pick = |q: f64| self.0[((n as f64 - 1.0) * q).round() as usize];
-        format!(
-            "{label:<34} n={n:<3} min {:>8.2} ms  median {:>8.2} ms  p99 {:>8.2} ms",
-            pick(0.0),
-            pick(0.5),
-            pick(0.99)
-        )
     }
 }
 
@@ -122,9 +102,6 @@ fn main() {
         seed ^= seed << 17;
         Duration::from_millis(200 + seed % 400)
     };
-    let (mut ins_l, mut ins_c, mut rem_l, mut rem_c, mut ins_d, mut rem_d) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let wait_cell = |want: &HardwareId| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -141,32 +118,35 @@ fn main() {
             return at;
         }
     };
+    // Per insert and per remove: card event -> listener, card event -> cell, cell after listener.
+    let mut insert: [Samples; 3] = std::array::from_fn(|_| Samples::ms());
+    let mut remove = insert.clone();
+    let mut cycle = |samples: &mut [Samples; 3], change: &dyn Fn(), want_cell: &HardwareId, present: bool| {
+        std::thread::sleep(phase());
+        let t0 = Instant::now();
+        change();
+        let tc = wait_cell(want_cell);
+        let tl = wait_listener(present);
+        for (s, d) in samples
+            .iter_mut()
+            .zip([tl - t0, tc - t0, tc.saturating_duration_since(tl)])
+        {
+            s.push(d);
+        }
+    };
     for _ in 0..cycles {
-        std::thread::sleep(phase());
-        let t0 = Instant::now();
-        card.insert();
-        let tc = wait_cell(&serial);
-        let tl = wait_listener(true);
-        ins_l.push(ms(tl - t0));
-        ins_c.push(ms(tc - t0));
-        ins_d.push(ms(tc.saturating_duration_since(tl)));
-
-        std::thread::sleep(phase());
-        let t0 = Instant::now();
-        card.remove();
-        let tc = wait_cell(&machine);
-        let tl = wait_listener(false);
-        rem_l.push(ms(tl - t0));
-        rem_c.push(ms(tc - t0));
-        rem_d.push(ms(tc.saturating_duration_since(tl)));
+        cycle(&mut insert, &|| card.insert(), &serial, true);
+        cycle(&mut remove, &|| card.remove(), &machine, false);
     }
     println!("hot-plug latency through pcscd ({cycles} cycles, random phase; pcscd polls vpcd every 400 ms)");
-    println!("{}", Stats(ins_l).line("insert -> get_status_change"));
-    println!("{}", Stats(ins_c).line("insert -> cell shows serial"));
-    println!("{}", Stats(ins_d).line("insert: cell after listener"));
-    println!("{}", Stats(rem_l).line("remove -> get_status_change"));
-    println!("{}", Stats(rem_c).line("remove -> cell shows machine ID"));
-    println!("{}", Stats(rem_d).line("remove: cell after listener"));
+    for (samples, event, cell) in [
+        (&insert, "insert", "cell shows serial"),
+        (&remove, "remove", "cell shows machine ID"),
+    ] {
+        println!("{}", samples[0].line(&format!("{event} -> get_status_change")));
+        println!("{}", samples[1].line(&format!("{event} -> {cell}")));
+        println!("{}", samples[2].line(&format!("{event}: cell after listener")));
+    }
 
     monitor.stop();
 
@@ -185,7 +165,7 @@ fn main() {
     let plain = VendorValidator::new(vendor.public_key());
     let attesting = VendorValidator::new(vendor.public_key()).require_attestation(Some(ca.roots().expect("roots")));
     let rounds = if full { 40 } else { 3 };
-    let (mut without, mut with) = (vec![], vec![]);
+    let (mut without, mut with) = (Samples::ms(), Samples::ms());
     for _ in 0..rounds {
         for (validator, out, want) in [
             (&plain, &mut without, ProofStatus::Verified),
@@ -193,19 +173,21 @@ fn main() {
         ] {
             let t0 = Instant::now();
             let v = validator.validate(key.as_mut());
-            out.push(ms(t0.elapsed()));
+            out.push(t0.elapsed());
             match v {
                 Validation::Valid { proof, .. } => assert_eq!(proof, want),
                 other => panic!("validation failed: {other:?}"),
             }
         }
     }
-    let (mut a, mut b) = (Stats(without), Stats(with));
-    let (ma, mb) = (a.median(), b.median());
     println!("key validation through pcscd ({rounds} each, alternated)");
-    println!("{}", a.line("validate, no attestation"));
-    println!("{}", b.line("validate, require_attestation"));
-    println!("{:<34} median +{:.2} ms", "attestation cost", mb - ma);
+    println!("{}", without.line("validate, no attestation"));
+    println!("{}", with.line("validate, require_attestation"));
+    println!(
+        "{:<36} median +{:.2} ms",
+        "attestation cost",
+        with.median() - without.median()
+    );
 
     card.stop();
     stop.store(true, Ordering::Relaxed);

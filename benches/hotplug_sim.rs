@@ -33,34 +33,12 @@ use keyfloat_hal::{
     spawn_monitor, BackendKind, CellReader, HardwareId, HardwareIdCell, KeyId, KeyProvider, KeyValidator,
     MonitorConfig, Serial, Validation,
 };
+use keyfloat_testkit::stats::Samples;
 
 const KEY: &str = "bench-key";
 const SERIAL: u32 = 12345678;
 /// A change not visible after this long is a failure, not a slow sample.
 const DEADLINE: Duration = Duration::from_secs(5);
-
-/// Latencies in microseconds.
-#[derive(Default)]
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn push(&mut self, d: Duration) {
-        self.0.push(d.as_secs_f64() * 1e6);
-    }
-
-    fn line(&mut self, label: &str) -> String {
-        self.0.sort_by(f64::total_cmp);
-        let n = self.0.len();
-        let pick = |q: f64| self.0[((n as f64 - 1.0) * q).round() as usize];
-        format!(
-            "{label:<26} n={n:<4} min {:>8.1} µs  p50 {:>8.1} µs  p99 {:>8.1} µs  max {:>8.1} µs",
-            pick(0.0),
-            pick(0.5),
-            pick(0.99),
-            pick(1.0)
-        )
-    }
-}
 
 /// Spins until `done` holds and returns when it saw it; panics at the deadline.
 fn spin_until(what: &str, mut done: impl FnMut() -> bool) -> Instant {
@@ -132,7 +110,7 @@ impl Trigger {
 
 /// `hops` threads in a chain over `mpsc` (like watcher → monitor), the last one storing the
 /// value the main thread spins on: what the thread hand-off alone costs on this machine.
-fn hop_floor(cycles: usize, hops: usize) -> Stats {
+fn hop_floor(cycles: usize, hops: usize) -> Samples {
     let word = Arc::new(AtomicU64::new(0));
     let (first, mut rx) = mpsc::channel::<u64>();
     let mut threads = Vec::new();
@@ -156,7 +134,7 @@ fn hop_floor(cycles: usize, hops: usize) -> Stats {
         }));
     }
     let trigger = Trigger::new();
-    let mut stats = Stats::default();
+    let mut stats = Samples::us();
     for i in 1..=cycles as u64 {
         std::thread::sleep(Duration::from_millis(2));
         let first = first.clone();
@@ -182,7 +160,7 @@ fn main() {
     let validator = Arc::new(VendorValidator::new(vendor.public_key()));
 
     // Validation alone, on this thread: the floor under `plug → valid in force`.
-    let mut validation = Stats::default();
+    let mut validation = Samples::us();
     {
         bus.plug(KEY).expect("plug");
         let provider = bus.provider();
@@ -215,7 +193,7 @@ fn main() {
     spin_until("first plug", || reader.check().is(token));
 
     let trigger = Trigger::new();
-    let (mut gone, mut attached, mut valid) = (Stats::default(), Stats::default(), Stats::default());
+    let (mut gone, mut attached, mut valid) = (Samples::us(), Samples::us(), Samples::us());
     for _ in 0..cycles {
         // Let the previous change settle (no validation in flight).
         std::thread::sleep(Duration::from_millis(2));
@@ -236,8 +214,8 @@ fn main() {
     }
     trigger.stop();
     monitor.stop();
-    let mut floor2 = hop_floor(cycles, 2);
-    let mut floor1 = hop_floor(cycles, 1);
+    let floor2 = hop_floor(cycles, 2);
+    let floor1 = hop_floor(cycles, 1);
 
     println!("hotplug_sim: {cycles} cycles, sim backend, real monitor thread, VendorValidator");
     println!("{}", gone.line("unplug → key gone"));

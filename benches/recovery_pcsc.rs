@@ -15,8 +15,11 @@ use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::pcsc::PcscProvider;
 use keyfloat_hal::backend::sim::SimKeySpec;
-use keyfloat_hal::{spawn_monitor, CellReader, HardwareId, HardwareIdCell, KeyStatus, MonitorConfig, SerialReadable};
+use keyfloat_hal::{
+    spawn_monitor, CellReader, HardwareId, HardwareIdCell, KeyStatus, MonitorConfig, MonitorHandle, SerialReadable,
+};
 use keyfloat_simulator::card::{require_pcscd, CardServer, PrivatePcscd, VirtualCard, CSOCK_ENV};
+use keyfloat_testkit::stats::Samples;
 
 fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Instant {
     let deadline = Instant::now() + limit;
@@ -33,16 +36,18 @@ fn valid(reader: &CellReader) -> bool {
     reader.check().valid_key().is_some()
 }
 
-fn line(label: &str, v: &mut [f64]) {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let pick = |q: f64| v[((n as f64 - 1.0) * q).round() as usize];
-    println!(
-        "{label:<40} n={n:<3} min {:>8.2} ms  median {:>8.2} ms  p99 {:>8.2} ms",
-        pick(0.0),
-        pick(0.5),
-        pick(0.99)
-    );
+/// The PC/SC backend watched by the monitor with its default timing; keys need only be readable.
+fn pcsc_monitor() -> (CellReader, MonitorHandle) {
+    let cell = HardwareIdCell::new(HardwareId::new("machine"));
+    let reader = cell.reader();
+    let monitor = spawn_monitor(
+        cell,
+        vec![Arc::new(PcscProvider::new())],
+        Arc::new(SerialReadable),
+        MonitorConfig::DEFAULT,
+    )
+    .expect("monitor");
+    (reader, monitor)
 }
 
 fn main() {
@@ -68,21 +73,13 @@ fn main() {
     let reader_name = CString::new(pcscd.reader(0)).expect("reader");
 
     // (a) exclusive holder lets go.
-    let mut released = Vec::new();
+    let mut released = Samples::ms();
     for _ in 0..cycles {
         let ctx = pcsc::Context::establish(pcsc::Scope::User).expect("context");
         let held = ctx
             .connect(&reader_name, pcsc::ShareMode::Exclusive, pcsc::Protocols::ANY)
             .expect("exclusive connect");
-        let cell = HardwareIdCell::new(HardwareId::new("machine"));
-        let reader = cell.reader();
-        let monitor = spawn_monitor(
-            cell,
-            vec![Arc::new(PcscProvider::new())],
-            Arc::new(SerialReadable),
-            MonitorConfig::DEFAULT,
-        )
-        .expect("monitor");
+        let (reader, monitor) = pcsc_monitor();
         wait("the key shown busy", Duration::from_secs(15), || {
             reader
                 .snapshot()
@@ -96,22 +93,14 @@ fn main() {
         drop(held.disconnect(pcsc::Disposition::LeaveCard));
         drop(ctx);
         let seen = wait("valid after release", Duration::from_secs(10), || valid(&reader));
-        released.push((seen - t).as_secs_f64() * 1e3);
+        released.push(seen - t);
         monitor.stop();
     }
 
     // (b) pcscd restarts.
-    let cell = HardwareIdCell::new(HardwareId::new("machine"));
-    let reader = cell.reader();
-    let monitor = spawn_monitor(
-        cell,
-        vec![Arc::new(PcscProvider::new())],
-        Arc::new(SerialReadable),
-        MonitorConfig::DEFAULT,
-    )
-    .expect("monitor");
+    let (reader, monitor) = pcsc_monitor();
     wait("valid", Duration::from_secs(10), || valid(&reader));
-    let mut restarted = Vec::new();
+    let mut restarted = Samples::ms();
     for _ in 0..cycles {
         pcscd.restart().expect("restart");
         let t = Instant::now();
@@ -121,11 +110,11 @@ fn main() {
         let seen = wait("valid after the restart", Duration::from_secs(15), || {
             valid(&reader) && reader.snapshot().generation > generation
         });
-        restarted.push((seen - t).as_secs_f64() * 1e3);
+        restarted.push(seen - t);
         std::thread::sleep(Duration::from_millis(500));
     }
     monitor.stop();
-    line("exclusive holder lets go -> valid", &mut released);
-    line("pcscd back after restart -> valid", &mut restarted);
+    println!("{}", released.line("exclusive holder lets go -> valid"));
+    println!("{}", restarted.line("pcscd back after restart -> valid"));
     card.stop();
 }

@@ -27,37 +27,10 @@ cargo build --release --quiet --bin keyfloat --example baseline_server
 KF=target/release/keyfloat
 BASE=target/release/examples/baseline_server
 
-TMP=$(mktemp -d /tmp/keyfloat-bench-http.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+BENCH=bench-http
+source scripts/bench-lib.sh
 
-# Starts "$@" with stdout in $TMP/$name.out; sets ADDR to the printed listen address.
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-    PIDS+=($!)
-    LAST_PID=$!
-    for _ in $(seq 100); do
-        ADDR=$(sed -n 's|^listening on http://||p' "$TMP/$name.out")
-        [ -n "$ADDR" ] && return 0
-        sleep 0.1
-    done
-    echo "$name did not start:" >&2
-    cat "$TMP/$name.err" >&2
-    exit 1
-}
-
-$KF vendor keygen --out "$TMP/vendor.pem" --public-out "$TMP/vendor.pub.pem" >/dev/null
-start keyfloat env RUST_LOG=warn $KF serve --listen 127.0.0.1:0 --data-dir "$TMP/kf" \
-    --key-backend sim --sim-vendor-key "$TMP/vendor.pem"
-KF_ADDR=$ADDR
-KF_PID=$LAST_PID
+start_keyfloat
 start baseline $BASE --listen 127.0.0.1:0 --data-dir "$TMP/base"
 BASE_ADDR=$ADDR
 

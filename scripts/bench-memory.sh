@@ -17,28 +17,12 @@ USERS=${USERS:-10000}
 
 cargo build --release --quiet --bin keyfloat
 KF=target/release/keyfloat
-TMP=$(mktemp -d /tmp/keyfloat-bench-memory.XXXXXX)
-PID=
-cleanup() {
-    if [ -n "$PID" ]; then
-        kill "$PID" 2>/dev/null || true
-        wait "$PID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+BENCH=bench-memory
+source scripts/bench-lib.sh
 
-$KF vendor keygen --out "$TMP/vendor.pem" --public-out "$TMP/vendor.pub.pem" >/dev/null
-RUST_LOG=warn $KF serve --listen 127.0.0.1:0 --data-dir "$TMP/kf" --key-backend sim \
-    --sim-vendor-key "$TMP/vendor.pem" >"$TMP/out" 2>"$TMP/err" &
-PID=$!
-ADDR=
-for _ in $(seq 100); do
-    ADDR=$(sed -n 's|^listening on http://||p' "$TMP/out")
-    [ -n "$ADDR" ] && break
-    sleep 0.1
-done
-[ -n "$ADDR" ] || { cat "$TMP/err" >&2; exit 1; }
+start_keyfloat
+PID=$KF_PID
+ADDR=$KF_ADDR
 
 mem() { # label
     awk -v label="$1" '/^VmRSS|^VmHWM/ { v[$1] = $2 }

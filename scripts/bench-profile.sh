@@ -16,33 +16,14 @@ command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y w
 
 cargo build --release --quiet --bin keyfloat --example baseline_server
 KF=target/release/keyfloat
-TMP=$(mktemp -d /tmp/keyfloat-bench-profile.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+BENCH=bench-profile
+source scripts/bench-lib.sh
 
-listen_addr() { # file
-    for _ in $(seq 100); do
-        sed -n 's|^listening on http://||p' "$1" | grep . && return 0
-        sleep 0.1
-    done
-    return 1
-}
-
-$KF vendor keygen --out "$TMP/vendor.pem" --public-out "$TMP/vendor.pub.pem" >/dev/null
-RUST_LOG=warn $KF serve --listen 127.0.0.1:0 --data-dir "$TMP/kf" --key-backend sim \
-    --sim-vendor-key "$TMP/vendor.pem" >"$TMP/kf.out" 2>"$TMP/kf.err" &
-KF_PID=$!
-PIDS+=("$KF_PID")
-target/release/examples/baseline_server --listen 127.0.0.1:0 --data-dir "$TMP/base" >"$TMP/base.out" 2>&1 &
-BASE_PID=$!
-PIDS+=("$BASE_PID")
-K="http://$(listen_addr "$TMP/kf.out")/api/v4"
-B="http://$(listen_addr "$TMP/base.out")"
+start_keyfloat
+start baseline target/release/examples/baseline_server --listen 127.0.0.1:0 --data-dir "$TMP/base"
+BASE_PID=$LAST_PID
+K="http://$KF_ADDR/api/v4"
+B="http://$ADDR"
 
 add() { # product -> license id
     curl -fsS "$K/addProduct?product=$1&licenseKey=P-$1&floatingUsers=1000000$2" |

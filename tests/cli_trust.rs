@@ -59,6 +59,24 @@ fn sign_key_cert<'a>(
     args
 }
 
+/// `license issue` arguments for license `license_id` of product `cad`, written to `out`.
+fn license_issue<'a>(vendor: &'a str, license_id: &'a str, out: &'a str, terms: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "license",
+        "issue",
+        "--vendor-key",
+        vendor,
+        "--product",
+        "cad",
+        "--license-id",
+        license_id,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(terms);
+    args
+}
+
 /// A temp dir handing out file paths as strings (for command lines).
 struct TempDir(tempfile::TempDir);
 
@@ -115,42 +133,37 @@ fn vendor_round_trip_and_tampering() {
     assert!(err.contains("wrong key type"), "{err}");
 
     let lic = dir.path("license.json");
-    ok(&[
-        "license",
-        "issue",
-        "--vendor-key",
+    ok(&license_issue(
         &vendor,
-        "--product",
-        "cad",
-        "--license-id",
         "1001",
-        "--user",
-        "alice@example.com",
-        "--password",
-        "s3cret",
-        "--floating-users",
-        "5",
-        "--floating-timeout",
-        "30",
-        "--max-borrow-hours",
-        "24",
-        "--consumptions",
-        "100",
-        "--overages",
-        "10",
-        "--feature",
-        "render:consumption:50",
-        "--feature",
-        "export:floating:2",
-        "--feature",
-        "basic",
-        "--allowed-serial",
-        "12345678",
-        "--valid-until",
-        "2099-01-01T00:00:00Z",
-        "--out",
         &lic,
-    ]);
+        &[
+            "--user",
+            "alice@example.com",
+            "--password",
+            "s3cret",
+            "--floating-users",
+            "5",
+            "--floating-timeout",
+            "30",
+            "--max-borrow-hours",
+            "24",
+            "--consumptions",
+            "100",
+            "--overages",
+            "10",
+            "--feature",
+            "render:consumption:50",
+            "--feature",
+            "export:floating:2",
+            "--feature",
+            "basic",
+            "--allowed-serial",
+            "12345678",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+        ],
+    ));
     let text = std::fs::read_to_string(&lic).unwrap();
     assert!(!text.contains("s3cret"), "the password itself is never written");
     assert!(text.contains("$argon2id$"), "{text}");
@@ -203,24 +216,15 @@ fn vendor_round_trip_and_tampering() {
     assert!(err.contains("missing_signature"), "{err}");
 
     // Terms out of range are refused before signing.
-    let err = fails(&[
-        "license",
-        "issue",
-        "--vendor-key",
+    let bad = dir.path("bad.json");
+    let err = fails(&license_issue(
         &vendor,
-        "--product",
-        "cad",
-        "--license-id",
         "1",
-        "--license-key",
-        "K",
-        "--license-type",
-        "time-limited",
-        "--out",
-        &dir.path("bad.json"),
-    ]);
+        &bad,
+        &["--license-key", "K", "--license-type", "time-limited"],
+    ));
     assert!(err.contains("valid_until"), "{err}");
-    assert!(!Path::new(&dir.path("bad.json")).exists());
+    assert!(!Path::new(&bad).exists());
 }
 
 /// The demo vendor key is generated at demo time; no private key may ever be shipped.

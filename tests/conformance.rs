@@ -320,34 +320,41 @@ fn holder() -> Holder {
 
 // ---------------------------------------------------------------- sim arm
 
-struct SimRig(SimBus);
+/// The sim and HID fakes share their fault verbs, so their arms are the same rig.
+macro_rules! fake_rig {
+    ($rig:ident, $fake:ty) => {
+        struct $rig($fake);
 
-impl Rig for SimRig {
-    fn plug(&mut self, k: K) {
-        self.0.plug(k.name()).expect("plug");
-    }
-    fn unplug(&mut self, k: K) {
-        self.0.unplug(k.name()).expect("unplug");
-    }
-    fn hold(&mut self, k: K) {
-        self.0.make_busy(k.name(), Some(holder())).expect("busy");
-    }
-    fn release(&mut self, k: K) {
-        self.0.make_busy(k.name(), None).expect("release");
-    }
-    fn hang(&mut self, k: K) {
-        self.0.hang(k.name(), true).expect("hang");
-    }
-    fn heal(&mut self, k: K) {
-        self.0.hang(k.name(), false).expect("heal");
-    }
-    fn names_holders(&self) -> bool {
-        true
-    }
-    fn settle(&self) -> Duration {
-        Duration::from_secs(5)
-    }
+        impl Rig for $rig {
+            fn plug(&mut self, k: K) {
+                self.0.plug(k.name()).expect("plug");
+            }
+            fn unplug(&mut self, k: K) {
+                self.0.unplug(k.name()).expect("unplug");
+            }
+            fn hold(&mut self, k: K) {
+                self.0.make_busy(k.name(), Some(holder())).expect("busy");
+            }
+            fn release(&mut self, k: K) {
+                self.0.make_busy(k.name(), None).expect("release");
+            }
+            fn hang(&mut self, k: K) {
+                self.0.hang(k.name(), true).expect("hang");
+            }
+            fn heal(&mut self, k: K) {
+                self.0.hang(k.name(), false).expect("heal");
+            }
+            fn names_holders(&self) -> bool {
+                true
+            }
+            fn settle(&self) -> Duration {
+                Duration::from_secs(5)
+            }
+        }
+    };
 }
+
+fake_rig!(SimRig, SimBus);
 
 const ALL: [K; 6] = [K::Good, K::Other, K::Garbage, K::Attested, K::Imported, K::Replayer];
 
@@ -375,34 +382,7 @@ mod hid_arm {
     use keyfloat_hal::backend::hid::{HidConfig, HidProvider, ProvisioningStore};
     use keyfloat_simulator::hid::{provision, SimHidTransport};
 
-    struct HidRig(SimHidTransport);
-
-    impl Rig for HidRig {
-        fn plug(&mut self, k: K) {
-            self.0.plug(k.name()).expect("plug");
-        }
-        fn unplug(&mut self, k: K) {
-            self.0.unplug(k.name()).expect("unplug");
-        }
-        fn hold(&mut self, k: K) {
-            self.0.make_busy(k.name(), Some(holder())).expect("busy");
-        }
-        fn release(&mut self, k: K) {
-            self.0.make_busy(k.name(), None).expect("release");
-        }
-        fn hang(&mut self, k: K) {
-            self.0.hang(k.name(), true).expect("hang");
-        }
-        fn heal(&mut self, k: K) {
-            self.0.hang(k.name(), false).expect("heal");
-        }
-        fn names_holders(&self) -> bool {
-            true
-        }
-        fn settle(&self) -> Duration {
-            Duration::from_secs(5)
-        }
-    }
+    fake_rig!(HidRig, SimHidTransport);
 
     #[test]
     fn hid_backend_conforms_through_its_transport_seam() {

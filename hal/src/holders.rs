@@ -126,17 +126,12 @@ fn unix_socket_inodes(path: &Path) -> HashSet<u64> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
-    use std::path::PathBuf;
 
     use super::*;
 
-    fn fake_proc() -> PathBuf {
-        let root = std::env::temp_dir().join(format!(
-            "keyfloat-holders-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&root);
+    fn fake_proc() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let proc_ = |pid: u32, comm: &str, maps: &str, fds: &[&str]| {
             let d = root.join(pid.to_string());
             fs::create_dir_all(d.join("fd")).unwrap();
@@ -168,22 +163,21 @@ mod tests {
              0000: 00000002 00000000 00010000 0001 01 504\n",
         )
         .unwrap();
-        root
+        tmp
     }
 
     #[test]
     fn finds_pcsc_clients_and_device_holders_but_not_self_or_pcscd() {
         let root = fake_proc();
-        let found = scan(&root, 99);
+        let found = scan(root.path(), 99);
         let names: Vec<_> = found.iter().map(|h| (h.pid, h.command.as_str())).collect();
         assert_eq!(names, [(10, "scdaemon"), (14, "fido-tool"), (15, "gpg-agent")]);
-        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]
     fn skips_keyfloat_and_clients_of_another_pcscd_and_ranks_the_newest_first() {
-        let root = std::env::temp_dir().join(format!("keyfloat-holders-rank-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let proc_ = |pid: u32, comm: &str, started: u64, environ: &str| {
             let d = root.join(pid.to_string());
             fs::create_dir_all(d.join("fd")).unwrap();
@@ -210,10 +204,9 @@ mod tests {
             "Num RefCount Protocol Flags Type St Inode Path\n0000: 2 0 10000 1 1 601\n",
         )
         .unwrap();
-        let names = |sock: &str| -> Vec<String> { scan_for(&root, 1, sock).into_iter().map(|h| h.command).collect() };
+        let names = |sock: &str| -> Vec<String> { scan_for(root, 1, sock).into_iter().map(|h| h.command).collect() };
         assert_eq!(names("/tmp/private.comm"), ["holder", "kf-contender"]);
         assert_eq!(names(DEFAULT_SOCKET), ["old-monitor"]);
-        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -22,6 +22,15 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Shared store (`postgres://…`); absent = the SQLite file in the data dir.
     pub store: Option<crate::store::open::StoreUrl>,
+    /// HA: this node's name; set, the node competes for leadership on the shared store.
+    #[serde(alias = "nodeId")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (shown by standbys as the leader).
+    #[serde(alias = "advertiseUrl")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length (seconds), renewed every quarter of it.
+    #[serde(alias = "leaseSecs")]
+    pub lease_secs: u64,
     /// Key backends.
     #[serde(alias = "keyBackend")]
     pub key_backend: KeyBackend,
@@ -119,6 +128,9 @@ impl Default for ServerConfig {
             port: None,
             data_dir: PathBuf::from("keyfloat-data"),
             store: None,
+            node_id: None,
+            advertise_url: None,
+            lease_secs: 5,
             key_backend: KeyBackend::Auto,
             user_authentication: false,
             crash_if_no_hardware_key: false,

@@ -54,6 +54,7 @@ struct Inner {
     limiter: LoginLimiter,
     security: Security,
     metrics: crate::metrics::Metrics,
+    cluster: std::sync::OnceLock<Arc<crate::ha::Cluster>>,
 }
 
 /// Who may read `/metrics` in authentication mode.
@@ -122,6 +123,30 @@ pub struct StateParts {
     pub vendor_key: Option<VendorPublicKey>,
 }
 
+/// Licenses, accounts and token generations.
+type StartViews = (
+    Vec<License>,
+    Vec<crate::model::Account>,
+    std::collections::HashMap<String, u64>,
+);
+
+/// Loads the model, the licenses and the accounts at start. An HA standby may not write
+/// (the store's fence refuses even these batches): it starts with the licenses only and
+/// the lease task reloads everything when this node becomes leader.
+async fn load_views(store: &Arc<ModelStore>) -> Result<StartViews, ApiError> {
+    match store.reload().await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::NotLeader) => {
+            let licenses = crate::store::read(store.as_ref(), |tx| tx.licenses()).await?;
+            return Ok((licenses, Vec::new(), Default::default()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let licenses = crate::store::transact(store.as_ref(), |tx| tx.licenses()).await?;
+    let (list, gens) = crate::auth::load_accounts(store.as_ref()).await?;
+    Ok((licenses, list, gens))
+}
+
 impl AppState {
     /// Builds the state with the default [`Security`] and loads the license catalog and
     /// the accounts from the store.
@@ -133,12 +158,10 @@ impl AppState {
     pub async fn with_security(parts: StateParts, security: Security) -> Result<Self, ApiError> {
         // Every write from here on goes through the model's recorder.
         let store = Arc::new(ModelStore::new(parts.store));
-        store.reload().await?;
-        let licenses = crate::store::transact(store.as_ref(), |tx| tx.licenses()).await?;
-        let catalog = Catalog::build(&licenses, &parts.keys);
+        let licenses = load_views(&store).await?;
+        let catalog = Catalog::build(&licenses.0, &parts.keys);
         let accounts = Accounts::default();
-        let (list, gens) = crate::auth::load_accounts(store.as_ref()).await?;
-        accounts.replace(&list, &gens);
+        accounts.replace(&licenses.1, &licenses.2);
         let hash_pool = HashPool::new(security.hash_workers, security.hash_wait)
             .map_err(|e| ApiError::internal(format!("cannot start the hashing threads: {e}")))?;
         let state = Self {
@@ -158,6 +181,7 @@ impl AppState {
                 limiter: LoginLimiter::new(security.login_limits),
                 security,
                 metrics: crate::metrics::Metrics::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         };
         state.spawn_purge();
@@ -175,6 +199,14 @@ impl AppState {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
+                // Only the leader writes (a standby's batch would be refused anyway).
+                if inner
+                    .cluster
+                    .get()
+                    .is_some_and(|c| c.role() == crate::ha::Role::Standby)
+                {
+                    continue;
+                }
                 let now = crate::clock::now_micros();
                 let done = crate::store::transact(inner.store.as_ref(), move |tx| tx.purge_expired(None, now));
                 drop(inner);
@@ -279,6 +311,11 @@ impl AppState {
     /// `--key-backend` name.
     pub fn backend(&self) -> &str {
         &self.inner.backend
+    }
+
+    /// The HA cluster cell (see `ha::guard`).
+    pub(crate) fn cluster_cell(&self) -> &std::sync::OnceLock<Arc<crate::ha::Cluster>> {
+        &self.inner.cluster
     }
 
     /// What a key-bound action without its key does.

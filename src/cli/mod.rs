@@ -4,6 +4,7 @@ pub mod audit;
 pub mod common;
 pub mod demo;
 pub mod doctor;
+pub mod ha;
 pub mod keys;
 pub mod license;
 pub mod scenario;

@@ -16,7 +16,6 @@ use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
-use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, StateParts, Store};
 
 /// Name of the simulated key created by `--key-backend sim`.
@@ -43,6 +42,15 @@ pub struct Args {
     /// in the data dir, one server per data dir].
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// HA: this node's name; with --store postgres://… the node competes for leadership.
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub lease_secs: Option<u64>,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -189,6 +197,7 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         )*};
     }
     set!(
+        lease_secs,
         token_lifetime_secs,
         metrics_public,
         metrics_license_labels,
@@ -199,6 +208,8 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         drain_secs
     );
     set_opt!(
+        node_id,
+        advertise_url,
         hash_workers,
         metrics_token,
         metrics_listen,
@@ -283,10 +294,12 @@ pub fn security(config: &ServerConfig) -> keyfloat_server::Security {
 pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
     let spec = config.store_spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = super::ha::cluster(&config, &spec)?;
+    let fence = cluster.as_ref().map(|c| c.fence().clone());
     let store =
-        keyfloat_server::store::open(&spec, None).map_err(|e| anyhow::anyhow!("opening the store {spec}: {e}"))?;
-    let tokens = TokenKeys::load_or_create(&data_dir)
-        .context("loading the JWT secret")?
+        keyfloat_server::store::open(&spec, fence).map_err(|e| anyhow::anyhow!("opening the store {spec}: {e}"))?;
+    let tokens = super::ha::token_keys(&config, &spec, cluster.is_some())
+        .await?
         .with_lifetime(config.token_lifetime_secs);
 
     let trust = key_trust(&config, sim_serial)?;
@@ -314,6 +327,9 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     .await
     .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
 
+    if let Some(c) = cluster {
+        super::ha::join(c, &spec, &state);
+    }
     // Key events: one log line, one audit row and one metric each.
     tokio::spawn(keyfloat_server::metrics::watch_keys(state.clone()));
     // Account changes made by `keyfloat user` while the server runs.
@@ -491,6 +507,7 @@ async fn serve_until_shutdown(
     state: AppState,
 ) -> anyhow::Result<()> {
     let opts = serve_options(config);
+    let cluster = state.cluster().cloned();
     let router = keyfloat_server::app(state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -528,6 +545,10 @@ async fn serve_until_shutdown(
         tokio::spawn(reload_on_sighup(t));
     }
     shutdown_signal().await;
+    // HA: stop writing and hand the lease over first, so a standby serves within its poll.
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     tracing::info!(drain_secs = opts.drain.as_secs(), "stopping: draining connections");
     let _ = stop.send(true);
     while let Some(r) = servers.join_next().await {

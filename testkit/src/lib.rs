@@ -9,7 +9,8 @@
 //! - [`process`]: run a tool until it succeeds, talk to a child over stdin/stdout;
 //! - [`serve`]: run a `keyfloat` server process and wait for its `listening on` lines;
 //! - [`app`]: the server app in process over a temp data dir and a simulated key, with the
-//!   key picture published into the cell synchronously (or by the real monitor thread).
+//!   key picture published into the cell synchronously (or by the real monitor thread);
+//! - [`stats`]: latency samples of a benchmark and their summary line.
 #![warn(unreachable_pub)]
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod pcscd;
 pub mod process;
 pub mod serve;
+pub mod stats;
 pub mod wait;
 pub mod webdriver;
 

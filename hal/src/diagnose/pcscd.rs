@@ -106,8 +106,8 @@ mod tests {
 
     #[test]
     fn a_pcscd_without_our_socket_is_not_running_here() {
-        let root = std::env::temp_dir().join(format!("keyfloat-diagnose-proc-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let proc_ = root.join("proc/42");
         fs::create_dir_all(&proc_).unwrap();
         fs::write(proc_.join("comm"), "pcscd\n").unwrap();
@@ -122,7 +122,6 @@ mod tests {
             ..Report::default()
         };
         judge(&mut r);
-        let _ = fs::remove_dir_all(&root);
 
         let p = &r.pcscd;
         assert!(p.socket_from_env && !p.socket_exists && !p.reachable);

@@ -80,8 +80,8 @@ mod tests {
 
     #[test]
     fn devices_and_hidraw_are_found_in_a_fake_sys() {
-        let root = std::env::temp_dir().join(format!("keyfloat-diagnose-sys-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dev = root.join("devices/pci0/usb1/1-2");
         fs::create_dir_all(dev.join("1-2:1.0/hidraw/hidraw7")).unwrap();
         for (f, v) in [
@@ -97,8 +97,7 @@ mod tests {
         fs::create_dir_all(root.join("class/hidraw")).unwrap();
         std::os::unix::fs::symlink(dev.join("1-2:1.0/hidraw/hidraw7"), root.join("class/hidraw/hidraw7")).unwrap();
         let mut r = Report::default();
-        check(&mut r, &root);
-        let _ = fs::remove_dir_all(&root);
+        check(&mut r, root);
         assert_eq!(r.usb_devices.len(), 1);
         assert_eq!(r.usb_devices[0].node, "/dev/bus/usb/001/004");
         assert_eq!(r.usb_devices[0].hidraw, ["/dev/hidraw7"]);

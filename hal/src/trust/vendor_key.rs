@@ -375,10 +375,9 @@ mod tests {
 
     #[test]
     fn files_are_private_and_never_overwritten() {
-        let dir = std::env::temp_dir().join(format!("keyfloat-trust-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("vendor.pem");
-        let _ = std::fs::remove_file(&path);
         let k = VendorSigningKey::generate();
         k.write_pem_file(&path).unwrap();
         #[cfg(unix)]
@@ -403,6 +402,5 @@ mod tests {
         let big = dir.join("big.pem");
         std::fs::write(&big, vec![b'A'; MAX_PEM_FILE_LEN as usize + 10]).unwrap();
         assert_eq!(VendorPublicKey::read_pem_file(&big).unwrap_err().code(), "too_large");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

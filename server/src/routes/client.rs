@@ -193,7 +193,7 @@ pub async fn licenses_unregister_all(
             catalog
                 .entries()
                 .iter()
-                .filter(|e| e.key.is_none_or(|t| keys.is(t)))
+                .filter(|e| e.allows(keys))
                 .map(|e| e.id)
                 .collect()
         }

@@ -1,5 +1,6 @@
 //! The virtual HID YubiKey against the HID backend's protocol code, report by report.
 
+use std::sync::mpsc;
 use std::time::Duration;
 
 use keyfloat_hal::backend::hid::ctaphid::{CtapHidChannel, CtapTiming, MAX_MESSAGE_SIZE};
@@ -212,15 +213,14 @@ fn fail_next_fails_once() {
 
 #[test]
 fn provisioning_needs_a_certificate() {
-    let dir = std::env::temp_dir().join(format!("keyfloat-simhid-prov-{}", std::process::id()));
-    let store = ProvisioningStore::new(&dir);
+    let dir = tempfile::tempdir().unwrap();
+    let store = ProvisioningStore::new(dir.path());
     let spec = SimKeySpec::from_seed("a", 1, 1);
     assert_eq!(provision(&store, &spec).unwrap_err().kind(), ErrorKind::InvalidData);
     let spec = spec.with_certificate(vec![0x30, 0x00]);
     provision(&store, &spec).unwrap();
     let cred = store.load(&spec.serial).unwrap().unwrap();
     assert_eq!(cred.credential_id, credential_id(&spec));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 proptest::proptest! {
@@ -257,29 +257,30 @@ proptest::proptest! {
     }
 }
 
-#[test]
-fn a_hung_key_blocks_its_reports_until_released_or_pulled() {
-    let (t, _) = bus();
+/// Hangs key `a` and starts reading its serial on a thread: the read blocks until the
+/// key is released or pulled; its result arrives on the channel.
+fn read_serial_of_hung_key(t: &SimHidTransport) -> (mpsc::Receiver<Result<u32>>, std::thread::JoinHandle<()>) {
     t.hang("a", true).unwrap();
     let mut conn = t.open("simhid/a/0").unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = mpsc::channel();
     let worker = std::thread::spawn(move || {
         let r = OtpInterface::new(conn.as_mut(), otp_timing()).read_serial();
         tx.send(r).unwrap();
     });
+    (rx, worker)
+}
+
+#[test]
+fn a_hung_key_blocks_its_reports_until_released_or_pulled() {
+    let (t, _) = bus();
+    let (rx, worker) = read_serial_of_hung_key(&t);
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err(), "still blocked");
     assert_eq!(t.enumerate().unwrap().len(), 2, "enumeration does not hang");
     t.hang("a", false).unwrap();
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(), 12345678);
     worker.join().unwrap();
 
-    t.hang("a", true).unwrap();
-    let mut conn = t.open("simhid/a/0").unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let r = OtpInterface::new(conn.as_mut(), otp_timing()).read_serial();
-        tx.send(r).unwrap();
-    });
+    let (rx, worker) = read_serial_of_hung_key(&t);
     t.unplug("a").unwrap();
     let e = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");

@@ -120,16 +120,10 @@ impl ProvisioningStore {
 mod tests {
     use super::*;
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("keyfloat-prov-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
     #[test]
     fn save_then_load_roundtrips() {
-        let dir = tempdir("rt");
-        let store = ProvisioningStore::new(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProvisioningStore::new(dir.path());
         let serial = Serial::from(12345678);
         assert_eq!(store.load(&serial).unwrap(), None);
         let cred = ProvisionedCredential {
@@ -142,14 +136,12 @@ mod tests {
         assert!(text.contains("\"credential_id\": \"AQIDBA==\""), "{text}");
         assert!(text.contains("-----BEGIN CERTIFICATE-----"));
         assert_eq!(store.load(&serial).unwrap(), Some(cred));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn bad_files_are_invalid_data_and_serials_cannot_escape() {
-        let dir = tempdir("bad");
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = ProvisioningStore::new(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let store = ProvisioningStore::new(dir.path());
         for (serial, body) in [
             ("1", "not json"),
             ("2", r#"{"credential_id":"!!","certificate":""}"#),
@@ -159,7 +151,7 @@ mod tests {
                 "{\"credential_id\":\"AQ==\",\"certificate\":\"-----BEGIN PRIVATE KEY-----\\nAQ==\\n-----END PRIVATE KEY-----\\n\"}",
             ),
         ] {
-            std::fs::write(dir.join(format!("{serial}.cred.json")), body).unwrap();
+            std::fs::write(dir.path().join(format!("{serial}.cred.json")), body).unwrap();
             let e = store.load(&Serial::new(serial)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidData, "{serial}: {e}");
         }
@@ -167,6 +159,5 @@ mod tests {
             store.load(&Serial::new("../etc/passwd")).unwrap_err().kind(),
             ErrorKind::InvalidData
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

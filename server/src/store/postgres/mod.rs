@@ -25,7 +25,6 @@ mod schema;
 pub(crate) mod tx;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use postgres::{Client, NoTls, Statement};
@@ -46,38 +45,8 @@ pub const WRITE_LOCK: i64 = 0x6b66_2d77_7269_7465;
 /// for longer than this.
 const IDLE_IN_TX_TIMEOUT: &str = "2s";
 
-/// This node's claim to write: its node id and the lease epoch it holds (0 = none),
-/// shared with the leadership loop that renews the lease.
-#[derive(Debug, Clone)]
-pub struct Fence {
-    node_id: Arc<str>,
-    epoch: Arc<AtomicU64>,
-}
-
-impl Fence {
-    /// A fence for `node_id`, not leader yet.
-    pub fn new(node_id: &str) -> Self {
-        Self {
-            node_id: node_id.into(),
-            epoch: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The node id.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    /// The epoch held (0 = not leader).
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Records the epoch just granted, or 0 when the lease is lost or released.
-    pub fn set_epoch(&self, epoch: u64) {
-        self.epoch.store(epoch, Ordering::SeqCst);
-    }
-}
+/// This node's claim to write, shared with the lease task of [`crate::ha`].
+pub use crate::ha::Fence;
 
 /// How to run a [`PgStore`].
 #[derive(Debug, Clone, Default)]
@@ -225,7 +194,7 @@ impl PgWriter {
         if epoch == 0 {
             return Err(StoreError::NotLeader);
         }
-        let node = fence.node_id.clone();
+        let node: Arc<str> = fence.node_id().into();
         let check = self.conn.statement(
             "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2
                AND expires_at > now() FOR SHARE",
