@@ -2,7 +2,7 @@
 # keyfloat developer entry point. On a fresh Debian 12 machine with Rust, as root:
 #   ./scripts/dev.sh demo   # install what is needed, build, run the demo (simulated key)
 #   ./scripts/dev.sh test   # install everything the tests need, start pcscd, run every test
-# Tests that need pcscd, the Python SDK or Chromium are #[ignore = "needs …"]: a plain
+# Tests that need pcscd, the Python SDK, Chromium or PostgreSQL are #[ignore = "needs …"]: a plain
 # `cargo test` reports them as ignored; `test` here runs them (--include-ignored), and they
 # fail when what they need is missing.
 set -euo pipefail
@@ -14,7 +14,8 @@ VENV=${KEYFLOAT_VENV:-$ROOT/target/venv}
 # Debian packages: build deps of the pcsc crate, the PC/SC stack the tests run against,
 # the third-party tools that check our virtual card, and the browser for the UI test.
 DEB_BUILD=(pkgconf libpcsclite-dev)
-DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc sqlite3)
+DEB_TEST=(pcscd vsmartcard-vpcd yubico-piv-tool opensc python3-venv chromium chromium-driver procps psmisc sqlite3
+  postgresql haproxy)
 PY_TEST=(licensespring==4.0.0 yubikey-manager==5.9.2)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -49,6 +50,15 @@ start_pcscd() {
   return 1
 }
 
+# The private PostgreSQL cluster of the store and HA tests (scripts/pg.sh: own data dir
+# and port); the tests create and drop their own databases in it. Fails, never skips.
+start_pg() {
+  echo "== starting the private PostgreSQL cluster"
+  KEYFLOAT_PG_URL=$(./scripts/pg.sh start) || { echo "PostgreSQL did not start" >&2; return 1; }
+  export KEYFLOAT_PG_URL
+  echo "   $KEYFLOAT_PG_URL"
+}
+
 cmd_demo() {
   install_debs "${DEB_BUILD[@]}"
   cargo run --release -- demo "$@"
@@ -58,6 +68,7 @@ cmd_test() {
   install_debs "${DEB_BUILD[@]}" "${DEB_TEST[@]}"
   install_python
   start_pcscd
+  start_pg
   export KEYFLOAT_PYTHON="$VENV/bin/python"
   export KEYFLOAT_YKMAN="$VENV/bin/ykman"
   export KEYFLOAT_ARTIFACTS="$ARTIFACTS"
@@ -81,5 +92,6 @@ case "${1:-}" in
   test) shift; cmd_test "$@" ;;
   install) shift; install_debs "${DEB_BUILD[@]}" "${DEB_TEST[@]}"; install_python ;;
   pcscd) start_pcscd ;;
-  *) echo "usage: $0 demo|test|install|pcscd" >&2; exit 2 ;;
+  pg) start_pg ;;
+  *) echo "usage: $0 demo|test|install|pcscd|pg" >&2; exit 2 ;;
 esac

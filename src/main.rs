@@ -44,6 +44,9 @@ enum Command {
     /// The tamper-evident audit log: verify the hash chain, export JSON lines.
     #[command(subcommand)]
     Audit(cli::audit::Command),
+    /// The store: copy a single-node installation into PostgreSQL (`store migrate`).
+    #[command(subcommand)]
+    Store(cli::store::Command),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::License(c) => cli::license::run(c),
         Command::User(c) => cli::user::run(c),
         Command::Audit(c) => cli::audit::run(c),
+        Command::Store(c) => cli::store::run(c),
     };
     match result {
         Ok(code) => code,

@@ -4,13 +4,14 @@ use std::future::Future;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response, StatusCode};
-use axum::middleware::map_response;
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
+use crate::ha::guard::standby_guard;
 use crate::routes::{admin, client, health, login, sim};
 use crate::state::AppState;
 
@@ -48,12 +49,18 @@ pub fn app(state: AppState) -> Router {
         .route("/registrations/release", post(admin::registrations_release))
         .route("/audit", get(admin::audit_list))
         .route("/audit/verify", get(admin::audit_verify))
+        .route_layer(from_fn_with_state(state.clone(), standby_guard))
+        // Open on a standby too: its health, readiness, and the demo key it holds.
         .route("/health", get(health::health_show))
+        .route("/ready", get(crate::ha::guard::ready_show))
         .route("/sim/plug", post(sim::sim_plug))
         .route("/sim/unplug", post(sim::sim_unplug));
+    let login = Router::new()
+        .route("/auth", get(login::auth_login))
+        .route_layer(from_fn_with_state(state.clone(), standby_guard));
     let router = Router::new()
         .merge(crate::web::routes())
-        .route("/auth", get(login::auth_login))
+        .merge(login)
         .route("/metrics", get(crate::metrics::metrics_show))
         .nest("/api/v4", v4)
         .fallback(not_found)

@@ -252,6 +252,10 @@ pub async fn watch_accounts(state: AppState) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // A standby serves no one; it reloads everything when it becomes leader.
+        if state.role() == crate::ha::Role::Standby {
+            continue;
+        }
         match load_accounts(state.store()).await {
             Ok((accounts, gens)) => state.accounts().replace(&accounts, &gens),
             Err(e) => tracing::warn!(error = %e, "refreshing accounts failed"),

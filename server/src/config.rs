@@ -20,6 +20,17 @@ pub struct ServerConfig {
     /// Database, JWT secret.
     #[serde(alias = "dataDir")]
     pub data_dir: PathBuf,
+    /// Shared store (`postgres://…`); absent = the SQLite file in the data dir.
+    pub store: Option<crate::store::open::StoreUrl>,
+    /// HA: this node's name; set, the node competes for leadership on the shared store.
+    #[serde(alias = "nodeId")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (shown by standbys as the leader).
+    #[serde(alias = "advertiseUrl")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length (seconds), renewed every quarter of it.
+    #[serde(alias = "leaseSecs")]
+    pub lease_secs: u64,
     /// Key backends.
     #[serde(alias = "keyBackend")]
     pub key_backend: KeyBackend,
@@ -103,12 +114,23 @@ pub struct ServerConfig {
     pub http_listen: Option<String>,
 }
 
+impl ServerConfig {
+    /// Where the durable state lives (see [`crate::store::StoreSpec`]).
+    pub fn store_spec(&self) -> crate::store::StoreResult<crate::store::StoreSpec> {
+        crate::store::StoreSpec::parse(self.store.as_ref().map(|s| s.0.as_str()), &self.data_dir)
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
             port: None,
             data_dir: PathBuf::from("keyfloat-data"),
+            store: None,
+            node_id: None,
+            advertise_url: None,
+            lease_secs: 5,
             key_backend: KeyBackend::Auto,
             user_authentication: false,
             crash_if_no_hardware_key: false,

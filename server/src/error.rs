@@ -115,6 +115,16 @@ impl ApiError {
         )
     }
 
+    /// This node lost (or never held) the write lease: `503 not_leader`; a write it
+    /// started was rolled back, never acknowledged.
+    pub fn not_leader() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_leader",
+            "This node is not the leader; retry through the cluster's address",
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         match &self.request_id {
@@ -148,6 +158,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Busy => ApiError::busy(),
+            StoreError::NotLeader => ApiError::not_leader(),
             other => ApiError::internal(other.to_string()),
         }
     }

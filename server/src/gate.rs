@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use keyfloat_hal::{CellReader, KeyToken, Serial};
+use keyfloat_hal::{CellReader, KeyCheck, KeyToken, Serial};
 
 use crate::error::ApiError;
 use crate::model::License;
@@ -24,9 +24,34 @@ pub struct Entry {
     pub product: String,
     /// The key the license was activated with, when it requires one.
     pub key: Option<KeyToken>,
+    /// The license's other allowed keys (`allowed_serials`, e.g. one per HA node): each
+    /// satisfies the gate as the activation key does.
+    pub other_keys: Vec<KeyToken>,
     /// The license with its parsed terms. Its totals are those of when the catalog was
     /// built: read the current ones from the store.
     pub license: License,
+}
+
+impl Entry {
+    /// Whether the gate lets this license act with `check` (one atomic load's result).
+    pub fn allows(&self, check: KeyCheck) -> bool {
+        match self.key {
+            None => true,
+            Some(token) => check.is(token) || self.other_keys.iter().any(|t| check.is(*t)),
+        }
+    }
+}
+
+fn other_keys(l: &License, keys: &CellReader) -> Vec<KeyToken> {
+    if !l.terms.hardware_key_required {
+        return Vec::new();
+    }
+    l.terms
+        .allowed_serials
+        .iter()
+        .filter(|s| **s != l.activation_hardware_id)
+        .map(|s| keys.token(&Serial::new(s.clone())))
+        .collect()
 }
 
 /// Licenses in the order they were added.
@@ -49,12 +74,19 @@ impl Catalog {
                         .terms
                         .hardware_key_required
                         .then(|| keys.token(&Serial::new(l.activation_hardware_id.clone()))),
+                    other_keys: other_keys(l, keys),
                     license: l.clone(),
                 })
             })
             .collect();
         let by_id = entries.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
         Self { entries, by_id }
+    }
+
+    /// Whether every key-bound license accepts the valid key in force (true when none is
+    /// key-bound): the condition for leading an HA cluster.
+    pub fn key_allows_all(&self, check: KeyCheck) -> bool {
+        self.entries.iter().all(|e| e.allows(check))
     }
 
     /// The license a request names: `license_id` if given (it must belong to `product`),
@@ -135,9 +167,10 @@ impl AppState {
 
     /// The key gate for one catalog entry.
     pub fn check_key(&self, entry: &Entry, action: &str) -> Result<(), ApiError> {
-        match entry.key {
-            Some(token) if !self.keys().check().is(token) => Err(self.key_missing(entry, action)),
-            _ => Ok(()),
+        if entry.allows(self.keys().check()) {
+            Ok(())
+        } else {
+            Err(self.key_missing(entry, action))
         }
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod files;
 pub mod gate;
+pub mod ha;
 pub mod hashing;
 pub mod model;
 pub mod params;

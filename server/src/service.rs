@@ -9,6 +9,7 @@ use crate::clock::{self, format_micros};
 use crate::model::{
     self, FeatureKind, FeatureRegistration, FeatureTerms, License, LicenseObject, LicenseTerms, Registration,
 };
+use crate::store::view::Model;
 use crate::store::{ReadTx, Tx};
 
 mod error;
@@ -136,43 +137,46 @@ fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -
     })
 }
 
-/// `POST /register` on the read path: answers a heartbeat that only extends a live seat
-/// within the renewal granularity, from one snapshot, without the writer. `None` = a
-/// write is needed (new seat, lapsed seat, changed info, due extension): run
-/// [`register`], which decides again on the writer.
-pub fn register_read(
-    tx: &mut dyn ReadTx,
+/// `POST /register` from the in-memory model, with no thread hop: answers a heartbeat
+/// that only extends a live seat within the renewal granularity. `None` = a write is
+/// needed (new seat, lapsed seat, changed info, due extension): run [`register`], which
+/// decides again on the writer. `license` is the catalog's (terms); totals come from the
+/// model.
+pub fn register_from_model(
+    model: &Model,
     license: &License,
     who: &ClientInfo,
     now: i64,
 ) -> Result<Option<Registered>, LicenseError> {
     check_period(&license.terms, now)?;
-    let view = tx
-        .seat_view(license.id, Some(&who.user), now)?
-        .ok_or_else(|| not_found(license.id))?;
-    let Some(existing) = view.registration.filter(|r| r.is_active(now)) else {
+    let Some(existing) = model.registration(license.id, &who.user).filter(|r| r.is_active(now)) else {
         return Ok(None);
     };
-    let (renewed, write) = renew(license, &existing, who, now);
+    let (renewed, write) = renew(license, existing, who, now);
     if write {
         return Ok(None);
     }
-    let l = license_with(tx, license, view.total_consumptions)?;
-    let features = feature_usage(tx, &l, now)?;
+    let view = model
+        .lookup(license.id, None, now)
+        .ok_or_else(|| not_found(license.id))?;
     Ok(Some(Registered {
-        license: l,
+        license: view.license,
         registration: renewed,
         in_use: view.in_use,
-        features,
+        features: view.features,
         now,
     }))
 }
 
-/// `POST /register`: take a seat, or renew the one this user holds (writer).
-pub fn register(tx: &mut dyn Tx, id: u64, who: &ClientInfo, now: i64) -> Result<Registered, LicenseError> {
-    let l = live_license(tx, id, now)?;
-    // The user's seat and the count in one statement.
+/// `POST /register`: take a seat, or renew the one this user holds (writer). `license`
+/// is the catalog's: its terms never change, so the license row is not read again; the
+/// seat statement below finds out whether it still exists and reads its total.
+pub fn register(tx: &mut dyn Tx, license: &License, who: &ClientInfo, now: i64) -> Result<Registered, LicenseError> {
+    let id = license.id;
+    check_period(&license.terms, now)?;
+    // The user's seat, the count and the license total in one statement.
     let view = tx.seat_view(id, Some(&who.user), now)?.ok_or_else(|| not_found(id))?;
+    let l = license_with(tx, license, view.total_consumptions)?;
     let existing = view.registration.filter(|r| r.is_active(now));
     let (reg, in_use) = match existing {
         Some(existing) => {
@@ -460,15 +464,12 @@ pub fn feature_release(
 /// A license with its totals, seats in use and live slots per feature.
 pub type Usage = (License, usize, BTreeMap<String, usize>);
 
-/// A license (from the catalog) with its current totals, seats and feature slots: the
-/// license list and metrics, on the read path. `None` = removed meanwhile.
-pub fn usage(tx: &mut dyn ReadTx, license: &License, now: i64) -> Result<Option<Usage>, LicenseError> {
-    let Some(view) = tx.seat_view(license.id, None, now)? else {
-        return Ok(None);
-    };
-    let l = license_with(tx, license, view.total_consumptions)?;
-    let features = feature_usage(tx, &l, now)?;
-    Ok(Some((l, view.in_use, features)))
+/// A license with its current totals, seats and feature slots, from the in-memory model:
+/// the license list and metrics. `None` = removed meanwhile.
+pub fn usage(model: &Model, license_id: u64, now: i64) -> Option<Usage> {
+    model
+        .lookup(license_id, None, now)
+        .map(|v| (v.license, v.in_use, v.features))
 }
 
 #[cfg(test)]

@@ -13,66 +13,10 @@ use crate::error::ApiError;
 use crate::hashing::HashPool;
 use crate::model::License;
 use crate::ratelimit::{LoginLimiter, LoginLimits};
-use crate::store::Store;
+use crate::store::view::ReadModel;
+use crate::store::{ModelStore, Store};
 
 pub use crate::gate::{gated, Catalog, CommitCheck, Entry, KeyPolicy};
-
-/// A hint, never a decision: the (license, user) pairs that held a seat in this process.
-/// A register whose pair was never seen cannot be a heartbeat of a live seat held here,
-/// so it goes straight to the writer instead of first trying the read path; a pair that
-/// was seen (or a seat from before a restart, which the writer then renews) only costs
-/// that path. Wrong answers cost time, never correctness: the writer decides everything.
-#[derive(Debug)]
-pub struct SeatsSeen {
-    shards: [std::sync::Mutex<std::collections::HashSet<u64>>; SEEN_SHARDS],
-    max_per_shard: usize,
-}
-
-impl Default for SeatsSeen {
-    fn default() -> Self {
-        Self {
-            shards: Default::default(),
-            max_per_shard: SEEN_MAX_PER_SHARD,
-        }
-    }
-}
-
-const SEEN_SHARDS: usize = 16;
-/// Past this many pairs per shard the shard starts over (a bound, not an eviction policy).
-const SEEN_MAX_PER_SHARD: usize = 1 << 16;
-
-impl SeatsSeen {
-    fn key(license_id: u64, user: &str) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-        let mut h = SEED.get_or_init(Default::default).build_hasher();
-        h.write_u64(license_id);
-        h.write(user.as_bytes());
-        h.finish()
-    }
-
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, std::collections::HashSet<u64>> {
-        self.shards[(key % SEEN_SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether `user` may hold a seat of `license_id` (false = certainly not in this process).
-    pub fn may_hold(&self, license_id: u64, user: &str) -> bool {
-        let key = Self::key(license_id, user);
-        self.shard(key).contains(&key)
-    }
-
-    /// Records that `user` holds a seat of `license_id`.
-    pub fn saw(&self, license_id: u64, user: &str) {
-        let key = Self::key(license_id, user);
-        let mut shard = self.shard(key);
-        if shard.len() >= self.max_per_shard {
-            shard.clear();
-        }
-        shard.insert(key);
-    }
-}
 
 /// How often the writer sweeps lapsed seats of every license.
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -95,7 +39,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Arc<ModelStore>,
     keys: CellReader,
     catalog: ArcSwap<Catalog>,
     tokens: TokenKeys,
@@ -105,12 +49,12 @@ struct Inner {
     backend: String,
     vendor_key: Option<VendorPublicKey>,
     admin_lock: tokio::sync::Mutex<()>,
-    seats_seen: SeatsSeen,
     accounts: Accounts,
     hash_pool: HashPool,
     limiter: LoginLimiter,
     security: Security,
     metrics: crate::metrics::Metrics,
+    cluster: std::sync::OnceLock<Arc<crate::ha::Cluster>>,
 }
 
 /// Who may read `/metrics` in authentication mode.
@@ -179,6 +123,30 @@ pub struct StateParts {
     pub vendor_key: Option<VendorPublicKey>,
 }
 
+/// Licenses, accounts and token generations.
+type StartViews = (
+    Vec<License>,
+    Vec<crate::model::Account>,
+    std::collections::HashMap<String, u64>,
+);
+
+/// Loads the model, the licenses and the accounts at start. An HA standby may not write
+/// (the store's fence refuses even these batches): it starts with the licenses only and
+/// the lease task reloads everything when this node becomes leader.
+async fn load_views(store: &Arc<ModelStore>) -> Result<StartViews, ApiError> {
+    match store.reload().await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::NotLeader) => {
+            let licenses = crate::store::read(store.as_ref(), |tx| tx.licenses()).await?;
+            return Ok((licenses, Vec::new(), Default::default()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let licenses = crate::store::transact(store.as_ref(), |tx| tx.licenses()).await?;
+    let (list, gens) = crate::auth::load_accounts(store.as_ref()).await?;
+    Ok((licenses, list, gens))
+}
+
 impl AppState {
     /// Builds the state with the default [`Security`] and loads the license catalog and
     /// the accounts from the store.
@@ -188,16 +156,17 @@ impl AppState {
 
     /// [`AppState::new`] with explicit security settings.
     pub async fn with_security(parts: StateParts, security: Security) -> Result<Self, ApiError> {
-        let licenses = crate::store::transact(parts.store.as_ref(), |tx| tx.licenses()).await?;
-        let catalog = Catalog::build(&licenses, &parts.keys);
+        // Every write from here on goes through the model's recorder.
+        let store = Arc::new(ModelStore::new(parts.store));
+        let licenses = load_views(&store).await?;
+        let catalog = Catalog::build(&licenses.0, &parts.keys);
         let accounts = Accounts::default();
-        let (list, gens) = crate::auth::load_accounts(parts.store.as_ref()).await?;
-        accounts.replace(&list, &gens);
+        accounts.replace(&licenses.1, &licenses.2);
         let hash_pool = HashPool::new(security.hash_workers, security.hash_wait)
             .map_err(|e| ApiError::internal(format!("cannot start the hashing threads: {e}")))?;
         let state = Self {
             inner: Arc::new(Inner {
-                store: parts.store,
+                store,
                 keys: parts.keys,
                 catalog: ArcSwap::from_pointee(catalog),
                 tokens: parts.tokens,
@@ -211,8 +180,8 @@ impl AppState {
                 hash_pool,
                 limiter: LoginLimiter::new(security.login_limits),
                 security,
-                seats_seen: SeatsSeen::default(),
                 metrics: crate::metrics::Metrics::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         };
         state.spawn_purge();
@@ -230,6 +199,14 @@ impl AppState {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
+                // Only the leader writes (a standby's batch would be refused anyway).
+                if inner
+                    .cluster
+                    .get()
+                    .is_some_and(|c| c.role() == crate::ha::Role::Standby)
+                {
+                    continue;
+                }
                 let now = crate::clock::now_micros();
                 let done = crate::store::transact(inner.store.as_ref(), move |tx| tx.purge_expired(None, now));
                 drop(inner);
@@ -264,9 +241,14 @@ impl AppState {
             .store(Arc::new(Catalog::build(licenses, &self.inner.keys)));
     }
 
-    /// (license, user) pairs that held a seat in this process: see [`SeatsSeen`].
-    pub fn seats_seen(&self) -> &SeatsSeen {
-        &self.inner.seats_seen
+    /// The in-memory model of the committed licenses, seats and totals.
+    pub fn model(&self) -> &ReadModel {
+        self.inner.store.model()
+    }
+
+    /// Reads the model again from the store (e.g. when this node becomes the writer).
+    pub async fn reload_model(&self) -> Result<(), ApiError> {
+        Ok(self.inner.store.reload().await?)
     }
 
     /// Serialises admin changes so catalog updates apply in commit order.
@@ -331,35 +313,13 @@ impl AppState {
         &self.inner.backend
     }
 
+    /// The HA cluster cell (see `ha::guard`).
+    pub(crate) fn cluster_cell(&self) -> &std::sync::OnceLock<Arc<crate::ha::Cluster>> {
+        &self.inner.cluster
+    }
+
     /// What a key-bound action without its key does.
     pub(crate) fn key_policy(&self) -> &KeyPolicy {
         &self.inner.key_policy
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seats_seen_is_per_license_and_user_and_bounded() {
-        let seen = SeatsSeen {
-            max_per_shard: 8,
-            ..SeatsSeen::default()
-        };
-        assert!(!seen.may_hold(1, "a"));
-        seen.saw(1, "a");
-        assert!(seen.may_hold(1, "a"));
-        assert!(!seen.may_hold(2, "a"), "another license");
-        assert!(!seen.may_hold(1, "b"), "another user");
-        for i in 0..(8 * SEEN_SHARDS * 4) as u64 {
-            seen.saw(i, "u");
-        }
-        let total: usize = seen
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum();
-        assert!(total <= 8 * SEEN_SHARDS);
     }
 }

@@ -20,13 +20,16 @@ use serde_json::{json, Value};
 type Hook = Box<dyn FnOnce() + Send>;
 
 /// A store that forwards to SQLite, runs a one-shot hook when a job is queued (after the
-/// handler's gate), and records when each job's work ended (immediately before the store
-/// releases its savepoint) for jobs that kept their changes.
+/// handler's gate), and records, for each job that kept its changes, the span its work ran
+/// in: the commit-time key check happened somewhere inside that span.
 #[derive(Default)]
 struct Taps {
     hook: Mutex<Option<Hook>>,
-    commits: Mutex<Vec<Instant>>,
+    commits: Mutex<Vec<Span>>,
 }
+
+/// (before the job's work, after it): the instants that bracket its commit-time key check.
+type Span = (Instant, Instant);
 
 struct Tap {
     inner: Arc<SqliteStore>,
@@ -42,14 +45,15 @@ impl std::fmt::Debug for Tap {
 struct Timed {
     inner: Box<dyn Job>,
     taps: Arc<Taps>,
-    kept: Option<Instant>,
+    kept: Option<Span>,
 }
 
 impl Job for Timed {
     fn run(&mut self, tx: &mut dyn Tx) -> bool {
+        let started = Instant::now();
         let keep = self.inner.run(tx);
         if keep {
-            self.kept = Some(Instant::now());
+            self.kept = Some((started, Instant::now()));
         }
         keep
     }
@@ -233,13 +237,16 @@ async fn under_a_flap_storm_every_acknowledged_write_committed_while_its_key_was
         .await
         .unwrap();
     let commits = taps.commits.lock().unwrap().clone();
-    // Classify every commit: surely inside a valid interval, surely outside (the cell was
-    // seen without a key and the key was not plugged yet), or in the monitor's own
-    // reaction time around a plug or pull (neither).
-    let surely_inside = |t: &Instant| inside.iter().any(|(a, b)| a <= t && t <= b);
-    let surely_outside: Vec<&Instant> = commits
+    // Classify every commit by the span its key check ran in: surely inside a valid
+    // interval, surely outside (the whole span lies where the cell was seen without a key
+    // and the key was not plugged yet), or overlapping the monitor's own reaction time
+    // around a plug or pull (neither). A span, not one instant: a thread preempted between
+    // the check and its timestamp must not look like a commit after the pull.
+    let within = |(from, to): &Span, (a, b): &(Instant, Instant)| a <= from && to <= b;
+    let surely_inside = |s: &Span| inside.iter().any(|i| within(s, i));
+    let surely_outside: Vec<&Span> = commits
         .iter()
-        .filter(|t| outside.iter().any(|(a, b)| a <= *t && *t <= b))
+        .filter(|s| outside.iter().any(|o| within(s, o)))
         .collect();
     let n_inside = commits.iter().filter(|t| surely_inside(t)).count();
     eprintln!(

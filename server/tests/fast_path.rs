@@ -235,13 +235,22 @@ async fn heartbeats_do_not_wait_for_the_writer_and_overflow_is_refused() {
     assert_eq!(v[0]["floating_in_use_devices"], 2);
     release.send(()).unwrap();
     held.await;
-    // Now the reader is stuck: heartbeats beyond its queue are refused at once.
+    // Now the reader is stuck: heartbeats (answered from the in-memory model) do not
+    // notice, and reads beyond its queue (a listing) are refused at once.
     let (release, held) = hold_reader(s.store.as_ref());
+    for _ in 0..20 {
+        let (st, _, v) = send(&s.app, register("a")).await;
+        assert_eq!(
+            (st, v["floating_slots_in_use"].as_u64()),
+            (StatusCode::OK, Some(2)),
+            "{v}"
+        );
+    }
     let refused_before = s.store.stats().refused.load(Ordering::Relaxed);
     let flood: Vec<_> = (0..200)
         .map(|_| {
             let app = s.app.clone();
-            tokio::spawn(async move { send(&app, register("a")).await })
+            tokio::spawn(async move { send(&app, get("/api/v4/registrations")).await })
         })
         .collect();
     wait_refused(&s.store, refused_before + 200 - QUEUE as u64).await;

@@ -113,6 +113,8 @@ async fn a_pulled_key_keeps_its_licenses_until_it_returns() {
         "{m}"
     );
     assert!(!m.contains("keyfloat_key_grace_seconds_left 0\n"), "{m}");
+    // The watcher samples the cell every 10 ms: a grace shorter than that is not an event.
+    audit_kinds(&h, |k| k.iter().any(|k| k.starts_with("key_grace_started"))).await;
     // The same key back: valid again, grace ended as "returned".
     h.bus.plug(KEY).unwrap();
     let health = wait_state(&h, "valid").await;

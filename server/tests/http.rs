@@ -438,18 +438,20 @@ async fn registrations_lapse_after_the_floating_timeout() {
         ..ClientInfo::default()
     };
     let (a, b) = (who("a"), who("b"));
-    transact(h.state.store(), move |tx| service::register(tx, id, &a, now))
+    let license = h.state.catalog().get(id).unwrap().license.clone();
+    let (l1, l2, l3) = (license.clone(), license.clone(), license);
+    transact(h.state.store(), move |tx| service::register(tx, &l1, &a, now))
         .await
         .unwrap();
     let b2 = b.clone();
     let e = transact(h.state.store(), move |tx| {
-        service::register(tx, id, &b2, now + 29 * 60_000_000)
+        service::register(tx, &l2, &b2, now + 29 * 60_000_000)
     })
     .await
     .unwrap_err();
     assert_eq!(e.code(), "floating_not_available");
     transact(h.state.store(), move |tx| {
-        service::register(tx, id, &b, now + 31 * 60_000_000)
+        service::register(tx, &l3, &b, now + 31 * 60_000_000)
     })
     .await
     .unwrap();

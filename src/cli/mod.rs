@@ -4,11 +4,13 @@ pub mod audit;
 pub mod common;
 pub mod demo;
 pub mod doctor;
+pub mod ha;
 pub mod keys;
 pub mod license;
 pub mod scenario;
 pub mod serve;
 pub mod simulate;
+pub mod store;
 pub mod user;
 pub mod vendor;
 

@@ -16,8 +16,7 @@ use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
-use keyfloat_server::auth::TokenKeys;
-use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, SqliteStore, StateParts, Store};
+use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, StateParts, Store};
 
 /// Name of the simulated key created by `--key-backend sim`.
 pub const SIM_KEY_NAME: &str = "sim-key";
@@ -25,7 +24,7 @@ pub const SIM_KEY_NAME: &str = "sim-key";
 /// Arguments of `keyfloat serve`. Flags override the `--config` file.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// YAML configuration file (keys: listen, port, data_dir, key_backend, userAuthentication,
+    /// YAML configuration file (keys: listen, port, data_dir, store, key_backend, userAuthentication,
     /// crashIfNoHardwareKey, vendor_public_key, revalidate_secs, sim_vendor_key, key_grace_secs).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -39,6 +38,19 @@ pub struct Args {
     /// Data directory: database and JWT secret [default: keyfloat-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Shared store: `postgres://user[:password]@host[:port]/db` [default: the SQLite file
+    /// in the data dir, one server per data dir].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// HA: this node's name; with --store postgres://… the node competes for leadership.
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub lease_secs: Option<u64>,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -137,6 +149,9 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     if let Some(v) = &args.data_dir {
         c.data_dir = v.clone();
     }
+    if let Some(v) = &args.store {
+        c.store = Some(keyfloat_server::store::open::StoreUrl(v.clone()));
+    }
     if let Some(v) = args.key_backend {
         c.key_backend = v;
     }
@@ -182,6 +197,7 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         )*};
     }
     set!(
+        lease_secs,
         token_lifetime_secs,
         metrics_public,
         metrics_license_labels,
@@ -192,6 +208,8 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         drain_secs
     );
     set_opt!(
+        node_id,
+        advertise_url,
         hash_workers,
         metrics_token,
         metrics_listen,
@@ -275,9 +293,13 @@ pub fn security(config: &ServerConfig) -> keyfloat_server::Security {
 /// The server loop (also used by `keyfloat demo`): store, key monitor, app, until SIGTERM.
 pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<ExitCode> {
     let data_dir = config.data_dir.clone();
-    let store = Arc::new(SqliteStore::open(&data_dir).with_context(|| format!("opening {}", data_dir.display()))?);
-    let tokens = TokenKeys::load_or_create(&data_dir)
-        .context("loading the JWT secret")?
+    let spec = config.store_spec().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster = super::ha::cluster(&config, &spec)?;
+    let fence = cluster.as_ref().map(|c| c.fence().clone());
+    let store =
+        keyfloat_server::store::open(&spec, fence).map_err(|e| anyhow::anyhow!("opening the store {spec}: {e}"))?;
+    let tokens = super::ha::token_keys(&config, &spec, cluster.is_some())
+        .await?
         .with_lifetime(config.token_lifetime_secs);
 
     let trust = key_trust(&config, sim_serial)?;
@@ -305,6 +327,9 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     .await
     .map_err(|e| anyhow::anyhow!("loading licenses: {e}"))?;
 
+    if let Some(c) = cluster {
+        super::ha::join(c, &spec, &state);
+    }
     // Key events: one log line, one audit row and one metric each.
     tokio::spawn(keyfloat_server::metrics::watch_keys(state.clone()));
     // Account changes made by `keyfloat user` while the server runs.
@@ -323,6 +348,7 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
         crash_if_no_hardware_key = config.crash_if_no_hardware_key,
         key_grace_secs = config.key_grace_secs,
         data_dir = %data_dir.display(),
+        store = %spec,
         "keyfloat server started"
     );
     spawn_metrics_listener(&config, &state).await?;
@@ -440,7 +466,7 @@ fn monitor_config(config: &ServerConfig) -> MonitorConfig {
 }
 
 /// `crashIfNoHardwareKey`: flush the store and exit with status 3; otherwise refuse the call.
-fn key_policy(config: &ServerConfig, store: &Arc<SqliteStore>) -> KeyPolicy {
+fn key_policy(config: &ServerConfig, store: &Arc<dyn Store>) -> KeyPolicy {
     if !config.crash_if_no_hardware_key {
         return KeyPolicy::Refuse;
     }
@@ -481,6 +507,7 @@ async fn serve_until_shutdown(
     state: AppState,
 ) -> anyhow::Result<()> {
     let opts = serve_options(config);
+    let cluster = state.cluster().cloned();
     let router = keyfloat_server::app(state);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -518,6 +545,10 @@ async fn serve_until_shutdown(
         tokio::spawn(reload_on_sighup(t));
     }
     shutdown_signal().await;
+    // HA: stop writing and hand the lease over first, so a standby serves within its poll.
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     tracing::info!(drain_secs = opts.drain.as_secs(), "stopping: draining connections");
     let _ = stop.send(true);
     while let Some(r) = servers.join_next().await {

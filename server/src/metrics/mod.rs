@@ -17,7 +17,6 @@ use crate::clock::now_micros;
 use crate::error::{ApiError, ApiResult};
 use crate::service;
 use crate::state::AppState;
-use crate::store::read;
 
 mod audit;
 mod exposition;
@@ -59,17 +58,15 @@ pub async fn metrics_open(State(st): State<AppState>) -> ApiResult<impl IntoResp
     Ok(([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], body))
 }
 
-/// Every license's usage, from one read snapshot.
+/// Every license's usage, from the in-memory model.
 async fn license_usage(st: &AppState) -> ApiResult<Vec<LicenseUsage>> {
     let now = now_micros();
     let entries = st.catalog().entries().to_vec();
-    let usage = read(st.store(), move |tx| {
-        let mut out = Vec::new();
-        for e in &entries {
-            let Some((l, seats, _features)) = service::usage(tx, &e.license, now)? else {
-                continue;
-            };
-            out.push(LicenseUsage {
+    Ok(st.model().with(|m| {
+        entries
+            .iter()
+            .filter_map(|e| service::usage(m, e.id, now))
+            .map(|(l, seats, _features)| LicenseUsage {
                 id: l.id,
                 product: l.terms.product.clone(),
                 key_bound: l.terms.hardware_key_required,
@@ -77,11 +74,9 @@ async fn license_usage(st: &AppState) -> ApiResult<Vec<LicenseUsage>> {
                 seats_total: l.terms.floating_users,
                 consumptions: l.terms.consumption.as_ref().map(|_| l.total_consumptions),
                 features: l.feature_totals.clone().into_iter().collect(),
-            });
-        }
-        Ok::<_, service::LicenseError>(out)
-    });
-    Ok(usage.await?)
+            })
+            .collect()
+    }))
 }
 
 #[cfg(test)]

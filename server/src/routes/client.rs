@@ -14,7 +14,7 @@ use crate::model::ConsumptionAnswer;
 use crate::params::{lenient, Req, Required};
 use crate::service::{self, ClientInfo, OverageRequest};
 use crate::state::{gated, AppState, CommitCheck};
-use crate::store::{read, transact};
+use crate::store::transact;
 
 /// Key-gate action names, as the refusal message shows them.
 pub mod action {
@@ -130,28 +130,24 @@ pub async fn licenses_register(
     let who = r.client_info(user)?;
     let entry = st.gate_entry(&product, license_id, action::REGISTER)?;
     let now = now_micros();
-    // A pair never seen holding a seat here is not a heartbeat: straight to the writer.
-    let (who, fast) = if st.seats_seen().may_hold(entry.id, &who.user) {
-        let license = std::sync::Arc::clone(&entry);
-        read(st.store(), move |tx| {
-            let r = service::register_read(tx, &license.license, &who, now)?;
-            Ok::<_, service::LicenseError>((who, r))
-        })
-        .await?
-    } else {
-        (who, None)
-    };
-    // The same license, gated again: the key may have left while the read ran (a heartbeat
-    // answered from the read path commits nothing, but must not answer 200 without its key).
-    st.check_key(&entry, action::REGISTER)?;
+    // A heartbeat of a live seat is answered from the model, on this task.
+    let fast = st
+        .model()
+        .with(|m| service::register_from_model(m, &entry.license, &who, now))?;
     let registered = match fast {
-        Some(r) => r,
-        None => {
-            let id = entry.id;
-            let check = st.commit_check(id, action::REGISTER);
-            let r = transact(st.store(), gated(check, move |tx| service::register(tx, id, &who, now))).await?;
-            st.seats_seen().saw(id, &r.registration.user);
+        // The same license, gated again: the key may have left meanwhile (a heartbeat
+        // answered from the model commits nothing, but must not answer 200 without its key).
+        Some(r) => {
+            st.check_key(&entry, action::REGISTER)?;
             r
+        }
+        None => {
+            let check = st.commit_check(entry.id, action::REGISTER);
+            transact(
+                st.store(),
+                gated(check, move |tx| service::register(tx, &entry.license, &who, now)),
+            )
+            .await?
         }
     };
     Ok(Json(registered.answer()).into_response())
@@ -190,7 +186,7 @@ pub async fn licenses_unregister_all(
             catalog
                 .entries()
                 .iter()
-                .filter(|e| e.key.is_none_or(|t| keys.is(t)))
+                .filter(|e| e.allows(keys))
                 .map(|e| e.id)
                 .collect()
         }

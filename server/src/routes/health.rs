@@ -1,4 +1,4 @@
-//! `GET /api/v4/health`: version, hardware ID in force, machine ID, key state.
+//! `GET /api/v4/health`: version, hardware ID in force, machine ID, key state, HA role.
 
 use axum::extract::State;
 use axum::Json;
@@ -58,6 +58,7 @@ pub fn key_state(snap: &Snapshot) -> Value {
 /// Health of the server and its key.
 pub async fn health_show(State(st): State<AppState>, _c: Caller) -> Json<Value> {
     let snap = st.keys().snapshot();
+    let cluster = crate::ha::guard::cluster_json(&st);
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -67,5 +68,10 @@ pub async fn health_show(State(st): State<AppState>, _c: Caller) -> Json<Value> 
         "user_authentication": st.user_authentication(),
         "licenses": st.catalog().entries().len(),
         "key": key_state(&snap),
+        "role": cluster["role"],
+        "node_id": cluster["node_id"],
+        "epoch": cluster["epoch"],
+        "leader": cluster["leader"],
+        "cluster": cluster,
     }))
 }

@@ -89,6 +89,7 @@ impl LicenseError {
             Self::FeatureNotAvailable(_) => "feature_not_available",
             Self::InvalidParameter { .. } => "invalid_parameters",
             Self::Store(StoreError::Busy) => "server_busy",
+            Self::Store(StoreError::NotLeader) => "not_leader",
             Self::Store(_) => "internal_error",
         }
     }

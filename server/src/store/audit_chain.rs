@@ -36,7 +36,7 @@ pub fn record_hash(
 }
 
 /// `(start_id, genesis, head_id, head_hash)` of the anchor row.
-type ChainState = (i64, String, Option<i64>, Option<String>);
+pub(crate) type ChainState = (i64, String, Option<i64>, Option<String>);
 
 fn chain_state(conn: &Connection) -> StoreResult<Option<ChainState>> {
     Ok(conn
@@ -92,7 +92,7 @@ impl ChainReport {
     }
 }
 
-type Row = (
+pub(crate) type Row = (
     i64,
     i64,
     String,
@@ -105,16 +105,14 @@ type Row = (
 
 /// Checks the whole chain.
 pub fn verify(conn: &Connection) -> StoreResult<ChainReport> {
-    let Some((start_id, genesis, head_id, head_hash)) = chain_state(conn)? else {
-        return Err(StoreError::Failed(
-            "no audit chain anchor: the database predates the chain".into(),
-        ));
+    let Some(state) = chain_state(conn)? else {
+        return Err(no_anchor());
     };
-    let before_chain: i64 = conn.query_row("SELECT COUNT(*) FROM audit WHERE id < ?1", [start_id], |r| r.get(0))?;
+    let before_chain: i64 = conn.query_row("SELECT COUNT(*) FROM audit WHERE id < ?1", [state.0], |r| r.get(0))?;
     let mut st = conn.prepare(
         "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit WHERE id >= ?1 ORDER BY id",
     )?;
-    let rows = st.query_map([start_id], |r| {
+    let rows = st.query_map([state.0], |r| {
         Ok((
             r.get(0)?,
             r.get(1)?,
@@ -126,6 +124,19 @@ pub fn verify(conn: &Connection) -> StoreResult<ChainReport> {
             r.get(7)?,
         ))
     })?;
+    verify_rows(state, before_chain, rows.map(|r| r.map_err(StoreError::from)))
+}
+
+pub(crate) fn no_anchor() -> StoreError {
+    StoreError::Failed("no audit chain anchor: the database predates the chain".into())
+}
+
+/// The engine-independent check: `rows` are the records with `id >= start_id`, by id.
+pub(crate) fn verify_rows(
+    (start_id, genesis, head_id, head_hash): ChainState,
+    before_chain: i64,
+    rows: impl Iterator<Item = StoreResult<Row>>,
+) -> StoreResult<ChainReport> {
     let mut report = ChainReport {
         records: 0,
         before_chain: u64::try_from(before_chain).unwrap_or(0),

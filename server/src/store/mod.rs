@@ -25,8 +25,21 @@ use tokio::sync::oneshot;
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 pub mod audit_chain;
+pub mod copy;
+pub mod lock;
+pub mod model_store;
+pub mod open;
+pub mod postgres;
+pub mod queues;
 pub mod sqlite;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod suite;
+pub mod view;
 
+pub use model_store::ModelStore;
+pub use open::{open, StoreSpec};
+pub use postgres::{Fence, PgStore, PgStoreOptions};
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
@@ -35,6 +48,10 @@ pub enum StoreError {
     /// The queue is full: try again shortly.
     #[error("the store is busy")]
     Busy,
+    /// This node does not hold the write lease (its epoch is not the current one): the
+    /// batch was rolled back (`503 not_leader`).
+    #[error("this node is not the leader")]
+    NotLeader,
     /// The store is shut down.
     #[error("the store is shut down")]
     Closed,
@@ -45,6 +62,12 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        Self::Failed(e.to_string())
+    }
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
         Self::Failed(e.to_string())
     }
 }
@@ -195,6 +218,11 @@ pub trait Tx: ReadTx {
 pub trait Job: Send {
     /// Does the work. `false` = refused: its changes are rolled back (the batch goes on).
     fn run(&mut self, tx: &mut dyn Tx) -> bool;
+    /// What the job changed, for the in-memory model (see [`ModelStore`]); taken by
+    /// [`finish_batch`] only after the batch committed.
+    fn take_effects(&mut self) -> Option<view::Effects> {
+        None
+    }
     /// Called once the batch is committed (or failed to commit, or the job could not be
     /// queued): answer the requester.
     fn finish(self: Box<Self>, committed: StoreResult<()>);
@@ -217,6 +245,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn read(&self, job: Box<dyn ReadJob>);
     /// Waits until everything queued so far is committed and checkpoints the log. Blocking.
     fn flush(&self) -> StoreResult<()>;
+}
+
+/// What every engine's writer calls once a batch is over, COMMIT done (`Ok`) or failed:
+/// the committed batch's effects are applied to the model at once (so a reader sees all
+/// of it or none), then every job is answered (so a requester that got its answer finds
+/// its change in the model).
+pub fn finish_batch(batch: &mut Vec<Box<dyn Job>>, committed: StoreResult<()>) {
+    if committed.is_ok() {
+        view::apply_committed(batch.iter_mut().filter_map(|j| j.take_effects()).collect());
+    }
+    for job in batch.drain(..) {
+        job.finish(committed.clone());
+    }
 }
 
 struct FnJob<T, E, F> {

@@ -19,7 +19,7 @@ use crate::params::{Req, Required};
 use crate::routes::Admin;
 use crate::service;
 use crate::state::AppState;
-use crate::store::{read, transact};
+use crate::store::transact;
 
 /// Terms of a verified license file.
 pub fn terms_from_doc(doc: &LicenseDoc) -> ApiResult<LicenseTerms> {
@@ -210,7 +210,7 @@ pub async fn licenses_upload(
 }
 
 /// `GET /api/v4/license`: licenses (optionally `?product=`, `?license_id=`) with usage.
-/// Terms come from the catalog; totals and seats from one read snapshot.
+/// Terms come from the catalog; totals and seats from the in-memory model.
 pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<AdminRequest>) -> ApiResult<Response> {
     let (product, license_id) = (r.product, r.license_id);
     let now = now_micros();
@@ -221,15 +221,10 @@ pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<A
         .filter(|e| product.as_ref().is_none_or(|p| *p == e.product) && license_id.is_none_or(|id| id == e.id))
         .cloned()
         .collect();
-    let list = read(st.store(), move |tx| -> ApiResult<_> {
-        let mut out = Vec::with_capacity(entries.len());
-        for e in &entries {
-            out.extend(service::usage(tx, &e.license, now)?);
-        }
-        Ok(out)
-    })
-    .await?;
-    // Rendered here, not on a store thread.
+    // From the model: no SQL, no thread hop.
+    let list: Vec<_> = st
+        .model()
+        .with(|m| entries.iter().filter_map(|e| service::usage(m, e.id, now)).collect());
     let body: Vec<LicenseObject<'_>> = list
         .iter()
         .map(|(l, seats, features)| LicenseObject::new(l, *seats, features).list_entry(l))

@@ -1,0 +1,128 @@
+//! The HTTP side of HA: `GET /api/v4/ready`, the standby middleware (every client and admin
+//! call on a standby answers `503 not_leader`), and the cluster part of health.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{Cluster, Role};
+use crate::state::AppState;
+
+/// `503 {"code":"not_leader","leader":<url or null>}`: this node is a standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotLeader {
+    /// The leader's advertised URL, when one is known.
+    pub leader: Option<String>,
+}
+
+impl NotLeader {
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let message = match &self.leader {
+            Some(url) => format!("This node is a standby; the leader is {url}"),
+            None => "This node is a standby; no leader right now, retry shortly".to_owned(),
+        };
+        json!({ "status": 503, "code": "not_leader", "message": message, "leader": self.leader })
+    }
+}
+
+impl IntoResponse for NotLeader {
+    fn into_response(self) -> Response {
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(self.body())).into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.extensions_mut().insert(crate::metrics::ErrorCode("not_leader"));
+        res
+    }
+}
+
+impl AppState {
+    /// Joins this app to an HA cluster (once, before serving).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        if self.cluster_cell().set(cluster).is_err() {
+            tracing::warn!("set_cluster called twice; keeping the first cluster");
+        }
+    }
+
+    /// The cluster this node belongs to, if HA is on.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster_cell().get()
+    }
+
+    /// `single` without HA, else this node's current role.
+    pub fn role(&self) -> Role {
+        self.cluster().map_or(Role::Single, |c| c.role())
+    }
+
+    /// `Err(503 not_leader)` on a standby.
+    pub fn require_leader(&self) -> Result<(), NotLeader> {
+        match self.cluster() {
+            Some(c) if c.role() == Role::Standby => Err(NotLeader { leader: c.leader_url() }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `GET /api/v4/ready`: 200 on the leader and on a single server, else `503 not_leader`
+/// (HAProxy health checks, Kubernetes readiness probes). No authentication: it says only
+/// whether to send traffic here.
+pub async fn ready_show(State(st): State<AppState>) -> Response {
+    match st.require_leader() {
+        Ok(()) => Json(json!({ "status": "ok", "role": st.role() })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Middleware: a standby answers every call it wraps with `503 not_leader`.
+pub async fn standby_guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match st.require_leader() {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The cluster fields of health and of the configuration page.
+pub fn cluster_json(st: &AppState) -> Value {
+    let Some(c) = st.cluster() else {
+        return json!({ "role": "single", "node_id": null, "epoch": null, "leader": null, "nodes": [] });
+    };
+    let view = c.view();
+    json!({
+        "role": c.role(),
+        "node_id": c.candidate().node_id,
+        "advertise_url": c.candidate().advertise_url,
+        "epoch": c.fence().epoch(),
+        "lease_epoch": view.lease.epoch,
+        "leader": c.leader_url(),
+        "leader_node": view.lease.live.then_some(view.lease.holder.clone()).flatten(),
+        "lease_secs": c.candidate().lease.as_secs_f64(),
+        "nodes": view.nodes,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_body_names_the_leader_or_null() {
+        let b = NotLeader {
+            leader: Some("http://10.0.0.2:8080".into()),
+        }
+        .body();
+        assert_eq!(b["code"], "not_leader");
+        assert_eq!(b["status"], 503);
+        assert_eq!(b["leader"], "http://10.0.0.2:8080");
+        let b = NotLeader { leader: None }.body();
+        assert!(b["leader"].is_null());
+        let res = NotLeader { leader: None }.into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,604 @@
+//! [`ModelStore`]: any [`Store`] plus the in-memory [`ReadModel`] of what it has committed.
+//!
+//! Every write job is wrapped so that the [`Tx`] calls it makes are recorded as
+//! [`Effect`]s (only calls that succeeded, and only for jobs that were kept); the engine's
+//! writer hands them to [`super::finish_batch`] after COMMIT, which applies the whole batch
+//! to the model at once before any requester is answered. Nothing here knows the engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use super::view::{Effect, Effects, Model, ReadModel};
+use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx};
+use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
+
+/// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
+#[derive(Debug)]
+pub struct ModelStore {
+    inner: Arc<dyn Store>,
+    model: Arc<ReadModel>,
+}
+
+impl ModelStore {
+    /// Wraps `inner` with an empty model: call [`ModelStore::reload`] before serving.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            model: Arc::new(ReadModel::default()),
+        }
+    }
+
+    /// Wraps `inner` and loads the model from it (blocking: start-up and tools).
+    pub fn open_blocking(inner: Arc<dyn Store>) -> StoreResult<Self> {
+        let s = Self::new(inner);
+        s.reload_blocking()?;
+        Ok(s)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &ReadModel {
+        &self.model
+    }
+
+    /// The wrapped store. Writes sent to it directly bypass the model: reload after.
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    fn reload_job(&self) -> (Box<dyn Job>, tokio::sync::oneshot::Receiver<StoreResult<()>>) {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Reload {
+            model: Arc::clone(&self.model),
+            loaded: None,
+            error: None,
+            reply: Some(reply),
+        };
+        (Box::new(job), rx)
+    }
+
+    /// Reads the whole model again from the store (at start, or when this node becomes
+    /// the one that writes). It runs as a write job, so it sits in the commit order: the
+    /// batches before it are in what it reads, the batches after it apply on top.
+    pub async fn reload(&self) -> StoreResult<()> {
+        let (job, rx) = self.reload_job();
+        self.inner.submit(job);
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Blocking variant of [`ModelStore::reload`] (not for async contexts).
+    pub fn reload_blocking(&self) -> StoreResult<()> {
+        let (job, rx) = self.reload_job();
+        self.inner.submit(job);
+        rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl Store for ModelStore {
+    fn submit(&self, job: Box<dyn Job>) {
+        self.inner.submit(Box::new(Recorded {
+            job,
+            model: Arc::clone(&self.model),
+            effects: Vec::new(),
+        }));
+    }
+
+    fn read(&self, job: Box<dyn ReadJob>) {
+        self.inner.read(job);
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.inner.flush()
+    }
+}
+
+/// A job whose successful writes are recorded.
+struct Recorded {
+    job: Box<dyn Job>,
+    model: Arc<ReadModel>,
+    effects: Vec<Effect>,
+}
+
+impl Job for Recorded {
+    fn run(&mut self, tx: &mut dyn Tx) -> bool {
+        self.effects.clear();
+        let keep = self.job.run(&mut Recorder {
+            tx,
+            effects: &mut self.effects,
+        });
+        if !keep {
+            // Rolled back to its savepoint: none of it happened.
+            self.effects.clear();
+        }
+        keep
+    }
+
+    fn take_effects(&mut self) -> Option<Effects> {
+        let list = std::mem::take(&mut self.effects);
+        (!list.is_empty()).then(|| Effects {
+            model: Arc::clone(&self.model),
+            list,
+        })
+    }
+
+    fn finish(self: Box<Self>, committed: StoreResult<()>) {
+        // Effects still here were not taken by `finish_batch` (a job wrapper in between
+        // that does not pass `take_effects` on): applied now, per job, still in commit
+        // order and before the requester is answered, only not atomically with the batch.
+        if committed.is_ok() && !self.effects.is_empty() {
+            self.model.apply_batch(self.effects);
+        }
+        self.job.finish(committed);
+    }
+}
+
+/// Reads everything in the writer's transaction; the model is replaced after COMMIT.
+struct Reload {
+    model: Arc<ReadModel>,
+    loaded: Option<Model>,
+    error: Option<StoreError>,
+    reply: Option<tokio::sync::oneshot::Sender<StoreResult<()>>>,
+}
+
+impl Job for Reload {
+    fn run(&mut self, tx: &mut dyn Tx) -> bool {
+        let read = (|| -> StoreResult<Model> {
+            let licenses = tx.licenses()?;
+            let seats = tx.registrations(None)?;
+            let slots = tx.feature_registrations(None, None)?;
+            Ok(Model::load(licenses, seats, slots))
+        })();
+        match read {
+            Ok(m) => self.loaded = Some(m),
+            Err(e) => self.error = Some(e),
+        }
+        self.error.is_none()
+    }
+
+    fn take_effects(&mut self) -> Option<Effects> {
+        self.loaded.take().map(|m| Effects {
+            model: Arc::clone(&self.model),
+            list: vec![Effect::Reset(Box::new(m))],
+        })
+    }
+
+    fn finish(mut self: Box<Self>, committed: StoreResult<()>) {
+        let answer = match self.error.take() {
+            Some(e) => Err(e),
+            None => committed,
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// A [`Tx`] that passes every call through and records the writes that succeeded.
+struct Recorder<'a> {
+    tx: &'a mut dyn Tx,
+    effects: &'a mut Vec<Effect>,
+}
+
+impl Recorder<'_> {
+    fn record<T>(&mut self, r: StoreResult<T>, effect: impl FnOnce(&T) -> Option<Effect>) -> StoreResult<T> {
+        if let Ok(v) = &r {
+            self.effects.extend(effect(v));
+        }
+        r
+    }
+}
+
+impl ReadTx for Recorder<'_> {
+    fn licenses(&mut self) -> StoreResult<Vec<License>> {
+        self.tx.licenses()
+    }
+    fn license(&mut self, id: u64) -> StoreResult<Option<License>> {
+        self.tx.license(id)
+    }
+    fn license_totals(&mut self, id: u64, features: bool) -> StoreResult<Option<(i64, BTreeMap<String, i64>)>> {
+        self.tx.license_totals(id, features)
+    }
+    fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>> {
+        self.tx.seat_view(license_id, user, now)
+    }
+    fn registrations_page(
+        &mut self,
+        license_id: Option<u64>,
+        after: Option<&RegCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<Registration>> {
+        self.tx.registrations_page(license_id, after, limit)
+    }
+    fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>> {
+        self.tx.registration(license_id, user)
+    }
+    fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
+        self.tx.count_active_registrations(license_id, now)
+    }
+    fn feature_registrations_page(
+        &mut self,
+        license_id: Option<u64>,
+        feature: Option<&str>,
+        after: Option<&RegCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<FeatureRegistration>> {
+        self.tx.feature_registrations_page(license_id, feature, after, limit)
+    }
+    fn feature_registration(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: &str,
+    ) -> StoreResult<Option<FeatureRegistration>> {
+        self.tx.feature_registration(license_id, feature, user)
+    }
+    fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<BTreeMap<String, usize>> {
+        self.tx.feature_usage(license_id, now)
+    }
+    fn account(&mut self, username: &str) -> StoreResult<Option<Account>> {
+        self.tx.account(username)
+    }
+    fn accounts(&mut self) -> StoreResult<Vec<Account>> {
+        self.tx.accounts()
+    }
+    fn audit_events(&mut self, before: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        self.tx.audit_events(before, limit)
+    }
+}
+
+impl Tx for Recorder<'_> {
+    fn next_license_id(&mut self) -> StoreResult<u64> {
+        self.tx.next_license_id()
+    }
+    fn insert_license(&mut self, license: &License) -> StoreResult<()> {
+        let r = self.tx.insert_license(license);
+        self.record(r, |()| Some(Effect::License(license.clone())))
+    }
+    fn delete_license(&mut self, id: u64) -> StoreResult<bool> {
+        let r = self.tx.delete_license(id);
+        self.record(r, |gone| gone.then_some(Effect::LicenseGone(id)))
+    }
+    fn set_total_consumptions(&mut self, id: u64, total: i64) -> StoreResult<()> {
+        let r = self.tx.set_total_consumptions(id, total);
+        self.record(r, |()| Some(Effect::Total { id, total }))
+    }
+    fn set_feature_total(&mut self, id: u64, feature: &str, total: i64) -> StoreResult<()> {
+        let r = self.tx.set_feature_total(id, feature, total);
+        self.record(r, |()| {
+            Some(Effect::FeatureTotal {
+                id,
+                feature: feature.to_owned(),
+                total,
+            })
+        })
+    }
+    fn put_registration(&mut self, reg: &Registration) -> StoreResult<()> {
+        let r = self.tx.put_registration(reg);
+        self.record(r, |()| Some(Effect::Seat(reg.clone())))
+    }
+    fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool> {
+        let r = self.tx.delete_registration(license_id, user);
+        // Feature slots go even when there was no seat row.
+        self.record(r, |_| {
+            Some(Effect::SeatGone {
+                license_id,
+                user: user.to_owned(),
+            })
+        })
+    }
+    fn delete_registrations(&mut self, license_id: Option<u64>) -> StoreResult<usize> {
+        let r = self.tx.delete_registrations(license_id);
+        self.record(r, |_| Some(Effect::SeatsGone(license_id)))
+    }
+    fn purge_expired(&mut self, license_id: Option<u64>, now: i64) -> StoreResult<usize> {
+        let r = self.tx.purge_expired(license_id, now);
+        self.record(r, |n| (*n > 0).then_some(Effect::Purged { license_id, now }))
+    }
+    fn put_feature_registration(&mut self, reg: &FeatureRegistration) -> StoreResult<()> {
+        let r = self.tx.put_feature_registration(reg);
+        self.record(r, |()| Some(Effect::Slot(reg.clone())))
+    }
+    fn delete_feature_registrations(
+        &mut self,
+        license_id: u64,
+        feature: &str,
+        user: Option<&str>,
+    ) -> StoreResult<usize> {
+        let r = self.tx.delete_feature_registrations(license_id, feature, user);
+        self.record(r, |n| {
+            (*n > 0).then(|| Effect::SlotsGone {
+                license_id,
+                feature: feature.to_owned(),
+                user: user.map(str::to_owned),
+            })
+        })
+    }
+    fn put_account(&mut self, a: &Account) -> StoreResult<()> {
+        self.tx.put_account(a)
+    }
+    fn delete_account(&mut self, username: &str) -> StoreResult<bool> {
+        self.tx.delete_account(username)
+    }
+    fn token_generations(&mut self) -> StoreResult<HashMap<String, u64>> {
+        self.tx.token_generations()
+    }
+    fn bump_token_generation(&mut self, username: &str) -> StoreResult<u64> {
+        self.tx.bump_token_generation(username)
+    }
+    fn audit(&mut self, event: &AuditEvent) -> StoreResult<()> {
+        self.tx.audit(event)
+    }
+    fn verify_audit_chain(&mut self) -> StoreResult<audit_chain::ChainReport> {
+        self.tx.verify_audit_chain()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use crate::store::{read, transact, SqliteStore};
+
+    async fn open(dir: &std::path::Path) -> Arc<ModelStore> {
+        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir).unwrap());
+        let s = ModelStore::new(inner);
+        s.reload().await.unwrap();
+        Arc::new(s)
+    }
+
+    /// The model a fresh load from the store gives, plus the store's own counts.
+    async fn from_store(s: &ModelStore, ids: Vec<u64>, now: i64) -> (Model, Vec<(usize, BTreeMap<String, usize>)>) {
+        read(s, move |tx| {
+            let m = Model::load(
+                tx.licenses()?,
+                tx.registrations(None)?,
+                tx.feature_registrations(None, None)?,
+            );
+            let mut counts = Vec::new();
+            for id in ids {
+                if tx.license(id)?.is_some() {
+                    counts.push((tx.count_active_registrations(id, now)?, tx.feature_usage(id, now)?));
+                }
+            }
+            Ok::<_, StoreError>((m, counts))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// xorshift64*: a seeded sequence, so a failure replays.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<'a>(&mut self, items: &'a [&'a str]) -> &'a str {
+            items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    const USERS: &[&str] = &["a", "b", "c", "d", "e"];
+    const FEATURES: &[&str] = &["f", "g"];
+
+    /// One random write on `tx`.
+    fn random_write(tx: &mut dyn Tx, rng: &mut Rng, ids: &[u64]) -> StoreResult<()> {
+        let id = ids[rng.below(ids.len() as u64) as usize];
+        let user = rng.pick(USERS).to_owned();
+        let t = |rng: &mut Rng| rng.below(100) as i64;
+        match rng.below(12) {
+            0..=3 => tx.put_registration(&Registration {
+                license_id: id,
+                user,
+                registered_at: t(rng),
+                expires_at: t(rng),
+                borrowed_until: (rng.below(4) == 0).then(|| t(rng)),
+                os_hostname: None,
+                ip_local: None,
+                user_info: None,
+            }),
+            4 => tx.delete_registration(id, &user).map(drop),
+            5 => tx.delete_registrations((rng.below(3) > 0).then_some(id)).map(drop),
+            6 => tx.purge_expired((rng.below(2) == 0).then_some(id), t(rng)).map(drop),
+            7 | 8 => tx.put_feature_registration(&FeatureRegistration {
+                license_id: id,
+                feature: rng.pick(FEATURES).to_owned(),
+                user,
+                registered_at: t(rng),
+                expires_at: t(rng),
+                os_hostname: None,
+                ip_local: None,
+                user_info: None,
+            }),
+            9 => tx
+                .delete_feature_registrations(id, rng.pick(FEATURES), (rng.below(2) == 0).then_some(user.as_str()))
+                .map(drop),
+            10 => tx.set_total_consumptions(id, t(rng)),
+            _ => tx.set_feature_total(id, rng.pick(FEATURES), t(rng)),
+        }
+    }
+
+    /// After every round of concurrent write jobs (batched together; about one in five
+    /// refused after doing its writes, so rolled back; licenses added and removed) the
+    /// model equals a fresh load from the store, and its counts equal the store's at
+    /// several clocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_model_matches_the_store_after_random_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        let mut licenses = Vec::new();
+        for id in [7, 8] {
+            let mut l = crate::model::tests::sample();
+            l.id = id;
+            licenses.push(l.clone());
+            transact(s.as_ref(), move |tx| tx.insert_license(&l)).await.unwrap();
+        }
+        // Id 9 does not exist: writes to it fail (foreign key) and are not recorded.
+        let ids = vec![7u64, 8, 9];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut seats_seen, mut slots_seen) = (0, 0);
+        for round in 0..60 {
+            let jobs: Vec<_> = (0..1 + rng.below(6))
+                .map(|_| {
+                    let (mut rng, ids) = (Rng(rng.next() | 1), ids.clone());
+                    let refuse = rng.below(5) == 0;
+                    let relicense = (rng.below(15) == 0).then(|| licenses[rng.below(2) as usize].clone());
+                    transact(s.as_ref(), move |tx| {
+                        if let Some(l) = relicense {
+                            tx.delete_license(l.id)?;
+                            tx.insert_license(&l)?;
+                        }
+                        for _ in 0..1 + rng.below(4) {
+                            // A failing write (e.g. the missing license) is skipped by the job.
+                            let _ = random_write(tx, &mut rng, &ids);
+                        }
+                        if refuse {
+                            return Err(StoreError::Failed("refused after its writes".into()));
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for j in jobs {
+                let _ = j.await;
+            }
+            for now in [0, 30, 60, 99] {
+                let (expected, counts) = from_store(&s, ids.clone(), now).await;
+                let model_counts: Vec<_> = s.model().with(|m| {
+                    ids.iter()
+                        .filter_map(|id| Some((m.in_use(*id, now)?, m.feature_usage(*id, now)?)))
+                        .collect()
+                });
+                s.model().with(|m| assert_eq!(*m, expected, "round {round}"));
+                seats_seen += ids.iter().map(|id| expected.seat_rows(*id).unwrap_or(0)).sum::<usize>();
+                slots_seen += ids
+                    .iter()
+                    .map(|id| expected.feature_registrations(*id).count())
+                    .sum::<usize>();
+                assert_eq!(model_counts, counts, "round {round}, now {now}");
+            }
+        }
+        assert!(
+            seats_seen > 100 && slots_seen > 100,
+            "{seats_seen} seats, {slots_seen} slots"
+        );
+    }
+
+    /// A batch whose COMMIT failed changes nothing in the model.
+    #[test]
+    fn a_failed_commit_changes_nothing() {
+        let model = Arc::new(ReadModel::default());
+        let l = crate::model::tests::sample();
+        let mut batch: Vec<Box<dyn Job>> = vec![Box::new(Recorded {
+            job: Box::new(Reload {
+                model: Arc::new(ReadModel::default()),
+                loaded: None,
+                error: None,
+                reply: None,
+            }),
+            model: Arc::clone(&model),
+            effects: vec![Effect::License(l.clone())],
+        })];
+        crate::store::finish_batch(&mut batch, Err(StoreError::Failed("disk full".into())));
+        assert!(model.with(|m| m.license(l.id).is_none()));
+        let mut batch: Vec<Box<dyn Job>> = vec![Box::new(Recorded {
+            job: Box::new(Reload {
+                model: Arc::new(ReadModel::default()),
+                loaded: None,
+                error: None,
+                reply: None,
+            }),
+            model: Arc::clone(&model),
+            effects: vec![Effect::License(l.clone())],
+        })];
+        crate::store::finish_batch(&mut batch, Ok(()));
+        assert!(model.with(|m| m.license(l.id).is_some()));
+    }
+
+    /// A reader of the model never observes part of a batch: 200 jobs, each moving the
+    /// license total and a feature total together, are committed as one batch while
+    /// threads read both totals from the model in a loop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn model_readers_never_see_a_partial_batch() {
+        const JOBS: i64 = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        let license = crate::model::tests::sample();
+        let id = license.id;
+        transact(s.as_ref(), move |tx| tx.insert_license(&license))
+            .await
+            .unwrap();
+        // Hold the writer so every job below lands in one batch.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let blocker = transact(s.as_ref(), move |_| {
+            let _ = started_tx.send(());
+            let _ = hold.recv();
+            Ok::<_, StoreError>(())
+        });
+        started.recv().unwrap();
+        let reads_mid_batch = Arc::new(AtomicU64::new(0));
+        let jobs: Vec<_> = (1..=JOBS)
+            .map(|i| {
+                let reads_mid_batch = Arc::clone(&reads_mid_batch);
+                transact(s.as_ref(), move |tx| {
+                    tx.set_total_consumptions(id, i)?;
+                    tx.set_feature_total(id, "f", i)?;
+                    if i == JOBS / 2 {
+                        // Half the batch is written: let the readers read meanwhile.
+                        let seen = reads_mid_batch.load(Ordering::SeqCst);
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                        while reads_mid_batch.load(Ordering::SeqCst) < seen + 50 && std::time::Instant::now() < deadline
+                        {
+                            std::thread::yield_now();
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, done, reads) = (Arc::clone(&s), Arc::clone(&done), Arc::clone(&reads_mid_batch));
+                std::thread::spawn(move || {
+                    let mut seen = std::collections::BTreeSet::new();
+                    loop {
+                        let finished = done.load(Ordering::SeqCst);
+                        let (total, feature) = s.model().with(|m| {
+                            let l = m.license(id).unwrap();
+                            (l.total_consumptions, l.feature_totals.get("f").copied().unwrap_or(4))
+                        });
+                        assert!(
+                            (total, feature) == (4, 4) || (total, feature) == (JOBS, JOBS),
+                            "partial batch visible: total {total}, feature {feature}"
+                        );
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        seen.insert(total);
+                        if finished {
+                            return seen;
+                        }
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        for j in jobs {
+            j.await.unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        let mut seen = std::collections::BTreeSet::new();
+        for r in readers {
+            seen.extend(r.join().unwrap());
+        }
+        assert!(seen.contains(&4) && seen.contains(&JOBS), "{seen:?}");
+    }
+}

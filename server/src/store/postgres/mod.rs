@@ -1,0 +1,367 @@
+//! The shared store: PostgreSQL, for several server processes (an active/standby pair, or
+//! a few nodes behind a load balancer) on one database.
+//!
+//! Same architecture as the SQLite store ([`super::queues`]): one writer connection on
+//! its own thread group-commits batches of jobs (a savepoint per job, one `COMMIT` per
+//! batch, every job answered only after it), and a few reader connections serve reads,
+//! each batch of reads inside one `REPEATABLE READ READ ONLY` snapshot.
+//!
+//! **Limits across processes.** Every write batch first takes one transaction-scoped
+//! advisory lock (`pg_advisory_xact_lock`), so write batches of all processes on the
+//! database run one after another, each seeing every earlier commit (READ COMMITTED takes
+//! a fresh snapshot per statement, after the lock was granted). Chosen over
+//! `SELECT … FOR UPDATE` on the license row because jobs are opaque closures: the store
+//! cannot know up front which licenses a batch touches, locking them on first touch
+//! would deadlock two batches touching two licenses in opposite orders (and a batch
+//! cannot be re-run), and the audit chain head and account rows need the same
+//! serialization. In HA mode only the leader writes, so the lock is uncontended.
+//!
+//! **Fencing.** With a [`Fence`], every batch (under that lock) checks that this node
+//! still holds the lease at its epoch, `FOR SHARE` (a takeover's `UPDATE` of the lease row
+//! waits for this commit), and records itself in `kf_batches`; when the check fails the
+//! batch is rolled back and every job gets [`StoreError::NotLeader`].
+
+mod schema;
+pub(crate) mod tx;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postgres::{Client, NoTls, Statement};
+
+use super::queues::{self, Queues, Reader, SavepointTx, Writer};
+use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
+use crate::model::LicenseTerms;
+pub(crate) use tx::PgTx;
+
+pub use super::queues::{CommitStats, StoreOptions};
+pub use schema::MIGRATIONS;
+
+/// Advisory lock key that serializes write batches of every process ("kf-write").
+pub const WRITE_LOCK: i64 = 0x6b66_2d77_7269_7465;
+
+/// How long a writer may sit inside an open transaction before PostgreSQL ends it: a
+/// paused (SIGSTOP) or wedged node must not hold the write lock and the lease row lock
+/// for longer than this.
+const IDLE_IN_TX_TIMEOUT: &str = "2s";
+
+/// This node's claim to write, shared with the lease task of [`crate::ha`].
+pub use crate::ha::Fence;
+
+/// How to run a [`PgStore`].
+#[derive(Debug, Clone, Default)]
+pub struct PgStoreOptions {
+    /// Queue and pool sizes.
+    pub queues: StoreOptions,
+    /// When set, every write batch is fenced by the lease (see the module docs).
+    pub fence: Option<Fence>,
+}
+
+/// PostgreSQL-backed [`Store`].
+#[derive(Debug)]
+pub struct PgStore {
+    queues: Queues,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), migrates, and starts the writer
+    /// and reader connections.
+    pub fn open(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
+        // The sync client blocks on a runtime of its own: connect off any async runtime the
+        // caller may be on (server start-up is inside one).
+        let url = url.to_owned();
+        std::thread::spawn(move || Self::open_here(&url, options))
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Failed("opening the store panicked".into())))
+    }
+
+    fn open_here(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
+        let mut writer = PgConn::connect(url)?;
+        schema::migrate(&mut writer.client)?;
+        writer.client.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{IDLE_IN_TX_TIMEOUT}'"
+        ))?;
+        let readers = (0..options.queues.readers.max(1))
+            .map(|_| PgConn::connect(url).map(|conn| PgReader { conn }))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let writer = PgWriter {
+            conn: writer,
+            fence: options.fence,
+            terms: HashMap::new(),
+        };
+        let queues = Queues::start("keyfloat-pg", writer, readers, options.queues)?;
+        Ok(Self { queues })
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        self.queues.stats()
+    }
+
+    /// Stops the writer after the queued jobs, and the readers.
+    pub fn close(&self) {
+        self.queues.close();
+    }
+}
+
+impl Store for PgStore {
+    fn submit(&self, job: Box<dyn Job>) {
+        self.queues.submit(job);
+    }
+
+    fn read(&self, job: Box<dyn ReadJob>) {
+        self.queues.read(job);
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.queues.flush()
+    }
+}
+
+/// One connection with its prepared statements (a cached statement saves the parse
+/// round trip on every call).
+pub(crate) struct PgConn {
+    url: String,
+    pub(crate) client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    pub(crate) fn connect(url: &str) -> StoreResult<Self> {
+        // Loopback / private network: no TLS yet (`sslmode=require` is future work).
+        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
+        Ok(Self {
+            url: url.to_owned(),
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// Reconnects when the server closed the connection (a restart, a killed session).
+    fn reopen_if_closed(&mut self) -> StoreResult<()> {
+        if self.client.is_closed() {
+            *self = Self::connect(&self.url)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql)?;
+        self.statements.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    pub(crate) fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
+        Ok(self.client.batch_execute(sql)?)
+    }
+}
+
+struct PgWriter {
+    conn: PgConn,
+    fence: Option<Fence>,
+    /// Parsed terms by license id (see [`PgTx`]).
+    terms: HashMap<u64, Arc<LicenseTerms>>,
+}
+
+impl SavepointTx for PgTx<'_> {
+    fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
+        self.conn.exec(sql)
+    }
+
+    fn tx(&mut self) -> &mut dyn Tx {
+        self
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PgWriter {
+    /// Inside the batch's transaction: the write lock, then the fence.
+    fn begin(&mut self) -> StoreResult<()> {
+        let lock = self.conn.statement("SELECT pg_advisory_xact_lock($1)")?;
+        self.conn.client.execute(&lock, &[&WRITE_LOCK])?;
+        let Some(fence) = &self.fence else { return Ok(()) };
+        let epoch = fence.epoch();
+        if epoch == 0 {
+            return Err(StoreError::NotLeader);
+        }
+        let node: Arc<str> = fence.node_id().into();
+        let check = self.conn.statement(
+            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2
+               AND expires_at > now() FOR SHARE",
+        )?;
+        if self
+            .conn
+            .client
+            .query_opt(&check, &[&&*node, &to_i64(epoch)])?
+            .is_none()
+        {
+            return Err(StoreError::NotLeader);
+        }
+        let record = self
+            .conn
+            .statement("INSERT INTO kf_batches (epoch, node_id) VALUES ($1, $2)")?;
+        self.conn.client.execute(&record, &[&to_i64(epoch), &&*node])?;
+        Ok(())
+    }
+
+    fn run(&mut self, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+        self.conn.exec("BEGIN")?;
+        self.begin()?;
+        let mut tx = PgTx {
+            conn: &mut self.conn,
+            terms: Some(&mut self.terms),
+        };
+        queues::run_jobs(&mut tx, batch)?;
+        self.conn.exec("COMMIT")
+    }
+}
+
+impl Writer for PgWriter {
+    fn commit_batch(&mut self, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+        self.conn.reopen_if_closed()?;
+        let result = self.run(batch);
+        if result.is_err() {
+            let _ = self.conn.exec("ROLLBACK");
+            // A failed commit rolled back inserts the cache may already know about.
+            self.terms.clear();
+        }
+        result
+    }
+
+    fn flush(&mut self) -> StoreResult<()> {
+        // Every acknowledged batch is committed (durable per the server's settings).
+        Ok(())
+    }
+}
+
+struct PgReader {
+    conn: PgConn,
+}
+
+impl Reader for PgReader {
+    fn snapshot(&mut self, f: &mut dyn FnMut(&mut dyn ReadTx)) -> StoreResult<()> {
+        self.conn.reopen_if_closed()?;
+        self.conn.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        f(&mut PgTx {
+            conn: &mut self.conn,
+            terms: None,
+        });
+        if let Err(e) = self.conn.exec("COMMIT") {
+            let _ = self.conn.exec("ROLLBACK");
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// A fresh, uniquely named database on a cluster, dropped on drop: what each PostgreSQL
+/// test (and a dry run) works in, so runs never see each other's rows.
+#[derive(Debug)]
+pub struct TempDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TempDatabase {
+    /// Creates `kf_<prefix>_<random>` on the cluster `admin_url` points at.
+    pub fn create(admin_url: &str, prefix: &str) -> StoreResult<Self> {
+        let mut bytes = [0u8; 6];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        let clean: String = prefix
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(30)
+            .collect();
+        let name = format!("kf_{clean}_{}", hex::encode(bytes));
+        let mut admin = PgConn::connect(admin_url)?;
+        admin.client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        let url = with_database(admin_url, &name);
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+
+    /// The URL of the new database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// `url` with its database replaced by `name` (URL form only: `postgres://…/db?…`).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConn::connect(&self.admin_url) {
+            let _ = admin
+                .client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::suite::pg_url;
+
+    #[test]
+    fn with_database_swaps_only_the_database() {
+        assert_eq!(with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
+
+    #[test]
+    #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
+    fn migrates_twice_and_has_the_ha_tables() {
+        let db = TempDatabase::create(&pg_url(), "migrate").unwrap();
+        drop(PgStore::open(db.url(), PgStoreOptions::default()).unwrap());
+        let s = PgStore::open(db.url(), PgStoreOptions::default()).unwrap();
+        s.close();
+        let mut c = PgConn::connect(db.url()).unwrap();
+        let v: i32 = c.client.query_one("SELECT version FROM kf_schema", &[]).unwrap().get(0);
+        assert_eq!(usize::try_from(v).unwrap(), MIGRATIONS.len());
+        let lease = c
+            .client
+            .query_one("SELECT holder, epoch FROM kf_lease WHERE name = 'leader'", &[])
+            .unwrap();
+        assert_eq!((lease.get::<_, Option<String>>(0), lease.get::<_, i64>(1)), (None, 0));
+        for t in ["kf_nodes", "kf_batches", "kf_secrets"] {
+            c.client.batch_execute(&format!("SELECT * FROM {t}")).unwrap();
+        }
+    }
+}

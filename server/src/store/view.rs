@@ -1,0 +1,429 @@
+//! The in-memory read model: every license with its totals, the seats of each license with
+//! their expiry, and the feature slots. It mirrors what is committed in the store and is
+//! changed only by [`Effect`]s of committed batches (see [`super::finish_batch`]), applied
+//! under one write lock per batch: a reader never sees part of a batch, and never waits on
+//! the writer's transaction or fsync (only on the few µs of applying a committed batch).
+//!
+//! Lapsed seats stay in the model until the writer purges them (as in the store), and are
+//! excluded from every count by their expiry time, so a seat lapsing needs no write.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::model::{FeatureKind, FeatureRegistration, License, Registration};
+
+/// One committed change, as the writer's [`super::Tx`] calls describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A license was added.
+    License(License),
+    /// A license was removed, with everything on it.
+    LicenseGone(u64),
+    /// A license's consumption total.
+    Total {
+        /// License.
+        id: u64,
+        /// New total.
+        total: i64,
+    },
+    /// A feature's consumption total.
+    FeatureTotal {
+        /// License.
+        id: u64,
+        /// Feature code.
+        feature: String,
+        /// New total.
+        total: i64,
+    },
+    /// A seat was taken or changed.
+    Seat(Registration),
+    /// One user's seat (and their feature slots on that license) was released.
+    SeatGone {
+        /// License.
+        license_id: u64,
+        /// User.
+        user: String,
+    },
+    /// Every seat and slot of a license (`None` = of every license) was released.
+    SeatsGone(Option<u64>),
+    /// Lapsed seats and slots of a license (`None` = of every license) were dropped at `now`.
+    Purged {
+        /// License, or all.
+        license_id: Option<u64>,
+        /// The purge's clock.
+        now: i64,
+    },
+    /// A feature slot was taken or changed.
+    Slot(FeatureRegistration),
+    /// Feature slots were released: one user's (`Some`) or every user's (`None`).
+    SlotsGone {
+        /// License.
+        license_id: u64,
+        /// Feature code.
+        feature: String,
+        /// User, or all.
+        user: Option<String>,
+    },
+    /// The whole model, read inside one transaction (a reload).
+    Reset(Box<Model>),
+}
+
+/// Seat end: held while `now < end` (the later of expiry and borrow end).
+fn seat_end(r: &Registration) -> i64 {
+    r.borrowed_until.map_or(r.expires_at, |b| b.max(r.expires_at))
+}
+
+fn has_consumption_features(l: &License) -> bool {
+    l.terms.features.iter().any(|f| f.kind == FeatureKind::Consumption)
+}
+
+/// One license's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LicenseState {
+    license: License,
+    seats: HashMap<String, Registration>,
+    /// (seat end, user) of every seat: lapsed seats are a range of it.
+    ends: BTreeSet<(i64, String)>,
+    /// Slots by feature, then user.
+    slots: BTreeMap<String, HashMap<String, FeatureRegistration>>,
+}
+
+impl LicenseState {
+    fn new(mut license: License) -> Self {
+        // As the store reads it back: only consumption features keep totals.
+        if !has_consumption_features(&license) {
+            license.feature_totals.clear();
+        }
+        Self {
+            license,
+            seats: HashMap::new(),
+            ends: BTreeSet::new(),
+            slots: BTreeMap::new(),
+        }
+    }
+
+    fn lapsed_users(&self, now: i64) -> impl Iterator<Item = &String> {
+        self.ends
+            .range(..(now.saturating_add(1), String::new()))
+            .map(|(_, u)| u)
+    }
+
+    fn in_use(&self, now: i64) -> usize {
+        self.seats.len() - self.lapsed_users(now).count()
+    }
+
+    fn is_lapsed(&self, user: &str, now: i64) -> bool {
+        self.seats.get(user).is_some_and(|r| !r.is_active(now))
+    }
+
+    fn put_seat(&mut self, r: Registration) {
+        if let Some(old) = self.seats.get(&r.user) {
+            self.ends.remove(&(seat_end(old), old.user.clone()));
+        }
+        self.ends.insert((seat_end(&r), r.user.clone()));
+        self.seats.insert(r.user.clone(), r);
+    }
+
+    fn drop_seat(&mut self, user: &str) {
+        if let Some(old) = self.seats.remove(user) {
+            self.ends.remove(&(seat_end(&old), old.user));
+        }
+        for slots in self.slots.values_mut() {
+            slots.remove(user);
+        }
+        self.slots.retain(|_, s| !s.is_empty());
+    }
+
+    fn clear_seats(&mut self) {
+        self.seats.clear();
+        self.ends.clear();
+        self.slots.clear();
+    }
+
+    fn purge(&mut self, now: i64) {
+        let lapsed: Vec<String> = self.lapsed_users(now).cloned().collect();
+        // Slots first, as the store does: a slot goes with its user's lapsed seat.
+        for slots in self.slots.values_mut() {
+            slots.retain(|user, s| s.expires_at > now && !lapsed.contains(user));
+        }
+        self.slots.retain(|_, s| !s.is_empty());
+        for user in &lapsed {
+            if let Some(old) = self.seats.remove(user) {
+                self.ends.remove(&(seat_end(&old), old.user));
+            }
+        }
+    }
+
+    fn feature_usage(&self, now: i64) -> BTreeMap<String, usize> {
+        if self.license.terms.features.is_empty() {
+            return BTreeMap::new();
+        }
+        self.slots
+            .iter()
+            .map(|(feature, slots)| {
+                let live = slots
+                    .values()
+                    .filter(|s| s.expires_at > now && !self.is_lapsed(&s.user, now))
+                    .count();
+                (feature.clone(), live)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// The committed state the model mirrors. Built by [`Model::load`] or by applying effects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    licenses: HashMap<u64, LicenseState>,
+}
+
+/// What a heartbeat needs: the license with its totals, the seats held, the user's seat
+/// and the live feature slots, all at one instant of the model.
+#[derive(Debug, Clone)]
+pub struct SeatLookup {
+    /// The license with its totals.
+    pub license: License,
+    /// Seats held at `now`.
+    pub in_use: usize,
+    /// The user's seat, live or lapsed.
+    pub registration: Option<Registration>,
+    /// Live slots per feature.
+    pub features: BTreeMap<String, usize>,
+}
+
+impl Model {
+    /// The model of `licenses` (with totals), `seats` and `slots`, as read in one snapshot.
+    pub fn load(licenses: Vec<License>, seats: Vec<Registration>, slots: Vec<FeatureRegistration>) -> Self {
+        let mut m = Self::default();
+        for l in licenses {
+            m.apply(Effect::License(l));
+        }
+        for r in seats {
+            m.apply(Effect::Seat(r));
+        }
+        for s in slots {
+            m.apply(Effect::Slot(s));
+        }
+        m
+    }
+
+    fn each(&mut self, license_id: Option<u64>, f: impl FnMut(&mut LicenseState)) {
+        match license_id {
+            Some(id) => self.licenses.get_mut(&id).into_iter().for_each(f),
+            None => self.licenses.values_mut().for_each(f),
+        }
+    }
+
+    /// Applies one committed change. Changes to a license the model does not hold are
+    /// ignored (the store refuses them too: a seat needs its license).
+    pub fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::License(l) => {
+                self.licenses.insert(l.id, LicenseState::new(l));
+            }
+            Effect::LicenseGone(id) => {
+                self.licenses.remove(&id);
+            }
+            Effect::Total { id, total } => self.each(Some(id), |s| s.license.total_consumptions = total),
+            Effect::FeatureTotal { id, feature, total } => self.each(Some(id), |s| {
+                if has_consumption_features(&s.license) {
+                    s.license.feature_totals.insert(feature.clone(), total);
+                }
+            }),
+            Effect::Seat(r) => {
+                if let Some(s) = self.licenses.get_mut(&r.license_id) {
+                    s.put_seat(r);
+                }
+            }
+            Effect::SeatGone { license_id, user } => self.each(Some(license_id), |s| s.drop_seat(&user)),
+            Effect::SeatsGone(id) => self.each(id, LicenseState::clear_seats),
+            Effect::Purged { license_id, now } => self.each(license_id, |s| s.purge(now)),
+            Effect::Slot(r) => {
+                if let Some(s) = self.licenses.get_mut(&r.license_id) {
+                    s.slots.entry(r.feature.clone()).or_default().insert(r.user.clone(), r);
+                }
+            }
+            Effect::SlotsGone {
+                license_id,
+                feature,
+                user,
+            } => self.each(Some(license_id), |s| {
+                match &user {
+                    Some(u) => {
+                        if let Some(slots) = s.slots.get_mut(&feature) {
+                            slots.remove(u);
+                        }
+                    }
+                    None => {
+                        s.slots.remove(&feature);
+                    }
+                }
+                s.slots.retain(|_, v| !v.is_empty());
+            }),
+            Effect::Reset(m) => *self = *m,
+        }
+    }
+
+    /// The license with its totals.
+    pub fn license(&self, id: u64) -> Option<&License> {
+        self.licenses.get(&id).map(|s| &s.license)
+    }
+
+    /// Seats held at `now` (lapsed seats excluded by their end, purged or not).
+    pub fn in_use(&self, id: u64, now: i64) -> Option<usize> {
+        self.licenses.get(&id).map(|s| s.in_use(now))
+    }
+
+    /// Seat rows not purged yet, live or lapsed.
+    pub fn seat_rows(&self, id: u64) -> Option<usize> {
+        self.licenses.get(&id).map(|s| s.seats.len())
+    }
+
+    /// Live slots per feature at `now` (slots of users whose seat lapsed excluded).
+    pub fn feature_usage(&self, id: u64, now: i64) -> Option<BTreeMap<String, usize>> {
+        self.licenses.get(&id).map(|s| s.feature_usage(now))
+    }
+
+    /// The user's seat, live or lapsed.
+    pub fn registration(&self, id: u64, user: &str) -> Option<&Registration> {
+        self.licenses.get(&id).and_then(|s| s.seats.get(user))
+    }
+
+    /// Every seat of a license, in no particular order.
+    pub fn registrations(&self, id: u64) -> impl Iterator<Item = &Registration> {
+        self.licenses.get(&id).into_iter().flat_map(|s| s.seats.values())
+    }
+
+    /// Every slot of a license, in no particular order.
+    pub fn feature_registrations(&self, id: u64) -> impl Iterator<Item = &FeatureRegistration> {
+        self.licenses
+            .get(&id)
+            .into_iter()
+            .flat_map(|s| s.slots.values().flat_map(HashMap::values))
+    }
+
+    /// License ids, in no particular order.
+    pub fn license_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.licenses.keys().copied()
+    }
+
+    /// What a heartbeat or the license list needs (`user = None`: no seat lookup).
+    pub fn lookup(&self, id: u64, user: Option<&str>, now: i64) -> Option<SeatLookup> {
+        let s = self.licenses.get(&id)?;
+        Some(SeatLookup {
+            license: s.license.clone(),
+            in_use: s.in_use(now),
+            registration: user.and_then(|u| s.seats.get(u)).cloned(),
+            features: s.feature_usage(now),
+        })
+    }
+}
+
+/// The shared, lock-protected model. Readers take a read lock for the few µs of a lookup;
+/// the writer takes the write lock once per committed batch.
+#[derive(Default)]
+pub struct ReadModel {
+    model: RwLock<Model>,
+}
+
+impl fmt::Debug for ReadModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadModel")
+            .field("licenses", &self.model.read().licenses.len())
+            .finish()
+    }
+}
+
+impl ReadModel {
+    /// Reads the model (keep `f` short: the writer waits for it).
+    pub fn with<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
+        f(&self.model.read())
+    }
+
+    /// Applies the effects of one committed batch, all at once.
+    pub fn apply_batch(&self, effects: impl IntoIterator<Item = Effect>) {
+        let mut m = self.model.write();
+        for e in effects {
+            m.apply(e);
+        }
+    }
+}
+
+/// The effects of one job, for the model they belong to.
+pub struct Effects {
+    /// The model to change.
+    pub model: Arc<ReadModel>,
+    /// The changes, in the order they were made.
+    pub list: Vec<Effect>,
+}
+
+impl fmt::Debug for Effects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Effects").field("list", &self.list.len()).finish()
+    }
+}
+
+/// Applies the effects of a committed batch: one write lock per model, jobs in order.
+pub fn apply_committed(effects: Vec<Effects>) {
+    let mut effects = effects.into_iter().peekable();
+    while let Some(first) = effects.next() {
+        let model = first.model;
+        let mut m = model.model.write();
+        for e in first.list {
+            m.apply(e);
+        }
+        while let Some(next) = effects.next_if(|e| Arc::ptr_eq(&e.model, &model)) {
+            for e in next.list {
+                m.apply(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn seat(license_id: u64, user: &str, expires_at: i64, borrowed_until: Option<i64>) -> Registration {
+        Registration {
+            license_id,
+            user: user.into(),
+            registered_at: 0,
+            expires_at,
+            borrowed_until,
+            os_hostname: None,
+            ip_local: None,
+            user_info: None,
+        }
+    }
+
+    /// A seat lapsing is not counted, with no write: the count follows the clock.
+    #[test]
+    fn a_lapsing_seat_is_not_counted_without_any_write() {
+        let license = crate::model::tests::sample();
+        let id = license.id;
+        let mut m = Model::default();
+        m.apply(Effect::License(license));
+        m.apply(Effect::Seat(seat(id, "a", 100, None)));
+        m.apply(Effect::Seat(seat(id, "b", 200, None)));
+        m.apply(Effect::Seat(seat(id, "c", 50, Some(300))));
+        assert_eq!(m.in_use(id, 10), Some(3));
+        assert_eq!(m.in_use(id, 100), Some(2), "a lapsed at 100");
+        assert_eq!(m.in_use(id, 200), Some(1), "only the borrowed seat is held");
+        assert_eq!(m.in_use(id, 300), Some(0));
+        assert_eq!(m.seat_rows(id), Some(3), "nothing was purged");
+        // Renewing moves the seat's end.
+        m.apply(Effect::Seat(seat(id, "a", 1_000, None)));
+        assert_eq!(m.in_use(id, 300), Some(1));
+        m.apply(Effect::Purged {
+            license_id: None,
+            now: 300,
+        });
+        assert_eq!(m.seat_rows(id), Some(1));
+    }
+}
