@@ -516,7 +516,7 @@ fn keep_logs(c: &Cluster, to: &Path) {
 
 /// The Python SDK client, running until `stop` exists.
 fn start_python(c: &Cluster, stop: &Path) -> Child {
-    let py = python().unwrap();
+    let py = python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/ha_client.py");
     Command::new(py)
         .arg(script)
