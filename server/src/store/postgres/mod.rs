@@ -23,6 +23,7 @@
 
 mod schema;
 pub(crate) mod tx;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
