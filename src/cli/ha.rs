@@ -91,7 +91,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flags_override_yaml_and_ha_needs_postgres() {
+    fn flags_override_the_file_and_ha_needs_postgres() {
         let mut c = ServerConfig {
             node_id: Some("a".into()),
             advertise_url: Some("http://a:8080".into()),
