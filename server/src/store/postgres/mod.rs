@@ -174,6 +174,10 @@ impl SavepointTx for PgTx<'_> {
     fn tx(&mut self) -> &mut dyn Tx {
         self
     }
+
+    fn next_savepoint(&mut self) -> StoreResult<()> {
+        self.conn.exec("RELEASE SAVEPOINT job; SAVEPOINT job")
+    }
 }
 
 fn to_i64(n: u64) -> i64 {

@@ -114,6 +114,28 @@ CREATE TABLE kf_secrets (
     value BYTEA NOT NULL
 );
 "#,
+    // Seats in O(1), as in SQLite: a trigger-kept row count per license, so a new seat does
+    // not count every registration of its license (lapsed rows are found by the expiry index).
+    r#"
+CREATE TABLE seat_counts (
+    license_id BIGINT PRIMARY KEY REFERENCES licenses(id) ON DELETE CASCADE,
+    n BIGINT NOT NULL
+);
+INSERT INTO seat_counts (license_id, n) SELECT license_id, COUNT(*) FROM registrations GROUP BY license_id;
+CREATE FUNCTION kf_seat_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO seat_counts (license_id, n) VALUES (NEW.license_id, 1)
+            ON CONFLICT (license_id) DO UPDATE SET n = seat_counts.n + 1;
+        RETURN NEW;
+    END IF;
+    UPDATE seat_counts SET n = n - 1 WHERE license_id = OLD.license_id;
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER seat_counts_change AFTER INSERT OR DELETE ON registrations
+    FOR EACH ROW EXECUTE FUNCTION kf_seat_count();
+"#,
 ];
 
 /// Applies the migrations not applied yet; refuses a schema newer than this build.

@@ -194,7 +194,7 @@ impl ReadTx for PgTx<'_> {
         let row = self.query_opt(
             concat!(
                 "SELECT l.total_consumptions,
-                   (SELECT COUNT(*) FROM registrations WHERE license_id = $1),
+                   COALESCE((SELECT n FROM seat_counts WHERE license_id = $1), 0),
                    (SELECT COUNT(*) FROM registrations WHERE license_id = $1 AND ",
                 lapsed!(),
                 "),
@@ -264,10 +264,13 @@ impl ReadTx for PgTx<'_> {
     }
 
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
+        // The trigger-kept count of every row, less the lapsed rows not purged yet (an
+        // index range over the expired ones).
         let n: i64 = self
             .query_one(
                 concat!(
-                    "SELECT COUNT(*) FROM registrations WHERE license_id = $1 AND NOT (",
+                    "SELECT COALESCE((SELECT n FROM seat_counts WHERE license_id = $1), 0)
+                       - (SELECT COUNT(*) FROM registrations WHERE license_id = $1 AND ",
                     lapsed!(),
                     ")"
                 ),
