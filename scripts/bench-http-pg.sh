@@ -12,10 +12,6 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-5}
-THREADS=${THREADS:-2}
-CONNS=${CONNS:-32}
-LUA=benches/http/request.lua
 
 ADMIN_URL=$(./scripts/pg.sh start)
 PSQL=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/psql

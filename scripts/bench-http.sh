@@ -12,10 +12,6 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-5}
-THREADS=${THREADS:-2}
-CONNS=${CONNS:-32}
-LUA=benches/http/request.lua
 
 cargo build --release --quiet --bin keyfloat --example baseline_server
 KF=target/release/keyfloat

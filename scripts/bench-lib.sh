@@ -54,8 +54,13 @@ add() {
         sed -n 's/.*"license_id":\([0-9]*\).*/\1/p'
 }
 
-# One wrk scenario (THREADS, CONNS, DURATION, LUA): name, url, lua args... Prints its line
-# under `print_header` and keeps its req/s in RPS[name] (0 when any request failed).
+# One wrk scenario: name, url, lua args... Prints its line under `print_header` and keeps
+# its req/s in RPS[name] (0 when any request failed). DURATION (s), THREADS and CONNS come
+# from the environment.
+DURATION=${DURATION:-5}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-32}
+LUA=benches/http/request.lua
 declare -A RPS
 print_header() {
     printf '%-44s %10s %9s %9s %7s\n' scenario "req/s" "p50 µs" "p99 µs" errors
