@@ -17,12 +17,13 @@
 //! serialization. In HA mode only the leader writes, so the lock is uncontended.
 //!
 //! **Fencing.** With a [`Fence`], every batch (under that lock) checks that this node
-//! still holds the lease at its epoch, `FOR SHARE` (a takeover's `UPDATE` of the lease row
-//! waits for this commit), and records itself in `kf_batches`; when the check fails the
+//! still holds the lease at its epoch, `FOR KEY SHARE` (a takeover's grant locks the lease
+//! row `FOR UPDATE`, so it waits for this commit; the leader's own renewals do not), and records itself in `kf_batches`; when the check fails the
 //! batch is rolled back and every job gets [`StoreError::NotLeader`].
 
 mod schema;
 pub(crate) mod tx;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -197,7 +198,7 @@ impl PgWriter {
         let node: Arc<str> = fence.node_id().into();
         let check = self.conn.statement(
             "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2
-               AND expires_at > now() FOR SHARE",
+               AND expires_at > now() FOR KEY SHARE",
         )?;
         if self
             .conn
