@@ -31,12 +31,11 @@ cmd_start() {
       || { cat "$DIR/initdb.log" >&2; exit 1; }
   fi
   if as_pg "$bin/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
-    # A cluster started by an older version of this script lacks a setting the tests
-    # need (it only changes at a start): restart it once, else keep it as it is.
-    if [ "$(as_pg "$bin/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tAc 'SHOW track_commit_timestamp' 2>/dev/null)" = on ]; then
+    # A cluster started by an older pg.sh may lack a setting the tests need: restart it.
+    if [ "$(as_pg "$bin/psql" -h "$DIR" -p "$PORT" -U postgres -Atc 'SHOW track_commit_timestamp')" = on ]; then
       echo "$URL"; return 0
     fi
-    echo "restarting the test cluster to turn track_commit_timestamp on" >&2
+    echo "restarting the private cluster with track_commit_timestamp=on" >&2
     as_pg "$bin/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null
   fi
   # fsync stays on: the durability tests mean it.
