@@ -348,7 +348,6 @@ fn outcome(answer: &std::io::Result<(u16, String)>) -> Outcome {
 /// One request of the load generator, for the unavailability figures.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
-    sent: Instant,
     done: Instant,
     ok: bool,
 }
@@ -366,7 +365,6 @@ fn load_thread(lb: String, t: usize, stop: Arc<AtomicBool>, load: Arc<Load>) {
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let sent = Instant::now();
         let add = call(
             &lb,
             "POST",
@@ -381,7 +379,7 @@ fn load_thread(lb: String, t: usize, stop: Arc<AtomicBool>, load: Arc<Load>) {
             Outcome::Refused => 0,
         };
         let ok = outcome(&add) == Outcome::Acked;
-        load.samples.lock().unwrap().push(Sample { sent, done, ok });
+        load.samples.lock().unwrap().push(Sample { done, ok });
         let user = format!("rs-{t}-{}", i % 3);
         let body = format!(r#"{{"product":"seats","user":"{user}","os_hostname":"load"}}"#);
         let reg = call(&lb, "POST", "/api/v4/register", Some(&body), limit);
