@@ -395,11 +395,11 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
         },
     )
     .unwrap();
-    let mut admin = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    let mut admin = super::postgres::PgConn::connect(db.url()).unwrap();
     let put = |name: &'static str| transact_blocking(&s, move |tx| tx.put_account(&account(name, Role::User)));
     assert_eq!(put("no-epoch"), Err(StoreError::NotLeader));
     admin
-        .batch_execute(
+        .exec(
             "UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() + interval '1 minute'
              WHERE name = 'leader'",
         )
@@ -408,7 +408,7 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
     put("leader-write").unwrap();
     // Another node takes over: epoch 4.
     admin
-        .batch_execute(
+        .exec(
             "UPDATE kf_lease SET holder = 'node-b', epoch = 4, expires_at = now() + interval '1 minute'
              WHERE name = 'leader'",
         )
@@ -416,7 +416,7 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
     assert_eq!(put("stale-write"), Err(StoreError::NotLeader));
     // Its own lease, but expired.
     admin
-        .batch_execute("UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() WHERE name = 'leader'")
+        .exec("UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() WHERE name = 'leader'")
         .unwrap();
     assert_eq!(put("expired-write"), Err(StoreError::NotLeader));
     let names: Vec<String> = admin

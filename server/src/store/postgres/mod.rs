@@ -28,7 +28,7 @@ mod write;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Row, Statement};
 
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
 use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
@@ -43,8 +43,9 @@ pub const WRITE_LOCK: i64 = 0x6b66_2d77_7269_7465;
 
 /// How long a writer may sit inside an open transaction before PostgreSQL ends it: a
 /// paused (SIGSTOP) or wedged node must not hold the write lock and the lease row lock
-/// for longer than this.
-const IDLE_IN_TX_TIMEOUT: &str = "2s";
+/// for longer than this (a takeover waits for it). The writer sends a batch's statements
+/// back to back, so a live writer never idles this long.
+const IDLE_IN_TX_TIMEOUT: &str = "1s";
 
 /// This node's claim to write, shared with the lease task of [`crate::ha`].
 pub use crate::ha::Fence;
@@ -78,8 +79,8 @@ impl PgStore {
 
     fn open_here(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
         let mut writer = PgConn::connect(url)?;
-        schema::migrate(&mut writer.client)?;
-        writer.client.batch_execute(&format!(
+        schema::migrate(&mut writer)?;
+        writer.exec(&format!(
             "SET idle_in_transaction_session_timeout = '{IDLE_IN_TX_TIMEOUT}'"
         ))?;
         let readers = (0..options.queues.readers.max(1))
@@ -120,21 +121,58 @@ impl Store for PgStore {
 }
 
 /// One connection with its prepared statements (a cached statement saves the parse
-/// round trip on every call).
+/// round trip on every call), driven through tokio-postgres on a runtime of its own (one
+/// thread): savepoint statements are *pipelined* with the job statement that follows them,
+/// so a job's savepoint costs no round trip of its own.
 pub(crate) struct PgConn {
     url: String,
-    pub(crate) client: Client,
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
     statements: HashMap<&'static str, Statement>,
+    /// Statements (savepoints) to send ahead of the next one, in the same round trip.
+    pending: String,
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Runs the prepared statement `$sql` through `$call`; anything deferred is sent in the
+/// same round trip, first (`biased`: polled in order, and each call sends on first poll).
+macro_rules! pipelined {
+    ($conn:ident, $sql:ident, |$c:ident, $st:ident| $call:expr) => {{
+        let $st = &$conn.statement($sql)?;
+        let pending = std::mem::take(&mut $conn.pending);
+        let $c = &$conn.client;
+        Ok($conn.runtime.block_on(async {
+            if pending.is_empty() {
+                return $call.await;
+            }
+            let (before, result) = tokio::join!(biased; $c.batch_execute(&pending), $call);
+            before?;
+            result
+        })?)
+    }};
 }
 
 impl PgConn {
     pub(crate) fn connect(url: &str) -> StoreResult<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
         // Loopback / private network: no TLS yet (`sslmode=require` is future work).
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
+        let (client, connection) = runtime
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
+        // Runs whenever a call below blocks on the runtime (every call does).
+        runtime.spawn(async move {
+            let _ = connection.await;
+        });
         Ok(Self {
             url: url.to_owned(),
+            runtime,
             client,
             statements: HashMap::new(),
+            pending: String::new(),
         })
     }
 
@@ -146,17 +184,44 @@ impl PgConn {
         Ok(())
     }
 
-    pub(crate) fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+    fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
-        let st = self.client.prepare(sql)?;
+        let st = self.runtime.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql, st.clone());
         Ok(st)
     }
 
-    pub(crate) fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
-        Ok(self.client.batch_execute(sql)?)
+    /// Queues `sql` (no parameters, no rows) to go out with the next statement.
+    pub(crate) fn defer(&mut self, sql: &str) {
+        if !self.pending.is_empty() {
+            self.pending.push_str("; ");
+        }
+        self.pending.push_str(sql);
+    }
+
+    /// Runs `sql` (no parameters; several statements allowed) after anything deferred.
+    pub(crate) fn exec(&mut self, sql: &str) -> StoreResult<()> {
+        self.defer(sql);
+        let all = std::mem::take(&mut self.pending);
+        Ok(self.runtime.block_on(self.client.batch_execute(&all))?)
+    }
+
+    pub(crate) fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Vec<Row>> {
+        pipelined!(self, sql, |c, st| c.query(st, params))
+    }
+
+    pub(crate) fn query_opt(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Option<Row>> {
+        pipelined!(self, sql, |c, st| c.query_opt(st, params))
+    }
+
+    pub(crate) fn query_one(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Row> {
+        pipelined!(self, sql, |c, st| c.query_one(st, params))
+    }
+
+    pub(crate) fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<u64> {
+        pipelined!(self, sql, |c, st| c.execute(st, params))
     }
 }
 
@@ -168,16 +233,14 @@ struct PgWriter {
 }
 
 impl SavepointTx for PgTx<'_> {
+    // Savepoint statements go out with the job's next statement (or the COMMIT).
     fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
-        self.conn.exec(sql)
+        self.conn.defer(sql);
+        Ok(())
     }
 
     fn tx(&mut self) -> &mut dyn Tx {
         self
-    }
-
-    fn next_savepoint(&mut self) -> StoreResult<()> {
-        self.conn.exec("RELEASE SAVEPOINT job; SAVEPOINT job")
     }
 }
 
@@ -188,35 +251,31 @@ fn to_i64(n: u64) -> i64 {
 impl PgWriter {
     /// Inside the batch's transaction: the write lock, then the fence.
     fn begin(&mut self) -> StoreResult<()> {
-        let lock = self.conn.statement("SELECT pg_advisory_xact_lock($1)")?;
-        self.conn.client.execute(&lock, &[&WRITE_LOCK])?;
+        self.conn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
         let Some(fence) = &self.fence else { return Ok(()) };
         let epoch = fence.epoch();
         if epoch == 0 {
             return Err(StoreError::NotLeader);
         }
         let node: Arc<str> = fence.node_id().into();
-        let check = self.conn.statement(
+        let holds = self.conn.query_opt(
             "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2
                AND expires_at > now() FOR KEY SHARE",
+            &[&&*node, &to_i64(epoch)],
         )?;
-        if self
-            .conn
-            .client
-            .query_opt(&check, &[&&*node, &to_i64(epoch)])?
-            .is_none()
-        {
+        if holds.is_none() {
             return Err(StoreError::NotLeader);
         }
-        let record = self
-            .conn
-            .statement("INSERT INTO kf_batches (epoch, node_id) VALUES ($1, $2)")?;
-        self.conn.client.execute(&record, &[&to_i64(epoch), &&*node])?;
+        self.conn.execute(
+            "INSERT INTO kf_batches (epoch, node_id) VALUES ($1, $2)",
+            &[&to_i64(epoch), &&*node],
+        )?;
         Ok(())
     }
 
     fn run(&mut self, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
-        self.conn.exec("BEGIN")?;
+        // BEGIN goes out with the lock request.
+        self.conn.defer("BEGIN");
         self.begin()?;
         let mut tx = PgTx {
             conn: &mut self.conn,
@@ -232,6 +291,7 @@ impl Writer for PgWriter {
         self.conn.reopen_if_closed()?;
         let result = self.run(batch);
         if result.is_err() {
+            self.conn.pending.clear();
             let _ = self.conn.exec("ROLLBACK");
             // A failed commit rolled back inserts the cache may already know about.
             self.terms.clear();
@@ -252,12 +312,14 @@ struct PgReader {
 impl Reader for PgReader {
     fn snapshot(&mut self, f: &mut dyn FnMut(&mut dyn ReadTx)) -> StoreResult<()> {
         self.conn.reopen_if_closed()?;
-        self.conn.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        // The BEGIN goes out with the first read.
+        self.conn.defer("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         f(&mut PgTx {
             conn: &mut self.conn,
             terms: None,
         });
         if let Err(e) = self.conn.exec("COMMIT") {
+            self.conn.pending.clear();
             let _ = self.conn.exec("ROLLBACK");
             return Err(e);
         }
@@ -292,7 +354,7 @@ impl TempDatabase {
             .collect();
         let name = format!("kf_{clean}_{}", hex::encode(bytes));
         let mut admin = PgConn::connect(admin_url)?;
-        admin.client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        admin.exec(&format!("CREATE DATABASE {name}"))?;
         let url = with_database(admin_url, &name);
         Ok(Self {
             admin_url: admin_url.to_owned(),
@@ -327,9 +389,7 @@ fn with_database(url: &str, name: &str) -> String {
 impl Drop for TempDatabase {
     fn drop(&mut self) {
         if let Ok(mut admin) = PgConn::connect(&self.admin_url) {
-            let _ = admin
-                .client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.exec(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
         }
     }
 }
@@ -358,15 +418,14 @@ mod tests {
         let s = PgStore::open(db.url(), PgStoreOptions::default()).unwrap();
         s.close();
         let mut c = PgConn::connect(db.url()).unwrap();
-        let v: i32 = c.client.query_one("SELECT version FROM kf_schema", &[]).unwrap().get(0);
+        let v: i32 = c.query_one("SELECT version FROM kf_schema", &[]).unwrap().get(0);
         assert_eq!(usize::try_from(v).unwrap(), MIGRATIONS.len());
         let lease = c
-            .client
             .query_one("SELECT holder, epoch FROM kf_lease WHERE name = 'leader'", &[])
             .unwrap();
         assert_eq!((lease.get::<_, Option<String>>(0), lease.get::<_, i64>(1)), (None, 0));
         for t in ["kf_nodes", "kf_batches", "kf_secrets"] {
-            c.client.batch_execute(&format!("SELECT * FROM {t}")).unwrap();
+            c.exec(&format!("SELECT * FROM {t}")).unwrap();
         }
     }
 }

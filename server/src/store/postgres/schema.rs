@@ -5,7 +5,7 @@
 //! pagination must not depend on the database's locale. Times are the same i64
 //! microseconds as in SQLite (the HA tables, read by SQL only, use `TIMESTAMPTZ`).
 
-use postgres::Client;
+use super::PgConn;
 
 use crate::store::{StoreError, StoreResult};
 
@@ -139,17 +139,30 @@ CREATE TRIGGER seat_counts_change AFTER INSERT OR DELETE ON registrations
 ];
 
 /// Applies the migrations not applied yet; refuses a schema newer than this build.
-pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
+pub(super) fn migrate(conn: &mut PgConn) -> StoreResult<()> {
+    conn.exec("BEGIN")?;
+    let result = migrate_in_tx(conn);
+    match result {
+        Ok(()) => conn.exec("COMMIT"),
+        Err(e) => {
+            let _ = conn.exec("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn migrate_in_tx(conn: &mut PgConn) -> StoreResult<()> {
+    conn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    conn.exec(
         "CREATE TABLE IF NOT EXISTS kf_schema (
              one INTEGER PRIMARY KEY CHECK (one = 1),
              version INTEGER NOT NULL
          );
          INSERT INTO kf_schema (one, version) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;",
     )?;
-    let version: i32 = tx.query_one("SELECT version FROM kf_schema WHERE one = 1", &[])?.get(0);
+    let version: i32 = conn
+        .query_one("SELECT version FROM kf_schema WHERE one = 1", &[])?
+        .get(0);
     let applied = usize::try_from(version).unwrap_or(0);
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Failed(format!(
@@ -158,10 +171,9 @@ pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tx.batch_execute(sql)?;
+        conn.exec(sql)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        tx.execute("UPDATE kf_schema SET version = $1 WHERE one = 1", &[&version])?;
+        conn.execute("UPDATE kf_schema SET version = $1 WHERE one = 1", &[&version])?;
     }
-    tx.commit()?;
     Ok(())
 }

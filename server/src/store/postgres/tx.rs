@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use postgres::types::ToSql;
-use postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 
 use super::PgConn;
 use crate::model::{
@@ -89,23 +89,19 @@ fn account_from_row(r: &Row) -> Option<Account> {
 
 impl PgTx<'_> {
     pub(super) fn query(&mut self, sql: &'static str, params: &[P<'_>]) -> StoreResult<Vec<Row>> {
-        let st = self.conn.statement(sql)?;
-        Ok(self.conn.client.query(&st, params)?)
+        self.conn.query(sql, params)
     }
 
     pub(super) fn query_opt(&mut self, sql: &'static str, params: &[P<'_>]) -> StoreResult<Option<Row>> {
-        let st = self.conn.statement(sql)?;
-        Ok(self.conn.client.query_opt(&st, params)?)
+        self.conn.query_opt(sql, params)
     }
 
     pub(super) fn query_one(&mut self, sql: &'static str, params: &[P<'_>]) -> StoreResult<Row> {
-        let st = self.conn.statement(sql)?;
-        Ok(self.conn.client.query_one(&st, params)?)
+        self.conn.query_one(sql, params)
     }
 
     pub(super) fn execute(&mut self, sql: &'static str, params: &[P<'_>]) -> StoreResult<u64> {
-        let st = self.conn.statement(sql)?;
-        Ok(self.conn.client.execute(&st, params)?)
+        self.conn.execute(sql, params)
     }
 
     fn feature_totals(&mut self, id: u64) -> StoreResult<BTreeMap<String, i64>> {
