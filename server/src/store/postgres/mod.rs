@@ -187,6 +187,12 @@ impl PgConn {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
+        // Deferred statements first: a parse inside an aborted transaction would fail until
+        // a deferred `ROLLBACK TO SAVEPOINT` ran.
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            self.runtime.block_on(self.client.batch_execute(&pending))?;
+        }
         let st = self.runtime.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql, st.clone());
         Ok(st)
