@@ -31,7 +31,7 @@ struct Rig {
 }
 
 /// A private pcscd and a card built by `make` (given the rig's test attestation CA).
-fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Option<Rig> {
+fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Rig {
     require_tools(&["yubico-piv-tool", "openssl"]).unwrap_or_else(|e| panic!("{e}"));
     require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
@@ -39,7 +39,7 @@ fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> O
     let card = CardServer::connect(pcscd.vpcd_addr(0), make(&ca)).expect("card");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("root.pem"), ca.root_pem()).expect("write root");
-    Some(Rig { pcscd, card, dir })
+    Rig { pcscd, card, dir }
 }
 
 impl Drop for Rig {
@@ -167,9 +167,7 @@ fn generate_attest_read_f9(rig: &Rig) {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     const SERIAL: u32 = 13572468;
-    let Some(rig) = rig(0xA640, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
+    let rig = rig(0xA640, |ca| fresh_card(ca, SERIAL));
     rig.vendor_keygen();
     generate_attest_read_f9(&rig);
     assert!(rig.card.with_card(|c| c.key_generated()));
@@ -241,9 +239,7 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     const SERIAL: u32 = 24681357;
-    let Some(rig) = rig(0xA660, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
+    let rig = rig(0xA660, |ca| fresh_card(ca, SERIAL));
     rig.vendor_keygen();
     generate_attest_read_f9(&rig);
     let refused = |out: &Output, code: &str| {
@@ -296,9 +292,7 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     const SERIAL: u32 = 11223344;
-    let Some(rig) = rig(0xA680, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
+    let rig = rig(0xA680, |ca| fresh_card(ca, SERIAL));
     rig.vendor_keygen();
     // The attacker's software key, imported into the card.
     let soft = p256::SecretKey::random(&mut rand_core::OsRng);
@@ -377,15 +371,13 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
     // Card A is a genuine, attested key; card B is a programmable card with its own
     // (software) key, certified for B's serial, replaying A's captured attestation.
     let vendor = VendorSigningKey::generate();
-    let Some(rig) = rig(0xA6A0, |ca| {
+    let rig = rig(0xA6A0, |ca| {
         let a = SimKeySpec::generate("a", 55550001)
             .with_attestation(Some(SimAttestation::Device(ca.issue_device(55550001).unwrap())));
         let captured = a.attestation().expect("A attests");
         let b = SimKeySpec::generate("b", 55550002).with_attestation(Some(SimAttestation::Replay(captured)));
         VirtualCard::new(&provision_sim_key(b, &vendor))
-    }) else {
-        return;
-    };
+    });
     std::fs::write(rig.dir.path().join("vendor.pub.pem"), vendor.public_key().to_pem()).unwrap();
     // The replayed attestation itself is genuine: openssl accepts its chain …
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);

@@ -152,7 +152,7 @@ pub fn register_from_model(
     let Some(existing) = model.registration(license.id, &who.user).filter(|r| r.is_active(now)) else {
         return Ok(None);
     };
-    let (renewed, write) = renew(license, existing, who, now);
+    let (renewed, write) = renew(license, &existing, who, now);
     if write {
         return Ok(None);
     }

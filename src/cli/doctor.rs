@@ -143,16 +143,14 @@ fn render_keys(s: &mut String, r: &Report) {
         let _ = writeln!(s, "reader       {} [{card}]", rd.name);
     }
     for k in &r.keys {
-        let _ = writeln!(
-            s,
-            "key          {} serial={} fw={} proof={}{}{}",
-            k.reader,
-            k.serial.as_deref().unwrap_or("?"),
-            k.firmware.as_deref().unwrap_or("?"),
-            k.proof,
-            if k.attested { " attested" } else { "" },
-            k.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+        let facts = super::common::key_facts(
+            k.serial.as_deref(),
+            k.firmware.as_deref(),
+            &k.proof,
+            k.attested,
+            k.reason.as_deref(),
         );
+        let _ = writeln!(s, "key          {} {facts}", k.reader);
         for h in &k.holders {
             let _ = writeln!(s, "             held by {} (pid {}): {}", h.command, h.pid, h.cmdline);
         }

@@ -69,16 +69,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("no keys found");
     } else {
         for r in &rows {
-            println!(
-                "{:<5} {:<40} serial={:<10} fw={:<7} proof={}{}{}",
-                r.backend.as_str(),
-                r.path,
-                r.serial.as_deref().unwrap_or("?"),
-                r.firmware.as_deref().unwrap_or("?"),
-                r.proof,
-                if r.attested { " attested" } else { "" },
-                r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
+            let facts = super::common::key_facts(
+                r.serial.as_deref(),
+                r.firmware.as_deref(),
+                &r.proof,
+                r.attested,
+                r.reason.as_deref(),
             );
+            println!("{:<5} {:<40} {facts}", r.backend.as_str(), r.path);
         }
     }
     Ok(ExitCode::SUCCESS)

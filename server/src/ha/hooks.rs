@@ -65,6 +65,12 @@ impl LeaderHooks for AppHooks {
         })
     }
 
+    /// The leader's catalog is current (every change goes through it): one atomic load of
+    /// the key cell against it.
+    fn still_may_lead(&self) -> bool {
+        self.state.catalog().key_allows_all(self.state.keys().check())
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.reload_views().await.map_err(|e| e.to_string()) })
     }

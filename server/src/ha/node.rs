@@ -41,6 +41,8 @@ pub struct Cluster {
 
 /// How often a standby polls a free lease: a released lease is taken within this.
 const STANDBY_POLL_MAX: Duration = Duration::from_millis(200);
+/// How often a leader looks at its key between renewals.
+const KEY_POLL: Duration = Duration::from_millis(50);
 /// Heartbeat and cluster-view refresh period.
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 
@@ -178,7 +180,12 @@ impl Cluster {
             if let Some(client) = &db {
                 // A query that hangs (partition) must not hold the loop: the watchdog has
                 // already stopped the writes; start over on a fresh connection.
-                match timeout(self.me.lease / 2, self.tick(client, hooks.as_ref(), &mut next_beat)).await {
+                match timeout(
+                    self.me.lease / 2 + self.me.lease / 8,
+                    self.tick(client, hooks.as_ref(), &mut next_beat),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "lease: database error"),
                     Err(_) => {
@@ -187,17 +194,24 @@ impl Cluster {
                     }
                 }
             }
-            let pause = if self.fence.epoch() != 0 {
-                self.renew_every()
-            } else {
-                self.poll_every()
-            };
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = self.pause(hooks.as_ref()) => {}
                 _ = stop.changed() => {}
             }
         }
         self.finish(db).await;
+    }
+
+    /// Until the next tick: a standby's poll period; a leader's renewal period, cut short
+    /// when its key stops allowing it to lead.
+    async fn pause(&self, hooks: &dyn LeaderHooks) {
+        if self.fence.epoch() == 0 {
+            return tokio::time::sleep(self.poll_every()).await;
+        }
+        let until = Instant::now() + self.renew_every();
+        while Instant::now() < until && hooks.still_may_lead() {
+            tokio::time::sleep(KEY_POLL.min(until - Instant::now())).await;
+        }
     }
 
     async fn connect(&self, url: &str) -> Option<Client> {
@@ -208,7 +222,12 @@ impl Cluster {
                         tracing::warn!(error = %e, "lease: database connection closed");
                     }
                 });
-                match lease::ensure_row(&client).await {
+                let lease = self.me.lease;
+                let ready = async {
+                    lease::limit_waits(&client, lease / 4, lease / 2).await?;
+                    lease::ensure_row(&client).await
+                };
+                match ready.await {
                     Ok(()) => Some(client),
                     Err(e) => {
                         tracing::warn!(error = %e, "lease: cannot create the lease row");

@@ -431,7 +431,34 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_model_matches_the_store_after_random_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path()).await;
+        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        model_matches_store(inner).await;
+    }
+
+    /// The same on PostgreSQL: the model knows no engine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
+    async fn the_model_matches_the_postgres_store_after_random_writes() {
+        let url = crate::store::suite::pg_url();
+        let db = tokio::task::spawn_blocking(move || crate::store::postgres::TempDatabase::create(&url, "model"))
+            .await
+            .unwrap()
+            .unwrap();
+        let url = db.url().to_owned();
+        let inner: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+            Arc::new(crate::store::PgStore::open(&url, crate::store::PgStoreOptions::default()).unwrap())
+        })
+        .await
+        .unwrap();
+        model_matches_store(Arc::clone(&inner)).await;
+        drop(inner);
+        tokio::task::spawn_blocking(move || drop(db)).await.unwrap();
+    }
+
+    async fn model_matches_store(inner: Arc<dyn Store>) {
+        let s = ModelStore::new(inner);
+        s.reload().await.unwrap();
+        let s = Arc::new(s);
         let mut licenses = Vec::new();
         for id in [7, 8] {
             let mut l = crate::model::tests::sample();

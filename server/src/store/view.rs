@@ -71,22 +71,66 @@ pub enum Effect {
     Reset(Box<Model>),
 }
 
-/// Seat end: held while `now < end` (the later of expiry and borrow end).
-fn seat_end(r: &Registration) -> i64 {
-    r.borrowed_until.map_or(r.expires_at, |b| b.max(r.expires_at))
-}
-
 fn has_consumption_features(l: &License) -> bool {
     l.terms.features.iter().any(|f| f.kind == FeatureKind::Consumption)
+}
+
+/// A seat as the model keeps it: the user is the map key (one allocation shared with the
+/// expiry index), the license is the map it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seat {
+    registered_at: i64,
+    expires_at: i64,
+    borrowed_until: Option<i64>,
+    os_hostname: Option<Box<str>>,
+    ip_local: Option<Box<str>>,
+    user_info: Option<Box<str>>,
+}
+
+impl Seat {
+    fn new(r: Registration) -> Self {
+        Self {
+            registered_at: r.registered_at,
+            expires_at: r.expires_at,
+            borrowed_until: r.borrowed_until,
+            os_hostname: r.os_hostname.map(String::into_boxed_str),
+            ip_local: r.ip_local.map(String::into_boxed_str),
+            user_info: r.user_info.map(String::into_boxed_str),
+        }
+    }
+
+    /// Held while `now < end` (the later of expiry and borrow end).
+    fn end(&self) -> i64 {
+        self.borrowed_until.map_or(self.expires_at, |b| b.max(self.expires_at))
+    }
+
+    fn registration(&self, license_id: u64, user: &str) -> Registration {
+        Registration {
+            license_id,
+            user: user.to_owned(),
+            registered_at: self.registered_at,
+            expires_at: self.expires_at,
+            borrowed_until: self.borrowed_until,
+            os_hostname: self.os_hostname.as_deref().map(str::to_owned),
+            ip_local: self.ip_local.as_deref().map(str::to_owned),
+            user_info: self.user_info.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// The smallest user: the lower bound of an expiry range.
+fn no_user() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
 }
 
 /// One license's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LicenseState {
     license: License,
-    seats: HashMap<String, Registration>,
+    seats: HashMap<Arc<str>, Seat>,
     /// (seat end, user) of every seat: lapsed seats are a range of it.
-    ends: BTreeSet<(i64, String)>,
+    ends: BTreeSet<(i64, Arc<str>)>,
     /// Slots by feature, then user.
     slots: BTreeMap<String, HashMap<String, FeatureRegistration>>,
 }
@@ -105,10 +149,8 @@ impl LicenseState {
         }
     }
 
-    fn lapsed_users(&self, now: i64) -> impl Iterator<Item = &String> {
-        self.ends
-            .range(..(now.saturating_add(1), String::new()))
-            .map(|(_, u)| u)
+    fn lapsed_users(&self, now: i64) -> impl Iterator<Item = &Arc<str>> {
+        self.ends.range(..(now.saturating_add(1), no_user())).map(|(_, u)| u)
     }
 
     fn in_use(&self, now: i64) -> usize {
@@ -116,20 +158,25 @@ impl LicenseState {
     }
 
     fn is_lapsed(&self, user: &str, now: i64) -> bool {
-        self.seats.get(user).is_some_and(|r| !r.is_active(now))
+        self.seats.get(user).is_some_and(|s| s.end() <= now)
     }
 
     fn put_seat(&mut self, r: Registration) {
-        if let Some(old) = self.seats.get(&r.user) {
-            self.ends.remove(&(seat_end(old), old.user.clone()));
-        }
-        self.ends.insert((seat_end(&r), r.user.clone()));
-        self.seats.insert(r.user.clone(), r);
+        let (user, seat) = match self.seats.get_key_value(r.user.as_str()) {
+            Some((user, old)) => {
+                let user = Arc::clone(user);
+                self.ends.remove(&(old.end(), Arc::clone(&user)));
+                (user, Seat::new(r))
+            }
+            None => (Arc::from(r.user.as_str()), Seat::new(r)),
+        };
+        self.ends.insert((seat.end(), Arc::clone(&user)));
+        self.seats.insert(user, seat);
     }
 
     fn drop_seat(&mut self, user: &str) {
-        if let Some(old) = self.seats.remove(user) {
-            self.ends.remove(&(seat_end(&old), old.user));
+        if let Some((user, old)) = self.seats.remove_entry(user) {
+            self.ends.remove(&(old.end(), user));
         }
         for slots in self.slots.values_mut() {
             slots.remove(user);
@@ -144,15 +191,18 @@ impl LicenseState {
     }
 
     fn purge(&mut self, now: i64) {
-        let lapsed: Vec<String> = self.lapsed_users(now).cloned().collect();
+        let lapsed: Vec<Arc<str>> = self.lapsed_users(now).cloned().collect();
         // Slots first, as the store does: a slot goes with its user's lapsed seat.
         for slots in self.slots.values_mut() {
-            slots.retain(|user, s| s.expires_at > now && !lapsed.contains(user));
+            slots.retain(|_, s| s.expires_at > now);
+            for user in &lapsed {
+                slots.remove(&**user);
+            }
         }
         self.slots.retain(|_, s| !s.is_empty());
-        for user in &lapsed {
-            if let Some(old) = self.seats.remove(user) {
-                self.ends.remove(&(seat_end(&old), old.user));
+        for user in lapsed {
+            if let Some(old) = self.seats.remove(&user) {
+                self.ends.remove(&(old.end(), user));
             }
         }
     }
@@ -289,13 +339,18 @@ impl Model {
     }
 
     /// The user's seat, live or lapsed.
-    pub fn registration(&self, id: u64, user: &str) -> Option<&Registration> {
-        self.licenses.get(&id).and_then(|s| s.seats.get(user))
+    pub fn registration(&self, id: u64, user: &str) -> Option<Registration> {
+        self.licenses
+            .get(&id)
+            .and_then(|s| s.seats.get(user).map(|seat| seat.registration(id, user)))
     }
 
     /// Every seat of a license, in no particular order.
-    pub fn registrations(&self, id: u64) -> impl Iterator<Item = &Registration> {
-        self.licenses.get(&id).into_iter().flat_map(|s| s.seats.values())
+    pub fn registrations(&self, id: u64) -> impl Iterator<Item = Registration> + '_ {
+        self.licenses
+            .get(&id)
+            .into_iter()
+            .flat_map(move |s| s.seats.iter().map(move |(u, seat)| seat.registration(id, u)))
     }
 
     /// Every slot of a license, in no particular order.
@@ -317,7 +372,7 @@ impl Model {
         Some(SeatLookup {
             license: s.license.clone(),
             in_use: s.in_use(now),
-            registration: user.and_then(|u| s.seats.get(u)).cloned(),
+            registration: user.and_then(|u| s.seats.get(u).map(|seat| seat.registration(id, u))),
             features: s.feature_usage(now),
         })
     }
