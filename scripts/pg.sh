@@ -31,7 +31,12 @@ cmd_start() {
       || { cat "$DIR/initdb.log" >&2; exit 1; }
   fi
   if as_pg "$bin/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
-    echo "$URL"; return 0
+    # A cluster started by an older pg.sh may lack a setting the tests need: restart it.
+    if [ "$(as_pg "$bin/psql" -h "$DIR" -p "$PORT" -U postgres -Atc 'SHOW track_commit_timestamp')" = on ]; then
+      echo "$URL"; return 0
+    fi
+    echo "restarting the private cluster with track_commit_timestamp=on" >&2
+    as_pg "$bin/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null
   fi
   # fsync stays on: the durability tests mean it.
   as_pg "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start \

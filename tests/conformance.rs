@@ -195,42 +195,50 @@ fn in_force_with(s: &keyfloat_hal::Snapshot, k: K, proof: ProofStatus) -> bool {
             .is_some_and(|v| v.status == KeyStatus::Valid { proof })
 }
 
+/// The machine's own ID, no key in force.
+fn on_machine(s: &keyfloat_hal::Snapshot) -> bool {
+    s.hardware_id.as_str() == MACHINE && s.in_force.is_none()
+}
+
+/// No key at all.
+fn absent(s: &keyfloat_hal::Snapshot) -> bool {
+    on_machine(s) && s.state() == KeyState::Absent
+}
+
+/// A key is listed as invalid for `reason`, and none is in force.
+fn refused_as(reason: keyfloat_hal::InvalidReason) -> impl Fn(&keyfloat_hal::Snapshot) -> bool {
+    move |s| on_machine(s) && s.keys.iter().any(|k| k.status == KeyStatus::Invalid { reason })
+}
+
+/// Pulls `k` and waits until no key is left.
+fn unplug_all(rig: &mut dyn Rig, reader: &CellReader, k: K) {
+    rig.unplug(k);
+    wait(reader, rig.settle(), "absent", absent);
+}
+
 /// The attestation cases, against a monitor whose validator requires attestation.
 fn attestation_conformance(rig: &mut dyn Rig, reader: &CellReader) {
     let t = rig.settle();
-    let machine = |s: &keyfloat_hal::Snapshot| s.hardware_id.as_str() == MACHINE && s.in_force.is_none();
-    let not_attested = |s: &keyfloat_hal::Snapshot| {
-        machine(s)
-            && s.keys.iter().any(|k| {
-                k.status
-                    == KeyStatus::Invalid {
-                        reason: keyfloat_hal::InvalidReason::NotAttested,
-                    }
-            })
-    };
+    let not_attested = refused_as(keyfloat_hal::InvalidReason::NotAttested);
     // A key generated on the device attests: in force, proof "attested".
     rig.plug(K::Attested);
     wait(reader, t, "attested in force", |s| {
         in_force_with(s, K::Attested, ProofStatus::Attested)
     });
-    rig.unplug(K::Attested);
-    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    unplug_all(rig, reader, K::Attested);
     // A software key imported into the card: no attestation, refused.
     rig.plug(K::Imported);
-    wait(reader, t, "imported refused", not_attested);
-    rig.unplug(K::Imported);
-    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    wait(reader, t, "imported refused", &not_attested);
+    unplug_all(rig, reader, K::Imported);
     // A card replaying another card's genuine attestation: refused.
     rig.plug(K::Replayer);
-    wait(reader, t, "replayer refused", not_attested);
-    rig.unplug(K::Replayer);
-    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    wait(reader, t, "replayer refused", &not_attested);
+    unplug_all(rig, reader, K::Replayer);
 }
 
 /// The suite. `reader` is the cell the arm's monitor publishes to.
 fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     let t = rig.settle();
-    let machine = |s: &keyfloat_hal::Snapshot| s.hardware_id.as_str() == MACHINE && s.in_force.is_none();
 
     // Plug: the key's serial becomes the hardware ID, with a verified proof.
     rig.plug(K::Good);
@@ -242,8 +250,7 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     wait(reader, t, "other in force", |s| in_force_is(s, K::Other));
 
     // Unplug: back to the machine's ID, nothing attached.
-    rig.unplug(K::Other);
-    wait(reader, t, "machine id", |s| machine(s) && s.state() == KeyState::Absent);
+    unplug_all(rig, reader, K::Other);
 
     // Busy: another process holds the key — reported as busy (never absent), holder named.
     rig.plug(K::Good);
@@ -251,7 +258,7 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     rig.hold(K::Good);
     let names = rig.names_holders();
     wait(reader, t, "busy", |s| {
-        machine(s)
+        on_machine(s)
             && s.keys.iter().any(|k| match &k.status {
                 KeyStatus::Error { kind, holders, .. } => *kind == ErrorKind::Busy && (!names || !holders.is_empty()),
                 _ => false,
@@ -265,7 +272,7 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     let recorder = Recorder::start(reader.clone());
     rig.hang(K::Good);
     wait(reader, t, "stuck key noticed", |s| {
-        machine(s)
+        on_machine(s)
             && s.state() == KeyState::Error
             && s.keys
                 .iter()
@@ -283,20 +290,15 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     drop(recorder);
 
     // A key that signs garbage is invalid (bad signature), never in force.
-    rig.unplug(K::Good);
-    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    unplug_all(rig, reader, K::Good);
     rig.plug(K::Garbage);
-    wait(reader, t, "garbage invalid", |s| {
-        machine(s)
-            && s.keys.iter().any(|k| {
-                k.status
-                    == KeyStatus::Invalid {
-                        reason: keyfloat_hal::InvalidReason::BadSignature,
-                    }
-            })
-    });
-    rig.unplug(K::Garbage);
-    wait(reader, t, "absent", |s| machine(s) && s.state() == KeyState::Absent);
+    wait(
+        reader,
+        t,
+        "garbage invalid",
+        refused_as(keyfloat_hal::InvalidReason::BadSignature),
+    );
+    unplug_all(rig, reader, K::Garbage);
 }
 
 fn monitor(

@@ -19,15 +19,7 @@ fn pg_url() -> String {
 }
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    keyfloat_testkit::process::outcome(&Command::new(BIN).args(args).output().unwrap())
 }
 
 /// A second `serve` on a data dir in use exits with status 2 naming the first one's pid;

@@ -49,9 +49,13 @@ fn open(dir: &std::path::Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// One transaction per drained batch; every request of the batch is answered after COMMIT.
-fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
-    let mut batch: Vec<(String, Reply)> = Vec::with_capacity(MAX_BATCH);
+type Job = (String, Reply);
+
+/// Group commit: waits for a job, takes whatever else is queued (up to [`MAX_BATCH`]), runs
+/// `commit` on the batch in one transaction and answers every job after it (its row id, or
+/// the error). Ends when every sender is gone.
+fn group_commit<E: ToString>(rx: &mpsc::Receiver<Job>, mut commit: impl FnMut(&[Job]) -> Result<Vec<i64>, E>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -60,12 +64,31 @@ fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
                 Err(_) => break,
             }
         }
+        match commit(&batch) {
+            Ok(ids) => {
+                for ((_, reply), id) in batch.drain(..).zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction per drained batch; every request of the batch is answered after COMMIT.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    group_commit(&rx, |batch| {
         let result = (|| -> rusqlite::Result<Vec<i64>> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let mut ids = Vec::with_capacity(batch.len());
             {
                 let mut st = conn.prepare_cached("INSERT INTO rows (user, body) VALUES (?1, ?2)")?;
-                for (body, _) in &batch {
+                for (body, _) in batch {
                     st.execute((user_of(body), body))?;
                     ids.push(conn.last_insert_rowid());
                 }
@@ -73,20 +96,11 @@ fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
             conn.execute_batch("COMMIT")?;
             Ok(ids)
         })();
-        match result {
-            Ok(ids) => {
-                for ((_, reply), id) in batch.drain(..).zip(ids) {
-                    let _ = reply.send(Ok(id));
-                }
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            }
+        if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-    }
+        result
+    });
 }
 
 fn user_of(body: &str) -> String {
@@ -106,7 +120,7 @@ fn open_pg(url: &str) -> Result<postgres::Client, postgres::Error> {
 
 /// The PostgreSQL twin of [`writer`]: one transaction per drained batch, one prepared
 /// INSERT per request, every request answered after COMMIT.
-fn pg_writer(mut client: postgres::Client, rx: mpsc::Receiver<(String, Reply)>) {
+fn pg_writer(mut client: postgres::Client, rx: mpsc::Receiver<Job>) {
     let insert = match client.prepare("INSERT INTO rows (user_name, body) VALUES ($1, $2) RETURNING id") {
         Ok(st) => st,
         Err(e) => {
@@ -114,38 +128,21 @@ fn pg_writer(mut client: postgres::Client, rx: mpsc::Receiver<(String, Reply)>) 
             return;
         }
     };
-    let mut batch: Vec<(String, Reply)> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    group_commit(&rx, |batch| {
         let result = (|| -> Result<Vec<i64>, postgres::Error> {
             client.batch_execute("BEGIN")?;
             let mut ids = Vec::with_capacity(batch.len());
-            for (body, _) in &batch {
+            for (body, _) in batch {
                 ids.push(client.query_one(&insert, &[&user_of(body), body])?.get(0));
             }
             client.batch_execute("COMMIT")?;
             Ok(ids)
         })();
-        match result {
-            Ok(ids) => {
-                for ((_, reply), id) in batch.drain(..).zip(ids) {
-                    let _ = reply.send(Ok(id));
-                }
-            }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            }
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK");
         }
-    }
+        result
+    });
 }
 
 /// ~500 B of JSON derived from the request, like a register answer.
