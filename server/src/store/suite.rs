@@ -48,6 +48,7 @@ macro_rules! store_suite {
             use super::*;
             store_suite!(@cases $open, [$(#[$attr])*],
                 licenses_round_trip, seats_count_lapse_and_purge, a_refused_job_leaves_no_trace,
+                a_failing_statement_spoils_only_its_job,
                 listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
                 audit_chain_appends_and_verifies, two_processes_never_over_grant);
         }
@@ -193,6 +194,36 @@ fn a_refused_job_leaves_no_trace(h: &Harness) {
         .map(|a| a.username)
         .collect();
     assert_eq!(names, vec!["y"]);
+}
+
+/// A statement that fails inside a job (here a seat on a license that does not exist)
+/// refuses that job only: the next job of the same batch, whose statements run after the
+/// failure, commits.
+fn a_failing_statement_spoils_only_its_job(h: &Harness) {
+    let s = Arc::clone(&h.store);
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            transact_blocking(&*s, move |_| {
+                let _ = started_tx.send(());
+                let _ = hold.recv();
+                Ok::<_, StoreError>(())
+            })
+        })
+    };
+    started.recv().unwrap();
+    // Queued behind the blocker: one batch.
+    let bad = super::transact(&*s, |tx| tx.put_registration(&seat(999, "u", 100)));
+    let good = super::transact(&*s, |tx| tx.put_account(&account("after", Role::User)));
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert!(rt.block_on(bad).is_err(), "no license 999");
+    rt.block_on(good).unwrap();
+    assert!(read_blocking(&*s, |tx| tx.account("after")).unwrap().is_some());
+    assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
 }
 
 fn listings_page_in_byte_order(h: &Harness) {

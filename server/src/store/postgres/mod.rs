@@ -131,6 +131,9 @@ pub(crate) struct PgConn {
     statements: HashMap<&'static str, Statement>,
     /// Statements (savepoints) to send ahead of the next one, in the same round trip.
     pending: String,
+    /// A deferred statement failed: the savepoints no longer match the jobs, so the
+    /// transaction must not commit (see [`PgConn::take_failure`]).
+    failed: Option<StoreError>,
 }
 
 type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
@@ -142,14 +145,17 @@ macro_rules! pipelined {
         let $st = &$conn.statement($sql)?;
         let pending = std::mem::take(&mut $conn.pending);
         let $c = &$conn.client;
-        Ok($conn.runtime.block_on(async {
+        // (the deferred statements' result, the query's own result)
+        let (before, result) = $conn.runtime.block_on(async {
             if pending.is_empty() {
-                return $call.await;
+                return (Ok(()), $call.await);
             }
-            let (before, result) = tokio::join!(biased; $c.batch_execute(&pending), $call);
-            before?;
-            result
-        })?)
+            tokio::join!(biased; $c.batch_execute(&pending), $call)
+        });
+        match before {
+            Err(e) => Err($conn.deferred_failed(e)),
+            Ok(()) => Ok(result?),
+        }
     }};
 }
 
@@ -173,6 +179,7 @@ impl PgConn {
             client,
             statements: HashMap::new(),
             pending: String::new(),
+            failed: None,
         })
     }
 
@@ -188,9 +195,28 @@ impl PgConn {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
+        // Deferred statements first: a parse inside an aborted transaction would fail until
+        // a deferred `ROLLBACK TO SAVEPOINT` ran.
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            if let Err(e) = self.runtime.block_on(self.client.batch_execute(&pending)) {
+                return Err(self.deferred_failed(e));
+            }
+        }
         let st = self.runtime.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql, st.clone());
         Ok(st)
+    }
+
+    fn deferred_failed(&mut self, e: tokio_postgres::Error) -> StoreError {
+        let e = StoreError::from(e);
+        self.failed.get_or_insert_with(|| e.clone());
+        e
+    }
+
+    /// The failure of a deferred statement since the last call, if any.
+    pub(crate) fn take_failure(&mut self) -> Option<StoreError> {
+        self.failed.take()
     }
 
     /// Queues `sql` (no parameters, no rows) to go out with the next statement.
@@ -282,6 +308,11 @@ impl PgWriter {
             terms: Some(&mut self.terms),
         };
         queues::run_jobs(&mut tx, batch)?;
+        // A savepoint statement that failed (sent ahead of a job's statement) leaves the
+        // savepoints out of step with the jobs: nothing of the batch may commit.
+        if let Some(e) = self.conn.take_failure() {
+            return Err(e);
+        }
         self.conn.exec("COMMIT")
     }
 }
@@ -292,6 +323,7 @@ impl Writer for PgWriter {
         let result = self.run(batch);
         if result.is_err() {
             self.conn.pending.clear();
+            self.conn.failed = None;
             let _ = self.conn.exec("ROLLBACK");
             // A failed commit rolled back inserts the cache may already know about.
             self.terms.clear();
@@ -318,9 +350,13 @@ impl Reader for PgReader {
             conn: &mut self.conn,
             terms: None,
         });
+        let failed = self.conn.take_failure();
         if let Err(e) = self.conn.exec("COMMIT") {
             self.conn.pending.clear();
             let _ = self.conn.exec("ROLLBACK");
+            return Err(e);
+        }
+        if let Some(e) = failed {
             return Err(e);
         }
         Ok(())
@@ -353,8 +389,7 @@ impl TempDatabase {
             .take(30)
             .collect();
         let name = format!("kf_{clean}_{}", hex::encode(bytes));
-        let mut admin = PgConn::connect(admin_url)?;
-        admin.exec(&format!("CREATE DATABASE {name}"))?;
+        admin(admin_url, format!("CREATE DATABASE {name}"))?;
         let url = with_database(admin_url, &name);
         Ok(Self {
             admin_url: admin_url.to_owned(),
@@ -367,6 +402,15 @@ impl TempDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// Runs `sql` on the cluster, on a thread of its own (callers may be on an async runtime,
+/// e.g. a test dropping its database while unwinding).
+fn admin(url: &str, sql: String) -> StoreResult<()> {
+    let url = url.to_owned();
+    std::thread::spawn(move || PgConn::connect(&url)?.exec(&sql))
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Failed("the admin statement panicked".into())))
 }
 
 /// `url` with its database replaced by `name` (URL form only: `postgres://…/db?…`).
@@ -388,9 +432,10 @@ fn with_database(url: &str, name: &str) -> String {
 
 impl Drop for TempDatabase {
     fn drop(&mut self) {
-        if let Ok(mut admin) = PgConn::connect(&self.admin_url) {
-            let _ = admin.exec(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
+        let _ = admin(
+            &self.admin_url,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
