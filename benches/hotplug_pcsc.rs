@@ -53,9 +53,7 @@ fn listener(reader: String, stop: Arc<AtomicBool>, tx: mpsc::Sender<(Instant, bo
 }
 
 fn main() {
-    if !require_pcscd().expect("pcscd is required for this benchmark") {
-        return;
-    }
+    require_pcscd().unwrap_or_else(|e| panic!("pcscd is required for this benchmark: {e}"));
     let full = std::env::args().any(|a| a == "--bench");
     let cycles = if full { 10 } else { 2 };
     let pcscd = PrivatePcscd::start(0x9F00).expect("private pcscd");

@@ -51,9 +51,7 @@ fn pcsc_monitor() -> (CellReader, MonitorHandle) {
 }
 
 fn main() {
-    if !require_pcscd().expect("pcscd is required for this benchmark") {
-        return;
-    }
+    require_pcscd().unwrap_or_else(|e| panic!("pcscd is required for this benchmark: {e}"));
     let cycles = if std::env::args().any(|a| a == "--bench") {
         10
     } else {

@@ -12,16 +12,6 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-5}
-THREADS=${THREADS:-2}
-CONNS=${CONNS:-32}
-LUA=benches/http/request.lua
-
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk (Debian package)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null ||
-        { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null; }
-fi
 
 cargo build --release --quiet --bin keyfloat --example baseline_server
 KF=target/release/keyfloat
@@ -29,6 +19,7 @@ BASE=target/release/examples/baseline_server
 
 BENCH=bench-http
 source scripts/bench-lib.sh
+install_wrk
 
 start_keyfloat
 start baseline $BASE --listen 127.0.0.1:0 --data-dir "$TMP/base"
@@ -42,10 +33,6 @@ done
 curl -fsS "http://$KF_ADDR/api/v4/health" | grep -q '"state":"valid"' ||
     { echo "simulated key never became valid" >&2; exit 1; }
 
-add() { # product, extra query -> license id
-    curl -fsS "http://$KF_ADDR/api/v4/addProduct?product=$1&licenseKey=BENCH-$1&floatingUsers=1000000$2" |
-        sed -n 's/.*"license_id":\([0-9]*\).*/\1/p'
-}
 BOUND=$(add bound "&isHWKeyReq=true")
 PLAIN=$(add plain "")
 SEATS=$(add seats "")
@@ -54,28 +41,7 @@ for v in BOUND PLAIN SEATS METER; do
     [ -n "${!v}" ] || { echo "addProduct failed for $v" >&2; exit 1; }
 done
 
-printf '%-44s %10s %9s %9s %7s\n' scenario "req/s" "p50 µs" "p99 µs" errors
-declare -A RPS
-run() { # name, url, lua args...
-    local name=$1 url=$2
-    shift 2
-    local line
-    line=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s -s "$LUA" "$url" -- "$@" | grep '^RESULT')
-    local rps p50 p99 non2xx sock
-    rps=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' <<<"$line")
-    p50=$(sed -n 's/.* p50_us=\([0-9]*\).*/\1/p' <<<"$line")
-    p99=$(sed -n 's/.* p99_us=\([0-9]*\).*/\1/p' <<<"$line")
-    non2xx=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$line")
-    sock=$(sed -n 's/.* socket_errors=\([0-9]*\).*/\1/p' <<<"$line")
-    printf '%-44s %10s %9s %9s %7s\n' "$name" "$rps" "$p50" "$p99" "$((non2xx + sock))"
-    if [ "$((non2xx + sock))" -ne 0 ]; then
-        echo "  ^ $non2xx non-2xx answers, $sock socket errors: this figure is not valid" >&2
-        RPS[$name]=0
-    else
-        RPS[$name]=$rps
-    fi
-}
-
+print_header
 # One fixed user holds a seat on each license, so "re-register" only extends it.
 for pair in "bound:$BOUND" "plain:$PLAIN"; do
     curl -fsS -H 'Content-Type: application/json' \
@@ -108,9 +74,6 @@ echo "sizes: baseline /json answer $(bytes -H 'Content-Type: application/json' \
         -d "{\"product\":\"plain\",\"license_id\":$PLAIN,\"user\":\"bench-user\"}" "$K/register") B;" \
     "/license answer $(bytes "$K/license") B"
 
-ratio() { # a b -> a/b in percent
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b; else print "n/a" }'
-}
 JSON=$(((${RPS["baseline POST /json"]} + ${RPS["baseline POST /json (again, drift check)"]}) / 2))
 BOUND_RPS=$(((${RPS["keyfloat re-register bound #1"]} + ${RPS["keyfloat re-register bound #2"]}) / 2))
 PLAIN_RPS=$(((${RPS["keyfloat re-register plain #1"]} + ${RPS["keyfloat re-register plain #2"]}) / 2))

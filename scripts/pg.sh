@@ -4,6 +4,8 @@
 #   ./scripts/pg.sh start   # init (once) and start; prints the URL
 #   ./scripts/pg.sh stop
 #   ./scripts/pg.sh url
+# track_commit_timestamp: tests/ha_failover.rs checks that no fenced batch committed after
+# its epoch was superseded by comparing commit times (takes effect at the next start).
 # Tests read the URL from KEYFLOAT_PG_URL (scripts/dev.sh test exports it) and create
 # their own databases in it.
 set -euo pipefail
@@ -29,11 +31,16 @@ cmd_start() {
       || { cat "$DIR/initdb.log" >&2; exit 1; }
   fi
   if as_pg "$bin/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
-    echo "$URL"; return 0
+    # A cluster started by an older pg.sh may lack a setting the tests need: restart it.
+    if [ "$(as_pg "$bin/psql" -h "$DIR" -p "$PORT" -U postgres -Atc 'SHOW track_commit_timestamp')" = on ]; then
+      echo "$URL"; return 0
+    fi
+    echo "restarting the private cluster with track_commit_timestamp=on" >&2
+    as_pg "$bin/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null
   fi
   # fsync stays on: the durability tests mean it.
   as_pg "$bin/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start \
-    -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=128MB" >/dev/null \
+    -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=128MB -c track_commit_timestamp=on" >/dev/null \
     || { tail -30 "$DIR/server.log" >&2; exit 1; }
   echo "$URL"
 }

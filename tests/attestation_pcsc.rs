@@ -31,7 +31,7 @@ struct Rig {
 }
 
 /// A private pcscd and a card built by `make` (given the rig's test attestation CA).
-fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Option<Rig> {
+fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> Rig {
     require_tools(&["yubico-piv-tool", "openssl"]).unwrap_or_else(|e| panic!("{e}"));
     require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
@@ -39,7 +39,7 @@ fn rig(port_hint: u16, make: impl FnOnce(&SimAttestationCa) -> VirtualCard) -> O
     let card = CardServer::connect(pcscd.vpcd_addr(0), make(&ca)).expect("card");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("root.pem"), ca.root_pem()).expect("write root");
-    Some(Rig { pcscd, card, dir })
+    Rig { pcscd, card, dir }
 }
 
 impl Drop for Rig {
@@ -92,44 +92,64 @@ impl Rig {
         assert!(out.status.success(), "{}", output_text(&out));
     }
 
+    /// `keyfloat vendor sign-key-cert` with the rig's vendor key: `serial`, where the key
+    /// comes from (`key_source`: `--public-key …`, `--from-key`, attestation files), `out`.
+    fn sign_key_cert(&self, serial: &str, key_source: &[&str], out: &str) -> Output {
+        let mut args = vec![
+            "vendor",
+            "sign-key-cert",
+            "--vendor-key",
+            "vendor.pem",
+            "--serial",
+            serial,
+        ];
+        args.extend_from_slice(key_source);
+        args.extend_from_slice(&["--out", out]);
+        self.run(KEYFLOAT, &args)
+    }
+
     /// `keyfloat vendor sign-key-cert --attestation …` with the rig's files.
     fn sign_attested(&self, serial: u32, root: &str) -> Output {
-        let serial = serial.to_string();
-        self.run(
-            KEYFLOAT,
-            &[
-                "vendor",
-                "sign-key-cert",
-                "--vendor-key",
-                "vendor.pem",
-                "--serial",
-                &serial,
-                "--public-key",
-                "pub.pem",
-                "--attestation",
-                "attest.pem",
-                "--attestation-intermediate",
-                "f9.pem",
-                "--attestation-root",
-                root,
-                "--out",
-                "cert.pem",
-            ],
-        )
+        let attestation = [
+            "--public-key",
+            "pub.pem",
+            "--attestation",
+            "attest.pem",
+            "--attestation-intermediate",
+            "f9.pem",
+            "--attestation-root",
+            root,
+        ];
+        self.sign_key_cert(&serial.to_string(), &attestation, "cert.pem")
+    }
+
+    /// `openssl verify` of the attestation chain: test root, F9 intermediate.
+    fn openssl_verify(&self) -> Output {
+        let verify = self.run(
+            "openssl",
+            &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
+        );
+        assert!(verify.status.success(), "{}", output_text(&verify));
+        verify
     }
 
     /// `keyfloat keys --json` on this pcscd with the vendor key and the test root.
     fn keys(&self, expect_serial: &str) -> serde_json::Value {
-        let args = [
+        self.keys_with(expect_serial, &["--attestation-root", "root.pem"])
+    }
+
+    /// `keyfloat keys --json` on this pcscd with the vendor key and `extra`, once it lists
+    /// `expect_serial`.
+    fn keys_with(&self, expect_serial: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec![
             "keys",
             "--json",
             "--key-backend",
             "pcsc",
             "--vendor-public-key",
             "vendor.pub.pem",
-            "--attestation-root",
-            "root.pem",
         ];
+        args.extend_from_slice(extra);
         let out = run_until(
             Duration::from_secs(10),
             format_args!("keyfloat keys to list {expect_serial}"),
@@ -140,25 +160,41 @@ impl Rig {
     }
 }
 
+/// A command that must have failed, saying `why` on stderr.
+#[track_caller]
+fn assert_refused(out: &Output, why: &str) {
+    assert!(!out.status.success(), "{}", output_text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(why),
+        "{why}: {}",
+        output_text(out)
+    );
+}
+
 /// An unprovisioned card (key imported, no certificate) with a YubiKey's F9 attester.
 fn fresh_card(ca: &SimAttestationCa, serial: u32) -> VirtualCard {
     let spec = SimKeySpec::generate("card", serial);
     VirtualCard::new(&spec).with_attester(ca.issue_device(serial).expect("F9"))
 }
 
+/// The `yubico-piv-tool` arguments that generate an ECC P-256 key in slot 9E, its public
+/// key to `pub.pem`, with `policies`.
+fn generate_9e<'a>(policies: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["-a", "generate", "-s", "9e", "-A", "ECCP256"];
+    args.extend_from_slice(policies);
+    args.extend_from_slice(&["-o", "pub.pem"]);
+    args
+}
+
+/// A rig around [`fresh_card`] with a vendor key made now (`vendor.pem`, `vendor.pub.pem`).
+fn fresh_rig(port_hint: u16, serial: u32) -> Rig {
+    let rig = rig(port_hint, |ca| fresh_card(ca, serial));
+    rig.vendor_keygen();
+    rig
+}
+
 fn generate_attest_read_f9(rig: &Rig) {
-    rig.piv_tool(&[
-        "-a",
-        "generate",
-        "-s",
-        "9e",
-        "-A",
-        "ECCP256",
-        "--pin-policy=never",
-        "--touch-policy=never",
-        "-o",
-        "pub.pem",
-    ]);
+    rig.piv_tool(&generate_9e(&["--pin-policy=never", "--touch-policy=never"]));
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
 }
@@ -167,19 +203,12 @@ fn generate_attest_read_f9(rig: &Rig) {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     const SERIAL: u32 = 13572468;
-    let Some(rig) = rig(0xA640, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
-    rig.vendor_keygen();
+    let rig = fresh_rig(0xA640, SERIAL);
     generate_attest_read_f9(&rig);
     assert!(rig.card.with_card(|c| c.key_generated()));
 
     // openssl accepts the chain with the test root and the F9 intermediate.
-    let verify = rig.run(
-        "openssl",
-        &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
-    );
-    assert!(verify.status.success(), "{}", output_text(&verify));
+    let verify = rig.openssl_verify();
     assert!(String::from_utf8_lossy(&verify.stdout).contains("attest.pem: OK"));
 
     let signed = rig.sign_attested(SERIAL, "root.pem");
@@ -191,21 +220,10 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     // The provisioning-station mode reads the same from the connected key.
     let serial = SERIAL.to_string();
     let station = |serial: &str| {
-        rig.run(
-            KEYFLOAT,
-            &[
-                "vendor",
-                "sign-key-cert",
-                "--vendor-key",
-                "vendor.pem",
-                "--serial",
-                serial,
-                "--from-key",
-                "--attestation-root",
-                "root.pem",
-                "--out",
-                "cert-station.pem",
-            ],
+        rig.sign_key_cert(
+            serial,
+            &["--from-key", "--attestation-root", "root.pem"],
+            "cert-station.pem",
         )
     };
     let out = station(&serial);
@@ -215,13 +233,7 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
         "{}",
         output_text(&out)
     );
-    let out = station("99999999");
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("reports serial 13572468"),
-        "{}",
-        output_text(&out)
-    );
+    assert_refused(&station("99999999"), "reports serial 13572468");
 
     rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
     let status = rig.piv_tool(&["-a", "status"]);
@@ -241,19 +253,10 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     const SERIAL: u32 = 24681357;
-    let Some(rig) = rig(0xA660, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
-    rig.vendor_keygen();
+    let rig = fresh_rig(0xA660, SERIAL);
     generate_attest_read_f9(&rig);
     let refused = |out: &Output, code: &str| {
-        assert!(!out.status.success(), "{}", output_text(out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&format!("refused ({code})")),
-            "{code}: {}",
-            output_text(out)
-        );
+        assert_refused(out, &format!("refused ({code})"));
         assert!(!rig.dir.path().join("cert.pem").exists(), "a certificate was written");
     };
 
@@ -270,20 +273,10 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
         "attestation_serial_mismatch",
     );
     // A different public key: the key was re-generated after the attestation was taken.
-    rig.piv_tool(&["-a", "generate", "-s", "9e", "-A", "ECCP256", "-o", "pub.pem"]);
+    rig.piv_tool(&generate_9e(&[]));
     refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_key_mismatch");
     // A PIN policy an unattended server cannot satisfy.
-    rig.piv_tool(&[
-        "-a",
-        "generate",
-        "-s",
-        "9e",
-        "-A",
-        "ECCP256",
-        "--pin-policy=always",
-        "-o",
-        "pub.pem",
-    ]);
+    rig.piv_tool(&generate_9e(&["--pin-policy=always"]));
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     refused(&rig.sign_attested(SERIAL, "root.pem"), "attestation_pin_policy");
     // Garbage in place of the attestation: a clear refusal, no panic.
@@ -296,10 +289,7 @@ fn vendor_refuses_unknown_root_other_serial_and_other_key() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
     const SERIAL: u32 = 11223344;
-    let Some(rig) = rig(0xA680, |ca| fresh_card(ca, SERIAL)) else {
-        return;
-    };
-    rig.vendor_keygen();
+    let rig = fresh_rig(0xA680, SERIAL);
     // The attacker's software key, imported into the card.
     let soft = p256::SecretKey::random(&mut rand_core::OsRng);
     std::fs::write(
@@ -316,28 +306,12 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
         output_text(&attest)
     );
     // The provisioning-station mode refuses to certify it.
-    let out = rig.run(
-        KEYFLOAT,
-        &[
-            "vendor",
-            "sign-key-cert",
-            "--vendor-key",
-            "vendor.pem",
-            "--serial",
-            "11223344",
-            "--from-key",
-            "--attestation-root",
-            "root.pem",
-            "--out",
-            "cert.pem",
-        ],
+    let out = rig.sign_key_cert(
+        "11223344",
+        &["--from-key", "--attestation-root", "root.pem"],
+        "cert.pem",
     );
-    assert!(!out.status.success(), "{}", output_text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("no attestation"),
-        "{}",
-        output_text(&out)
-    );
+    assert_refused(&out, "no attestation");
     assert!(!rig.dir.path().join("cert.pem").exists());
 
     // A vendor certifying it anyway (the old flow, no attestation): the server refuses it.
@@ -347,22 +321,7 @@ fn an_imported_software_key_cannot_be_attested_and_is_not_attested() {
         soft.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
     )
     .unwrap();
-    let serial = SERIAL.to_string();
-    let out = rig.run(
-        KEYFLOAT,
-        &[
-            "vendor",
-            "sign-key-cert",
-            "--vendor-key",
-            "vendor.pem",
-            "--serial",
-            &serial,
-            "--public-key",
-            "pub.pem",
-            "--out",
-            "cert.pem",
-        ],
-    );
+    let out = rig.sign_key_cert(&SERIAL.to_string(), &["--public-key", "pub.pem"], "cert.pem");
     assert!(out.status.success(), "{}", output_text(&out));
     rig.piv_tool(&["-a", "import-certificate", "-s", "9e", "-i", "cert.pem"]);
     let rows = rig.keys("11223344");
@@ -377,41 +336,24 @@ fn a_valid_attestation_replayed_by_another_card_is_not_attested() {
     // Card A is a genuine, attested key; card B is a programmable card with its own
     // (software) key, certified for B's serial, replaying A's captured attestation.
     let vendor = VendorSigningKey::generate();
-    let Some(rig) = rig(0xA6A0, |ca| {
+    let rig = rig(0xA6A0, |ca| {
         let a = SimKeySpec::generate("a", 55550001)
             .with_attestation(Some(SimAttestation::Device(ca.issue_device(55550001).unwrap())));
         let captured = a.attestation().expect("A attests");
         let b = SimKeySpec::generate("b", 55550002).with_attestation(Some(SimAttestation::Replay(captured)));
         VirtualCard::new(&provision_sim_key(b, &vendor))
-    }) else {
-        return;
-    };
+    });
     std::fs::write(rig.dir.path().join("vendor.pub.pem"), vendor.public_key().to_pem()).unwrap();
     // The replayed attestation itself is genuine: openssl accepts its chain …
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
-    let verify = rig.run(
-        "openssl",
-        &["verify", "-CAfile", "root.pem", "-untrusted", "f9.pem", "attest.pem"],
-    );
-    assert!(verify.status.success(), "{}", output_text(&verify));
+    rig.openssl_verify();
     // … but it is for another serial and another key, so the server refuses card B.
     let rows = rig.keys("55550002");
     assert_eq!(rows[0]["proof"], "invalid", "{rows}");
     assert_eq!(rows[0]["reason"], "not_attested", "{rows}");
     // The same card passes without the attestation requirement: the refusal is the attestation's.
-    let out = rig.run(
-        KEYFLOAT,
-        &[
-            "keys",
-            "--json",
-            "--key-backend",
-            "pcsc",
-            "--vendor-public-key",
-            "vendor.pub.pem",
-        ],
-    );
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = rig.keys_with("55550002", &[]);
     assert_eq!(rows[0]["proof"], "verified", "{rows}");
     assert_eq!(rows[0]["attested"], false, "{rows}");
 }
@@ -482,18 +424,7 @@ fn simulate_card_with_ykman_attests_and_openssl_accepts_the_chain() {
     };
     run(
         "yubico-piv-tool",
-        &[
-            "-a",
-            "generate",
-            "-s",
-            "9e",
-            "-A",
-            "ECCP256",
-            "--pin-policy=never",
-            "--touch-policy=never",
-            "-o",
-            "pub.pem",
-        ],
+        &generate_9e(&["--pin-policy=never", "--touch-policy=never"]),
     );
     let reader = pcscd.reader(0);
     let attest = run(&ykman, &["--reader", &reader, "piv", "keys", "attest", "9e", "-"]);

@@ -21,11 +21,9 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_keyfloat");
 
 /// A private pcscd owned by the test (dropped = stopped, also when the test fails).
-fn pcscd() -> Option<PrivatePcscd> {
-    if !require_pcscd().expect("pcscd is required for this test") {
-        return None;
-    }
-    Some(PrivatePcscd::start(0x9C40).expect("private pcscd"))
+fn pcscd() -> PrivatePcscd {
+    require_pcscd().unwrap_or_else(|e| panic!("{e}"));
+    PrivatePcscd::start(0x9C40).expect("private pcscd")
 }
 
 /// Runs `keyfloat doctor --json` with pcscd's socket set; returns (exit code, report).
@@ -96,7 +94,7 @@ fn pcscd_absent_is_a_problem_with_a_hint() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn private_pcscd_empty_reader_then_card_then_held_card() {
-    let Some(pcscd) = pcscd() else { return };
+    let pcscd = pcscd();
     let socket = pcscd.socket();
 
     // pcscd up, reader empty: pcscd found with its pid and command line, no key = problem.

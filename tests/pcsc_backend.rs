@@ -28,7 +28,7 @@ const HOLD_ENV: &str = "KEYFLOAT_TEST_HOLD_READER";
 const HOLD_MODE_ENV: &str = "KEYFLOAT_TEST_HOLD_MODE";
 
 /// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
-fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
+fn pcscd() -> MutexGuard<'static, PrivatePcscd> {
     shared_pcscd(0x9E00)
 }
 
@@ -64,7 +64,7 @@ fn fast_monitor() -> MonitorConfig {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn provider_finds_opens_and_proves_the_card() {
-    let Some(pcscd) = pcscd() else { return };
+    let pcscd = pcscd();
     let (spec, vendor) = provisioned(20240601);
     let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
     let provider = PcscProvider::new();
@@ -196,7 +196,7 @@ fn holder_child_process() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn monitor_follows_insert_remove_contention_and_pcscd_restarts() {
-    let Some(mut pcscd) = pcscd() else { return };
+    let mut pcscd = pcscd();
     let (spec, vendor) = provisioned(5550123);
     let machine = HardwareId::new("machine-id-of-this-test");
     let cell = HardwareIdCell::new(machine.clone());

@@ -23,7 +23,7 @@ use keyfloat_testkit::pcscd::shared_pcscd;
 use keyfloat_testkit::wait_until;
 
 /// The binary's pcscd, behind the lock that serializes the scenarios. `None`: skipping.
-fn pcscd() -> Option<MutexGuard<'static, PrivatePcscd>> {
+fn pcscd() -> MutexGuard<'static, PrivatePcscd> {
     shared_pcscd(0x9A80)
 }
 
@@ -219,7 +219,7 @@ fn report(what: &str, v: &[Duration]) {
 }
 
 fn wedged_card_soak(hold: Duration) {
-    let Some(pcscd) = pcscd() else { return };
+    let pcscd = pcscd();
     let rig = rig(&pcscd, MONITOR);
     // Let the first probe and validation attempts of the wedged card run their course.
     std::thread::sleep(Duration::from_secs(8));
@@ -265,7 +265,7 @@ fn soak_a_wedged_card_for_ten_minutes() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn grace_covers_a_300ms_hiccup_with_zero_refused_requests() {
-    let Some(pcscd) = pcscd() else { return };
+    let pcscd = pcscd();
     wait_empty();
     let vendor = VendorSigningKey::generate();
     let card = alpha_card(&pcscd, 31000003, &vendor);

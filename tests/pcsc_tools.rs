@@ -25,24 +25,22 @@ struct Rig {
     dir: tempfile::TempDir,
 }
 
-/// pcscd + a provisioned card with `serial` in slot 0; `None` when skipping is allowed.
-fn rig(port_hint: u16, serial: u32) -> Option<Rig> {
-    if !require_pcscd().expect("pcscd is required for this test") {
-        return None;
-    }
+/// pcscd + a provisioned card with `serial` in slot 0.
+fn rig(port_hint: u16, serial: u32) -> Rig {
+    require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(port_hint).expect("private pcscd");
     let vendor = VendorSigningKey::generate();
     let spec = provision_sim_key(SimKeySpec::generate("card", serial), &vendor);
     let certificate = spec.certificate.clone().expect("provisioned");
     let card = CardServer::connect(pcscd.vpcd_addr(0), VirtualCard::new(&spec)).expect("card");
     let dir = tempfile::tempdir().expect("temp dir");
-    Some(Rig {
+    Rig {
         pcscd,
         card,
         vendor,
         certificate,
         dir,
-    })
+    }
 }
 
 impl Rig {
@@ -85,7 +83,7 @@ fn pem_body(der: &[u8]) -> String {
 #[test]
 fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
     require_tools(&["yubico-piv-tool"]).unwrap_or_else(|e| panic!("{e}"));
-    let Some(rig) = rig(0x9D00, 31415926) else { return };
+    let rig = rig(0x9D00, 31415926);
     let status = rig.run_until(
         || {
             let mut c = rig.cmd("yubico-piv-tool");
@@ -134,7 +132,7 @@ fn yubico_piv_tool_reads_status_certificate_and_verifies_a_signature() {
 #[test]
 fn opensc_sees_a_piv_card_with_the_card_auth_certificate() {
     require_tools(&["opensc-tool", "pkcs15-tool", "pkcs11-tool"]).unwrap_or_else(|e| panic!("{e}"));
-    let Some(rig) = rig(0x9D20, 27182818) else { return };
+    let rig = rig(0x9D20, 27182818);
     let name = rig.run_until(
         || {
             let mut c = rig.cmd("opensc-tool");
@@ -176,7 +174,7 @@ fn opensc_sees_a_piv_card_with_the_card_auth_certificate() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
-    let Some(rig) = rig(0x9D40, 16180339) else { return };
+    let rig = rig(0x9D40, 16180339);
     let keyfloat = env!("CARGO_BIN_EXE_keyfloat");
     let rows = |extra: &[&str]| -> serde_json::Value {
         let out = rig.run_until(
@@ -212,9 +210,7 @@ fn keyfloat_keys_lists_the_card_with_serial_firmware_and_proof() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn simulate_card_command_serves_unplugs_and_replugs() {
-    if !require_pcscd().expect("pcscd is required for this test") {
-        return;
-    }
+    require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let pcscd = PrivatePcscd::start(0x9D60).expect("private pcscd");
     let keyfloat = env!("CARGO_BIN_EXE_keyfloat");
     let vpcd = pcscd.vpcd_addr(0).to_string();

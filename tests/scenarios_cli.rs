@@ -27,13 +27,6 @@ fn scenarios() -> Vec<PathBuf> {
     v
 }
 
-fn pcsc_available() -> bool {
-    match keyfloat_simulator::card::require_pcscd() {
-        Ok(available) => available,
-        Err(e) => panic!("{e}"),
-    }
-}
-
 #[test]
 fn suite_passes_in_virtual_mode_deterministically() {
     let out = keyfloat()
@@ -83,9 +76,7 @@ fn strict_modes_fails_on_a_scenario_for_another_mode_and_full_trace_prints_every
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn suite_passes_in_pcsc_mode() {
-    if !pcsc_available() {
-        return;
-    }
+    keyfloat_simulator::card::require_pcscd().unwrap_or_else(|e| panic!("{e}"));
     let mut passed = 0;
     for file in scenarios() {
         let out = keyfloat()

@@ -47,7 +47,7 @@ fn run_python(py: &std::path::Path, s: &Server, phase: &str, creds: Option<(&str
 }
 
 fn flow(auth_mode: bool) {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = data_dir();
     let creds = auth_mode.then_some(("admin", "admin-pw"));
     if auth_mode {

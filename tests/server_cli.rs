@@ -26,15 +26,7 @@ fn user(args: &[&str], data: &std::path::Path, stdin: Option<&str>) -> (bool, St
     } else {
         drop(child.stdin.take());
     }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    keyfloat_testkit::process::outcome(&child.wait_with_output().unwrap())
 }
 
 #[test]

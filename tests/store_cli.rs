@@ -19,15 +19,7 @@ fn pg_url() -> String {
 }
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    keyfloat_testkit::process::outcome(&Command::new(BIN).args(args).output().unwrap())
 }
 
 /// A second `serve` on a data dir in use exits with status 2 naming the first one's pid;
@@ -147,5 +139,36 @@ fn store_migrate_copies_a_used_installation_and_verifies_it() {
     let s = start(other.path(), &["--store", target.url()]);
     let after = s.json("GET", "/api/v4/license", None, None);
     assert_eq!(after, before, "the copy serves the same licenses, totals and seats");
+    assert_eq!(s.stop(), Some(0));
+}
+
+/// `keyfloat user … --store postgres://…` manages the accounts every server on that store
+/// logs in with.
+#[test]
+#[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
+fn accounts_are_managed_in_the_shared_store() {
+    let db = TempDatabase::create(&pg_url(), "accounts").unwrap();
+    let url = db.url();
+    let (ok, text) = run(&[
+        "user",
+        "add",
+        "--store",
+        url,
+        "--username",
+        "root",
+        "--role",
+        "admin",
+        "--password",
+        "pw-1",
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["user", "list", "--store", url]);
+    assert!(ok && text.contains("root\tadmin"), "{text}");
+    let (ok, text) = run(&["user", "list"]);
+    assert!(!ok && text.contains("--data-dir"), "a place is required: {text}");
+    let dir = data_dir();
+    let s = start(dir.path(), &["--store", url, "--user-authentication"]);
+    let (status, body) = s.call("GET", "/auth", None, Some(&server_support::basic("root", "pw-1")));
+    assert_eq!(status, 200, "{body}");
     assert_eq!(s.stop(), Some(0));
 }

@@ -133,7 +133,7 @@ fn probe(py: &Path, addr: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Re
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn the_python_sdk_runs_over_https() {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = data_dir();
     let (_ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
     let s = start_tls(dir.path(), &cert, &key, &["--http-listen", "127.0.0.1:0"]);
@@ -188,7 +188,7 @@ fn the_python_sdk_runs_over_https() {
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn sighup_swaps_the_certificate_without_dropping_connections() {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = data_dir();
     let (ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
     let s = start_tls(dir.path(), &cert, &key, &[]);
@@ -238,7 +238,7 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn mutual_tls_requires_a_client_certificate_from_the_ca() {
-    let Some(py) = python() else { return };
+    let py = python();
     let dir = data_dir();
     let client_ca = ca("client CA");
     let rogue_ca = ca("rogue CA");

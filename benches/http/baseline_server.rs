@@ -7,8 +7,11 @@
 //! - `POST /json_db`: the same, plus one row written per request to SQLite (WAL,
 //!   `synchronous=FULL`) by one writer thread that group-commits everything queued (up to
 //!   512 requests per transaction, one fsync per batch) and answers after the commit.
+//! - `POST /json_pg` (with `--pg URL`): the same single-row write to PostgreSQL through the
+//!   client keyfloat's PostgreSQL store uses (the sync `postgres` crate), by one writer
+//!   connection that group-commits the same way (`scripts/bench-http-pg.sh`).
 //!
-//! Run: `cargo run --release --example baseline_server -- --listen 127.0.0.1:0 --data-dir DIR`;
+//! Run: `cargo run --release --example baseline_server -- --listen 127.0.0.1:0 --data-dir DIR [--pg URL]`;
 //! it prints `listening on http://ADDR` and serves until SIGTERM/SIGINT.
 
 use std::path::PathBuf;
@@ -30,6 +33,12 @@ type Reply = oneshot::Sender<Result<i64, String>>;
 #[derive(Clone)]
 struct Db(mpsc::Sender<(String, Reply)>);
 
+#[derive(Clone)]
+struct Dbs {
+    sqlite: Db,
+    pg: Option<Db>,
+}
+
 fn open(dir: &std::path::Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(dir.join("baseline.db"))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -40,9 +49,13 @@ fn open(dir: &std::path::Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// One transaction per drained batch; every request of the batch is answered after COMMIT.
-fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
-    let mut batch: Vec<(String, Reply)> = Vec::with_capacity(MAX_BATCH);
+type Job = (String, Reply);
+
+/// Group commit: waits for a job, takes whatever else is queued (up to [`MAX_BATCH`]), runs
+/// `commit` on the batch in one transaction and answers every job after it (its row id, or
+/// the error). Ends when every sender is gone.
+fn group_commit<E: ToString>(rx: &mpsc::Receiver<Job>, mut commit: impl FnMut(&[Job]) -> Result<Vec<i64>, E>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -51,37 +64,85 @@ fn writer(conn: Connection, rx: mpsc::Receiver<(String, Reply)>) {
                 Err(_) => break,
             }
         }
-        let result = (|| -> rusqlite::Result<Vec<i64>> {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let mut ids = Vec::with_capacity(batch.len());
-            {
-                let mut st = conn.prepare_cached("INSERT INTO rows (user, body) VALUES (?1, ?2)")?;
-                for (body, _) in &batch {
-                    let user = serde_json::from_str::<Value>(body)
-                        .ok()
-                        .and_then(|v| v["user"].as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    st.execute((user, body))?;
-                    ids.push(conn.last_insert_rowid());
-                }
-            }
-            conn.execute_batch("COMMIT")?;
-            Ok(ids)
-        })();
-        match result {
+        match commit(&batch) {
             Ok(ids) => {
                 for ((_, reply), id) in batch.drain(..).zip(ids) {
                     let _ = reply.send(Ok(id));
                 }
             }
             Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
+                let e = e.to_string();
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
+
+/// One transaction per drained batch; every request of the batch is answered after COMMIT.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    group_commit(&rx, |batch| {
+        let result = (|| -> rusqlite::Result<Vec<i64>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut ids = Vec::with_capacity(batch.len());
+            {
+                let mut st = conn.prepare_cached("INSERT INTO rows (user, body) VALUES (?1, ?2)")?;
+                for (body, _) in batch {
+                    st.execute((user_of(body), body))?;
+                    ids.push(conn.last_insert_rowid());
+                }
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(ids)
+        })();
+        if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        result
+    });
+}
+
+fn user_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["user"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn open_pg(url: &str) -> Result<postgres::Client, postgres::Error> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rows (id BIGSERIAL PRIMARY KEY, user_name TEXT NOT NULL, body TEXT NOT NULL)",
+    )?;
+    Ok(client)
+}
+
+/// The PostgreSQL twin of [`writer`]: one transaction per drained batch, one prepared
+/// INSERT per request, every request answered after COMMIT.
+fn pg_writer(mut client: postgres::Client, rx: mpsc::Receiver<Job>) {
+    let insert = match client.prepare("INSERT INTO rows (user_name, body) VALUES ($1, $2) RETURNING id") {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("baseline: preparing the insert failed: {e}");
+            return;
+        }
+    };
+    group_commit(&rx, |batch| {
+        let result = (|| -> Result<Vec<i64>, postgres::Error> {
+            client.batch_execute("BEGIN")?;
+            let mut ids = Vec::with_capacity(batch.len());
+            for (body, _) in batch {
+                ids.push(client.query_one(&insert, &[&user_of(body), body])?.get(0));
+            }
+            client.batch_execute("COMMIT")?;
+            Ok(ids)
+        })();
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK");
+        }
+        result
+    });
 }
 
 /// ~500 B of JSON derived from the request, like a register answer.
@@ -114,7 +175,18 @@ async fn plain(Json(req): Json<Value>) -> Json<Value> {
     Json(answer(&req, None))
 }
 
-async fn durable(State(db): State<Db>, body: String) -> Result<Json<Value>, (StatusCode, String)> {
+async fn durable(State(dbs): State<Dbs>, body: String) -> Result<Json<Value>, (StatusCode, String)> {
+    write_through(&dbs.sqlite, body).await
+}
+
+async fn durable_pg(State(dbs): State<Dbs>, body: String) -> Result<Json<Value>, (StatusCode, String)> {
+    let Some(db) = &dbs.pg else {
+        return Err((StatusCode::NOT_FOUND, "start with --pg URL".to_owned()));
+    };
+    write_through(db, body).await
+}
+
+async fn write_through(db: &Db, body: String) -> Result<Json<Value>, (StatusCode, String)> {
     let req: Value = serde_json::from_str(&body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let (tx, rx) = oneshot::channel();
     db.0.send((body, tx))
@@ -147,6 +219,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let conn = open(&dir)?;
     let (tx, rx) = mpsc::channel();
     let writer = std::thread::spawn(move || writer(conn, rx));
+    let pg = match arg("--pg") {
+        Some(url) => {
+            let client = open_pg(&url)?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || pg_writer(client, rx));
+            Some(Db(tx))
+        }
+        None => None,
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -154,7 +235,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .route("/static", get(fixed))
             .route("/json", post(plain))
             .route("/json_db", post(durable))
-            .with_state(Db(tx));
+            .route("/json_pg", post(durable_pg))
+            .with_state(Dbs { sqlite: Db(tx), pg });
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         println!("listening on http://{}", listener.local_addr()?);
         axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;

@@ -175,6 +175,13 @@ impl From<LicenseError> for ApiError {
     }
 }
 
+/// A rejected license file: `400 license_file_invalid`, the reason's own code in the message.
+impl From<crate::license_file::LicenseFileError> for ApiError {
+    fn from(e: crate::license_file::LicenseFileError) -> Self {
+        ApiError::bad_request("license_file_invalid", format!("{e} ({})", e.code()))
+    }
+}
+
 /// `Retry-After` of a `server_busy` answer: a full queue drains within a second.
 const RETRY_AFTER_SECS: &str = "1";
 

@@ -10,6 +10,7 @@ use keyfloat_hal::{CellReader, KeyCheck, KeyToken, Serial};
 
 use crate::error::ApiError;
 use crate::model::License;
+use crate::service::LicenseError;
 use crate::state::AppState;
 use crate::store::Tx;
 
@@ -154,6 +155,14 @@ impl AppState {
         let entry = catalog.resolve(product, license_id)?;
         self.check_key(entry, action)?;
         Ok(Arc::clone(entry))
+    }
+
+    /// [`AppState::gate`] for a license named by id alone (any product).
+    pub fn gate_id(&self, id: u64, action: &str) -> Result<u64, ApiError> {
+        let catalog = self.catalog();
+        let entry = catalog.get(id).ok_or(LicenseError::LicenseNotFound(id))?;
+        self.check_key(entry, action)?;
+        Ok(id)
     }
 
     /// The key gate for one catalog entry.

@@ -90,13 +90,13 @@ async fn wait_expired(db: &Client) {
     }
 }
 
-/// The store's fenced batch, as the PostgreSQL store runs it: the lease check `FOR SHARE`
+/// The store's fenced batch, as the PostgreSQL store runs it: the lease check `FOR KEY SHARE`
 /// inside the transaction, one `kf_batches` row, commit. `false` = refused (not leader).
 async fn fenced_commit(db: &mut Client, fence: &Fence) -> bool {
     let tx = db.transaction().await.unwrap();
     let ok = tx
         .query_opt(
-            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now() FOR SHARE",
+            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now() FOR KEY SHARE",
             &[&fence.node_id(), &(fence.epoch() as i64)],
         )
         .await
@@ -159,28 +159,28 @@ impl LeaderHooks for FakeHooks {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
-async fn each_grant_increments_the_epoch_and_a_live_lease_is_not_taken() {
+async fn each_grant_increments_the_epoch_and_another_node_cannot_take_a_live_lease() {
     let scratch = ScratchDb::new("grant").await;
     let db = scratch.client().await;
     lease::ensure_row(&db).await.unwrap();
     let (a, b) = (node("a", 60_000), node("b", 60_000));
     assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(1));
     assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), None, "b took a live lease");
-    assert_eq!(
-        lease::try_acquire(&db, &a).await.unwrap(),
-        None,
-        "a restarted node waits for expiry too"
-    );
     assert!(lease::renew(&db, &a, 1).await.unwrap());
     assert!(!lease::renew(&db, &b, 1).await.unwrap(), "only the holder renews");
+    // A grant whose answer was lost (or a restarted node): re-granted under a new epoch,
+    // which fences the old one.
+    assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(2));
+    assert!(!lease::renew(&db, &a, 1).await.unwrap(), "epoch 1 is superseded");
+    assert!(lease::renew(&db, &a, 2).await.unwrap());
     let row = lease::current(&db).await.unwrap();
-    assert_eq!((row.holder.as_deref(), row.epoch, row.live), (Some("a"), 1, true));
+    assert_eq!((row.holder.as_deref(), row.epoch, row.live), (Some("a"), 2, true));
     assert_eq!(row.advertise_url.as_deref(), Some("http://a.test:8080"));
 
-    assert!(lease::release(&db, &a, 1).await.unwrap());
-    assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), Some(2));
-    assert!(!lease::renew(&db, &a, 1).await.unwrap(), "a's old epoch is gone");
-    assert!(!lease::release(&db, &a, 1).await.unwrap(), "a cannot release b's lease");
+    assert!(lease::release(&db, &a, 2).await.unwrap());
+    assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), Some(3));
+    assert!(!lease::renew(&db, &a, 2).await.unwrap(), "a's old epoch is gone");
+    assert!(!lease::release(&db, &a, 2).await.unwrap(), "a cannot release b's lease");
     scratch.drop_db().await;
 }
 
@@ -225,11 +225,13 @@ async fn a_paused_node_commits_nothing_once_fenced() {
     tx_conn.batch_execute("BEGIN").await.unwrap();
     tx_conn
         .query_one(
-            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = 'a' AND epoch = $1 AND expires_at > now() FOR SHARE",
+            "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = 'a' AND epoch = $1 AND expires_at > now() FOR KEY SHARE",
             &[&(epoch as i64)],
         )
         .await
         .unwrap();
+    // The leader's own renewals do not wait for its batches in flight.
+    assert!(lease::renew(&db, &a, epoch).await.unwrap());
     wait_expired(&db).await;
     // ...so b's grant waits for it.
     let db_b = scratch.client().await;
@@ -361,5 +363,29 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     assert_eq!(a.role(), Role::Standby);
     blocker.batch_execute("ROLLBACK").await.unwrap();
     a.shutdown().await;
+    scratch.drop_db().await;
+}
+
+/// Tokens issued by one node are accepted by the others: every node reads the same JWT
+/// secret from the database; the first one to ask creates it.
+#[tokio::test]
+#[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
+async fn every_node_gets_the_same_jwt_secret() {
+    let scratch = ScratchDb::new("secret").await;
+    let first = lease::load_jwt_secret(&scratch.url).await.unwrap();
+    let second = lease::load_jwt_secret(&scratch.url).await.unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(first, second);
+    let a = keyfloat_server::auth::TokenKeys::from_secret(&first);
+    let b = keyfloat_server::auth::TokenKeys::from_secret(&second);
+    let token = a
+        .issue(
+            "ann",
+            keyfloat_server::model::Role::Admin,
+            0,
+            keyfloat_server::auth::MODE_AUTH,
+        )
+        .unwrap();
+    assert!(b.decode(&token).is_some(), "a token of node a is valid on node b");
     scratch.drop_db().await;
 }

@@ -81,7 +81,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(v["borrowed_until"], Value::Null);
 
     // The license list shows the activation hardware id = key serial.
-    let (s, list) = h.call("GET", "/api/v4/license", None, t).await;
+    let (s, list) = h.get_as("/api/v4/license", t).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list[0]["activation_hardware_id"], SERIAL);
     assert_eq!(list[0]["hardware_key_required"], true);
@@ -100,7 +100,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
         json!({"code":"hardware_key_not_accessible","message":"No available valid hardware key to perform the action: adding feature consumption","status":400})
     );
     // Nothing changed.
-    let (_, list) = h.call("GET", "/api/v4/license", None, t).await;
+    let (_, list) = h.get_as("/api/v4/license", t).await;
     let feats = list[0]["product_features"].as_array().unwrap();
     assert_eq!(feats[0]["total_consumptions"], 1);
 
@@ -291,7 +291,7 @@ async fn authentication_mode_roles_and_bad_tokens() {
         assert_eq!(v["code"], "forbidden");
     }
     let (s, _) = h
-        .call("GET", "/api/v4/addProduct?product=p&licenseKey=K", None, Some(&admin))
+        .get_as("/api/v4/addProduct?product=p&licenseKey=K", Some(&admin))
         .await;
     assert_eq!(s, StatusCode::OK);
     // Users may do licensing calls, reports and health.
@@ -300,7 +300,7 @@ async fn authentication_mode_roles_and_bad_tokens() {
         .await;
     assert_eq!(s, StatusCode::OK);
     for uri in ["/api/v4/license", "/api/v4/health", "/api/v4/unregister/all"] {
-        let (s, _) = h.call("GET", uri, None, Some(&user)).await;
+        let (s, _) = h.get_as(uri, Some(&user)).await;
         assert_eq!(s, StatusCode::OK, "{uri}");
     }
 
@@ -335,7 +335,7 @@ async fn authentication_mode_roles_and_bad_tokens() {
         ),
     )
     .unwrap();
-    let (s, _) = h.call("GET", "/api/v4/license", None, Some(&expired)).await;
+    let (s, _) = h.get_as("/api/v4/license", Some(&expired)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Open endpoints.
     let (s, _) = h.get("/").await;

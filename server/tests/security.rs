@@ -16,7 +16,7 @@ async fn restart(h: Harness, auth: bool) -> Harness {
 }
 
 async fn licenses_status(h: &Harness, token: &str) -> StatusCode {
-    h.call("GET", "/api/v4/license", None, Some(token)).await.0
+    h.get_as("/api/v4/license", Some(token)).await.0
 }
 
 /// Attack: a token minted by `/auth` while authentication was off (any credentials,
@@ -31,12 +31,7 @@ async fn a_no_auth_token_is_refused_after_switching_authentication_on() {
     h.add_account("admin", "real-pw", Role::Admin).await;
     assert_eq!(licenses_status(&h, &open_token).await, StatusCode::UNAUTHORIZED);
     let (s, _) = h
-        .call(
-            "GET",
-            "/api/v4/addProduct?product=p&licenseKey=K",
-            None,
-            Some(&open_token),
-        )
+        .get_as("/api/v4/addProduct?product=p&licenseKey=K", Some(&open_token))
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let real = h.token("admin", "real-pw").await;
@@ -69,9 +64,7 @@ async fn tokens_die_with_password_role_revocation_and_deletion() {
     let t = h.token("ann", "pw2").await;
     h.add_account("ann", "pw2", Role::User).await;
     bump(&h, "ann").await;
-    let (s, _) = h
-        .call("GET", "/api/v4/addProduct?product=p&licenseKey=K", None, Some(&t))
-        .await;
+    let (s, _) = h.get_as("/api/v4/addProduct?product=p&licenseKey=K", Some(&t)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "after demotion");
 
     // Revocation.
@@ -140,19 +133,14 @@ async fn metrics_need_a_token_in_authentication_mode() {
     h.add_account("admin", "pw", Role::Admin).await;
     let t = h.token("admin", "pw").await;
     let (s, _) = h
-        .call(
-            "GET",
-            "/api/v4/addProduct?product=secret-product&licenseKey=K",
-            None,
-            Some(&t),
-        )
+        .get_as("/api/v4/addProduct?product=secret-product&licenseKey=K", Some(&t))
         .await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = h.get("/metrics").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, v) = h.call("GET", "/metrics", None, Some("not-a-token")).await;
+    let (s, v) = h.get_as("/metrics", Some("not-a-token")).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, v) = h.call("GET", "/metrics", None, Some(&t)).await;
+    let (s, v) = h.get_as("/metrics", Some(&t)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(v.as_str().unwrap().contains("secret-product"));
 }

@@ -143,16 +143,7 @@ fn render_keys(s: &mut String, r: &Report) {
         let _ = writeln!(s, "reader       {} [{card}]", rd.name);
     }
     for k in &r.keys {
-        let _ = writeln!(
-            s,
-            "key          {} serial={} fw={} proof={}{}{}",
-            k.reader,
-            k.serial.as_deref().unwrap_or("?"),
-            k.firmware.as_deref().unwrap_or("?"),
-            k.proof,
-            if k.attested { " attested" } else { "" },
-            k.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default()
-        );
+        let _ = writeln!(s, "key          {} {}", k.reader, k.facts);
         for h in &k.holders {
             let _ = writeln!(s, "             held by {} (pid {}): {}", h.command, h.pid, h.cmdline);
         }

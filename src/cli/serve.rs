@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keyfloat_hal::backend::sim::provision_sim_key;
-use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
-use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
-use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorSigningKey, VendorValidator};
-use keyfloat_hal::{HardwareIdCell, HardwareKey, InvalidReason, KeyValidator, MonitorConfig, Validation};
+use keyfloat_hal::{HardwareIdCell, MonitorConfig};
 use keyfloat_server::{AppState, KeyBackend, KeyPolicy, ServerConfig, StateParts, Store};
+
+mod keys;
+
+use keys::{key_trust, key_validator};
 
 /// Name of the simulated key created by `--key-backend sim`.
 pub const SIM_KEY_NAME: &str = "sim-key";
@@ -42,15 +42,9 @@ pub struct Args {
     /// in the data dir, one server per data dir].
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// HA: this node's name; with --store postgres://… the node competes for leadership.
-    #[arg(long, value_name = "NAME")]
-    pub node_id: Option<String>,
-    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
-    #[arg(long, value_name = "URL")]
-    pub advertise_url: Option<String>,
-    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
-    #[arg(long, value_name = "SECS")]
-    pub lease_secs: Option<u64>,
+    /// HA: --node-id, --advertise-url, --lease-secs.
+    #[command(flatten)]
+    pub ha: super::ha::HaArgs,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -146,42 +140,13 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.port {
         c.port = Some(v);
     }
-    if let Some(v) = &args.data_dir {
-        c.data_dir = v.clone();
-    }
     if let Some(v) = &args.store {
         c.store = Some(keyfloat_server::store::open::StoreUrl(v.clone()));
-    }
-    if let Some(v) = args.key_backend {
-        c.key_backend = v;
-    }
-    if let Some(v) = args.user_authentication {
-        c.user_authentication = v;
-    }
-    if let Some(v) = args.crash_if_no_hardware_key {
-        c.crash_if_no_hardware_key = v;
-    }
-    if let Some(v) = &args.vendor_public_key {
-        c.vendor_public_key = Some(v.clone());
-    }
-    if let Some(v) = args.revalidate_secs {
-        c.revalidate_secs = v;
-    }
-    if let Some(v) = &args.sim_vendor_key {
-        c.sim_vendor_key = Some(v.clone());
-    }
-    if let Some(v) = args.allow_serial_only_keys {
-        c.allow_serial_only_keys = v;
-    }
-    if let Some(v) = args.key_grace_secs {
-        c.key_grace_secs = v;
-    }
-    if let Some(v) = args.require_attestation {
-        c.require_attestation = v;
     }
     if !args.attestation_root.is_empty() {
         c.attestation_roots = args.attestation_root.clone();
     }
+    // The flags named like the configuration keys they override.
     macro_rules! set {
         ($($f:ident),*) => {$(
             if let Some(v) = &args.$f {
@@ -196,8 +161,16 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
             }
         )*};
     }
+    super::ha::apply(&args.ha, &mut c);
     set!(
-        lease_secs,
+        data_dir,
+        key_backend,
+        user_authentication,
+        crash_if_no_hardware_key,
+        revalidate_secs,
+        allow_serial_only_keys,
+        key_grace_secs,
+        require_attestation,
         token_lifetime_secs,
         metrics_public,
         metrics_license_labels,
@@ -208,8 +181,8 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         drain_secs
     );
     set_opt!(
-        node_id,
-        advertise_url,
+        vendor_public_key,
+        sim_vendor_key,
         hash_workers,
         metrics_token,
         metrics_listen,
@@ -219,23 +192,6 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         http_listen
     );
     Ok(c)
-}
-
-/// Used when no vendor public key is configured: keys are listed but never trusted, so
-/// key-bound licenses can be neither added nor used (licenses without the flag work).
-#[derive(Debug)]
-struct NoVendorKey;
-
-impl KeyValidator for NoVendorKey {
-    fn validate(&self, key: &mut dyn HardwareKey) -> Validation {
-        match key.read_serial() {
-            Ok(serial) => Validation::Invalid {
-                serial: Some(serial),
-                reason: InvalidReason::WrongVendor,
-            },
-            Err(e) => Validation::Failed(e),
-        }
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -357,104 +313,6 @@ pub async fn serve(config: ServerConfig, sim_serial: u32) -> anyhow::Result<Exit
     store.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
     monitor.stop();
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whom the server trusts, and the simulated key when `--key-backend sim` asks for one.
-struct KeyTrust {
-    vendor: Option<VendorPublicKey>,
-    attestation_roots: Vec<String>,
-    sim: Option<super::common::SimKeyControl>,
-}
-
-/// The configured vendor key and attestation roots; with the sim backend, the simulated key
-/// (plugged in) and, from `--sim-vendor-key`, the vendor and TEST attestation root it trusts.
-fn key_trust(config: &ServerConfig, sim_serial: u32) -> anyhow::Result<KeyTrust> {
-    let mut trust = KeyTrust {
-        vendor: match &config.vendor_public_key {
-            Some(v) => Some(VendorPublicKey::from_path_or_inline(v).context("reading vendor_public_key")?),
-            None => None,
-        },
-        attestation_roots: config.attestation_roots.clone(),
-        sim: None,
-    };
-    if config.key_backend == KeyBackend::Sim {
-        trust.sim = Some(simulated_key(config, sim_serial, &mut trust)?);
-    }
-    Ok(trust)
-}
-
-/// `--key-backend sim`: a bus with one simulated key, provisioned by `--sim-vendor-key` if
-/// given (that vendor, and a TEST attestation root when attestation is required, are trusted).
-fn simulated_key(
-    config: &ServerConfig,
-    sim_serial: u32,
-    trust: &mut KeyTrust,
-) -> anyhow::Result<super::common::SimKeyControl> {
-    tracing::warn!("##########################################################################");
-    tracing::warn!("## --key-backend sim: SIMULATED hardware key. DEMO / CI ONLY.            ##");
-    tracing::warn!("## A simulated key can never satisfy a license signed by a real vendor.  ##");
-    tracing::warn!("##########################################################################");
-    let bus = SimBus::new();
-    if let Some(path) = &config.sim_vendor_key {
-        let sk = VendorSigningKey::read_pem_file(path)
-            .with_context(|| format!("reading --sim-vendor-key {}", path.display()))?;
-        if trust.vendor.is_none() {
-            trust.vendor = Some(sk.public_key());
-        }
-        let mut spec = SimKeySpec::generate(SIM_KEY_NAME, sim_serial);
-        if config.require_attestation {
-            // The simulated key attests with a TEST CA made now, which this server trusts.
-            let ca = SimAttestationCa::generate().context("creating the TEST attestation CA")?;
-            let device = ca
-                .issue_device(sim_serial)
-                .context("issuing the simulated F9 certificate")?;
-            spec = spec.with_attestation(Some(SimAttestation::Device(device)));
-            trust.attestation_roots.push(ca.root_pem());
-            tracing::warn!("--key-backend sim: trusting a TEST attestation root made now (not Yubico)");
-        }
-        bus.insert(provision_sim_key(spec, &sk));
-    } else {
-        tracing::warn!("no --sim-vendor-key: the simulated key is unprovisioned and will never be valid");
-        bus.insert(SimKeySpec::generate(SIM_KEY_NAME, sim_serial));
-    }
-    bus.plug(SIM_KEY_NAME).context("plugging the simulated key")?;
-    Ok(super::common::SimKeyControl {
-        bus,
-        key: SIM_KEY_NAME.into(),
-    })
-}
-
-/// The validator of keys: the vendor's (with attestation when required), or one that
-/// trusts no key when no vendor key is configured.
-fn key_validator(
-    config: &ServerConfig,
-    vendor: Option<VendorPublicKey>,
-    attestation_roots: &[String],
-) -> anyhow::Result<Arc<dyn KeyValidator>> {
-    let attestation = if config.require_attestation {
-        if attestation_roots.is_empty() {
-            anyhow::bail!(
-                "require_attestation is on but no attestation_roots are configured (Yubico's PIV root CA: {})",
-                keyfloat_hal::trust::attestation::YUBICO_ROOTS_URL
-            );
-        }
-        let roots = AttestationRoots::from_paths_or_inline(attestation_roots).context("reading attestation_roots")?;
-        tracing::info!(roots = ?roots.fingerprints(), "attestation required at every key validation");
-        Some(roots)
-    } else {
-        None
-    };
-    Ok(match vendor {
-        Some(pk) => Arc::new(
-            VendorValidator::new(pk)
-                .allow_serial_only(config.allow_serial_only_keys)
-                .require_attestation(attestation),
-        ),
-        None => {
-            tracing::warn!("no vendor_public_key configured: no hardware key can be validated");
-            Arc::new(NoVendorKey)
-        }
-    })
 }
 
 fn monitor_config(config: &ServerConfig) -> MonitorConfig {

@@ -1,14 +1,42 @@
-//! `keyfloat user`: accounts for authentication mode, stored (argon2 hashes) in the data dir.
+//! `keyfloat user`: accounts for authentication mode, stored (argon2 hashes) in the data
+//! dir's store, or in a shared PostgreSQL store (`--store postgres://…`).
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use keyfloat_server::auth::hash_password;
 use keyfloat_server::model::{Account, AuditEvent, Role};
-use keyfloat_server::store::transact_blocking;
-use keyfloat_server::SqliteStore;
+use keyfloat_server::store::{transact_blocking, PgStore, PgStoreOptions, StoreSpec};
+use keyfloat_server::{SqliteStore, Store};
+
+/// Where the accounts live: the data dir's SQLite store (opened alongside a running
+/// server, which re-reads accounts every second), or `--store postgres://…`.
+#[derive(Debug, clap::Args)]
+pub struct Where {
+    /// Server data directory.
+    #[arg(long, required_unless_present = "store")]
+    data_dir: Option<PathBuf>,
+    /// The servers' shared store instead: `postgres://user[:password]@host[:port]/db`.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
+impl Where {
+    fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        let data_dir = self.data_dir.clone().unwrap_or_default();
+        let spec = StoreSpec::parse(self.store.as_deref(), &data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(match spec {
+            StoreSpec::Sqlite { data_dir } => Arc::new(SqliteStore::open(&data_dir)?),
+            StoreSpec::Postgres { url } => Arc::new(
+                PgStore::open(&url, PgStoreOptions::default())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", keyfloat_server::store::open::redact(&url)))?,
+            ),
+        })
+    }
+}
 
 /// Account role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,9 +52,8 @@ pub enum RoleArg {
 pub enum Command {
     /// Create an account (replaces nothing: fails if it exists).
     Add {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
         /// Login name.
         #[arg(long)]
         username: String,
@@ -39,9 +66,8 @@ pub enum Command {
     },
     /// Change an account's password.
     Passwd {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
         /// Login name.
         #[arg(long)]
         username: String,
@@ -51,9 +77,8 @@ pub enum Command {
     },
     /// Change an account's role (its tokens stop working).
     Role {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
         /// Login name.
         #[arg(long)]
         username: String,
@@ -63,18 +88,16 @@ pub enum Command {
     },
     /// Delete an account (its tokens stop working).
     Delete {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
         /// Login name.
         #[arg(long)]
         username: String,
     },
     /// Revoke every token of an account (the account stays; it logs in again).
     Revoke {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
         /// Login name (or --username).
         name: Option<String>,
         /// Login name.
@@ -83,9 +106,8 @@ pub enum Command {
     },
     /// List accounts.
     List {
-        /// Server data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data_dir: Where,
     },
 }
 
@@ -137,8 +159,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             revoke(&data_dir, &username)?;
         }
         Command::List { data_dir } => {
-            let store = SqliteStore::open(&data_dir)?;
-            let accounts = transact_blocking(&store, |tx| tx.accounts()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let store = data_dir.open()?;
+            let accounts = transact_blocking(store.as_ref(), |tx| tx.accounts()).map_err(|e| anyhow::anyhow!("{e}"))?;
             for a in accounts {
                 println!("{}\t{}", a.username, a.role.as_str());
             }
@@ -156,7 +178,7 @@ impl From<RoleArg> for Role {
     }
 }
 
-fn add(data_dir: &Path, username: &str, role: Role, given: Option<String>) -> anyhow::Result<()> {
+fn add(data_dir: &Where, username: &str, role: Role, given: Option<String>) -> anyhow::Result<()> {
     if username.trim().is_empty() || username.contains(':') {
         bail!("invalid user name {username:?} (must be non-empty, without ':')");
     }
@@ -186,7 +208,7 @@ fn add(data_dir: &Path, username: &str, role: Role, given: Option<String>) -> an
     Ok(())
 }
 
-fn passwd(data_dir: &Path, username: &str, given: Option<String>) -> anyhow::Result<()> {
+fn passwd(data_dir: &Where, username: &str, given: Option<String>) -> anyhow::Result<()> {
     let hash = hash_password(&password(given)?).map_err(|e| anyhow::anyhow!("{e}"))?;
     update_account(data_dir, username, "password_changed", None, move |a| {
         a.password_hash = hash
@@ -195,7 +217,7 @@ fn passwd(data_dir: &Path, username: &str, given: Option<String>) -> anyhow::Res
     Ok(())
 }
 
-fn set_role(data_dir: &Path, username: &str, role: Role) -> anyhow::Result<()> {
+fn set_role(data_dir: &Where, username: &str, role: Role) -> anyhow::Result<()> {
     let detail = format!("{username} ({})", role.as_str());
     update_account(data_dir, username, "role_changed", Some(detail), move |a| a.role = role)?;
     println!("role of {username} is now {}; its tokens were revoked", role.as_str());
@@ -205,7 +227,7 @@ fn set_role(data_dir: &Path, username: &str, role: Role) -> anyhow::Result<()> {
 /// Changes an existing account, revokes its tokens and audits `event` (detail: the name
 /// unless given), in one transaction.
 fn update_account(
-    data_dir: &Path,
+    data_dir: &Where,
     username: &str,
     event: &'static str,
     detail: Option<String>,
@@ -225,7 +247,7 @@ fn update_account(
     })
 }
 
-fn delete(data_dir: &Path, username: &str) -> anyhow::Result<()> {
+fn delete(data_dir: &Where, username: &str) -> anyhow::Result<()> {
     let name = username.to_owned();
     change(data_dir, move |tx| {
         if !tx.delete_account(&name)? {
@@ -240,7 +262,7 @@ fn delete(data_dir: &Path, username: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn revoke(data_dir: &Path, username: &str) -> anyhow::Result<()> {
+fn revoke(data_dir: &Where, username: &str) -> anyhow::Result<()> {
     let name = username.to_owned();
     let gen = change(data_dir, move |tx| {
         if tx.account(&name)?.is_none() {
@@ -260,9 +282,9 @@ fn not_found(name: &str) -> keyfloat_server::ApiError {
 
 /// Runs one change on the data dir's store.
 fn change<T: Send + 'static>(
-    data_dir: &Path,
+    data_dir: &Where,
     f: impl FnOnce(&mut dyn keyfloat_server::store::Tx) -> Result<T, keyfloat_server::ApiError> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let store = SqliteStore::open(data_dir)?;
-    transact_blocking(&store, f).map_err(|e| anyhow::anyhow!("{}", e.message))
+    let store = data_dir.open()?;
+    transact_blocking(store.as_ref(), f).map_err(|e| anyhow::anyhow!("{}", e.message))
 }

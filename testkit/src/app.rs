@@ -387,6 +387,11 @@ impl Harness {
         self.call("GET", uri, None, None).await
     }
 
+    /// `GET uri` with an optional bearer token.
+    pub async fn get_as(&self, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call("GET", uri, None, token).await
+    }
+
     /// `addProduct` with query parameters; returns the license id.
     pub async fn add_product(&self, query: &str) -> u64 {
         let (s, v) = self.get(&format!("/api/v4/addProduct?{query}")).await;

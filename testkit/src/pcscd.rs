@@ -5,19 +5,17 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use keyfloat_simulator::card::{require_pcscd, PrivatePcscd, CSOCK_ENV};
 
 /// The binary's pcscd (started on first use at `port_hint`), behind the lock that
-/// serializes the tests that use it; `None` when `require_pcscd` allows skipping.
+/// serializes the tests that use it. Panics when pcscd or vpcd is missing (the test fails).
 ///
 /// It also points this process's libpcsclite at it (`PCSCLITE_CSOCK_NAME`), before any
 /// PC/SC call: libpcsclite reads the variable once and caches it.
-pub fn shared_pcscd(port_hint: u16) -> Option<MutexGuard<'static, PrivatePcscd>> {
-    static PCSCD: OnceLock<Option<Mutex<PrivatePcscd>>> = OnceLock::new();
+pub fn shared_pcscd(port_hint: u16) -> MutexGuard<'static, PrivatePcscd> {
+    static PCSCD: OnceLock<Mutex<PrivatePcscd>> = OnceLock::new();
     let slot = PCSCD.get_or_init(|| {
-        if !require_pcscd().expect("pcscd is required for this test") {
-            return None;
-        }
+        require_pcscd().unwrap_or_else(|e| panic!("{e}"));
         let p = PrivatePcscd::start(port_hint).expect("private pcscd");
         std::env::set_var(CSOCK_ENV, p.socket());
-        Some(Mutex::new(p))
+        Mutex::new(p)
     });
-    slot.as_ref().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -17,6 +17,16 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
+/// Whether a finished command succeeded, and its stdout followed by its stderr.
+pub fn outcome(o: &Output) -> (bool, String) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), text)
+}
+
 /// The stdout of a command that must have succeeded (else the test fails with its output).
 #[track_caller]
 pub fn success_stdout(o: &Output) -> String {

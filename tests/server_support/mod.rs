@@ -26,7 +26,7 @@ pub fn start(data: &Path, extra: &[&str]) -> Server {
 /// The Python interpreter with the official SDK: `KEYFLOAT_PYTHON`, else
 /// `target/venv/bin/python`. Missing = test failure (tests using it are
 /// `#[ignore = "needs the licensespring Python SDK …"]`; `./scripts/dev.sh test` runs them).
-pub fn python() -> Option<PathBuf> {
+pub fn python() -> PathBuf {
     let p = std::env::var_os("KEYFLOAT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"));
@@ -34,11 +34,10 @@ pub fn python() -> Option<PathBuf> {
         .args(["-c", "import licensespring"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(p);
-    }
-    panic!(
+    assert!(
+        ok,
         "no Python with the licensespring SDK at {} (set KEYFLOAT_PYTHON, or run ./scripts/dev.sh install)",
         p.display()
     );
+    p
 }

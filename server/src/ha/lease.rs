@@ -1,10 +1,12 @@
 //! The lease row in PostgreSQL: grant, renew, release, and the node heartbeats.
 //!
 //! One row `kf_lease(name = 'leader')`. Every grant increments `epoch`; a write batch of the
-//! store commits only while `holder = node AND epoch = its epoch AND expires_at > now()`
-//! (checked `FOR SHARE` inside the batch, so a grant, which updates the row, waits for the
-//! batches of the previous epoch that already passed the check to commit). All times are
-//! the database's `now()`: the nodes' clocks never decide who leads.
+//! store commits only while `holder = node AND epoch = its epoch AND expires_at > now()`,
+//! checked inside the batch with `FOR KEY SHARE`. A grant locks the row `FOR UPDATE` (which
+//! conflicts with that lock), so it waits for the batches of the previous epoch that
+//! already passed the check to commit; a renewal (`FOR NO KEY UPDATE`, implied by its
+//! `UPDATE`) does not, so a busy leader's renewals never queue behind its own writes. All
+//! times are the database's `now()`: the nodes' clocks never decide who leads.
 
 use std::time::Duration;
 
@@ -67,6 +69,18 @@ fn as_db_epoch(epoch: u64) -> i64 {
     i64::try_from(epoch).unwrap_or(i64::MAX)
 }
 
+/// Bounds every lease query on the server side: a grant that cannot get the lease row's
+/// lock within `lock_wait` fails there (and is retried at the next poll) instead of
+/// committing later, unseen, after the client gave up on it.
+pub async fn limit_waits(db: &Client, lock_wait: Duration, statement: Duration) -> Result<(), tokio_postgres::Error> {
+    db.batch_execute(&format!(
+        "SET lock_timeout = {}; SET statement_timeout = {}",
+        lock_wait.as_millis().max(1),
+        statement.as_millis().max(1)
+    ))
+    .await
+}
+
 /// Creates the lease row if missing (idempotent).
 pub async fn ensure_row(db: &Client) -> Result<(), tokio_postgres::Error> {
     db.execute(
@@ -77,15 +91,19 @@ pub async fn ensure_row(db: &Client) -> Result<(), tokio_postgres::Error> {
     .map(drop)
 }
 
-/// Takes the lease if it is free or expired: answers the new epoch, or `None` when a live
-/// lease is held (by anyone, this node included: a restarted node waits for its old grant
-/// to expire rather than trust that its previous life is really gone).
+/// Takes the lease if it is free, expired, or already this node's (a grant whose answer
+/// was lost, or a previous life of this node: node ids are unique per node): answers the
+/// new epoch, or `None` when another node holds a live lease. A new epoch fences whatever
+/// the old one still had in flight, so re-granting to the same node is as safe as any grant.
 pub async fn try_acquire(db: &Client, me: &Candidate) -> Result<Option<u64>, tokio_postgres::Error> {
     let row = db
         .query_opt(
-            "UPDATE kf_lease SET holder = $1, advertise_url = $2, epoch = epoch + 1,
+            "WITH locked AS (SELECT name FROM kf_lease WHERE name = 'leader' FOR UPDATE)
+             UPDATE kf_lease SET holder = $1, advertise_url = $2, epoch = epoch + 1,
                  expires_at = now() + make_interval(secs => $3)
-             WHERE name = 'leader' AND (holder IS NULL OR expires_at IS NULL OR expires_at <= now())
+             FROM locked
+             WHERE kf_lease.name = locked.name
+               AND (holder IS NULL OR holder = $1 OR expires_at IS NULL OR expires_at <= now())
              RETURNING epoch",
             &[&me.node_id, &me.advertise_url, &me.lease.as_secs_f64()],
         )

@@ -55,6 +55,12 @@ pub trait LeaderHooks: Send + Sync + std::fmt::Debug {
     /// Whether this node may take or keep the lease now (its key in force is allowed by
     /// every key-bound license; any node may lead when there is none).
     fn may_lead(&self) -> BoxFuture<'_, bool>;
+    /// Cheap check, polled by a leader between renewals: whether its key still allows it
+    /// to lead (a leader whose key is pulled gives the lease up within ~50 ms, not at its
+    /// next renewal).
+    fn still_may_lead(&self) -> bool {
+        true
+    }
     /// Re-reads every in-memory view from the store; runs after a grant, before serving.
     fn reload(&self) -> BoxFuture<'_, Result<(), String>>;
 }

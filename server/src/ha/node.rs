@@ -40,7 +40,9 @@ pub struct Cluster {
 }
 
 /// How often a standby polls a free lease: a released lease is taken within this.
-const STANDBY_POLL_MAX: Duration = Duration::from_millis(200);
+const STANDBY_POLL_MAX: Duration = Duration::from_millis(100);
+/// How often a leader looks at its key between renewals.
+const KEY_POLL: Duration = Duration::from_millis(50);
 /// Heartbeat and cluster-view refresh period.
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 
@@ -178,7 +180,12 @@ impl Cluster {
             if let Some(client) = &db {
                 // A query that hangs (partition) must not hold the loop: the watchdog has
                 // already stopped the writes; start over on a fresh connection.
-                match timeout(self.me.lease / 2, self.tick(client, hooks.as_ref(), &mut next_beat)).await {
+                match timeout(
+                    self.me.lease / 2 + self.me.lease / 8,
+                    self.tick(client, hooks.as_ref(), &mut next_beat),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "lease: database error"),
                     Err(_) => {
@@ -187,17 +194,24 @@ impl Cluster {
                     }
                 }
             }
-            let pause = if self.fence.epoch() != 0 {
-                self.renew_every()
-            } else {
-                self.poll_every()
-            };
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                () = self.pause(hooks.as_ref()) => {}
                 _ = stop.changed() => {}
             }
         }
         self.finish(db).await;
+    }
+
+    /// Until the next tick: a standby's poll period; a leader's renewal period, cut short
+    /// when its key stops allowing it to lead.
+    async fn pause(&self, hooks: &dyn LeaderHooks) {
+        if self.fence.epoch() == 0 {
+            return tokio::time::sleep(self.poll_every()).await;
+        }
+        let until = Instant::now() + self.renew_every();
+        while Instant::now() < until && hooks.still_may_lead() {
+            tokio::time::sleep(KEY_POLL.min(until - Instant::now())).await;
+        }
     }
 
     async fn connect(&self, url: &str) -> Option<Client> {
@@ -208,7 +222,12 @@ impl Cluster {
                         tracing::warn!(error = %e, "lease: database connection closed");
                     }
                 });
-                match lease::ensure_row(&client).await {
+                let lease = self.me.lease;
+                let ready = async {
+                    lease::limit_waits(&client, lease / 4, lease / 2).await?;
+                    lease::ensure_row(&client).await
+                };
+                match ready.await {
                     Ok(()) => Some(client),
                     Err(e) => {
                         tracing::warn!(error = %e, "lease: cannot create the lease row");
@@ -233,7 +252,7 @@ impl Cluster {
         let key_ok = hooks.may_lead().await;
         let held = self.fence.epoch();
         if held != 0 {
-            self.keep(db, held, key_ok).await?;
+            self.keep(db, hooks, held, key_ok).await?;
         } else if key_ok {
             self.compete(db, hooks).await?;
         }
@@ -253,7 +272,13 @@ impl Cluster {
     }
 
     /// Leader: renew, or give the lease up when the key no longer allows leading.
-    async fn keep(&self, db: &Client, epoch: u64, key_ok: bool) -> Result<(), tokio_postgres::Error> {
+    async fn keep(
+        &self,
+        db: &Client,
+        hooks: &dyn LeaderHooks,
+        epoch: u64,
+        key_ok: bool,
+    ) -> Result<(), tokio_postgres::Error> {
         if !key_ok {
             self.step_down(epoch, "the key in force no longer allows leading");
             lease::release(db, &self.me, epoch).await?;
@@ -267,6 +292,10 @@ impl Cluster {
             }
         } else {
             self.step_down(epoch, "the lease was lost");
+            return Ok(());
+        }
+        if self.fence.epoch() == epoch && self.serving.load(Ordering::Acquire) != epoch {
+            self.reload_then_serve(db, hooks, epoch).await?;
         }
         Ok(())
     }
@@ -281,6 +310,17 @@ impl Cluster {
         self.granted.store(epoch, Ordering::Release);
         self.extend(epoch, sent);
         tracing::info!(node_id = %self.me.node_id, epoch, "lease granted: reloading before serving");
+        self.reload_then_serve(db, hooks, epoch).await
+    }
+
+    /// Reloads every view under `epoch`, then serves. Also run by `keep` for a grant whose
+    /// reload did not finish (the tick timed out): a leader never stays unserving.
+    async fn reload_then_serve(
+        &self,
+        db: &Client,
+        hooks: &dyn LeaderHooks,
+        epoch: u64,
+    ) -> Result<(), tokio_postgres::Error> {
         match hooks.reload().await {
             Ok(()) if self.fence.epoch() == epoch => {
                 self.serving.store(epoch, Ordering::Release);

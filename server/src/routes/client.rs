@@ -179,14 +179,7 @@ pub async fn licenses_unregister_all(
     let (product, license_id) = (r.product, r.license_id);
     let ids: Vec<u64> = match (&product, license_id) {
         (Some(product), _) => vec![st.gate(product, license_id, action::UNREGISTER_ALL)?],
-        (None, Some(id)) => {
-            let catalog = st.catalog();
-            let entry = catalog
-                .get(id)
-                .ok_or_else(|| ApiError::bad_request("license_not_found", format!("License {id} not found")))?;
-            st.check_key(entry, action::UNREGISTER_ALL)?;
-            vec![id]
-        }
+        (None, Some(id)) => vec![st.gate_id(id, action::UNREGISTER_ALL)?],
         (None, None) => {
             let catalog = st.catalog();
             let keys = st.keys().check();

@@ -127,7 +127,6 @@ fn read_postgres(conn: &mut PgConn) -> StoreResult<Snapshot> {
     let accounts = tx.accounts()?;
     let token_generations = sorted(tx.token_generations()?);
     let audit = conn
-        .client
         .query(
             "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit ORDER BY id",
             &[],
@@ -147,7 +146,6 @@ fn read_postgres(conn: &mut PgConn) -> StoreResult<Snapshot> {
         })
         .collect();
     let anchor = conn
-        .client
         .query_opt(
             "SELECT start_id, genesis, head_id, head_hash, created_at FROM audit_chain WHERE one = 1",
             &[],
@@ -167,7 +165,7 @@ fn read_postgres(conn: &mut PgConn) -> StoreResult<Snapshot> {
 
 /// Refuses a target that already holds data (a second copy would mix two installations).
 fn ensure_empty(conn: &mut PgConn) -> StoreResult<()> {
-    let row = conn.client.query_one(
+    let row = conn.query_one(
         "SELECT (SELECT COUNT(*) FROM licenses), (SELECT COUNT(*) FROM registrations),
                 (SELECT COUNT(*) FROM accounts), (SELECT COUNT(*) FROM token_generations),
                 (SELECT COUNT(*) FROM audit)",
@@ -184,8 +182,7 @@ fn ensure_empty(conn: &mut PgConn) -> StoreResult<()> {
 }
 
 fn write_postgres(conn: &mut PgConn, s: &Snapshot) -> StoreResult<()> {
-    conn.client
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+    conn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
     ensure_empty(conn)?;
     let mut tx = PgTx { conn, terms: None };
     for l in &s.licenses {
@@ -202,26 +199,26 @@ fn write_postgres(conn: &mut PgConn, s: &Snapshot) -> StoreResult<()> {
     }
     for (user, generation) in &s.token_generations {
         let generation = i64::try_from(*generation).unwrap_or(i64::MAX);
-        conn.client.execute(
+        conn.execute(
             "INSERT INTO token_generations (username, generation) VALUES ($1, $2)",
             &[user, &generation],
         )?;
     }
     for (id, at, kind, actor, license_id, detail, prev_hash, hash) in &s.audit {
-        conn.client.execute(
+        conn.execute(
             "INSERT INTO audit (id, at, kind, actor, license_id, detail, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[id, at, kind, actor, license_id, detail, prev_hash, hash],
         )?;
     }
     // New records continue after the copied ids.
-    conn.client.execute(
+    conn.execute(
         "SELECT setval(pg_get_serial_sequence('audit', 'id'), GREATEST((SELECT MAX(id) FROM audit), 1),
                        (SELECT MAX(id) FROM audit) IS NOT NULL)",
         &[],
     )?;
     if let Some((start_id, genesis, head_id, head_hash, created_at)) = &s.anchor {
-        conn.client.execute(
+        conn.execute(
             "UPDATE audit_chain SET start_id = $1, genesis = $2, head_id = $3, head_hash = $4, created_at = $5
              WHERE one = 1",
             &[start_id, genesis, head_id, head_hash, created_at],

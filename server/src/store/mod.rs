@@ -66,8 +66,8 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-impl From<::postgres::Error> for StoreError {
-    fn from(e: ::postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
         Self::Failed(e.to_string())
     }
 }

@@ -42,7 +42,7 @@ impl StoreSpec {
                 data_dir: data_dir.to_path_buf(),
             }),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                url.parse::<::postgres::Config>()
+                url.parse::<tokio_postgres::Config>()
                     .map_err(|e| StoreError::Failed(format!("bad store URL {}: {e}", redact(url))))?;
                 Ok(Self::Postgres { url: url.to_owned() })
             }

@@ -76,21 +76,34 @@ pub trait SavepointTx {
     fn exec(&mut self, sql: &'static str) -> StoreResult<()>;
     /// The transaction the jobs see.
     fn tx(&mut self) -> &mut dyn Tx;
+    /// Releases the previous job's savepoint and sets the next one (a network engine
+    /// sends both in one round trip).
+    fn next_savepoint(&mut self) -> StoreResult<()> {
+        self.exec("RELEASE SAVEPOINT job")?;
+        self.exec("SAVEPOINT job")
+    }
 }
 
 /// Runs every job of `batch` inside the caller's open transaction, each in a savepoint so
 /// a refused job (`run` = false) leaves no trace and the batch goes on. `Err` = a
 /// savepoint statement failed: the caller rolls the whole transaction back.
 pub fn run_jobs(tx: &mut dyn SavepointTx, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
+    let mut open = false;
     for job in batch.iter_mut() {
-        tx.exec("SAVEPOINT job")?;
-        // The pre-commit check runs last, right before the savepoint is released.
-        if job.run(tx.tx()) {
-            tx.exec("RELEASE SAVEPOINT job")?;
+        if open {
+            tx.next_savepoint()?;
         } else {
+            tx.exec("SAVEPOINT job")?;
+        }
+        // The pre-commit check runs last, right before the savepoint is released.
+        open = job.run(tx.tx());
+        if !open {
             tx.exec("ROLLBACK TO SAVEPOINT job")?;
             tx.exec("RELEASE SAVEPOINT job")?;
         }
+    }
+    if open {
+        tx.exec("RELEASE SAVEPOINT job")?;
     }
     Ok(())
 }

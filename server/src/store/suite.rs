@@ -48,6 +48,7 @@ macro_rules! store_suite {
             use super::*;
             store_suite!(@cases $open, [$(#[$attr])*],
                 licenses_round_trip, seats_count_lapse_and_purge, a_refused_job_leaves_no_trace,
+                a_failing_statement_spoils_only_its_job,
                 listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
                 audit_chain_appends_and_verifies, two_processes_never_over_grant);
         }
@@ -193,6 +194,36 @@ fn a_refused_job_leaves_no_trace(h: &Harness) {
         .map(|a| a.username)
         .collect();
     assert_eq!(names, vec!["y"]);
+}
+
+/// A statement that fails inside a job (here a seat on a license that does not exist)
+/// refuses that job only: the next job of the same batch, whose statements run after the
+/// failure, commits.
+fn a_failing_statement_spoils_only_its_job(h: &Harness) {
+    let s = Arc::clone(&h.store);
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || {
+            transact_blocking(&*s, move |_| {
+                let _ = started_tx.send(());
+                let _ = hold.recv();
+                Ok::<_, StoreError>(())
+            })
+        })
+    };
+    started.recv().unwrap();
+    // Queued behind the blocker: one batch.
+    let bad = super::transact(&*s, |tx| tx.put_registration(&seat(999, "u", 100)));
+    let good = super::transact(&*s, |tx| tx.put_account(&account("after", Role::User)));
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    assert!(rt.block_on(bad).is_err(), "no license 999");
+    rt.block_on(good).unwrap();
+    assert!(read_blocking(&*s, |tx| tx.account("after")).unwrap().is_some());
+    assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
 }
 
 fn listings_page_in_byte_order(h: &Harness) {
@@ -395,11 +426,11 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
         },
     )
     .unwrap();
-    let mut admin = ::postgres::Client::connect(db.url(), ::postgres::NoTls).unwrap();
+    let mut admin = super::postgres::PgConn::connect(db.url()).unwrap();
     let put = |name: &'static str| transact_blocking(&s, move |tx| tx.put_account(&account(name, Role::User)));
     assert_eq!(put("no-epoch"), Err(StoreError::NotLeader));
     admin
-        .batch_execute(
+        .exec(
             "UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() + interval '1 minute'
              WHERE name = 'leader'",
         )
@@ -408,7 +439,7 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
     put("leader-write").unwrap();
     // Another node takes over: epoch 4.
     admin
-        .batch_execute(
+        .exec(
             "UPDATE kf_lease SET holder = 'node-b', epoch = 4, expires_at = now() + interval '1 minute'
              WHERE name = 'leader'",
         )
@@ -416,7 +447,7 @@ fn a_fenced_store_with_a_stale_epoch_commits_nothing() {
     assert_eq!(put("stale-write"), Err(StoreError::NotLeader));
     // Its own lease, but expired.
     admin
-        .batch_execute("UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() WHERE name = 'leader'")
+        .exec("UPDATE kf_lease SET holder = 'node-a', epoch = 3, expires_at = now() WHERE name = 'leader'")
         .unwrap();
     assert_eq!(put("expired-write"), Err(StoreError::NotLeader));
     let names: Vec<String> = admin

@@ -35,10 +35,10 @@ pub fn require_tools(tools: &[&str]) -> Result<(), String> {
 }
 
 /// Checks that pcscd, unshare and the vpcd driver are installed.
-/// `Ok(true)`: go ahead. `Err`: missing — the caller (a test) must fail. Tests that need
+/// `Err` names what is missing: the caller (a test) must fail, never pass. Tests that need
 /// pcscd are `#[ignore = "needs pcscd …"]`, so a plain `cargo test` reports them as ignored
 /// and `./scripts/dev.sh test` (`--include-ignored`) runs them.
-pub fn require_pcscd() -> Result<bool, String> {
+pub fn require_pcscd() -> Result<(), String> {
     let mut missing = Vec::new();
     for tool in ["pcscd", "unshare", "mount"] {
         if !in_path(tool) && !Path::new("/usr/sbin").join(tool).is_file() {
@@ -49,7 +49,7 @@ pub fn require_pcscd() -> Result<bool, String> {
         missing.push(format!("vsmartcard-vpcd ({VPCD_DRIVER})"));
     }
     if missing.is_empty() {
-        return Ok(true);
+        return Ok(());
     }
     let msg = format!(
         "missing {}: install pcscd, vsmartcard-vpcd and util-linux (./scripts/dev.sh install)",

@@ -23,8 +23,7 @@ use crate::store::transact;
 
 /// Terms of a verified license file.
 pub fn terms_from_doc(doc: &LicenseDoc) -> ApiResult<LicenseTerms> {
-    doc.terms_micros()
-        .map_err(|e| ApiError::bad_request("license_file_invalid", e.to_string()))
+    Ok(doc.terms_micros()?)
 }
 
 /// The hardware ID a new license is activated with: the serial of the valid key in force
@@ -145,10 +144,7 @@ pub async fn products_remove(
     let actor = caller.username.clone();
     let all = transact(st.store(), move |tx| {
         if !tx.delete_license(id)? {
-            return Err(ApiError::bad_request(
-                "license_not_found",
-                format!("License {id} not found"),
-            ));
+            return Err(ApiError::from(service::LicenseError::LicenseNotFound(id)));
         }
         tx.audit(&AuditEvent::new(
             "license_removed",
@@ -206,8 +202,7 @@ pub async fn licenses_upload(
             )
         })?
     };
-    let doc = license_file::verify_license_bytes(&bytes, &vendor)
-        .map_err(|e| ApiError::bad_request("license_file_invalid", format!("{} ({})", e, e.code())))?;
+    let doc = license_file::verify_license_bytes(&bytes, &vendor)?;
     let terms = terms_from_doc(&doc)?;
     Ok(Json(
         add_license(&st, &caller, terms, Some(doc.license_id), LicenseSource::File).await?,

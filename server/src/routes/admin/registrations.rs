@@ -164,14 +164,7 @@ pub async fn registrations_release(
     let license_id = r.license_id;
     let id = match (r.product, license_id) {
         (Some(product), id) => st.gate(&product, id, RELEASE_ACTION)?,
-        (None, Some(id)) => {
-            let catalog = st.catalog();
-            let entry = catalog
-                .get(id)
-                .ok_or_else(|| ApiError::bad_request("license_not_found", format!("License {id} not found")))?;
-            st.check_key(entry, RELEASE_ACTION)?;
-            id
-        }
+        (None, Some(id)) => st.gate_id(id, RELEASE_ACTION)?,
         (None, None) => return Err(ApiError::missing("license_id")),
     };
     let actor = caller.username.clone();

@@ -17,17 +17,18 @@
 //! serialization. In HA mode only the leader writes, so the lock is uncontended.
 //!
 //! **Fencing.** With a [`Fence`], every batch (under that lock) checks that this node
-//! still holds the lease at its epoch, `FOR SHARE` (a takeover's `UPDATE` of the lease row
-//! waits for this commit), and records itself in `kf_batches`; when the check fails the
+//! still holds the lease at its epoch, `FOR KEY SHARE` (a takeover's grant locks the lease
+//! row `FOR UPDATE`, so it waits for this commit; the leader's own renewals do not), and records itself in `kf_batches`; when the check fails the
 //! batch is rolled back and every job gets [`StoreError::NotLeader`].
 
 mod schema;
 pub(crate) mod tx;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Row, Statement};
 
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
 use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
@@ -42,8 +43,9 @@ pub const WRITE_LOCK: i64 = 0x6b66_2d77_7269_7465;
 
 /// How long a writer may sit inside an open transaction before PostgreSQL ends it: a
 /// paused (SIGSTOP) or wedged node must not hold the write lock and the lease row lock
-/// for longer than this.
-const IDLE_IN_TX_TIMEOUT: &str = "2s";
+/// for longer than this (a takeover waits for it). The writer sends a batch's statements
+/// back to back, so a live writer never idles this long.
+const IDLE_IN_TX_TIMEOUT: &str = "1s";
 
 /// This node's claim to write, shared with the lease task of [`crate::ha`].
 pub use crate::ha::Fence;
@@ -77,8 +79,8 @@ impl PgStore {
 
     fn open_here(url: &str, options: PgStoreOptions) -> StoreResult<Self> {
         let mut writer = PgConn::connect(url)?;
-        schema::migrate(&mut writer.client)?;
-        writer.client.batch_execute(&format!(
+        schema::migrate(&mut writer)?;
+        writer.exec(&format!(
             "SET idle_in_transaction_session_timeout = '{IDLE_IN_TX_TIMEOUT}'"
         ))?;
         let readers = (0..options.queues.readers.max(1))
@@ -119,21 +121,65 @@ impl Store for PgStore {
 }
 
 /// One connection with its prepared statements (a cached statement saves the parse
-/// round trip on every call).
+/// round trip on every call), driven through tokio-postgres on a runtime of its own (one
+/// thread): savepoint statements are *pipelined* with the job statement that follows them,
+/// so a job's savepoint costs no round trip of its own.
 pub(crate) struct PgConn {
     url: String,
-    pub(crate) client: Client,
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
     statements: HashMap<&'static str, Statement>,
+    /// Statements (savepoints) to send ahead of the next one, in the same round trip.
+    pending: String,
+    /// A deferred statement failed: the savepoints no longer match the jobs, so the
+    /// transaction must not commit (see [`PgConn::take_failure`]).
+    failed: Option<StoreError>,
+}
+
+type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
+
+/// Runs the prepared statement `$sql` through `$call`; anything deferred is sent in the
+/// same round trip, first (`biased`: polled in order, and each call sends on first poll).
+macro_rules! pipelined {
+    ($conn:ident, $sql:ident, |$c:ident, $st:ident| $call:expr) => {{
+        let $st = &$conn.statement($sql)?;
+        let pending = std::mem::take(&mut $conn.pending);
+        let $c = &$conn.client;
+        // (the deferred statements' result, the query's own result)
+        let (before, result) = $conn.runtime.block_on(async {
+            if pending.is_empty() {
+                return (Ok(()), $call.await);
+            }
+            tokio::join!(biased; $c.batch_execute(&pending), $call)
+        });
+        match before {
+            Err(e) => Err($conn.deferred_failed(e)),
+            Ok(()) => Ok(result?),
+        }
+    }};
 }
 
 impl PgConn {
     pub(crate) fn connect(url: &str) -> StoreResult<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
         // Loopback / private network: no TLS yet (`sslmode=require` is future work).
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
+        let (client, connection) = runtime
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .map_err(|e| StoreError::Failed(format!("connecting: {e}")))?;
+        // Runs whenever a call below blocks on the runtime (every call does).
+        runtime.spawn(async move {
+            let _ = connection.await;
+        });
         Ok(Self {
             url: url.to_owned(),
+            runtime,
             client,
             statements: HashMap::new(),
+            pending: String::new(),
+            failed: None,
         })
     }
 
@@ -145,17 +191,63 @@ impl PgConn {
         Ok(())
     }
 
-    pub(crate) fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
+    fn statement(&mut self, sql: &'static str) -> StoreResult<Statement> {
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
-        let st = self.client.prepare(sql)?;
+        // Deferred statements first: a parse inside an aborted transaction would fail until
+        // a deferred `ROLLBACK TO SAVEPOINT` ran.
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            if let Err(e) = self.runtime.block_on(self.client.batch_execute(&pending)) {
+                return Err(self.deferred_failed(e));
+            }
+        }
+        let st = self.runtime.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql, st.clone());
         Ok(st)
     }
 
-    pub(crate) fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
-        Ok(self.client.batch_execute(sql)?)
+    fn deferred_failed(&mut self, e: tokio_postgres::Error) -> StoreError {
+        let e = StoreError::from(e);
+        self.failed.get_or_insert_with(|| e.clone());
+        e
+    }
+
+    /// The failure of a deferred statement since the last call, if any.
+    pub(crate) fn take_failure(&mut self) -> Option<StoreError> {
+        self.failed.take()
+    }
+
+    /// Queues `sql` (no parameters, no rows) to go out with the next statement.
+    pub(crate) fn defer(&mut self, sql: &str) {
+        if !self.pending.is_empty() {
+            self.pending.push_str("; ");
+        }
+        self.pending.push_str(sql);
+    }
+
+    /// Runs `sql` (no parameters; several statements allowed) after anything deferred.
+    pub(crate) fn exec(&mut self, sql: &str) -> StoreResult<()> {
+        self.defer(sql);
+        let all = std::mem::take(&mut self.pending);
+        Ok(self.runtime.block_on(self.client.batch_execute(&all))?)
+    }
+
+    pub(crate) fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Vec<Row>> {
+        pipelined!(self, sql, |c, st| c.query(st, params))
+    }
+
+    pub(crate) fn query_opt(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Option<Row>> {
+        pipelined!(self, sql, |c, st| c.query_opt(st, params))
+    }
+
+    pub(crate) fn query_one(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Row> {
+        pipelined!(self, sql, |c, st| c.query_one(st, params))
+    }
+
+    pub(crate) fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<u64> {
+        pipelined!(self, sql, |c, st| c.execute(st, params))
     }
 }
 
@@ -167,8 +259,10 @@ struct PgWriter {
 }
 
 impl SavepointTx for PgTx<'_> {
+    // Savepoint statements go out with the job's next statement (or the COMMIT).
     fn exec(&mut self, sql: &'static str) -> StoreResult<()> {
-        self.conn.exec(sql)
+        self.conn.defer(sql);
+        Ok(())
     }
 
     fn tx(&mut self) -> &mut dyn Tx {
@@ -183,41 +277,42 @@ fn to_i64(n: u64) -> i64 {
 impl PgWriter {
     /// Inside the batch's transaction: the write lock, then the fence.
     fn begin(&mut self) -> StoreResult<()> {
-        let lock = self.conn.statement("SELECT pg_advisory_xact_lock($1)")?;
-        self.conn.client.execute(&lock, &[&WRITE_LOCK])?;
+        self.conn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
         let Some(fence) = &self.fence else { return Ok(()) };
         let epoch = fence.epoch();
         if epoch == 0 {
             return Err(StoreError::NotLeader);
         }
         let node: Arc<str> = fence.node_id().into();
-        let check = self.conn.statement(
+        let holds = self.conn.query_opt(
             "SELECT 1 FROM kf_lease WHERE name = 'leader' AND holder = $1 AND epoch = $2
-               AND expires_at > now() FOR SHARE",
+               AND expires_at > now() FOR KEY SHARE",
+            &[&&*node, &to_i64(epoch)],
         )?;
-        if self
-            .conn
-            .client
-            .query_opt(&check, &[&&*node, &to_i64(epoch)])?
-            .is_none()
-        {
+        if holds.is_none() {
             return Err(StoreError::NotLeader);
         }
-        let record = self
-            .conn
-            .statement("INSERT INTO kf_batches (epoch, node_id) VALUES ($1, $2)")?;
-        self.conn.client.execute(&record, &[&to_i64(epoch), &&*node])?;
+        self.conn.execute(
+            "INSERT INTO kf_batches (epoch, node_id) VALUES ($1, $2)",
+            &[&to_i64(epoch), &&*node],
+        )?;
         Ok(())
     }
 
     fn run(&mut self, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
-        self.conn.exec("BEGIN")?;
+        // BEGIN goes out with the lock request.
+        self.conn.defer("BEGIN");
         self.begin()?;
         let mut tx = PgTx {
             conn: &mut self.conn,
             terms: Some(&mut self.terms),
         };
         queues::run_jobs(&mut tx, batch)?;
+        // A savepoint statement that failed (sent ahead of a job's statement) leaves the
+        // savepoints out of step with the jobs: nothing of the batch may commit.
+        if let Some(e) = self.conn.take_failure() {
+            return Err(e);
+        }
         self.conn.exec("COMMIT")
     }
 }
@@ -227,6 +322,8 @@ impl Writer for PgWriter {
         self.conn.reopen_if_closed()?;
         let result = self.run(batch);
         if result.is_err() {
+            self.conn.pending.clear();
+            self.conn.failed = None;
             let _ = self.conn.exec("ROLLBACK");
             // A failed commit rolled back inserts the cache may already know about.
             self.terms.clear();
@@ -247,13 +344,19 @@ struct PgReader {
 impl Reader for PgReader {
     fn snapshot(&mut self, f: &mut dyn FnMut(&mut dyn ReadTx)) -> StoreResult<()> {
         self.conn.reopen_if_closed()?;
-        self.conn.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        // The BEGIN goes out with the first read.
+        self.conn.defer("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         f(&mut PgTx {
             conn: &mut self.conn,
             terms: None,
         });
+        let failed = self.conn.take_failure();
         if let Err(e) = self.conn.exec("COMMIT") {
+            self.conn.pending.clear();
             let _ = self.conn.exec("ROLLBACK");
+            return Err(e);
+        }
+        if let Some(e) = failed {
             return Err(e);
         }
         Ok(())
@@ -286,8 +389,7 @@ impl TempDatabase {
             .take(30)
             .collect();
         let name = format!("kf_{clean}_{}", hex::encode(bytes));
-        let mut admin = PgConn::connect(admin_url)?;
-        admin.client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        admin(admin_url, format!("CREATE DATABASE {name}"))?;
         let url = with_database(admin_url, &name);
         Ok(Self {
             admin_url: admin_url.to_owned(),
@@ -300,6 +402,15 @@ impl TempDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// Runs `sql` on the cluster, on a thread of its own (callers may be on an async runtime,
+/// e.g. a test dropping its database while unwinding).
+fn admin(url: &str, sql: String) -> StoreResult<()> {
+    let url = url.to_owned();
+    std::thread::spawn(move || PgConn::connect(&url)?.exec(&sql))
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Failed("the admin statement panicked".into())))
 }
 
 /// `url` with its database replaced by `name` (URL form only: `postgres://…/db?…`).
@@ -321,11 +432,10 @@ fn with_database(url: &str, name: &str) -> String {
 
 impl Drop for TempDatabase {
     fn drop(&mut self) {
-        if let Ok(mut admin) = PgConn::connect(&self.admin_url) {
-            let _ = admin
-                .client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
+        let _ = admin(
+            &self.admin_url,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
@@ -353,15 +463,14 @@ mod tests {
         let s = PgStore::open(db.url(), PgStoreOptions::default()).unwrap();
         s.close();
         let mut c = PgConn::connect(db.url()).unwrap();
-        let v: i32 = c.client.query_one("SELECT version FROM kf_schema", &[]).unwrap().get(0);
+        let v: i32 = c.query_one("SELECT version FROM kf_schema", &[]).unwrap().get(0);
         assert_eq!(usize::try_from(v).unwrap(), MIGRATIONS.len());
         let lease = c
-            .client
             .query_one("SELECT holder, epoch FROM kf_lease WHERE name = 'leader'", &[])
             .unwrap();
         assert_eq!((lease.get::<_, Option<String>>(0), lease.get::<_, i64>(1)), (None, 0));
         for t in ["kf_nodes", "kf_batches", "kf_secrets"] {
-            c.client.batch_execute(&format!("SELECT * FROM {t}")).unwrap();
+            c.exec(&format!("SELECT * FROM {t}")).unwrap();
         }
     }
 }

@@ -5,7 +5,7 @@
 //! pagination must not depend on the database's locale. Times are the same i64
 //! microseconds as in SQLite (the HA tables, read by SQL only, use `TIMESTAMPTZ`).
 
-use postgres::Client;
+use super::PgConn;
 
 use crate::store::{StoreError, StoreResult};
 
@@ -114,20 +114,55 @@ CREATE TABLE kf_secrets (
     value BYTEA NOT NULL
 );
 "#,
+    // Seats in O(1), as in SQLite: a trigger-kept row count per license, so a new seat does
+    // not count every registration of its license (lapsed rows are found by the expiry index).
+    r#"
+CREATE TABLE seat_counts (
+    license_id BIGINT PRIMARY KEY REFERENCES licenses(id) ON DELETE CASCADE,
+    n BIGINT NOT NULL
+);
+INSERT INTO seat_counts (license_id, n) SELECT license_id, COUNT(*) FROM registrations GROUP BY license_id;
+CREATE FUNCTION kf_seat_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO seat_counts (license_id, n) VALUES (NEW.license_id, 1)
+            ON CONFLICT (license_id) DO UPDATE SET n = seat_counts.n + 1;
+        RETURN NEW;
+    END IF;
+    UPDATE seat_counts SET n = n - 1 WHERE license_id = OLD.license_id;
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER seat_counts_change AFTER INSERT OR DELETE ON registrations
+    FOR EACH ROW EXECUTE FUNCTION kf_seat_count();
+"#,
 ];
 
 /// Applies the migrations not applied yet; refuses a schema newer than this build.
-pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
+pub(super) fn migrate(conn: &mut PgConn) -> StoreResult<()> {
+    conn.exec("BEGIN")?;
+    let result = migrate_in_tx(conn);
+    match result {
+        Ok(()) => conn.exec("COMMIT"),
+        Err(e) => {
+            let _ = conn.exec("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn migrate_in_tx(conn: &mut PgConn) -> StoreResult<()> {
+    conn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    conn.exec(
         "CREATE TABLE IF NOT EXISTS kf_schema (
              one INTEGER PRIMARY KEY CHECK (one = 1),
              version INTEGER NOT NULL
          );
          INSERT INTO kf_schema (one, version) VALUES (1, 0) ON CONFLICT (one) DO NOTHING;",
     )?;
-    let version: i32 = tx.query_one("SELECT version FROM kf_schema WHERE one = 1", &[])?.get(0);
+    let version: i32 = conn
+        .query_one("SELECT version FROM kf_schema WHERE one = 1", &[])?
+        .get(0);
     let applied = usize::try_from(version).unwrap_or(0);
     if applied > MIGRATIONS.len() {
         return Err(StoreError::Failed(format!(
@@ -136,10 +171,9 @@ pub(super) fn migrate(client: &mut Client) -> StoreResult<()> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tx.batch_execute(sql)?;
+        conn.exec(sql)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        tx.execute("UPDATE kf_schema SET version = $1 WHERE one = 1", &[&version])?;
+        conn.execute("UPDATE kf_schema SET version = $1 WHERE one = 1", &[&version])?;
     }
-    tx.commit()?;
     Ok(())
 }

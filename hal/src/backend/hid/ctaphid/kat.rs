@@ -107,3 +107,18 @@ fn keepalive_and_error_packets_from_the_key() {
     assert_eq!(c, cmd::ERROR);
     assert_eq!(error_from_code(data[0]).kind(), ErrorKind::Busy);
 }
+
+#[test]
+fn a_cont_packet_carries_its_sequence_number_and_59_data_bytes() {
+    // CONT: CID 11223344, SEQ 0x05 (bit 7 clear), then 59 data bytes.
+    let r = report("11223344 05 aabbcc");
+    let Packet::Cont { cid, seq, data } = parse_packet(&r).unwrap() else {
+        panic!("a CONT packet");
+    };
+    assert_eq!((cid, seq, data.len()), (0x1122_3344, 5, 59));
+    assert_eq!(&data[..3], &[0xAA, 0xBB, 0xCC]);
+    // A CONT packet of another channel does not continue this message.
+    let init = report("11223344 90 0064");
+    let mut message = Reassembler::start(&parse_packet(&init).unwrap()).unwrap().unwrap();
+    assert!(message.push(&parse_packet(&report("55667788 00")).unwrap()).is_err());
+}
