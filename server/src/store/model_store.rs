@@ -522,29 +522,23 @@ mod tests {
     fn a_failed_commit_changes_nothing() {
         let model = Arc::new(ReadModel::default());
         let l = crate::model::tests::sample();
-        let mut batch: Vec<Box<dyn Job>> = vec![Box::new(Recorded {
-            job: Box::new(Reload {
-                model: Arc::new(ReadModel::default()),
-                loaded: None,
-                error: None,
-                reply: None,
-            }),
-            model: Arc::clone(&model),
-            effects: vec![Effect::License(l.clone())],
-        })];
-        crate::store::finish_batch(&mut batch, Err(StoreError::Failed("disk full".into())));
+        // One recorded job that added `l`, finished with `committed`.
+        let finish = |committed: StoreResult<()>| {
+            let job = Recorded {
+                job: Box::new(Reload {
+                    model: Arc::new(ReadModel::default()),
+                    loaded: None,
+                    error: None,
+                    reply: None,
+                }),
+                model: Arc::clone(&model),
+                effects: vec![Effect::License(l.clone())],
+            };
+            crate::store::finish_batch(&mut vec![Box::new(job) as Box<dyn Job>], committed);
+        };
+        finish(Err(StoreError::Failed("disk full".into())));
         assert!(model.with(|m| m.license(l.id).is_none()));
-        let mut batch: Vec<Box<dyn Job>> = vec![Box::new(Recorded {
-            job: Box::new(Reload {
-                model: Arc::new(ReadModel::default()),
-                loaded: None,
-                error: None,
-                reply: None,
-            }),
-            model: Arc::clone(&model),
-            effects: vec![Effect::License(l.clone())],
-        })];
-        crate::store::finish_batch(&mut batch, Ok(()));
+        finish(Ok(()));
         assert!(model.with(|m| m.license(l.id).is_some()));
     }
 
