@@ -14,8 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyfloat_hal::backend::sim::provision_sim_key;
@@ -23,8 +22,8 @@ use keyfloat_hal::backend::sim::{SimAttestation, SimBus, SimKeySpec};
 use keyfloat_hal::trust::attestation::sim_ca::SimAttestationCa;
 use keyfloat_hal::trust::{AttestationRoots, VendorSigningKey, VendorValidator};
 use keyfloat_hal::{
-    spawn_monitor, CellReader, ErrorKind, HardwareId, HardwareIdCell, Holder, KeyProvider, KeyState, KeyStatus,
-    MonitorConfig, MonitorHandle, ProofStatus,
+    spawn_monitor, BackendKind, CellReader, ErrorKind, HardwareId, HardwareIdCell, Holder, KeyProvider, KeyState,
+    KeyStatus, MonitorConfig, MonitorHandle, ProofStatus,
 };
 
 /// The keys of the suite.
@@ -111,62 +110,16 @@ const MONITOR: MonitorConfig = MonitorConfig {
     revalidate_every: Duration::from_millis(200),
     retry_initial: Duration::from_millis(50),
     retry_max: Duration::from_millis(300),
-    // A stuck key must be noticed within every arm's `settle`.
-    validate_timeout: Duration::from_secs(2),
     ..MonitorConfig::DEFAULT
 };
 
-/// Every distinct (state, reason) the recorder saw.
-type Seen = Arc<Mutex<Vec<(KeyState, Option<String>)>>>;
-
-/// Watches the cell on a thread, keeping every distinct (state, reason) it saw, so short
-/// transient states (a retried I/O error) are not missed.
-struct Recorder {
-    seen: Seen,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Recorder {
-    fn start(reader: CellReader) -> Self {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            let mut last = 0;
-            while !st.load(Ordering::Relaxed) {
-                let snap = reader.snapshot();
-                if snap.generation != last {
-                    last = snap.generation;
-                    let reason = snap.primary_key().and_then(|k| match &k.status {
-                        KeyStatus::Error { code, .. } => Some((*code).to_string()),
-                        KeyStatus::Invalid { reason } => Some(reason.code().to_string()),
-                        _ => None,
-                    });
-                    s.lock().expect("recorder").push((snap.state(), reason));
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        });
-        Self {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-    fn take(&self) -> Vec<(KeyState, Option<String>)> {
-        std::mem::take(&mut *self.seen.lock().expect("recorder"))
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// The sim and HID fakes block while hung, so the monitor's own deadline is what reports
+/// them: short enough to fall within their `settle`. The PC/SC backend has its own call
+/// deadline (`Timeouts::call`) and keeps the default.
+const FAKE_MONITOR: MonitorConfig = MonitorConfig {
+    validate_timeout: Duration::from_secs(2),
+    ..MONITOR
+};
 
 fn wait(reader: &CellReader, limit: Duration, what: &str, cond: impl Fn(&keyfloat_hal::Snapshot) -> bool) {
     let deadline = Instant::now() + limit;
@@ -269,7 +222,7 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
 
     // A stuck key: reported as not answering (a timeout) and out of force — never left in
     // force while it cannot answer; once healed it is proved again and comes back.
-    let recorder = Recorder::start(reader.clone());
+    // The stuck state lasts until heal, so polling the cell sees it (no recorder thread).
     rig.hang(K::Good);
     wait(reader, t, "stuck key noticed", |s| {
         on_machine(s)
@@ -280,14 +233,6 @@ fn conformance(rig: &mut dyn Rig, reader: &CellReader) {
     });
     rig.heal(K::Good);
     wait(reader, t, "recovered after heal", |s| in_force_is(s, K::Good));
-    let seen = recorder.take();
-    let timeout = Some(ErrorKind::Timeout.code().to_string());
-    assert!(
-        seen.iter()
-            .any(|(st, reason)| *st == KeyState::Error && *reason == timeout),
-        "{seen:?}"
-    );
-    drop(recorder);
 
     // A key that signs garbage is invalid (bad signature), never in force.
     unplug_all(rig, reader, K::Good);
@@ -309,7 +254,12 @@ fn monitor(
     let cell = HardwareIdCell::new(HardwareId::new(MACHINE));
     let reader = cell.reader();
     let validator = Arc::new(VendorValidator::new(vendor.public_key()).require_attestation(attestation));
-    let handle = spawn_monitor(cell, vec![provider], validator, MONITOR).expect("monitor");
+    let config = if provider.kind() == BackendKind::Pcsc {
+        MONITOR
+    } else {
+        FAKE_MONITOR
+    };
+    let handle = spawn_monitor(cell, vec![provider], validator, config).expect("monitor");
     (reader, handle)
 }
 

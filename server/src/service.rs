@@ -98,12 +98,16 @@ impl Registered {
     }
 }
 
+/// A seat's expiry after a renewal at `now` (never earlier than it was).
+fn renewed_expiry(l: &License, expires_at: i64, now: i64) -> i64 {
+    (now + clock::minutes(l.terms.floating_timeout_minutes.max(1))).max(expires_at)
+}
+
 /// The seat `existing` renewed by `who` at `now`, and whether that must be written: not
 /// when it only extends the seat by less than the granularity.
 fn renew(l: &License, existing: &Registration, who: &ClientInfo, now: i64) -> (Registration, bool) {
-    let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
     let renewed = Registration {
-        expires_at: (now + timeout).max(existing.expires_at),
+        expires_at: renewed_expiry(l, existing.expires_at, now),
         os_hostname: who.os_hostname.clone().or_else(|| existing.os_hostname.clone()),
         ip_local: who.ip_local.clone().or_else(|| existing.ip_local.clone()),
         user_info: who.user_info.clone().or_else(|| existing.user_info.clone()),
@@ -141,7 +145,8 @@ fn license_with<T: ReadTx + ?Sized>(tx: &mut T, license: &License, total: i64) -
 /// that only extends a live seat within the renewal granularity. `None` = a write is
 /// needed (new seat, lapsed seat, changed info, due extension): run [`register`], which
 /// decides again on the writer. `license` is the catalog's (terms); totals come from the
-/// model.
+/// model. The answer's registration carries the request's host/IP/user info (the answer
+/// shows none of them).
 pub fn register_from_model(
     model: &Model,
     license: &License,
@@ -149,19 +154,31 @@ pub fn register_from_model(
     now: i64,
 ) -> Result<Option<Registered>, LicenseError> {
     check_period(&license.terms, now)?;
-    let Some(existing) = model.registration(license.id, &who.user).filter(|r| r.is_active(now)) else {
+    let Some(seat) = model.seat(license.id, &who.user).filter(|s| s.is_active(now)) else {
         return Ok(None);
     };
-    let (renewed, write) = renew(license, &existing, who, now);
-    if write {
+    let expires_at = renewed_expiry(license, seat.expires_at(), now);
+    let same_info = seat.keeps_info(
+        who.os_hostname.as_deref(),
+        who.ip_local.as_deref(),
+        who.user_info.as_deref(),
+    );
+    if !same_info || expires_at - seat.expires_at() >= RENEW_GRANULARITY {
         return Ok(None);
     }
-    let view = model
-        .lookup(license.id, None, now)
-        .ok_or_else(|| not_found(license.id))?;
+    let view = model.lookup(license.id, now).ok_or_else(|| not_found(license.id))?;
     Ok(Some(Registered {
         license: view.license,
-        registration: renewed,
+        registration: Registration {
+            license_id: license.id,
+            user: who.user.clone(),
+            registered_at: seat.registered_at(),
+            expires_at,
+            borrowed_until: seat.borrowed_until(),
+            os_hostname: who.os_hostname.clone(),
+            ip_local: who.ip_local.clone(),
+            user_info: who.user_info.clone(),
+        },
         in_use: view.in_use,
         features: view.features,
         now,
@@ -467,9 +484,7 @@ pub type Usage = (License, usize, BTreeMap<String, usize>);
 /// A license with its current totals, seats and feature slots, from the in-memory model:
 /// the license list and metrics. `None` = removed meanwhile.
 pub fn usage(model: &Model, license_id: u64, now: i64) -> Option<Usage> {
-    model
-        .lookup(license_id, None, now)
-        .map(|v| (v.license, v.in_use, v.features))
+    model.lookup(license_id, now).map(|v| (v.license, v.in_use, v.features))
 }
 
 #[cfg(test)]

@@ -365,3 +365,27 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     a.shutdown().await;
     scratch.drop_db().await;
 }
+
+/// Tokens issued by one node are accepted by the others: every node reads the same JWT
+/// secret from the database; the first one to ask creates it.
+#[tokio::test]
+#[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
+async fn every_node_gets_the_same_jwt_secret() {
+    let scratch = ScratchDb::new("secret").await;
+    let first = lease::load_jwt_secret(&scratch.url).await.unwrap();
+    let second = lease::load_jwt_secret(&scratch.url).await.unwrap();
+    assert_eq!(first.len(), 32);
+    assert_eq!(first, second);
+    let a = keyfloat_server::auth::TokenKeys::from_secret(&first);
+    let b = keyfloat_server::auth::TokenKeys::from_secret(&second);
+    let token = a
+        .issue(
+            "ann",
+            keyfloat_server::model::Role::Admin,
+            0,
+            keyfloat_server::auth::MODE_AUTH,
+        )
+        .unwrap();
+    assert!(b.decode(&token).is_some(), "a token of node a is valid on node b");
+    scratch.drop_db().await;
+}

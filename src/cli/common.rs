@@ -13,24 +13,6 @@ pub fn key_backend_parser() -> impl clap::builder::TypedValueParser<Value = KeyB
     PossibleValuesParser::new(values).try_map(|name| name.parse::<KeyBackend>())
 }
 
-/// A key's facts as `keys` and `doctor` print them:
-/// `serial=… fw=… proof=…[ attested][ (reason)]`, `?` for what could not be read.
-pub fn key_facts(
-    serial: Option<&str>,
-    firmware: Option<&str>,
-    proof: &str,
-    attested: bool,
-    reason: Option<&str>,
-) -> String {
-    format!(
-        "serial={:<10} fw={:<7} proof={proof}{}{}",
-        serial.unwrap_or("?"),
-        firmware.unwrap_or("?"),
-        if attested { " attested" } else { "" },
-        reason.map(|x| format!(" ({x})")).unwrap_or_default()
-    )
-}
-
 /// The demo's plug/unplug endpoints, on a simulated bus.
 #[derive(Debug, Clone)]
 pub struct SimKeyControl {

@@ -143,14 +143,7 @@ fn render_keys(s: &mut String, r: &Report) {
         let _ = writeln!(s, "reader       {} [{card}]", rd.name);
     }
     for k in &r.keys {
-        let facts = super::common::key_facts(
-            k.serial.as_deref(),
-            k.firmware.as_deref(),
-            &k.proof,
-            k.attested,
-            k.reason.as_deref(),
-        );
-        let _ = writeln!(s, "key          {} {facts}", k.reader);
+        let _ = writeln!(s, "key          {} {}", k.reader, k.facts);
         for h in &k.holders {
             let _ = writeln!(s, "             held by {} (pid {}): {}", h.command, h.pid, h.cmdline);
         }

@@ -10,6 +10,34 @@ use keyfloat_server::ha::{hooks::AppHooks, Candidate, Cluster};
 use keyfloat_server::store::StoreSpec;
 use keyfloat_server::{AppState, ServerConfig};
 
+/// The HA flags of `keyfloat serve` (they override YAML `node_id`, `advertise_url`,
+/// `lease_secs`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HaArgs {
+    /// HA: this node's name; with --store postgres://… the node competes for leadership.
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
+    #[arg(long, value_name = "SECS")]
+    pub lease_secs: Option<u64>,
+}
+
+/// Applies the flags given over the configuration file's values.
+pub fn apply(args: &HaArgs, config: &mut ServerConfig) {
+    if let Some(v) = &args.node_id {
+        config.node_id = Some(v.clone());
+    }
+    if let Some(v) = &args.advertise_url {
+        config.advertise_url = Some(v.clone());
+    }
+    if let Some(v) = args.lease_secs {
+        config.lease_secs = v;
+    }
+}
+
 /// The cluster this node joins, when `node_id` is set (HA needs a PostgreSQL store).
 pub fn cluster(config: &ServerConfig, spec: &StoreSpec) -> anyhow::Result<Option<Arc<Cluster>>> {
     let Some(node_id) = config.node_id.clone().filter(|n| !n.trim().is_empty()) else {
@@ -55,4 +83,37 @@ pub fn join(cluster: Arc<Cluster>, spec: &StoreSpec, state: &AppState) {
         lease_secs = cluster.candidate().lease.as_secs(),
         "HA: standby until this node holds the lease"
     );
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_ha_needs_postgres() {
+        let mut c = ServerConfig {
+            node_id: Some("a".into()),
+            advertise_url: Some("http://a:8080".into()),
+            ..ServerConfig::default()
+        };
+        assert_eq!((c.node_id.as_deref(), c.lease_secs), (Some("a"), 5));
+        let args = HaArgs {
+            node_id: Some("b".into()),
+            lease_secs: Some(2),
+            ..HaArgs::default()
+        };
+        apply(&args, &mut c);
+        assert_eq!(
+            (c.node_id.as_deref(), c.advertise_url.as_deref(), c.lease_secs),
+            (Some("b"), Some("http://a:8080"), 2)
+        );
+        let sqlite = c.store_spec().unwrap();
+        assert!(cluster(&c, &sqlite).unwrap_err().to_string().contains("PostgreSQL"));
+        let pg = StoreSpec::parse(Some("postgres://u@h/db"), &c.data_dir).unwrap();
+        let node = cluster(&c, &pg).unwrap().unwrap();
+        assert_eq!(node.candidate().lease, Duration::from_secs(2));
+        c.node_id = None;
+        assert!(cluster(&c, &sqlite).unwrap().is_none(), "no --node-id: a single server");
+    }
 }

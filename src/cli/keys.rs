@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use keyfloat_hal::diagnose::KeyFacts;
 use keyfloat_hal::trust::{AttestationRoots, VendorPublicKey, VendorValidator};
-use keyfloat_hal::{BackendKind, KeyBackend, KeyInfo, KeyValidator, ProofStatus, SerialReadable, Validation};
+use keyfloat_hal::{BackendKind, KeyBackend, KeyInfo, KeyValidator, SerialReadable, Validation};
 use serde::Serialize;
 
 use super::common::{key_backend_parser, providers};
@@ -38,13 +39,10 @@ pub struct Args {
 struct Row {
     backend: BackendKind,
     path: String,
-    serial: Option<String>,
     model: String,
-    firmware: Option<String>,
-    proof: String,
-    /// A fresh attestation chained to a configured root (only checked with --attestation-root).
-    attested: bool,
-    reason: Option<String>,
+    /// What validation read (`attested` only checked with --attestation-root).
+    #[serde(flatten)]
+    facts: KeyFacts,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -69,14 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("no keys found");
     } else {
         for r in &rows {
-            let facts = super::common::key_facts(
-                r.serial.as_deref(),
-                r.firmware.as_deref(),
-                &r.proof,
-                r.attested,
-                r.reason.as_deref(),
-            );
-            println!("{:<5} {:<40} {facts}", r.backend.as_str(), r.path);
+            println!("{:<5} {:<40} {}", r.backend.as_str(), r.path, r.facts);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -102,40 +93,20 @@ fn validator(args: &Args) -> anyhow::Result<Box<dyn KeyValidator>> {
 
 /// One listed key: what enumeration showed, completed by what validation read.
 fn row(info: &KeyInfo, outcome: keyfloat_hal::Result<Validation>) -> Row {
-    let mut attested = false;
-    let (serial, firmware, proof, reason) = match outcome {
-        Ok(Validation::Valid {
-            serial,
-            firmware,
-            mut proof,
-        }) => {
-            if proof == ProofStatus::Attested {
-                attested = true;
-                proof = ProofStatus::Verified;
-            }
-            (
-                Some(serial.to_string()),
-                firmware.map(|f| f.to_string()),
-                proof.as_str().to_owned(),
-                None,
-            )
-        }
-        Ok(Validation::Invalid { serial, reason }) => (
-            serial.map(|s| s.to_string()),
-            None,
-            "invalid".into(),
-            Some(reason.code().to_string()),
-        ),
-        Ok(Validation::Failed(e)) | Err(e) => (None, None, "error".into(), Some(e.to_string())),
+    let mut facts = match outcome {
+        Ok(Validation::Failed(e)) | Err(e) => KeyFacts::failed("error", e.to_string()),
+        Ok(answered) => KeyFacts::answered(&answered).unwrap_or_default(),
     };
+    if facts.serial.is_none() {
+        facts.serial = info.serial.as_ref().map(|s| s.to_string());
+    }
+    if facts.firmware.is_none() {
+        facts.firmware = info.firmware.map(|f| f.to_string());
+    }
     Row {
         backend: info.backend,
         path: info.path.clone(),
-        serial: serial.or_else(|| info.serial.as_ref().map(|s| s.to_string())),
         model: info.model.clone(),
-        firmware: firmware.or_else(|| info.firmware.map(|f| f.to_string())),
-        proof,
-        attested,
-        reason,
+        facts,
     }
 }

@@ -42,15 +42,9 @@ pub struct Args {
     /// in the data dir, one server per data dir].
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// HA: this node's name; with --store postgres://… the node competes for leadership.
-    #[arg(long, value_name = "NAME")]
-    pub node_id: Option<String>,
-    /// HA: the URL clients and peers reach this node at (standbys name the leader's).
-    #[arg(long, value_name = "URL")]
-    pub advertise_url: Option<String>,
-    /// HA: lease length in seconds, renewed every quarter of it [default: 5].
-    #[arg(long, value_name = "SECS")]
-    pub lease_secs: Option<u64>,
+    /// HA: --node-id, --advertise-url, --lease-secs.
+    #[command(flatten)]
+    pub ha: super::ha::HaArgs,
     /// Key backends to watch [default: auto].
     #[arg(long, value_parser = super::common::key_backend_parser())]
     pub key_backend: Option<KeyBackend>,
@@ -167,6 +161,7 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
             }
         )*};
     }
+    super::ha::apply(&args.ha, &mut c);
     set!(
         data_dir,
         key_backend,
@@ -176,7 +171,6 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
         allow_serial_only_keys,
         key_grace_secs,
         require_attestation,
-        lease_secs,
         token_lifetime_secs,
         metrics_public,
         metrics_license_labels,
@@ -189,8 +183,6 @@ pub fn effective_config(args: &Args) -> anyhow::Result<ServerConfig> {
     set_opt!(
         vendor_public_key,
         sim_vendor_key,
-        node_id,
-        advertise_url,
         hash_workers,
         metrics_token,
         metrics_listen,

@@ -9,13 +9,14 @@ mod pcscd;
 mod readers;
 mod usb;
 
+use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::procfs;
 use crate::trust::{AttestationRoots, VendorPublicKey, VendorValidator};
-use crate::validate::{KeyValidator, SerialReadable};
+use crate::validate::{KeyValidator, ProofStatus, SerialReadable, Validation};
 
 pub use pcscd::SOCKET_ENV;
 
@@ -85,6 +86,17 @@ pub struct Reader {
 pub struct Key {
     /// Reader.
     pub reader: String,
+    /// What validating it found.
+    #[serde(flatten)]
+    pub facts: KeyFacts,
+    /// Processes that hold it (busy keys).
+    pub holders: Vec<Proc>,
+}
+
+/// What validating a key found, as `doctor` and `keyfloat keys` report it (JSON fields, and
+/// `serial=… fw=… proof=…[ attested][ (reason)]` as text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyFacts {
     /// Serial, when read.
     pub serial: Option<String>,
     /// Firmware, when read.
@@ -94,10 +106,67 @@ pub struct Key {
     /// Invalid reason / error code.
     pub reason: Option<String>,
     /// A fresh PIV attestation chained to a configured root (checked only when attestation
-    /// roots are given).
+    /// roots are given); `proof` then says `verified`.
     pub attested: bool,
-    /// Processes that hold it (busy keys).
-    pub holders: Vec<Proc>,
+}
+
+impl KeyFacts {
+    /// The facts of a key that answered (valid or invalid); `None` when the validation failed.
+    pub fn answered(outcome: &Validation) -> Option<Self> {
+        match outcome {
+            Validation::Valid {
+                serial,
+                firmware,
+                proof,
+            } => {
+                let attested = *proof == ProofStatus::Attested;
+                let proof = if attested { ProofStatus::Verified } else { *proof };
+                Some(Self {
+                    serial: Some(serial.to_string()),
+                    firmware: firmware.map(|f| f.to_string()),
+                    proof: proof.as_str().into(),
+                    reason: None,
+                    attested,
+                })
+            }
+            Validation::Invalid { serial, reason } => Some(Self {
+                serial: serial.as_ref().map(|s| s.to_string()),
+                firmware: None,
+                proof: "invalid".into(),
+                reason: Some(reason.code().to_owned()),
+                attested: false,
+            }),
+            Validation::Failed(_) => None,
+        }
+    }
+
+    /// A key that could not be asked: `proof` (`error`, `busy`) and why.
+    pub fn failed(proof: &str, reason: String) -> Self {
+        Self {
+            proof: proof.into(),
+            reason: Some(reason),
+            ..Self::default()
+        }
+    }
+}
+
+impl fmt::Display for KeyFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "serial={:<10} fw={:<7} proof={}",
+            self.serial.as_deref().unwrap_or("?"),
+            self.firmware.as_deref().unwrap_or("?"),
+            self.proof
+        )?;
+        if self.attested {
+            f.write_str(" attested")?;
+        }
+        match &self.reason {
+            Some(reason) => write!(f, " ({reason})"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A Yubico USB device and its device nodes.

@@ -21,9 +21,9 @@ pub(super) fn check(r: &mut Report, _validator: &dyn KeyValidator, _proc_root: &
 mod with_pcsc {
     use super::*;
     use crate::backend::pcsc::{PcscKey, PcscProvider, Timeouts};
-    use crate::diagnose::{Key, Proc, Reader};
+    use crate::diagnose::{Key, KeyFacts, Proc, Reader};
     use crate::error::{Error, ErrorKind};
-    use crate::validate::{ProofStatus, Validation};
+    use crate::validate::Validation;
 
     /// Lists the readers, then opens and validates the key in each one that holds a card.
     pub(in crate::diagnose) fn check(r: &mut Report, validator: &dyn KeyValidator, proc_root: &Path) {
@@ -34,11 +34,10 @@ mod with_pcsc {
         for (reader, _) in readers.iter().filter(|(_, present)| *present) {
             let mut key = Key {
                 reader: reader.clone(),
-                serial: None,
-                firmware: None,
-                proof: "error".into(),
-                reason: None,
-                attested: false,
+                facts: KeyFacts {
+                    proof: "error".into(),
+                    ..KeyFacts::default()
+                },
                 holders: Vec::new(),
             };
             match PcscKey::open(reader, timeouts) {
@@ -94,48 +93,33 @@ mod with_pcsc {
 
     /// A key that answered: valid (with its proof) or invalid (a problem with a hint).
     fn record(r: &mut Report, key: &mut Key, outcome: Validation) {
-        match outcome {
-            Validation::Valid {
-                serial,
-                firmware,
-                proof,
-            } => {
-                key.serial = Some(serial.to_string());
-                key.firmware = firmware.map(|f| f.to_string());
-                key.attested = proof == ProofStatus::Attested;
-                let proof = if key.attested { ProofStatus::Verified } else { proof };
-                key.proof = proof.as_str().into();
-            }
-            Validation::Invalid { serial, reason } => {
-                key.serial = serial.map(|s| s.to_string());
-                key.proof = "invalid".into();
-                key.reason = Some(reason.code().to_owned());
-                r.problem(
-                    "key_invalid",
-                    format!(
-                        "the key in {} (serial {}) is not valid: {reason}",
-                        key.reader,
-                        key.serial.as_deref().unwrap_or("?")
-                    ),
-                    invalid_hint(reason.code()),
-                );
-            }
-            Validation::Failed(_) => {}
+        if let Some(facts) = KeyFacts::answered(&outcome) {
+            key.facts = facts;
+        }
+        if let Validation::Invalid { reason, .. } = outcome {
+            r.problem(
+                "key_invalid",
+                format!(
+                    "the key in {} (serial {}) is not valid: {reason}",
+                    key.reader,
+                    key.facts.serial.as_deref().unwrap_or("?")
+                ),
+                invalid_hint(reason.code()),
+            );
         }
     }
 
     /// A key that could not be read: busy (naming its holders), not allowed, or unreadable.
     fn key_error(r: &mut Report, key: &mut Key, e: &Error, proc_root: &Path) {
-        key.reason = Some(e.code().to_owned());
+        key.facts = KeyFacts::failed("error", e.code().to_owned());
         key.holders = e
             .holders()
             .iter()
             .map(|h| Proc::read(proc_root, h.pid, h.command.clone()))
             .collect();
-        key.proof = "error".into();
         match e.kind() {
             ErrorKind::Busy => {
-                key.proof = "busy".into();
+                key.facts.proof = "busy".into();
                 r.problem(
                     "key_busy",
                     format!(

@@ -78,11 +78,20 @@ pub async fn ready_show(State(st): State<AppState>) -> Response {
     }
 }
 
-/// Middleware: a standby answers every call it wraps with `503 not_leader`.
+/// Middleware: a standby answers every call it wraps with `503 not_leader`. A call that
+/// raced a step-down (the store refused its batch) gets the same body, leader included.
 pub async fn standby_guard(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    match st.require_leader() {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = st.require_leader() {
+        return e.into_response();
+    }
+    let res = next.run(req).await;
+    let refused = res
+        .extensions()
+        .get::<crate::metrics::ErrorCode>()
+        .is_some_and(|c| c.0 == "not_leader");
+    match st.cluster() {
+        Some(c) if refused => NotLeader { leader: c.leader_url() }.into_response(),
+        _ => res,
     }
 }
 

@@ -2,6 +2,8 @@
 //! every in-memory view before it serves as leader.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::{BoxFuture, LeaderHooks};
 use crate::error::ApiError;
@@ -15,7 +17,13 @@ pub struct AppHooks {
     /// The last answer of `may_lead`, kept when the store cannot be read for a moment (a
     /// leader does not give the lease up over one failed read).
     last_may_lead: AtomicBool,
+    /// The key-bound licenses as last read from the store (a standby polls often; the
+    /// licenses change rarely, the key may change at any poll).
+    licenses: Mutex<Option<(Instant, Arc<Catalog>)>>,
 }
+
+/// How long the licenses read for the leadership check are reused.
+const LICENSES_FRESH: Duration = Duration::from_secs(1);
 
 impl AppHooks {
     /// Hooks of `state`.
@@ -23,6 +31,7 @@ impl AppHooks {
         Self {
             state,
             last_may_lead: AtomicBool::new(false),
+            licenses: Mutex::new(None),
         }
     }
 
@@ -30,8 +39,17 @@ impl AppHooks {
     /// node may have added one) must accept the valid key in force, by its activation
     /// serial or one of its `allowed_serials`. A key in its grace period still counts.
     async fn key_allows_leading(&self) -> Result<bool, ApiError> {
-        let licenses = crate::store::read(self.state.store(), |tx| tx.licenses().map_err(ApiError::from)).await?;
-        let catalog = Catalog::build(&licenses, self.state.keys());
+        let cached = self.licenses.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let catalog = match cached {
+            Some((at, catalog)) if at.elapsed() < LICENSES_FRESH => catalog,
+            _ => {
+                let licenses =
+                    crate::store::read(self.state.store(), |tx| tx.licenses().map_err(ApiError::from)).await?;
+                let catalog = Arc::new(Catalog::build(&licenses, self.state.keys()));
+                *self.licenses.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), Arc::clone(&catalog)));
+                catalog
+            }
+        };
         Ok(catalog.key_allows_all(self.state.keys().check()))
     }
 

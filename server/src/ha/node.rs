@@ -40,7 +40,7 @@ pub struct Cluster {
 }
 
 /// How often a standby polls a free lease: a released lease is taken within this.
-const STANDBY_POLL_MAX: Duration = Duration::from_millis(200);
+const STANDBY_POLL_MAX: Duration = Duration::from_millis(100);
 /// How often a leader looks at its key between renewals.
 const KEY_POLL: Duration = Duration::from_millis(50);
 /// Heartbeat and cluster-view refresh period.
@@ -252,7 +252,7 @@ impl Cluster {
         let key_ok = hooks.may_lead().await;
         let held = self.fence.epoch();
         if held != 0 {
-            self.keep(db, held, key_ok).await?;
+            self.keep(db, hooks, held, key_ok).await?;
         } else if key_ok {
             self.compete(db, hooks).await?;
         }
@@ -272,7 +272,13 @@ impl Cluster {
     }
 
     /// Leader: renew, or give the lease up when the key no longer allows leading.
-    async fn keep(&self, db: &Client, epoch: u64, key_ok: bool) -> Result<(), tokio_postgres::Error> {
+    async fn keep(
+        &self,
+        db: &Client,
+        hooks: &dyn LeaderHooks,
+        epoch: u64,
+        key_ok: bool,
+    ) -> Result<(), tokio_postgres::Error> {
         if !key_ok {
             self.step_down(epoch, "the key in force no longer allows leading");
             lease::release(db, &self.me, epoch).await?;
@@ -286,6 +292,10 @@ impl Cluster {
             }
         } else {
             self.step_down(epoch, "the lease was lost");
+            return Ok(());
+        }
+        if self.fence.epoch() == epoch && self.serving.load(Ordering::Acquire) != epoch {
+            self.reload_then_serve(db, hooks, epoch).await?;
         }
         Ok(())
     }
@@ -300,6 +310,17 @@ impl Cluster {
         self.granted.store(epoch, Ordering::Release);
         self.extend(epoch, sent);
         tracing::info!(node_id = %self.me.node_id, epoch, "lease granted: reloading before serving");
+        self.reload_then_serve(db, hooks, epoch).await
+    }
+
+    /// Reloads every view under `epoch`, then serves. Also run by `keep` for a grant whose
+    /// reload did not finish (the tick timed out): a leader never stays unserving.
+    async fn reload_then_serve(
+        &self,
+        db: &Client,
+        hooks: &dyn LeaderHooks,
+        epoch: u64,
+    ) -> Result<(), tokio_postgres::Error> {
         match hooks.reload().await {
             Ok(()) if self.fence.epoch() == epoch => {
                 self.serving.store(epoch, Ordering::Release);

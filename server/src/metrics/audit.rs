@@ -49,6 +49,10 @@ pub async fn watch_keys(state: AppState) {
         for e in events {
             log_and_count(state.metrics(), &e);
             let event = audit_event(&e);
+            // An HA standby writes no audit rows (its key events are in its log and metrics).
+            if state.role() == crate::ha::Role::Standby {
+                continue;
+            }
             if let Err(err) = transact(state.store(), move |tx| tx.audit(&event)).await {
                 tracing::error!(error = %err, "cannot record a key event in the audit log");
             }

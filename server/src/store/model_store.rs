@@ -273,7 +273,7 @@ impl Tx for Recorder<'_> {
     }
     fn put_registration(&mut self, reg: &Registration) -> StoreResult<()> {
         let r = self.tx.put_registration(reg);
-        self.record(r, |()| Some(Effect::Seat(reg.clone())))
+        self.record(r, |()| Some(Effect::seat(reg)))
     }
     fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool> {
         let r = self.tx.delete_registration(license_id, user);

@@ -38,8 +38,15 @@ pub enum Effect {
         /// New total.
         total: i64,
     },
-    /// A seat was taken or changed.
-    Seat(Registration),
+    /// A seat was taken or changed (see [`Effect::seat`]).
+    Seat {
+        /// License.
+        license_id: u64,
+        /// User.
+        user: Arc<str>,
+        /// What the model keeps of it.
+        seat: SeatState,
+    },
     /// One user's seat (and their feature slots on that license) was released.
     SeatGone {
         /// License.
@@ -76,26 +83,36 @@ fn has_consumption_features(l: &License) -> bool {
 }
 
 /// A seat as the model keeps it: the user is the map key (one allocation shared with the
-/// expiry index), the license is the map it is in.
+/// expiry index), the license is the map it is in, and of the client's free-text fields
+/// (host, IP, user info) only a keyed hash each: enough to tell a heartbeat that changes
+/// them (a write) from one that does not, at a fraction of the memory. A collision only
+/// means such a change is written with the next due extension (≤ the renewal granularity).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Seat {
+pub struct SeatState {
     registered_at: i64,
     expires_at: i64,
     borrowed_until: Option<i64>,
-    os_hostname: Option<Box<str>>,
-    ip_local: Option<Box<str>>,
-    user_info: Option<Box<str>>,
+    info: [u64; 3],
 }
 
-impl Seat {
-    fn new(r: Registration) -> Self {
+/// Keyed hash of an optional text field; 0 = absent.
+fn info_hash(v: Option<&str>) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    v.map_or(0, |v| KEY.get_or_init(Default::default).hash_one(v) | 1)
+}
+
+impl SeatState {
+    fn new(r: &Registration) -> Self {
         Self {
             registered_at: r.registered_at,
             expires_at: r.expires_at,
             borrowed_until: r.borrowed_until,
-            os_hostname: r.os_hostname.map(String::into_boxed_str),
-            ip_local: r.ip_local.map(String::into_boxed_str),
-            user_info: r.user_info.map(String::into_boxed_str),
+            info: [
+                info_hash(r.os_hostname.as_deref()),
+                info_hash(r.ip_local.as_deref()),
+                info_hash(r.user_info.as_deref()),
+            ],
         }
     }
 
@@ -104,16 +121,43 @@ impl Seat {
         self.borrowed_until.map_or(self.expires_at, |b| b.max(self.expires_at))
     }
 
-    fn registration(&self, license_id: u64, user: &str) -> Registration {
-        Registration {
-            license_id,
-            user: user.to_owned(),
-            registered_at: self.registered_at,
-            expires_at: self.expires_at,
-            borrowed_until: self.borrowed_until,
-            os_hostname: self.os_hostname.as_deref().map(str::to_owned),
-            ip_local: self.ip_local.as_deref().map(str::to_owned),
-            user_info: self.user_info.as_deref().map(str::to_owned),
+    /// Held at `now`.
+    pub fn is_active(&self, now: i64) -> bool {
+        self.end() > now
+    }
+
+    /// First registration (µs).
+    pub fn registered_at(&self) -> i64 {
+        self.registered_at
+    }
+
+    /// Lapses at (µs) unless renewed or borrowed.
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
+
+    /// Borrowed until (µs).
+    pub fn borrowed_until(&self) -> Option<i64> {
+        self.borrowed_until
+    }
+
+    /// Whether a renewal sending these fields (absent = keep the seat's) leaves the
+    /// seat's host, IP and user info as they are.
+    pub fn keeps_info(&self, os_hostname: Option<&str>, ip_local: Option<&str>, user_info: Option<&str>) -> bool {
+        [os_hostname, ip_local, user_info]
+            .iter()
+            .zip(self.info)
+            .all(|(sent, kept)| sent.is_none_or(|v| info_hash(Some(v)) == kept))
+    }
+}
+
+impl Effect {
+    /// The effect of writing the seat `r`.
+    pub fn seat(r: &Registration) -> Self {
+        Self::Seat {
+            license_id: r.license_id,
+            user: Arc::from(r.user.as_str()),
+            seat: SeatState::new(r),
         }
     }
 }
@@ -128,7 +172,7 @@ fn no_user() -> Arc<str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LicenseState {
     license: License,
-    seats: HashMap<Arc<str>, Seat>,
+    seats: HashMap<Arc<str>, SeatState>,
     /// (seat end, user) of every seat: lapsed seats are a range of it.
     ends: BTreeSet<(i64, Arc<str>)>,
     /// Slots by feature, then user.
@@ -161,14 +205,14 @@ impl LicenseState {
         self.seats.get(user).is_some_and(|s| s.end() <= now)
     }
 
-    fn put_seat(&mut self, r: Registration) {
-        let (user, seat) = match self.seats.get_key_value(r.user.as_str()) {
-            Some((user, old)) => {
-                let user = Arc::clone(user);
-                self.ends.remove(&(old.end(), Arc::clone(&user)));
-                (user, Seat::new(r))
+    fn put_seat(&mut self, user: Arc<str>, seat: SeatState) {
+        let user = match self.seats.get_key_value(&*user) {
+            Some((known, old)) => {
+                let known = Arc::clone(known);
+                self.ends.remove(&(old.end(), Arc::clone(&known)));
+                known
             }
-            None => (Arc::from(r.user.as_str()), Seat::new(r)),
+            None => user,
         };
         self.ends.insert((seat.end(), Arc::clone(&user)));
         self.seats.insert(user, seat);
@@ -231,16 +275,14 @@ pub struct Model {
     licenses: HashMap<u64, LicenseState>,
 }
 
-/// What a heartbeat needs: the license with its totals, the seats held, the user's seat
-/// and the live feature slots, all at one instant of the model.
+/// What a heartbeat or the license list needs: the license with its totals, the seats
+/// held and the live feature slots, all at one instant of the model.
 #[derive(Debug, Clone)]
 pub struct SeatLookup {
     /// The license with its totals.
     pub license: License,
     /// Seats held at `now`.
     pub in_use: usize,
-    /// The user's seat, live or lapsed.
-    pub registration: Option<Registration>,
     /// Live slots per feature.
     pub features: BTreeMap<String, usize>,
 }
@@ -252,8 +294,8 @@ impl Model {
         for l in licenses {
             m.apply(Effect::License(l));
         }
-        for r in seats {
-            m.apply(Effect::Seat(r));
+        for r in &seats {
+            m.apply(Effect::seat(r));
         }
         for s in slots {
             m.apply(Effect::Slot(s));
@@ -284,9 +326,9 @@ impl Model {
                     s.license.feature_totals.insert(feature.clone(), total);
                 }
             }),
-            Effect::Seat(r) => {
-                if let Some(s) = self.licenses.get_mut(&r.license_id) {
-                    s.put_seat(r);
+            Effect::Seat { license_id, user, seat } => {
+                if let Some(s) = self.licenses.get_mut(&license_id) {
+                    s.put_seat(user, seat);
                 }
             }
             Effect::SeatGone { license_id, user } => self.each(Some(license_id), |s| s.drop_seat(&user)),
@@ -339,18 +381,8 @@ impl Model {
     }
 
     /// The user's seat, live or lapsed.
-    pub fn registration(&self, id: u64, user: &str) -> Option<Registration> {
-        self.licenses
-            .get(&id)
-            .and_then(|s| s.seats.get(user).map(|seat| seat.registration(id, user)))
-    }
-
-    /// Every seat of a license, in no particular order.
-    pub fn registrations(&self, id: u64) -> impl Iterator<Item = Registration> + '_ {
-        self.licenses
-            .get(&id)
-            .into_iter()
-            .flat_map(move |s| s.seats.iter().map(move |(u, seat)| seat.registration(id, u)))
+    pub fn seat(&self, id: u64, user: &str) -> Option<&SeatState> {
+        self.licenses.get(&id).and_then(|s| s.seats.get(user))
     }
 
     /// Every slot of a license, in no particular order.
@@ -366,13 +398,12 @@ impl Model {
         self.licenses.keys().copied()
     }
 
-    /// What a heartbeat or the license list needs (`user = None`: no seat lookup).
-    pub fn lookup(&self, id: u64, user: Option<&str>, now: i64) -> Option<SeatLookup> {
+    /// What a heartbeat or the license list needs.
+    pub fn lookup(&self, id: u64, now: i64) -> Option<SeatLookup> {
         let s = self.licenses.get(&id)?;
         Some(SeatLookup {
             license: s.license.clone(),
             in_use: s.in_use(now),
-            registration: user.and_then(|u| s.seats.get(u).map(|seat| seat.registration(id, u))),
             features: s.feature_usage(now),
         })
     }
@@ -464,16 +495,16 @@ mod tests {
         let id = license.id;
         let mut m = Model::default();
         m.apply(Effect::License(license));
-        m.apply(Effect::Seat(seat(id, "a", 100, None)));
-        m.apply(Effect::Seat(seat(id, "b", 200, None)));
-        m.apply(Effect::Seat(seat(id, "c", 50, Some(300))));
+        m.apply(Effect::seat(&seat(id, "a", 100, None)));
+        m.apply(Effect::seat(&seat(id, "b", 200, None)));
+        m.apply(Effect::seat(&seat(id, "c", 50, Some(300))));
         assert_eq!(m.in_use(id, 10), Some(3));
         assert_eq!(m.in_use(id, 100), Some(2), "a lapsed at 100");
         assert_eq!(m.in_use(id, 200), Some(1), "only the borrowed seat is held");
         assert_eq!(m.in_use(id, 300), Some(0));
         assert_eq!(m.seat_rows(id), Some(3), "nothing was purged");
         // Renewing moves the seat's end.
-        m.apply(Effect::Seat(seat(id, "a", 1_000, None)));
+        m.apply(Effect::seat(&seat(id, "a", 1_000, None)));
         assert_eq!(m.in_use(id, 300), Some(1));
         m.apply(Effect::Purged {
             license_id: None,

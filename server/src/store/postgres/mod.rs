@@ -43,8 +43,9 @@ pub const WRITE_LOCK: i64 = 0x6b66_2d77_7269_7465;
 
 /// How long a writer may sit inside an open transaction before PostgreSQL ends it: a
 /// paused (SIGSTOP) or wedged node must not hold the write lock and the lease row lock
-/// for longer than this.
-const IDLE_IN_TX_TIMEOUT: &str = "2s";
+/// for longer than this (a takeover waits for it). The writer sends a batch's statements
+/// back to back, so a live writer never idles this long.
+const IDLE_IN_TX_TIMEOUT: &str = "1s";
 
 /// This node's claim to write, shared with the lease task of [`crate::ha`].
 pub use crate::ha::Fence;
