@@ -71,14 +71,19 @@ impl Tx for PgTx<'_> {
 
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()> {
         self.execute(
+            // An upsert that counts a new row in the seat counter (`xmax = 0`: inserted,
+            // not updated), one statement; removals are counted by a trigger.
             concat!(
-                "INSERT INTO registrations (",
+                "WITH up AS (INSERT INTO registrations (",
                 reg_cols!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (license_id, user_name) DO UPDATE SET registered_at = excluded.registered_at,
                    expires_at = excluded.expires_at, borrowed_until = excluded.borrowed_until,
                    os_hostname = excluded.os_hostname, ip_local = excluded.ip_local,
-                   user_info = excluded.user_info"
+                   user_info = excluded.user_info
+                 RETURNING (xmax = 0) AS inserted)
+                 INSERT INTO seat_counts (license_id, n) SELECT $1, 1 FROM up WHERE inserted
+                 ON CONFLICT (license_id) DO UPDATE SET n = seat_counts.n + 1"
             ),
             &[
                 &sid(r.license_id),
