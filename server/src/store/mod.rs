@@ -398,3 +398,44 @@ where
 {
     queue_read(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
 }
+
+/// Test aid: queues a write job that holds the writer until the returned sender sends
+/// (or is dropped), and returns once that job runs; the future is its answer.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn hold_writer(
+    store: &dyn Store,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    impl std::future::Future<Output = StoreResult<()>>,
+) {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blocker = transact(store, move |_| {
+        let _ = started_tx.send(());
+        let _ = hold.recv();
+        Ok::<_, StoreError>(())
+    });
+    started.recv().unwrap();
+    (release, blocker)
+}
+
+/// Test aid: [`hold_writer`] for one read connection.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn hold_reader(
+    store: &dyn Store,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    impl std::future::Future<Output = StoreResult<()>>,
+) {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let blocker = read(store, move |_| {
+        let _ = started_tx.send(());
+        let _ = hold.recv();
+        Ok::<_, StoreError>(())
+    });
+    started.recv().unwrap();
+    (release, blocker)
+}

@@ -556,14 +556,7 @@ mod tests {
             .await
             .unwrap();
         // Hold the writer so every job below lands in one batch.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let blocker = transact(s.as_ref(), move |_| {
-            let _ = started_tx.send(());
-            let _ = hold.recv();
-            Ok::<_, StoreError>(())
-        });
-        started.recv().unwrap();
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
         let reads_mid_batch = Arc::new(AtomicU64::new(0));
         let jobs: Vec<_> = (1..=JOBS)
             .map(|i| {

@@ -270,18 +270,7 @@ impl Tx for PgTx<'_> {
             "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit WHERE id >= $1 ORDER BY id",
             &[&state.0],
         )?;
-        let rows = rows.iter().map(|r| {
-            Ok((
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-                r.get(7),
-            ))
-        });
+        let rows = rows.iter().map(|r| Ok(audit_chain::pg_row(r)));
         audit_chain::verify_rows(state, before, rows)
     }
 }
