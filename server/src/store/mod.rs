@@ -88,6 +88,20 @@ pub struct SeatView {
     pub registration: Option<Registration>,
 }
 
+/// One page of feature slots: of a license and/or of one feature (`None`: all), ordered
+/// by (license, feature, user), starting after `after`, at most `limit` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPage<'a> {
+    /// Only this license's slots.
+    pub license_id: Option<u64>,
+    /// Only this feature's slots.
+    pub feature: Option<&'a str>,
+    /// The last row of the previous page.
+    pub after: Option<&'a RegCursor>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
 /// A position in a keyset-paginated listing: the last row of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegCursor {
@@ -131,22 +145,20 @@ pub trait ReadTx {
     /// for the writer to purge, and not counted.
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
 
-    /// Feature slots of a license (optionally of one feature), ordered by (license,
-    /// feature, user), starting after `after`, at most `limit`.
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>>;
+    /// One page of feature slots (see [`SlotPage`]).
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>>;
     /// Feature slots of a license (optionally of one feature).
     fn feature_registrations(
         &mut self,
         license_id: Option<u64>,
         feature: Option<&str>,
     ) -> StoreResult<Vec<FeatureRegistration>> {
-        self.feature_registrations_page(license_id, feature, None, u32::MAX)
+        self.feature_registrations_page(SlotPage {
+            license_id,
+            feature,
+            after: None,
+            limit: u32::MAX,
+        })
     }
     /// One user's slot of a feature.
     fn feature_registration(

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
-use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx};
+use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, SlotPage, Store, StoreError, StoreResult, Tx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 /// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
@@ -214,14 +214,8 @@ impl ReadTx for Recorder<'_> {
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
         self.tx.count_active_registrations(license_id, now)
     }
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
-        self.tx.feature_registrations_page(license_id, feature, after, limit)
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
+        self.tx.feature_registrations_page(page)
     }
     fn feature_registration(
         &mut self,

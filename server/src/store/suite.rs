@@ -264,7 +264,12 @@ fn listings_page_in_byte_order(h: &Harness) {
         user: "a".into(),
     };
     let slots = read_blocking(s, move |tx| {
-        tx.feature_registrations_page(Some(1), Some("f"), Some(&cursor), 2)
+        tx.feature_registrations_page(super::SlotPage {
+            license_id: Some(1),
+            feature: Some("f"),
+            after: Some(&cursor),
+            limit: 2,
+        })
     })
     .unwrap();
     let slot_users: Vec<_> = slots.iter().map(|r| r.user.as_str()).collect();

@@ -12,7 +12,7 @@ use super::PgConn;
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, StoreError, StoreResult};
+use crate::store::{ReadTx, RegCursor, SeatView, SlotPage, StoreError, StoreResult};
 
 pub(crate) struct PgTx<'c> {
     pub(crate) conn: &'c mut PgConn,
@@ -273,13 +273,13 @@ impl ReadTx for PgTx<'_> {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
+        let SlotPage {
+            license_id,
+            feature,
+            after,
+            limit: n,
+        } = page;
         let rows = self.query(
             concat!(
                 "SELECT ",

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, StoreError, StoreResult};
+use crate::store::{ReadTx, RegCursor, SeatView, SlotPage, StoreError, StoreResult};
 
 pub(super) struct SqliteTx<'c> {
     pub(super) conn: &'c Connection,
@@ -268,13 +268,13 @@ impl ReadTx for SqliteTx<'_> {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
+        let SlotPage {
+            license_id,
+            feature,
+            after,
+            limit: n,
+        } = page;
         let mut st = self.conn.prepare_cached(concat!(
             "SELECT ",
             freg_cols!(),
