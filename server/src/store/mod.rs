@@ -88,6 +88,18 @@ pub struct SeatView {
     pub registration: Option<Registration>,
 }
 
+/// One page of registrations: of a license (`None`: all licenses), ordered by (license,
+/// user), starting after `after`, at most `limit` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct SeatPage<'a> {
+    /// Only this license's seats.
+    pub license_id: Option<u64>,
+    /// The last row of the previous page.
+    pub after: Option<&'a RegCursor>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
 /// One page of feature slots: of a license and/or of one feature (`None`: all), ordered
 /// by (license, feature, user), starting after `after`, at most `limit` rows.
 #[derive(Debug, Clone, Copy)]
@@ -127,17 +139,15 @@ pub trait ReadTx {
     /// registration. `None` = no such license.
     fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>>;
 
-    /// Registrations of a license (`None` = all licenses), ordered by (license, user),
-    /// starting after `after`, at most `limit`.
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<Registration>>;
+    /// One page of registrations (see [`SeatPage`]).
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>>;
     /// Registrations of a license (`None` = all licenses).
     fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>> {
-        self.registrations_page(license_id, None, u32::MAX)
+        self.registrations_page(SeatPage {
+            license_id,
+            after: None,
+            limit: u32::MAX,
+        })
     }
     /// The registration of (license, user), live or lapsed.
     fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>>;
@@ -409,6 +419,18 @@ where
     F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
 {
     queue_read(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
+}
+
+/// How many of an engine's `known` migrations a database at schema `version` has had
+/// applied; a database written by a newer build is refused, not downgraded.
+pub(crate) fn applied_migrations(version: i64, known: usize) -> StoreResult<usize> {
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied > known {
+        return Err(StoreError::Failed(format!(
+            "database schema version {applied} is newer than this build ({known})"
+        )));
+    }
+    Ok(applied)
 }
 
 /// Test aid: queues a write job that holds the writer until the returned sender sends

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
-use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, SlotPage, Store, StoreError, StoreResult, Tx};
+use super::{audit_chain, Job, ReadJob, ReadTx, SeatPage, SeatView, SlotPage, Store, StoreError, StoreResult, Tx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 /// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
@@ -200,13 +200,8 @@ impl ReadTx for Recorder<'_> {
     fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>> {
         self.tx.seat_view(license_id, user, now)
     }
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<Registration>> {
-        self.tx.registrations_page(license_id, after, limit)
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
+        self.tx.registrations_page(page)
     }
     fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>> {
         self.tx.registration(license_id, user)

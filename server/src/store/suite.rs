@@ -245,7 +245,14 @@ fn listings_page_in_byte_order(h: &Harness) {
     let mut after = None;
     loop {
         let cursor = after.clone();
-        let page = read_blocking(s, move |tx| tx.registrations_page(Some(1), cursor.as_ref(), 4)).unwrap();
+        let page = read_blocking(s, move |tx| {
+            tx.registrations_page(super::SeatPage {
+                license_id: Some(1),
+                after: cursor.as_ref(),
+                limit: 4,
+            })
+        })
+        .unwrap();
         let Some(last) = page.last() else { break };
         after = Some(super::RegCursor {
             license_id: last.license_id,

@@ -12,7 +12,7 @@ use super::PgConn;
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, SlotPage, StoreError, StoreResult};
+use crate::store::{ReadTx, SeatPage, SeatView, SlotPage, StoreError, StoreResult};
 
 pub(crate) struct PgTx<'c> {
     pub(crate) conn: &'c mut PgConn,
@@ -218,12 +218,12 @@ impl ReadTx for PgTx<'_> {
         }))
     }
 
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<Registration>> {
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
+        let SeatPage {
+            license_id,
+            after,
+            limit: n,
+        } = page;
         let rows = self.query(
             concat!(
                 "SELECT ",

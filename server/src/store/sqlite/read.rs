@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, SlotPage, StoreError, StoreResult};
+use crate::store::{ReadTx, SeatPage, SeatView, SlotPage, StoreError, StoreResult};
 
 pub(super) struct SqliteTx<'c> {
     pub(super) conn: &'c Connection,
@@ -215,12 +215,12 @@ impl ReadTx for SqliteTx<'_> {
             .optional()?)
     }
 
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<Registration>> {
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
+        let SeatPage {
+            license_id,
+            after,
+            limit: n,
+        } = page;
         let mut st = self.conn.prepare_cached(concat!(
             "SELECT ",
             reg_cols!(),
