@@ -539,11 +539,7 @@ mod tests {
         const JOBS: i64 = 200;
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path()).await;
-        let license = crate::model::tests::sample();
-        let id = license.id;
-        transact(s.as_ref(), move |tx| tx.insert_license(&license))
-            .await
-            .unwrap();
+        let id = crate::store::insert_sample(s.as_ref()).await;
         // Hold the writer so every job below lands in one batch.
         let (release, blocker) = crate::store::hold_writer(s.as_ref());
         let reads_mid_batch = Arc::new(AtomicU64::new(0));
@@ -592,11 +588,7 @@ mod tests {
                 })
             })
             .collect();
-        release.send(()).unwrap();
-        blocker.await.unwrap();
-        for j in jobs {
-            j.await.unwrap();
-        }
+        crate::store::release_writer(release, blocker, jobs).await;
         done.store(true, Ordering::SeqCst);
         let mut seen = std::collections::BTreeSet::new();
         for r in readers {

@@ -374,11 +374,7 @@ mod tests {
         const JOBS: i64 = 200;
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let license = crate::model::tests::sample();
-        let id = license.id;
-        transact(s.as_ref(), move |tx| tx.insert_license(&license))
-            .await
-            .unwrap();
+        let id = crate::store::insert_sample(s.as_ref()).await;
         // Hold the writer so every job below lands in one batch.
         let (release, blocker) = crate::store::hold_writer(s.as_ref());
         // Half way through the batch a job waits until readers have read meanwhile.
@@ -437,11 +433,7 @@ mod tests {
                 })
             })
             .collect();
-        release.send(()).unwrap();
-        blocker.await.unwrap();
-        for j in jobs {
-            j.await.unwrap();
-        }
+        crate::store::release_writer(release, blocker, jobs).await;
         done.store(true, Ordering::SeqCst);
         let mut seen = std::collections::BTreeSet::new();
         for r in readers {
