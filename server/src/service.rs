@@ -10,7 +10,7 @@ use crate::model::{
     self, FeatureKind, FeatureRegistration, FeatureTerms, License, LicenseObject, LicenseTerms, Registration,
 };
 use crate::store::view::Model;
-use crate::store::{ReadTx, Tx};
+use crate::store::{FeatureKey, ReadTx, Tx};
 
 mod error;
 pub use error::LicenseError;
@@ -428,7 +428,13 @@ pub fn feature_register(
     let mut registered_at = now;
     if let Some(users) = f.floating_users {
         match tx
-            .feature_registration(id, code, &who.user)?
+            .feature_registration(
+                FeatureKey {
+                    license_id: id,
+                    feature: code,
+                },
+                &who.user,
+            )?
             .filter(|r| r.expires_at > now)
         {
             Some(mine) => registered_at = mine.registered_at,
@@ -475,7 +481,13 @@ pub fn feature_release(
 ) -> Result<usize, LicenseError> {
     let l = live_license(tx, id, now)?;
     feature(&l, code)?;
-    Ok(tx.delete_feature_registrations(id, code, user)?)
+    Ok(tx.delete_feature_registrations(
+        FeatureKey {
+            license_id: id,
+            feature: code,
+        },
+        user,
+    )?)
 }
 
 /// A license with its totals, seats in use and live slots per feature.

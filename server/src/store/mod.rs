@@ -89,6 +89,15 @@ pub struct SeatView {
     pub registration: Option<Registration>,
 }
 
+/// A feature of one license: what its slots are kept under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureKey<'a> {
+    /// The license.
+    pub license_id: u64,
+    /// The feature's code.
+    pub feature: &'a str,
+}
+
 /// One page of registrations: of a license (`None`: all licenses), ordered by (license,
 /// user), starting after `after`, at most `limit` rows.
 #[derive(Debug, Clone, Copy)]
@@ -172,12 +181,7 @@ pub trait ReadTx {
         })
     }
     /// One user's slot of a feature.
-    fn feature_registration(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: &str,
-    ) -> StoreResult<Option<FeatureRegistration>>;
+    fn feature_registration(&mut self, of: FeatureKey<'_>, user: &str) -> StoreResult<Option<FeatureRegistration>>;
     /// Live slots per feature of a license (slots of users whose seat lapsed excluded).
     fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<BTreeMap<String, usize>>;
 
@@ -214,12 +218,7 @@ pub trait Tx: ReadTx {
     /// Inserts or replaces a feature slot.
     fn put_feature_registration(&mut self, r: &FeatureRegistration) -> StoreResult<()>;
     /// Releases one user's slot (`Some(user)`) or every slot of the feature (`None`).
-    fn delete_feature_registrations(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: Option<&str>,
-    ) -> StoreResult<usize>;
+    fn delete_feature_registrations(&mut self, of: FeatureKey<'_>, user: Option<&str>) -> StoreResult<usize>;
 
     /// Creates or replaces an account.
     fn put_account(&mut self, a: &Account) -> StoreResult<()>;

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
-use super::{audit_chain, Job, ReadJob, ReadTx, SeatPage, SeatView, SlotPage, Store, StoreError, StoreResult, Tx};
+use super::{
+    audit_chain, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatView, SlotPage, Store, StoreError, StoreResult, Tx,
+};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 /// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
@@ -212,13 +214,8 @@ impl ReadTx for Recorder<'_> {
     fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
         self.tx.feature_registrations_page(page)
     }
-    fn feature_registration(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: &str,
-    ) -> StoreResult<Option<FeatureRegistration>> {
-        self.tx.feature_registration(license_id, feature, user)
+    fn feature_registration(&mut self, of: FeatureKey<'_>, user: &str) -> StoreResult<Option<FeatureRegistration>> {
+        self.tx.feature_registration(of, user)
     }
     fn feature_usage(&mut self, license_id: u64, now: i64) -> StoreResult<BTreeMap<String, usize>> {
         self.tx.feature_usage(license_id, now)
@@ -286,17 +283,12 @@ impl Tx for Recorder<'_> {
         let r = self.tx.put_feature_registration(reg);
         self.record(r, |()| Some(Effect::Slot(reg.clone())))
     }
-    fn delete_feature_registrations(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: Option<&str>,
-    ) -> StoreResult<usize> {
-        let r = self.tx.delete_feature_registrations(license_id, feature, user);
+    fn delete_feature_registrations(&mut self, of: FeatureKey<'_>, user: Option<&str>) -> StoreResult<usize> {
+        let r = self.tx.delete_feature_registrations(of, user);
         self.record(r, |n| {
             (*n > 0).then(|| Effect::SlotsGone {
-                license_id,
-                feature: feature.to_owned(),
+                license_id: of.license_id,
+                feature: of.feature.to_owned(),
                 user: user.map(str::to_owned),
             })
         })
@@ -406,7 +398,13 @@ mod tests {
                 user_info: None,
             }),
             9 => tx
-                .delete_feature_registrations(id, rng.pick(FEATURES), (rng.below(2) == 0).then_some(user.as_str()))
+                .delete_feature_registrations(
+                    FeatureKey {
+                        license_id: id,
+                        feature: rng.pick(FEATURES),
+                    },
+                    (rng.below(2) == 0).then_some(user.as_str()),
+                )
                 .map(drop),
             10 => tx.set_total_consumptions(id, t(rng)),
             _ => tx.set_feature_total(id, rng.pick(FEATURES), t(rng)),

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{read_blocking, transact_blocking, Fence, PgStore, PgStoreOptions, SqliteStore, Store, StoreError};
+use super::{
+    read_blocking, transact_blocking, FeatureKey, Fence, PgStore, PgStoreOptions, SqliteStore, Store, StoreError,
+};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration, Role};
 
 /// A fresh store, and a way to open another store on the same data.
@@ -301,10 +303,16 @@ fn feature_slots_and_usage(h: &Harness) {
         vec![("f".to_owned(), 1), ("g".to_owned(), 1)]
     );
     assert_eq!(
-        read_blocking(s, |tx| tx.feature_registration(1, "g", "u1"))
-            .unwrap()
-            .unwrap()
-            .expires_at,
+        read_blocking(s, |tx| tx.feature_registration(
+            FeatureKey {
+                license_id: 1,
+                feature: "g"
+            },
+            "u1"
+        ))
+        .unwrap()
+        .unwrap()
+        .expires_at,
         500
     );
     assert_eq!(
@@ -314,7 +322,14 @@ fn feature_slots_and_usage(h: &Harness) {
         2
     );
     assert_eq!(
-        transact_blocking(s, |tx| tx.delete_feature_registrations(1, "f", Some("u1"))).unwrap(),
+        transact_blocking(s, |tx| tx.delete_feature_registrations(
+            FeatureKey {
+                license_id: 1,
+                feature: "f"
+            },
+            Some("u1")
+        ))
+        .unwrap(),
         1
     );
     assert_eq!(

@@ -12,7 +12,7 @@ use super::PgConn;
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{cached_terms, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
+use crate::store::{cached_terms, FeatureKey, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
 
 pub(crate) struct PgTx<'c> {
     pub(crate) conn: &'c mut PgConn,
@@ -275,12 +275,7 @@ impl ReadTx for PgTx<'_> {
         Ok(rows.iter().map(freg_from_row).collect())
     }
 
-    fn feature_registration(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: &str,
-    ) -> StoreResult<Option<FeatureRegistration>> {
+    fn feature_registration(&mut self, of: FeatureKey<'_>, user: &str) -> StoreResult<Option<FeatureRegistration>> {
         Ok(self
             .query_opt(
                 concat!(
@@ -288,7 +283,7 @@ impl ReadTx for PgTx<'_> {
                     freg_cols!(),
                     " FROM feature_registrations WHERE license_id = $1 AND feature = $2 AND user_name = $3"
                 ),
-                &[&sid(license_id), &feature, &user],
+                &[&sid(of.license_id), &of.feature, &user],
             )?
             .as_ref()
             .map(freg_from_row))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::tx::{freg_cols, lapsed, reg_cols, sid, uid, PgTx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 use crate::store::audit_chain::{self, ChainReport};
-use crate::store::{cache_terms, forget_terms, put_feature_totals, StoreError, StoreResult, Tx};
+use crate::store::{cache_terms, forget_terms, put_feature_totals, FeatureKey, StoreError, StoreResult, Tx};
 
 fn count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -174,16 +174,11 @@ impl Tx for PgTx<'_> {
         Ok(())
     }
 
-    fn delete_feature_registrations(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: Option<&str>,
-    ) -> StoreResult<usize> {
+    fn delete_feature_registrations(&mut self, of: FeatureKey<'_>, user: Option<&str>) -> StoreResult<usize> {
         Ok(count(self.execute(
             "DELETE FROM feature_registrations WHERE license_id = $1 AND feature = $2
                AND ($3::TEXT IS NULL OR user_name = $3)",
-            &[&sid(license_id), &feature, &user],
+            &[&sid(of.license_id), &of.feature, &user],
         )?))
     }
 

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{cached_terms, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
+use crate::store::{cached_terms, FeatureKey, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
 
 pub(super) struct SqliteTx<'c> {
     pub(super) conn: &'c Connection,
@@ -271,12 +271,7 @@ impl ReadTx for SqliteTx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn feature_registration(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: &str,
-    ) -> StoreResult<Option<FeatureRegistration>> {
+    fn feature_registration(&mut self, of: FeatureKey<'_>, user: &str) -> StoreResult<Option<FeatureRegistration>> {
         Ok(self
             .conn
             .prepare_cached(concat!(
@@ -284,7 +279,7 @@ impl ReadTx for SqliteTx<'_> {
                 freg_cols!(),
                 " FROM feature_registrations WHERE license_id = ?1 AND feature = ?2 AND user = ?3"
             ))?
-            .query_row(params![sid(license_id), feature, user], freg_from_row)
+            .query_row(params![sid(of.license_id), of.feature, user], freg_from_row)
             .optional()?)
     }
 

@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::read::{freg_cols, lapsed, reg_cols, sid, uid, SqliteTx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
-use crate::store::{cache_terms, forget_terms, put_feature_totals, StoreResult, Tx};
+use crate::store::{cache_terms, forget_terms, put_feature_totals, FeatureKey, StoreResult, Tx};
 
 impl Tx for SqliteTx<'_> {
     fn next_license_id(&mut self) -> StoreResult<u64> {
@@ -176,18 +176,13 @@ impl Tx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn delete_feature_registrations(
-        &mut self,
-        license_id: u64,
-        feature: &str,
-        user: Option<&str>,
-    ) -> StoreResult<usize> {
+    fn delete_feature_registrations(&mut self, of: FeatureKey<'_>, user: Option<&str>) -> StoreResult<usize> {
         Ok(self
             .conn
             .prepare_cached(
                 "DELETE FROM feature_registrations WHERE license_id = ?1 AND feature = ?2 AND (?3 IS NULL OR user = ?3)",
             )?
-            .execute(params![sid(license_id), feature, user])?)
+            .execute(params![sid(of.license_id), of.feature, user])?)
     }
 
     fn put_account(&mut self, a: &Account) -> StoreResult<()> {
