@@ -112,19 +112,36 @@ pub fn verify(conn: &Connection) -> StoreResult<ChainReport> {
     let mut st = conn.prepare(
         "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit WHERE id >= ?1 ORDER BY id",
     )?;
-    let rows = st.query_map([state.0], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-        ))
-    })?;
+    let rows = st.query_map([state.0], sqlite_row)?;
     verify_rows(state, before_chain, rows.map(|r| r.map_err(StoreError::from)))
+}
+
+/// One audit record read from SQLite, columns in [`Row`] order.
+pub(crate) fn sqlite_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+/// One audit record read from PostgreSQL, columns in [`Row`] order.
+pub(crate) fn pg_row(r: &tokio_postgres::Row) -> Row {
+    (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+    )
 }
 
 pub(crate) fn no_anchor() -> StoreError {

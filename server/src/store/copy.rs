@@ -71,34 +71,46 @@ fn sorted(map: HashMap<String, u64>) -> Vec<(String, u64)> {
     v
 }
 
+/// Licenses, seats, feature slots and accounts: what both engines read through the
+/// store's own reads.
+type ModelRows = (Vec<License>, Vec<Registration>, Vec<FeatureRegistration>, Vec<Account>);
+
+fn read_model(tx: &mut dyn ReadTx) -> StoreResult<ModelRows> {
+    Ok((
+        tx.licenses()?,
+        tx.registrations(None)?,
+        tx.feature_registrations(None, None)?,
+        tx.accounts()?,
+    ))
+}
+
+fn snapshot(
+    (licenses, registrations, feature_registrations, accounts): ModelRows,
+    token_generations: HashMap<String, u64>,
+    audit: Vec<AuditRow>,
+    anchor: Option<Anchor>,
+) -> Snapshot {
+    Snapshot {
+        licenses,
+        registrations,
+        feature_registrations,
+        accounts,
+        token_generations: sorted(token_generations),
+        audit,
+        anchor,
+    }
+}
+
 fn read_sqlite(data_dir: &Path) -> StoreResult<Snapshot> {
     // Opening migrates an older schema first (as a server start would).
     let store = SqliteStore::open(data_dir)?;
-    let (licenses, registrations, feature_registrations, accounts) = read_blocking(&store, |tx| {
-        Ok::<_, StoreError>((
-            tx.licenses()?,
-            tx.registrations(None)?,
-            tx.feature_registrations(None, None)?,
-            tx.accounts()?,
-        ))
-    })?;
-    let token_generations = sorted(transact_blocking(&store, |tx| tx.token_generations())?);
+    let model = read_blocking(&store, |tx| read_model(tx))?;
+    let token_generations = transact_blocking(&store, |tx| tx.token_generations())?;
     store.close();
     let conn = audit_chain::open_read_only(data_dir)?;
     let audit = conn
         .prepare("SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit ORDER BY id")?
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ))
-        })?
+        .query_map([], audit_chain::sqlite_row)?
         .collect::<Result<Vec<_>, _>>()?;
     let anchor = conn
         .query_row(
@@ -107,43 +119,21 @@ fn read_sqlite(data_dir: &Path) -> StoreResult<Snapshot> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
         .optional()?;
-    Ok(Snapshot {
-        licenses,
-        registrations,
-        feature_registrations,
-        accounts,
-        token_generations,
-        audit,
-        anchor,
-    })
+    Ok(snapshot(model, token_generations, audit, anchor))
 }
 
 fn read_postgres(conn: &mut PgConn) -> StoreResult<Snapshot> {
     conn.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
     let mut tx = PgTx { conn, terms: None };
-    let licenses = tx.licenses()?;
-    let registrations = tx.registrations(None)?;
-    let feature_registrations = tx.feature_registrations(None, None)?;
-    let accounts = tx.accounts()?;
-    let token_generations = sorted(tx.token_generations()?);
+    let model = read_model(&mut tx)?;
+    let token_generations = tx.token_generations()?;
     let audit = conn
         .query(
             "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit ORDER BY id",
             &[],
         )?
         .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-                r.get(7),
-            )
-        })
+        .map(audit_chain::pg_row)
         .collect();
     let anchor = conn
         .query_opt(
@@ -152,15 +142,7 @@ fn read_postgres(conn: &mut PgConn) -> StoreResult<Snapshot> {
         )?
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)));
     conn.exec("COMMIT")?;
-    Ok(Snapshot {
-        licenses,
-        registrations,
-        feature_registrations,
-        accounts,
-        token_generations,
-        audit,
-        anchor,
-    })
+    Ok(snapshot(model, token_generations, audit, anchor))
 }
 
 /// Refuses a target that already holds data (a second copy would mix two installations).

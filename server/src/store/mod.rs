@@ -17,12 +17,13 @@
 //! Another backend (e.g. a shared PostgreSQL for an active/standby pair) implements the
 //! same traits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
+use crate::model::{Account, AuditEvent, FeatureRegistration, License, LicenseTerms, Registration};
 
 pub mod audit_chain;
 pub mod copy;
@@ -88,6 +89,32 @@ pub struct SeatView {
     pub registration: Option<Registration>,
 }
 
+/// One page of registrations: of a license (`None`: all licenses), ordered by (license,
+/// user), starting after `after`, at most `limit` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct SeatPage<'a> {
+    /// Only this license's seats.
+    pub license_id: Option<u64>,
+    /// The last row of the previous page.
+    pub after: Option<&'a RegCursor>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// One page of feature slots: of a license and/or of one feature (`None`: all), ordered
+/// by (license, feature, user), starting after `after`, at most `limit` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPage<'a> {
+    /// Only this license's slots.
+    pub license_id: Option<u64>,
+    /// Only this feature's slots.
+    pub feature: Option<&'a str>,
+    /// The last row of the previous page.
+    pub after: Option<&'a RegCursor>,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
 /// A position in a keyset-paginated listing: the last row of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RegCursor {
@@ -113,17 +140,15 @@ pub trait ReadTx {
     /// registration. `None` = no such license.
     fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>>;
 
-    /// Registrations of a license (`None` = all licenses), ordered by (license, user),
-    /// starting after `after`, at most `limit`.
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<Registration>>;
+    /// One page of registrations (see [`SeatPage`]).
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>>;
     /// Registrations of a license (`None` = all licenses).
     fn registrations(&mut self, license_id: Option<u64>) -> StoreResult<Vec<Registration>> {
-        self.registrations_page(license_id, None, u32::MAX)
+        self.registrations_page(SeatPage {
+            license_id,
+            after: None,
+            limit: u32::MAX,
+        })
     }
     /// The registration of (license, user), live or lapsed.
     fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>>;
@@ -131,22 +156,20 @@ pub trait ReadTx {
     /// for the writer to purge, and not counted.
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize>;
 
-    /// Feature slots of a license (optionally of one feature), ordered by (license,
-    /// feature, user), starting after `after`, at most `limit`.
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>>;
+    /// One page of feature slots (see [`SlotPage`]).
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>>;
     /// Feature slots of a license (optionally of one feature).
     fn feature_registrations(
         &mut self,
         license_id: Option<u64>,
         feature: Option<&str>,
     ) -> StoreResult<Vec<FeatureRegistration>> {
-        self.feature_registrations_page(license_id, feature, None, u32::MAX)
+        self.feature_registrations_page(SlotPage {
+            license_id,
+            feature,
+            after: None,
+            limit: u32::MAX,
+        })
     }
     /// One user's slot of a feature.
     fn feature_registration(
@@ -397,4 +420,123 @@ where
     F: FnOnce(&mut dyn ReadTx) -> Result<T, E> + Send + 'static,
 {
     queue_read(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
+}
+
+/// The terms of `l` as stored (JSON); the writer's terms cache, when it has one, learns
+/// them too.
+pub(crate) fn cache_terms(cache: Option<&mut HashMap<u64, Arc<LicenseTerms>>>, l: &License) -> StoreResult<String> {
+    if let Some(cache) = cache {
+        cache.insert(l.id, Arc::clone(&l.terms));
+    }
+    serde_json::to_string(&*l.terms).map_err(|e| StoreError::Failed(e.to_string()))
+}
+
+/// The parsed terms of license `id` stored as `json`: from the writer's terms cache when
+/// it has them (parsing once per license, not per read), else parsed (and cached).
+pub(crate) fn cached_terms(
+    cache: Option<&mut HashMap<u64, Arc<LicenseTerms>>>,
+    id: u64,
+    json: &str,
+) -> StoreResult<Arc<LicenseTerms>> {
+    if let Some(t) = cache.as_ref().and_then(|c| c.get(&id)) {
+        return Ok(Arc::clone(t));
+    }
+    let terms: Arc<LicenseTerms> = serde_json::from_str(json)
+        .map(Arc::new)
+        .map_err(|e| StoreError::Failed(format!("license {id}: bad terms: {e}")))?;
+    if let Some(cache) = cache {
+        cache.insert(id, Arc::clone(&terms));
+    }
+    Ok(terms)
+}
+
+/// Drops a deleted license from the writer's terms cache, when it has one.
+pub(crate) fn forget_terms(cache: Option<&mut HashMap<u64, Arc<LicenseTerms>>>, id: u64) {
+    if let Some(cache) = cache {
+        cache.remove(&id);
+    }
+}
+
+/// Writes the per-feature totals a license is inserted with.
+pub(crate) fn put_feature_totals(tx: &mut dyn Tx, l: &License) -> StoreResult<()> {
+    for (f, total) in &l.feature_totals {
+        tx.set_feature_total(l.id, f, *total)?;
+    }
+    Ok(())
+}
+
+/// How many of an engine's `known` migrations a database at schema `version` has had
+/// applied; a database written by a newer build is refused, not downgraded.
+pub(crate) fn applied_migrations(version: i64, known: usize) -> StoreResult<usize> {
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied > known {
+        return Err(StoreError::Failed(format!(
+            "database schema version {applied} is newer than this build ({known})"
+        )));
+    }
+    Ok(applied)
+}
+
+/// Test aid: queues a write job that holds the writer until the returned sender sends
+/// (or is dropped), and returns once that job runs; the future is its answer.
+#[cfg(test)]
+pub(crate) fn hold_writer(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, HeldQueue) {
+    hold_queue(store, true)
+}
+
+/// Test aid: [`hold_writer`] for one read connection.
+#[cfg(test)]
+pub(crate) fn hold_reader(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, HeldQueue) {
+    hold_queue(store, false)
+}
+
+/// The answer of the job that holds a queue.
+#[cfg(test)]
+pub(crate) type HeldQueue = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<()>> + Send>>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+fn hold_queue(store: &dyn Store, writer: bool) -> (std::sync::mpsc::Sender<()>, HeldQueue) {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let wait = move || {
+        let _ = started_tx.send(());
+        let _ = hold.recv();
+        Ok::<_, StoreError>(())
+    };
+    let blocker: HeldQueue = if writer {
+        Box::pin(transact(store, move |_| wait()))
+    } else {
+        Box::pin(read(store, move |_| wait()))
+    };
+    started.recv().unwrap();
+    (release, blocker)
+}
+
+/// Test aid: lets a [`hold_writer`] go, then waits for it and for the `jobs` queued
+/// behind it, each of which must succeed.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn release_writer<T>(
+    release: std::sync::mpsc::Sender<()>,
+    blocker: impl std::future::Future<Output = StoreResult<()>>,
+    jobs: Vec<impl std::future::Future<Output = StoreResult<T>>>,
+) -> Vec<T> {
+    release.send(()).unwrap();
+    blocker.await.unwrap();
+    let mut answers = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        answers.push(j.await.unwrap());
+    }
+    answers
+}
+
+/// Test aid: inserts [`crate::model::tests::sample`] and gives its id.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) async fn insert_sample(store: &dyn Store) -> u64 {
+    let license = crate::model::tests::sample();
+    let id = license.id;
+    transact(store, move |tx| tx.insert_license(&license)).await.unwrap();
+    id
 }

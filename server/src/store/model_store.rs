@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
-use super::{audit_chain, Job, ReadJob, ReadTx, RegCursor, SeatView, Store, StoreError, StoreResult, Tx};
+use super::{audit_chain, Job, ReadJob, ReadTx, SeatPage, SeatView, SlotPage, Store, StoreError, StoreResult, Tx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
 /// A [`Store`] with an in-memory model of its licenses, seats, slots and totals.
@@ -200,13 +200,8 @@ impl ReadTx for Recorder<'_> {
     fn seat_view(&mut self, license_id: u64, user: Option<&str>, now: i64) -> StoreResult<Option<SeatView>> {
         self.tx.seat_view(license_id, user, now)
     }
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<Registration>> {
-        self.tx.registrations_page(license_id, after, limit)
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
+        self.tx.registrations_page(page)
     }
     fn registration(&mut self, license_id: u64, user: &str) -> StoreResult<Option<Registration>> {
         self.tx.registration(license_id, user)
@@ -214,14 +209,8 @@ impl ReadTx for Recorder<'_> {
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
         self.tx.count_active_registrations(license_id, now)
     }
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        limit: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
-        self.tx.feature_registrations_page(license_id, feature, after, limit)
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
+        self.tx.feature_registrations_page(page)
     }
     fn feature_registration(
         &mut self,
@@ -550,20 +539,9 @@ mod tests {
         const JOBS: i64 = 200;
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path()).await;
-        let license = crate::model::tests::sample();
-        let id = license.id;
-        transact(s.as_ref(), move |tx| tx.insert_license(&license))
-            .await
-            .unwrap();
+        let id = crate::store::insert_sample(s.as_ref()).await;
         // Hold the writer so every job below lands in one batch.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let blocker = transact(s.as_ref(), move |_| {
-            let _ = started_tx.send(());
-            let _ = hold.recv();
-            Ok::<_, StoreError>(())
-        });
-        started.recv().unwrap();
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
         let reads_mid_batch = Arc::new(AtomicU64::new(0));
         let jobs: Vec<_> = (1..=JOBS)
             .map(|i| {
@@ -610,11 +588,7 @@ mod tests {
                 })
             })
             .collect();
-        release.send(()).unwrap();
-        blocker.await.unwrap();
-        for j in jobs {
-            j.await.unwrap();
-        }
+        crate::store::release_writer(release, blocker, jobs).await;
         done.store(true, Ordering::SeqCst);
         let mut seen = std::collections::BTreeSet::new();
         for r in readers {

@@ -119,6 +119,27 @@ enum ReadMsg {
     Close,
 }
 
+/// `impl Store` for an engine whose every call goes to its `queues` field: both engines
+/// queue the same way, only their connections differ.
+macro_rules! store_via_queues {
+    ($engine:ty) => {
+        impl $crate::store::Store for $engine {
+            fn submit(&self, job: Box<dyn $crate::store::Job>) {
+                self.queues.submit(job);
+            }
+
+            fn read(&self, job: Box<dyn $crate::store::ReadJob>) {
+                self.queues.read(job);
+            }
+
+            fn flush(&self) -> $crate::store::StoreResult<()> {
+                self.queues.flush()
+            }
+        }
+    };
+}
+pub(crate) use store_via_queues;
+
 /// The queues and threads of a running store.
 pub struct Queues {
     stats: Arc<CommitStats>,

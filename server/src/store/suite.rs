@@ -245,7 +245,14 @@ fn listings_page_in_byte_order(h: &Harness) {
     let mut after = None;
     loop {
         let cursor = after.clone();
-        let page = read_blocking(s, move |tx| tx.registrations_page(Some(1), cursor.as_ref(), 4)).unwrap();
+        let page = read_blocking(s, move |tx| {
+            tx.registrations_page(super::SeatPage {
+                license_id: Some(1),
+                after: cursor.as_ref(),
+                limit: 4,
+            })
+        })
+        .unwrap();
         let Some(last) = page.last() else { break };
         after = Some(super::RegCursor {
             license_id: last.license_id,
@@ -264,7 +271,12 @@ fn listings_page_in_byte_order(h: &Harness) {
         user: "a".into(),
     };
     let slots = read_blocking(s, move |tx| {
-        tx.feature_registrations_page(Some(1), Some("f"), Some(&cursor), 2)
+        tx.feature_registrations_page(super::SlotPage {
+            license_id: Some(1),
+            feature: Some("f"),
+            after: Some(&cursor),
+            limit: 2,
+        })
     })
     .unwrap();
     let slot_users: Vec<_> = slots.iter().map(|r| r.user.as_str()).collect();

@@ -14,7 +14,7 @@ use crate::model::AuditEvent;
 use crate::params::{Req, Required};
 use crate::routes::Admin;
 use crate::state::AppState;
-use crate::store::{read, transact, RegCursor};
+use crate::store::{read, transact, RegCursor, SeatPage, SlotPage};
 
 /// Most entries of one `/registrations` page (and the default).
 pub const PAGE_MAX: u32 = 1000;
@@ -106,12 +106,21 @@ pub async fn registrations_list(
         let regs = if cursor.seats_done {
             Vec::new()
         } else {
-            tx.registrations_page(license_id, seat_after.as_ref(), limit)?
+            tx.registrations_page(SeatPage {
+                license_id,
+                after: seat_after.as_ref(),
+                limit,
+            })?
         };
         let fregs = if cursor.slots_done {
             Vec::new()
         } else {
-            tx.feature_registrations_page(license_id, None, slot_after.as_ref(), limit)?
+            tx.feature_registrations_page(SlotPage {
+                license_id,
+                feature: None,
+                after: slot_after.as_ref(),
+                limit,
+            })?
         };
         let next = PageCursor {
             seats_done: regs.len() < limit as usize,

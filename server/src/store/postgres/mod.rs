@@ -31,7 +31,7 @@ use std::sync::Arc;
 use tokio_postgres::{Row, Statement};
 
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
-use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
+use super::{Job, ReadTx, StoreError, StoreResult, Tx};
 use crate::model::LicenseTerms;
 pub(crate) use tx::PgTx;
 
@@ -106,19 +106,7 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
-    fn submit(&self, job: Box<dyn Job>) {
-        self.queues.submit(job);
-    }
-
-    fn read(&self, job: Box<dyn ReadJob>) {
-        self.queues.read(job);
-    }
-
-    fn flush(&self) -> StoreResult<()> {
-        self.queues.flush()
-    }
-}
+queues::store_via_queues!(PgStore);
 
 /// One connection with its prepared statements (a cached statement saves the parse
 /// round trip on every call), driven through tokio-postgres on a runtime of its own (one

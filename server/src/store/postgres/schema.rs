@@ -7,7 +7,7 @@
 
 use super::PgConn;
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::{applied_migrations, StoreResult};
 
 /// Advisory lock key of the migrations ("kf-migr").
 const MIGRATION_LOCK: i64 = 0x006b_662d_6d69_6772;
@@ -171,13 +171,7 @@ fn migrate_in_tx(conn: &mut PgConn) -> StoreResult<()> {
     let version: i32 = conn
         .query_one("SELECT version FROM kf_schema WHERE one = 1", &[])?
         .get(0);
-    let applied = usize::try_from(version).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Failed(format!(
-            "database schema version {applied} is newer than this build ({})",
-            MIGRATIONS.len()
-        )));
-    }
+    let applied = applied_migrations(i64::from(version), MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         conn.exec(sql)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);

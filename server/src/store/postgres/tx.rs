@@ -12,7 +12,7 @@ use super::PgConn;
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, StoreError, StoreResult};
+use crate::store::{cached_terms, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
 
 pub(crate) struct PgTx<'c> {
     pub(crate) conn: &'c mut PgConn,
@@ -117,22 +117,7 @@ impl PgTx<'_> {
 
     fn build(&mut self, r: &Row) -> StoreResult<License> {
         let id = uid(r.get(0));
-        let parse = |terms: &str| -> StoreResult<Arc<LicenseTerms>> {
-            serde_json::from_str(terms)
-                .map(Arc::new)
-                .map_err(|e| StoreError::Failed(format!("license {id}: bad terms: {e}")))
-        };
-        let terms = match self.terms.as_deref_mut() {
-            Some(cache) => match cache.get(&id) {
-                Some(t) => Arc::clone(t),
-                None => {
-                    let t = parse(r.get(1))?;
-                    cache.insert(id, Arc::clone(&t));
-                    t
-                }
-            },
-            None => parse(r.get(1))?,
-        };
+        let terms = cached_terms(self.terms.as_deref_mut(), id, r.get(1))?;
         Ok(License {
             id,
             activation_hardware_id: r.get(2),
@@ -218,12 +203,7 @@ impl ReadTx for PgTx<'_> {
         }))
     }
 
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<Registration>> {
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
         let rows = self.query(
             concat!(
                 "SELECT ",
@@ -233,10 +213,10 @@ impl ReadTx for PgTx<'_> {
                  ORDER BY license_id, user_name LIMIT $4"
             ),
             &[
-                &license_id.map(sid),
-                &after.map(|c| sid(c.license_id)),
-                &after.map(|c| c.user.as_str()),
-                &limit(n),
+                &page.license_id.map(sid),
+                &page.after.map(|c| sid(c.license_id)),
+                &page.after.map(|c| c.user.as_str()),
+                &limit(page.limit),
             ],
         )?;
         Ok(rows.iter().map(reg_from_row).collect())
@@ -273,13 +253,7 @@ impl ReadTx for PgTx<'_> {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
         let rows = self.query(
             concat!(
                 "SELECT ",
@@ -290,12 +264,12 @@ impl ReadTx for PgTx<'_> {
                  ORDER BY license_id, feature, user_name LIMIT $6"
             ),
             &[
-                &license_id.map(sid),
-                &feature,
-                &after.map(|c| sid(c.license_id)),
-                &after.map(|c| c.feature.as_str()),
-                &after.map(|c| c.user.as_str()),
-                &limit(n),
+                &page.license_id.map(sid),
+                &page.feature,
+                &page.after.map(|c| sid(c.license_id)),
+                &page.after.map(|c| c.feature.as_str()),
+                &page.after.map(|c| c.user.as_str()),
+                &limit(page.limit),
             ],
         )?;
         Ok(rows.iter().map(freg_from_row).collect())

@@ -1,12 +1,11 @@
 //! The writes of [`PgTx`] (writer thread only).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::tx::{freg_cols, lapsed, reg_cols, sid, uid, PgTx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 use crate::store::audit_chain::{self, ChainReport};
-use crate::store::{StoreError, StoreResult, Tx};
+use crate::store::{cache_terms, forget_terms, put_feature_totals, StoreError, StoreResult, Tx};
 
 fn count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -22,10 +21,7 @@ impl Tx for PgTx<'_> {
     }
 
     fn insert_license(&mut self, l: &License) -> StoreResult<()> {
-        if let Some(cache) = self.terms.as_deref_mut() {
-            cache.insert(l.id, Arc::clone(&l.terms));
-        }
-        let terms = serde_json::to_string(&*l.terms).map_err(|e| StoreError::Failed(e.to_string()))?;
+        let terms = cache_terms(self.terms.as_deref_mut(), l)?;
         self.execute(
             "INSERT INTO licenses (id, seq, product, terms, activation_hardware_id, source, added_at, total_consumptions)
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM licenses), $2, $3, $4, $5, $6, $7)",
@@ -39,16 +35,11 @@ impl Tx for PgTx<'_> {
                 &l.total_consumptions,
             ],
         )?;
-        for (f, total) in &l.feature_totals {
-            self.set_feature_total(l.id, f, *total)?;
-        }
-        Ok(())
+        put_feature_totals(self, l)
     }
 
     fn delete_license(&mut self, id: u64) -> StoreResult<bool> {
-        if let Some(cache) = self.terms.as_deref_mut() {
-            cache.remove(&id);
-        }
+        forget_terms(self.terms.as_deref_mut(), id);
         Ok(self.execute("DELETE FROM licenses WHERE id = $1", &[&sid(id)])? > 0)
     }
 
@@ -270,18 +261,7 @@ impl Tx for PgTx<'_> {
             "SELECT id, at, kind, actor, license_id, detail, prev_hash, hash FROM audit WHERE id >= $1 ORDER BY id",
             &[&state.0],
         )?;
-        let rows = rows.iter().map(|r| {
-            Ok((
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                r.get(5),
-                r.get(6),
-                r.get(7),
-            ))
-        });
+        let rows = rows.iter().map(|r| Ok(audit_chain::pg_row(r)));
         audit_chain::verify_rows(state, before, rows)
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rusqlite::Connection;
 
 use super::queues::{self, Queues, Reader, SavepointTx, Writer};
-use super::{Job, ReadJob, ReadTx, Store, StoreError, StoreResult, Tx};
+use super::{Job, ReadTx, StoreError, StoreResult, Tx};
 use crate::model::LicenseTerms;
 use read::SqliteTx;
 
@@ -89,19 +89,7 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
-    fn submit(&self, job: Box<dyn Job>) {
-        self.queues.submit(job);
-    }
-
-    fn read(&self, job: Box<dyn ReadJob>) {
-        self.queues.read(job);
-    }
-
-    fn flush(&self) -> StoreResult<()> {
-        self.queues.flush()
-    }
-}
+queues::store_via_queues!(SqliteStore);
 
 /// Runs a statement without parameters through the connection's statement cache.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
@@ -179,7 +167,7 @@ mod tests {
     use super::*;
     use crate::error::ApiError;
     use crate::model::{Account, Registration, Role};
-    use crate::store::{transact, transact_blocking};
+    use crate::store::{transact, transact_blocking, Store};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
@@ -209,16 +197,7 @@ mod tests {
         let s = SqliteStore::open(dir.path()).unwrap();
         let license = crate::model::tests::sample();
         let id = license.id;
-        let reg = move |user: &str, expires_at: i64| Registration {
-            license_id: id,
-            user: user.into(),
-            registered_at: 0,
-            expires_at,
-            borrowed_until: None,
-            os_hostname: None,
-            ip_local: None,
-            user_info: None,
-        };
+        let reg = move |user: &str, expires_at: i64| seat(id, user, expires_at);
         let count = |now: i64| transact_blocking(&s, move |tx| tx.count_active_registrations(id, now)).unwrap();
         transact_blocking(&s, move |tx| {
             tx.insert_license(&license)?;
@@ -395,20 +374,9 @@ mod tests {
         const JOBS: i64 = 200;
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let license = crate::model::tests::sample();
-        let id = license.id;
-        transact(s.as_ref(), move |tx| tx.insert_license(&license))
-            .await
-            .unwrap();
+        let id = crate::store::insert_sample(s.as_ref()).await;
         // Hold the writer so every job below lands in one batch.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let blocker = crate::store::transact(s.as_ref(), move |_| {
-            let _ = started_tx.send(());
-            let _ = hold.recv();
-            Ok::<_, StoreError>(())
-        });
-        started.recv().unwrap();
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
         // Half way through the batch a job waits until readers have read meanwhile.
         let reads_mid_batch = Arc::new(AtomicU64::new(0));
         let mid = Arc::new(AtomicBool::new(false));
@@ -465,11 +433,7 @@ mod tests {
                 })
             })
             .collect();
-        release.send(()).unwrap();
-        blocker.await.unwrap();
-        for j in jobs {
-            j.await.unwrap();
-        }
+        crate::store::release_writer(release, blocker, jobs).await;
         done.store(true, Ordering::SeqCst);
         let mut seen = std::collections::BTreeSet::new();
         for r in readers {
@@ -494,14 +458,7 @@ mod tests {
             readers: 1,
         };
         let s = Arc::new(SqliteStore::open_with(dir.path(), options).unwrap());
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let blocker = transact(s.as_ref(), move |_| {
-            let _ = started_tx.send(());
-            let _ = hold.recv();
-            Ok::<_, StoreError>(())
-        });
-        started.recv().unwrap();
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
         let queued: Vec<_> = (0..20)
             .map(|i| {
                 transact(s.as_ref(), move |tx| {
@@ -514,14 +471,7 @@ mod tests {
                 })
             })
             .collect();
-        let (rrelease, rhold) = std::sync::mpsc::channel::<()>();
-        let (rstarted_tx, rstarted) = std::sync::mpsc::channel::<()>();
-        let rblocker = read(s.as_ref(), move |_| {
-            let _ = rstarted_tx.send(());
-            let _ = rhold.recv();
-            Ok::<_, StoreError>(())
-        });
-        rstarted.recv().unwrap();
+        let (rrelease, rblocker) = crate::store::hold_reader(s.as_ref());
         let reads: Vec<_> = (0..20)
             .map(|_| read(s.as_ref(), |tx| tx.accounts().map(|v| v.len())))
             .collect();

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::model::{
     Account, AuditEvent, FeatureKind, FeatureRegistration, License, LicenseSource, LicenseTerms, Registration, Role,
 };
-use crate::store::{ReadTx, RegCursor, SeatView, StoreError, StoreResult};
+use crate::store::{cached_terms, ReadTx, SeatPage, SeatView, SlotPage, StoreResult};
 
 pub(super) struct SqliteTx<'c> {
     pub(super) conn: &'c Connection,
@@ -43,22 +43,7 @@ impl SqliteTx<'_> {
 
     fn build(&mut self, row: LicenseRow) -> StoreResult<License> {
         let (id, terms, hw, source, added_at, total) = row;
-        let parse = |terms: &str| -> StoreResult<Arc<LicenseTerms>> {
-            serde_json::from_str(terms)
-                .map(Arc::new)
-                .map_err(|e| StoreError::Failed(format!("license {id}: bad terms: {e}")))
-        };
-        let terms = match self.terms.as_deref_mut() {
-            Some(cache) => match cache.get(&id) {
-                Some(t) => Arc::clone(t),
-                None => {
-                    let t = parse(&terms)?;
-                    cache.insert(id, Arc::clone(&t));
-                    t
-                }
-            },
-            None => parse(&terms)?,
-        };
+        let terms = cached_terms(self.terms.as_deref_mut(), id, &terms)?;
         Ok(License {
             id,
             activation_hardware_id: hw,
@@ -215,12 +200,7 @@ impl ReadTx for SqliteTx<'_> {
             .optional()?)
     }
 
-    fn registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<Registration>> {
+    fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {
         let mut st = self.conn.prepare_cached(concat!(
             "SELECT ",
             reg_cols!(),
@@ -230,10 +210,10 @@ impl ReadTx for SqliteTx<'_> {
         ))?;
         let rows = st.query_map(
             params![
-                license_id.map(sid),
-                after.map(|c| sid(c.license_id)),
-                after.map(|c| c.user.as_str()),
-                limit(n)
+                page.license_id.map(sid),
+                page.after.map(|c| sid(c.license_id)),
+                page.after.map(|c| c.user.as_str()),
+                limit(page.limit)
             ],
             reg_from_row,
         )?;
@@ -268,13 +248,7 @@ impl ReadTx for SqliteTx<'_> {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
-    fn feature_registrations_page(
-        &mut self,
-        license_id: Option<u64>,
-        feature: Option<&str>,
-        after: Option<&RegCursor>,
-        n: u32,
-    ) -> StoreResult<Vec<FeatureRegistration>> {
+    fn feature_registrations_page(&mut self, page: SlotPage<'_>) -> StoreResult<Vec<FeatureRegistration>> {
         let mut st = self.conn.prepare_cached(concat!(
             "SELECT ",
             freg_cols!(),
@@ -285,12 +259,12 @@ impl ReadTx for SqliteTx<'_> {
         ))?;
         let rows = st.query_map(
             params![
-                license_id.map(sid),
-                feature,
-                after.map(|c| sid(c.license_id)),
-                after.map(|c| c.feature.as_str()),
-                after.map(|c| c.user.as_str()),
-                limit(n)
+                page.license_id.map(sid),
+                page.feature,
+                page.after.map(|c| sid(c.license_id)),
+                page.after.map(|c| c.feature.as_str()),
+                page.after.map(|c| c.user.as_str()),
+                limit(page.limit)
             ],
             freg_from_row,
         )?;

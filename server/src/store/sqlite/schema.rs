@@ -5,7 +5,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::{applied_migrations, StoreResult};
 
 /// Schema migrations; `PRAGMA user_version` = how many have been applied.
 const MIGRATIONS: &[&str] = &[
@@ -137,13 +137,7 @@ pub(super) fn open_reader(path: &Path) -> StoreResult<Connection> {
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let applied = usize::try_from(version).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Failed(format!(
-            "database schema version {applied} is newer than this build ({})",
-            MIGRATIONS.len()
-        )));
-    }
+    let applied = applied_migrations(version, MIGRATIONS.len())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;

@@ -1,13 +1,12 @@
 //! The writes of [`SqliteTx`] (writer thread only).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rusqlite::params;
 
 use super::read::{freg_cols, lapsed, reg_cols, sid, uid, SqliteTx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
-use crate::store::{StoreError, StoreResult, Tx};
+use crate::store::{cache_terms, forget_terms, put_feature_totals, StoreResult, Tx};
 
 impl Tx for SqliteTx<'_> {
     fn next_license_id(&mut self) -> StoreResult<u64> {
@@ -20,10 +19,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn insert_license(&mut self, l: &License) -> StoreResult<()> {
-        if let Some(cache) = self.terms.as_deref_mut() {
-            cache.insert(l.id, Arc::clone(&l.terms));
-        }
-        let terms = serde_json::to_string(&*l.terms).map_err(|e| StoreError::Failed(e.to_string()))?;
+        let terms = cache_terms(self.terms.as_deref_mut(), l)?;
         let seq: i64 = self
             .conn
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM licenses")?
@@ -43,16 +39,11 @@ impl Tx for SqliteTx<'_> {
                 l.added_at,
                 l.total_consumptions
             ])?;
-        for (f, total) in &l.feature_totals {
-            self.set_feature_total(l.id, f, *total)?;
-        }
-        Ok(())
+        put_feature_totals(self, l)
     }
 
     fn delete_license(&mut self, id: u64) -> StoreResult<bool> {
-        if let Some(cache) = self.terms.as_deref_mut() {
-            cache.remove(&id);
-        }
+        forget_terms(self.terms.as_deref_mut(), id);
         Ok(self
             .conn
             .prepare_cached("DELETE FROM licenses WHERE id = ?1")?
