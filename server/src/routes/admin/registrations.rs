@@ -10,11 +10,11 @@ use super::{AdminRequest, RELEASE_ACTION};
 use crate::auth::Caller;
 use crate::clock::{format_micros, now_micros};
 use crate::error::{ApiError, ApiResult};
-use crate::model::AuditEvent;
+use crate::model::{AuditEvent, FeatureRegistration, Registration};
 use crate::params::{Req, Required};
 use crate::routes::Admin;
 use crate::state::AppState;
-use crate::store::{read, transact, RegCursor, SeatPage, SlotPage};
+use crate::store::{read, transact, ReadTx, RegCursor, SeatPage, SlotPage};
 
 /// Most entries of one `/registrations` page (and the default).
 pub const PAGE_MAX: u32 = 1000;
@@ -92,45 +92,7 @@ pub async fn registrations_list(
         None => PageCursor::default(),
     };
     let now = now_micros();
-    let (regs, fregs, next) = read(st.store(), move |tx| -> ApiResult<_> {
-        let seat_after = cursor.seat.as_ref().map(|(l, u)| RegCursor {
-            license_id: *l,
-            feature: String::new(),
-            user: u.clone(),
-        });
-        let slot_after = cursor.slot.as_ref().map(|(l, f, u)| RegCursor {
-            license_id: *l,
-            feature: f.clone(),
-            user: u.clone(),
-        });
-        let regs = if cursor.seats_done {
-            Vec::new()
-        } else {
-            tx.registrations_page(SeatPage {
-                license_id,
-                after: seat_after.as_ref(),
-                limit,
-            })?
-        };
-        let fregs = if cursor.slots_done {
-            Vec::new()
-        } else {
-            tx.feature_registrations_page(SlotPage {
-                license_id,
-                feature: None,
-                after: slot_after.as_ref(),
-                limit,
-            })?
-        };
-        let next = PageCursor {
-            seats_done: regs.len() < limit as usize,
-            slots_done: fregs.len() < limit as usize,
-            seat: regs.last().map(|r| (r.license_id, r.user.clone())),
-            slot: fregs.last().map(|r| (r.license_id, r.feature.clone(), r.user.clone())),
-        };
-        Ok((regs, fregs, next))
-    })
-    .await?;
+    let (regs, fregs, next) = read(st.store(), move |tx| read_page(tx, license_id, &cursor, limit)).await?;
     let page = RegistrationsPage {
         registrations: regs
             .iter()
@@ -160,6 +122,51 @@ pub async fn registrations_list(
         next_cursor: (!(next.seats_done && next.slots_done)).then(|| next.encode()),
     };
     Ok(Json(page).into_response())
+}
+
+/// One page of seats and of feature slots after `cursor`, and the cursor of the next page.
+fn read_page(
+    tx: &mut dyn ReadTx,
+    license_id: Option<u64>,
+    cursor: &PageCursor,
+    limit: u32,
+) -> ApiResult<(Vec<Registration>, Vec<FeatureRegistration>, PageCursor)> {
+    let seat_after = cursor.seat.as_ref().map(|(l, u)| RegCursor {
+        license_id: *l,
+        feature: String::new(),
+        user: u.clone(),
+    });
+    let slot_after = cursor.slot.as_ref().map(|(l, f, u)| RegCursor {
+        license_id: *l,
+        feature: f.clone(),
+        user: u.clone(),
+    });
+    let regs = if cursor.seats_done {
+        Vec::new()
+    } else {
+        tx.registrations_page(SeatPage {
+            license_id,
+            after: seat_after.as_ref(),
+            limit,
+        })?
+    };
+    let fregs = if cursor.slots_done {
+        Vec::new()
+    } else {
+        tx.feature_registrations_page(SlotPage {
+            license_id,
+            feature: None,
+            after: slot_after.as_ref(),
+            limit,
+        })?
+    };
+    let next = PageCursor {
+        seats_done: regs.len() < limit as usize,
+        slots_done: fregs.len() < limit as usize,
+        seat: regs.last().map(|r| (r.license_id, r.user.clone())),
+        slot: fregs.last().map(|r| (r.license_id, r.feature.clone(), r.user.clone())),
+    };
+    Ok((regs, fregs, next))
 }
 
 /// `POST /api/v4/registrations/release` (admin): force-release one user's seat (and its
