@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use common::{build_over, q, sim_bus, Harness, KEY};
 use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_hal::CellReader;
+use keyfloat_server::store::view::Effects;
 use keyfloat_server::store::{Job, ReadJob, StoreResult, Tx};
 use keyfloat_server::{KeyPolicy, SqliteStore, Store};
 use serde_json::{json, Value};
@@ -56,6 +57,11 @@ impl Job for Timed {
             self.kept = Some((started, Instant::now()));
         }
         keep
+    }
+
+    // A wrapper passes its job's effects on, so the read model gets them with the batch.
+    fn take_effects(&mut self) -> Option<Effects> {
+        self.inner.take_effects()
     }
 
     fn finish(self: Box<Self>, committed: StoreResult<()>) {

@@ -123,10 +123,12 @@ impl Job for Recorded {
     }
 
     fn finish(self: Box<Self>, committed: StoreResult<()>) {
-        // Effects still here were not taken by `finish_batch` (a job wrapper in between
-        // that does not pass `take_effects` on): applied now, per job, still in commit
-        // order and before the requester is answered, only not atomically with the batch.
+        // Effects still here were not taken by `finish_batch`: a job wrapper in between
+        // does not pass `take_effects` on (a bug: every wrapper must). Applied now, per
+        // job, so the model does not go stale, only not atomically with the batch.
         if committed.is_ok() && !self.effects.is_empty() {
+            debug_assert!(false, "a job wrapper did not pass take_effects on");
+            tracing::error!("a job wrapper did not pass take_effects on; applied per job");
             self.model.apply_batch(self.effects);
         }
         self.job.finish(committed);
