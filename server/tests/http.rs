@@ -48,6 +48,13 @@ async fn seed_flow_with_authentication_and_key_pull() {
     let id = added["license_id"].as_u64().unwrap();
 
     let t = Some(admin.as_str());
+    let add_one_cons_feature2 = || {
+        h.post_as(
+            "/api/v4/add_feature_consumption",
+            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
+            t,
+        )
+    };
     let (s, v) = h
         .post_as(
             "/api/v4/add_consumption",
@@ -58,13 +65,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 2);
     assert_eq!(v["id"], id);
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 1);
     let (s, v) = h
@@ -87,13 +88,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(list[0]["hardware_key_required"], true);
 
     h.unplug().await;
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(
         v,
@@ -148,13 +143,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
 
     // Plugged back: service resumes by itself.
     h.plug().await;
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 2);
 }
@@ -520,14 +509,12 @@ async fn consumptions_and_overages() {
         .await;
     assert_eq!((s, v["total_consumptions"].clone()), (StatusCode::OK, json!(10)));
     // Overage refused for this call (camelCase spelling, node style).
-    let (s, v) = h
-        .post(
+    assert_eq!(
+        h.post_code(
             "/api/v4/add_consumption",
             add("c", json!({"consumptions":1,"allowOverages":false,"max_overages":null})),
         )
-        .await;
-    assert_eq!(
-        (s, v["code"].clone()),
+        .await,
         (StatusCode::BAD_REQUEST, json!("license_not_enough_consumptions"))
     );
     let (s, _) = h
@@ -700,14 +687,15 @@ async fn signed_license_upload() {
     doc.license_type = "consumption".into();
     doc.hardware_key_required = true;
     let text = sign_license(&doc, &h.vendor);
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .header(header::CONTENT_TYPE, "text/plain")
-                .body(Body::from(text.clone()))
-                .unwrap(),
-        )
-        .await;
+    // `POST /api/v4/license/upload` of `body`, with a content type when given.
+    let upload = |content_type: Option<String>, body: String| {
+        let mut req = Request::post("/api/v4/license/upload");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let (s, v) = h.send(upload(Some("text/plain".into()), text.clone())).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["license_id"], 4242000000000001u64);
     assert_eq!(v["activation_hardware_id"], SERIAL);
@@ -720,43 +708,22 @@ async fn signed_license_upload() {
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"l.lic\"\r\nContent-Type: application/octet-stream\r\n\r\n{text}\r\n--{boundary}--\r\n"
     );
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .header(
-                    header::CONTENT_TYPE,
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(Body::from(body))
-                .unwrap(),
-        )
-        .await;
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+    let (s, v) = h.send(upload(Some(multipart), body)).await;
     assert_eq!(
         (s, v["code"].clone()),
         (StatusCode::CONFLICT, json!("license_already_exists"))
     );
     // Tampered or signed by another vendor: refused.
     let tampered = text.replacen("\"floating_users\": 3", "\"floating_users\": 9", 1);
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .body(Body::from(tampered))
-                .unwrap(),
-        )
-        .await;
+    let (s, v) = h.send(upload(None, tampered)).await;
     assert_eq!(
         (s, v["code"].clone()),
         (StatusCode::BAD_REQUEST, json!("license_file_invalid"))
     );
     let other = keyfloat_hal::trust::VendorSigningKey::generate();
     doc.license_id += 1;
-    let (s, _) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .body(Body::from(sign_license(&doc, &other)))
-                .unwrap(),
-        )
-        .await;
+    let (s, _) = h.send(upload(None, sign_license(&doc, &other))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
