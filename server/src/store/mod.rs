@@ -225,6 +225,8 @@ pub trait Tx: ReadTx {
     /// lapsed row if there is one. When the user holds a live seat nothing is written:
     /// the view returns it, for the caller to renew. `None` = no such license.
     fn take_seat(&mut self, seat: &Registration, limit: usize, now: i64) -> StoreResult<Option<SeatTaken>> {
+        // SQLite: two statements cost no more than one here (an `INSERT … RETURNING` opens
+        // an ephemeral table per call), so this general path is its implementation.
         let Some(view) = self.seat_view(seat.license_id, Some(&seat.user), now)? else {
             return Ok(None);
         };

@@ -470,7 +470,12 @@ fn take_seat_grants_refuses_and_reuses(h: &Harness) {
         (0, 0, 4, 0)
     );
     assert_eq!(t.view.registration, None);
-    assert!(take("b", 50, 2, 0).unwrap().granted);
+    let t = take("b", 50, 2, 0).unwrap();
+    assert_eq!(
+        (t.granted, t.view.in_use, t.view.total_consumptions),
+        (true, 1, 4),
+        "the count before this seat"
+    );
     // Full: refused, nothing written.
     let t = take("c", 100, 2, 0).unwrap();
     assert!(!t.granted);
