@@ -92,6 +92,18 @@ impl Registered {
         )
     }
 
+    /// [`Self::answer`] with the license object reused from `cache` while the license and
+    /// its counters are unchanged (a heartbeat answered from the model).
+    pub fn answer_cached(&self, cache: &crate::render::RenderCache) -> LicenseObject<'_> {
+        let rendered = cache.get(&self.license, self.in_use, &self.features);
+        LicenseObject::new(&self.license, self.in_use, &self.features).register_answer_with(
+            &self.registration,
+            self.in_use,
+            self.now,
+            crate::model::LicenseJson::Cached(rendered),
+        )
+    }
+
     /// The register answer as a JSON value (tests and tools).
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self.answer()).unwrap_or(Value::Null)
@@ -191,43 +203,34 @@ pub fn register_from_model(
 pub fn register(tx: &mut dyn Tx, license: &License, who: &ClientInfo, now: i64) -> Result<Registered, LicenseError> {
     let id = license.id;
     check_period(&license.terms, now)?;
-    // The user's seat, the count and the license total in one statement.
-    let view = tx.seat_view(id, Some(&who.user), now)?.ok_or_else(|| not_found(id))?;
-    let l = license_with(tx, license, view.total_consumptions)?;
-    let existing = view.registration.filter(|r| r.is_active(now));
-    let (reg, in_use) = match existing {
+    let timeout = clock::minutes(license.terms.floating_timeout_minutes.max(1));
+    let seat = Registration {
+        license_id: id,
+        user: who.user.clone(),
+        registered_at: now,
+        expires_at: now + timeout,
+        borrowed_until: None,
+        os_hostname: who.os_hostname.clone(),
+        ip_local: who.ip_local.clone(),
+        user_info: who.user_info.clone(),
+    };
+    // One statement: the user's seat, the count and the license total, and the new seat
+    // taken (lapsed seats purged first) when the user has none and one is free.
+    let taken = tx
+        .take_seat(&seat, license.terms.floating_users as usize, now)?
+        .ok_or_else(|| not_found(id))?;
+    let l = license_with(tx, license, taken.view.total_consumptions)?;
+    let (reg, in_use) = match taken.view.registration.filter(|r| r.is_active(now)) {
         Some(existing) => {
             let (renewed, write) = renew(&l, &existing, who, now);
             if write {
                 tx.put_registration(&renewed)?;
             }
-            (renewed, view.in_use)
+            (renewed, taken.view.in_use)
         }
-        None => {
-            // The new-seat path is where lapsed seats are purged (reads only skip them),
-            // when there are any.
-            if view.lapsed > 0 {
-                tx.purge_expired(Some(id), now)?;
-            }
-            let taken = view.in_use;
-            if taken >= l.terms.floating_users as usize {
-                return Err(LicenseError::FloatingNotAvailable);
-            }
-            let timeout = clock::minutes(l.terms.floating_timeout_minutes.max(1));
-            let reg = Registration {
-                license_id: id,
-                user: who.user.clone(),
-                registered_at: now,
-                expires_at: now + timeout,
-                borrowed_until: None,
-                os_hostname: who.os_hostname.clone(),
-                ip_local: who.ip_local.clone(),
-                user_info: who.user_info.clone(),
-            };
-            tx.put_registration(&reg)?;
-            // The count just taken plus this one.
-            (reg, taken + 1)
-        }
+        // The count before plus this one.
+        None if taken.granted => (seat, taken.view.in_use + 1),
+        None => return Err(LicenseError::FloatingNotAvailable),
     };
     let features = feature_usage(tx, &l, now)?;
     Ok(Registered {

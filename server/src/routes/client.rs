@@ -145,23 +145,23 @@ pub async fn licenses_register(
     let fast = st
         .model()
         .with(|m| service::register_from_model(m, &entry.license, &who, now))?;
-    let registered = match fast {
+    match fast {
         // The same license, gated again: the key may have left meanwhile (a heartbeat
         // answered from the model commits nothing, but must not answer 200 without its key).
         Some(r) => {
             st.check_key(&entry, action::REGISTER)?;
-            r
+            Ok(Json(r.answer_cached(st.renders())).into_response())
         }
         None => {
             let check = st.commit_check(entry.id, action::REGISTER);
-            transact(
+            let registered = transact(
                 st.store(),
                 gated(check, move |tx| service::register(tx, &entry.license, &who, now)),
             )
-            .await?
+            .await?;
+            Ok(Json(registered.answer()).into_response())
         }
-    };
-    Ok(Json(registered.answer()).into_response())
+    }
 }
 
 /// `POST /api/v4/unregister`: idempotent, answers `user_unregistered`.

@@ -89,6 +89,17 @@ pub struct SeatView {
     pub registration: Option<Registration>,
 }
 
+/// See [`Tx::take_seat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeatTaken {
+    /// The license and the user's row as they were before the call.
+    pub view: SeatView,
+    /// The seat was written: the user held no live seat and one was free.
+    pub granted: bool,
+    /// Lapsed seat rows and feature slots purged to make room (only when granted).
+    pub purged: usize,
+}
+
 /// A feature of one license: what its slots are kept under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureKey<'a> {
@@ -208,6 +219,28 @@ pub trait Tx: ReadTx {
 
     /// Inserts or replaces the registration of (license, user).
     fn put_registration(&mut self, r: &Registration) -> StoreResult<()>;
+    /// A new seat in one call (one statement where the engine can): when `seat.user` holds
+    /// no live seat at `now` and fewer than `limit` seats are held, purges the license's
+    /// lapsed seats and slots (when there are any) and writes `seat`, over the user's
+    /// lapsed row if there is one. When the user holds a live seat nothing is written:
+    /// the view returns it, for the caller to renew. `None` = no such license.
+    fn take_seat(&mut self, seat: &Registration, limit: usize, now: i64) -> StoreResult<Option<SeatTaken>> {
+        // SQLite: two statements cost no more than one here (an `INSERT … RETURNING` opens
+        // an ephemeral table per call), so this general path is its implementation.
+        let Some(view) = self.seat_view(seat.license_id, Some(&seat.user), now)? else {
+            return Ok(None);
+        };
+        let live = view.registration.as_ref().is_some_and(|r| r.is_active(now));
+        let granted = !live && view.in_use < limit;
+        let mut purged = 0;
+        if granted {
+            if view.lapsed > 0 {
+                purged = self.purge_expired(Some(seat.license_id), now)?;
+            }
+            self.put_registration(seat)?;
+        }
+        Ok(Some(SeatTaken { view, granted, purged }))
+    }
     /// Removes one registration and the user's feature slots on that license.
     fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool>;
     /// Removes every registration (and feature slot) of a license, or of all licenses.

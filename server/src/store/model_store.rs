@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::view::{Effect, Effects, Model, ReadModel};
 use super::{
-    audit_chain, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatView, SlotPage, Store, StoreError, StoreResult, Tx,
+    audit_chain, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatTaken, SeatView, SlotPage, Store, StoreError,
+    StoreResult, Tx,
 };
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
@@ -263,6 +264,22 @@ impl Tx for Recorder<'_> {
         let r = self.tx.put_registration(reg);
         self.record(r, |()| Some(Effect::seat(reg)))
     }
+    fn take_seat(&mut self, seat: &Registration, limit: usize, now: i64) -> StoreResult<Option<SeatTaken>> {
+        let r = self.tx.take_seat(seat, limit, now);
+        // What `purge_expired` and `put_registration` record, in that order.
+        if let Ok(Some(taken)) = &r {
+            if taken.granted {
+                if taken.purged > 0 {
+                    self.effects.push(Effect::Purged {
+                        license_id: Some(seat.license_id),
+                        now,
+                    });
+                }
+                self.effects.push(Effect::seat(seat));
+            }
+        }
+        r
+    }
     fn delete_registration(&mut self, license_id: u64, user: &str) -> StoreResult<bool> {
         let r = self.tx.delete_registration(license_id, user);
         // Feature slots go even when there was no seat row.
@@ -375,7 +392,7 @@ mod tests {
         let id = ids[rng.below(ids.len() as u64) as usize];
         let user = rng.pick(USERS).to_owned();
         let t = |rng: &mut Rng| rng.below(100) as i64;
-        match rng.below(12) {
+        match rng.below(14) {
             0..=3 => tx.put_registration(&Registration {
                 license_id: id,
                 user,
@@ -409,7 +426,21 @@ mod tests {
                 )
                 .map(drop),
             10 => tx.set_total_consumptions(id, t(rng)),
-            _ => tx.set_feature_total(id, rng.pick(FEATURES), t(rng)),
+            11 => tx.set_feature_total(id, rng.pick(FEATURES), t(rng)),
+            _ => {
+                let (limit, now) = (rng.below(5) as usize, t(rng));
+                let seat = Registration {
+                    license_id: id,
+                    user,
+                    registered_at: now,
+                    expires_at: now + t(rng),
+                    borrowed_until: None,
+                    os_hostname: Some("h".into()),
+                    ip_local: None,
+                    user_info: None,
+                };
+                tx.take_seat(&seat, limit, now).map(drop)
+            }
         }
     }
 

@@ -52,7 +52,8 @@ macro_rules! store_suite {
                 licenses_round_trip, seats_count_lapse_and_purge, a_refused_job_leaves_no_trace,
                 a_failing_statement_spoils_only_its_job,
                 listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
-                audit_chain_appends_and_verifies, two_processes_never_over_grant);
+                audit_chain_appends_and_verifies, two_processes_never_over_grant,
+                take_seat_grants_refuses_and_reuses, take_seat_never_over_grants_across_processes);
         }
     };
     (@cases $open:expr, $attrs:tt, $($case:ident),*) => {
@@ -397,11 +398,32 @@ fn audit_chain_appends_and_verifies(h: &Harness) {
     assert_eq!(older.len(), 2);
 }
 
-/// Seats granted the way the service does (count, then register) by two stores on the
-/// same data — two server processes — from several threads each: never more than the
-/// limit, and exactly the limit once demand exceeds it.
+/// Seats granted by a count then a register (as the service did before `take_seat`) by two
+/// stores on the same data — two server processes — from several threads each: never
+/// more than the limit, and exactly the limit once demand exceeds it.
 fn two_processes_never_over_grant(h: &Harness) {
-    const LIMIT: usize = 5;
+    never_over_grant(h, |tx, user| {
+        if tx.count_active_registrations(1, 0)? >= GRANT_LIMIT {
+            return Ok(false);
+        }
+        tx.put_registration(&seat(1, user, 1_000))?;
+        Ok(true)
+    });
+}
+
+/// The same with [`super::Tx::take_seat`], the service's new-seat call.
+fn take_seat_never_over_grants_across_processes(h: &Harness) {
+    never_over_grant(h, |tx, user| {
+        let taken = tx.take_seat(&seat(1, user, 1_000), GRANT_LIMIT, 0)?.unwrap();
+        Ok(taken.granted)
+    });
+}
+
+const GRANT_LIMIT: usize = 5;
+
+type Grant = fn(&mut dyn super::Tx, &str) -> Result<bool, StoreError>;
+
+fn never_over_grant(h: &Harness, grant: Grant) {
     transact_blocking(&*h.store, |tx| tx.insert_license(&license(1))).unwrap();
     let stores = [Arc::clone(&h.store), (h.another)()];
     let threads: Vec<_> = (0..8)
@@ -412,15 +434,7 @@ fn two_processes_never_over_grant(h: &Harness) {
                 for i in 0..10 {
                     let user = format!("t{t}-u{i}");
                     let u = user.clone();
-                    let ok = transact_blocking(&*s, move |tx| {
-                        if tx.count_active_registrations(1, 0)? >= LIMIT {
-                            return Ok::<_, StoreError>(false);
-                        }
-                        tx.put_registration(&seat(1, &u, 1_000))?;
-                        Ok(true)
-                    })
-                    .unwrap();
-                    if ok {
+                    if transact_blocking(&*s, move |tx| grant(tx, &u)).unwrap() {
                         granted.push(user);
                     }
                 }
@@ -429,13 +443,85 @@ fn two_processes_never_over_grant(h: &Harness) {
         })
         .collect();
     let granted: BTreeSet<String> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    assert_eq!(granted.len(), LIMIT, "{granted:?}");
+    assert_eq!(granted.len(), GRANT_LIMIT, "{granted:?}");
     let held: BTreeSet<String> = read_blocking(&*stores[1], |tx| tx.registrations(Some(1)))
         .unwrap()
         .into_iter()
         .map(|r| r.user)
         .collect();
     assert_eq!(held, granted, "every acknowledged seat is held, nothing else");
+}
+
+/// `take_seat`: grants while seats are free, refuses (writing nothing) when full, finds
+/// the user's live seat without writing, and to make room purges lapsed seats with their
+/// slots, writing over the user's own lapsed row.
+fn take_seat_grants_refuses_and_reuses(h: &Harness) {
+    let s = &*h.store;
+    let take = |user: &'static str, expires_at: i64, limit: usize, now: i64| {
+        transact_blocking(s, move |tx| tx.take_seat(&seat(1, user, expires_at), limit, now)).unwrap()
+    };
+    assert_eq!(take("a", 100, 2, 0), None, "no such license");
+    transact_blocking(s, |tx| tx.insert_license(&license(1))).unwrap();
+    // Granted: the view is as before the seat.
+    let t = take("a", 100, 2, 0).unwrap();
+    assert!(t.granted);
+    assert_eq!(
+        (t.view.in_use, t.view.lapsed, t.view.total_consumptions, t.purged),
+        (0, 0, 4, 0)
+    );
+    assert_eq!(t.view.registration, None);
+    let t = take("b", 50, 2, 0).unwrap();
+    assert_eq!(
+        (t.granted, t.view.in_use, t.view.total_consumptions),
+        (true, 1, 4),
+        "the count before this seat"
+    );
+    // Full: refused, nothing written.
+    let t = take("c", 100, 2, 0).unwrap();
+    assert!(!t.granted);
+    assert_eq!((t.view.in_use, t.view.registration.clone()), (2, None));
+    // The user's live seat is found, not written over.
+    let t = take("a", 999, 2, 10).unwrap();
+    assert!(!t.granted);
+    assert_eq!(t.view.registration, Some(seat(1, "a", 100)));
+    let held = |now: i64| read_blocking(s, move |tx| tx.count_active_registrations(1, now)).unwrap();
+    assert_eq!(held(0), 2);
+    // At 60 "b" lapsed: "c" gets its seat, "b" and its slot are purged.
+    transact_blocking(s, |tx| {
+        tx.put_feature_registration(&slot(1, "f", "b", 500))?;
+        tx.put_feature_registration(&slot(1, "f", "a", 500))
+    })
+    .unwrap();
+    let t = take("c", 200, 2, 60).unwrap();
+    assert!(t.granted);
+    assert_eq!((t.view.in_use, t.view.lapsed, t.purged), (1, 1, 2));
+    let rows = |()| {
+        read_blocking(s, |tx| {
+            let seats: Vec<_> = tx.registrations(Some(1))?.into_iter().map(|r| r.user).collect();
+            let slots: Vec<_> = tx
+                .feature_registrations(Some(1), None)?
+                .into_iter()
+                .map(|r| r.user)
+                .collect();
+            Ok::<_, StoreError>((seats, slots))
+        })
+        .unwrap()
+    };
+    assert_eq!(rows(()), (vec!["a".into(), "c".into()], vec!["a".to_owned()]));
+    // At 150 "a" lapsed: its own row is taken again (and its slot purged), counted once.
+    let t = take("a", 300, 2, 150).unwrap();
+    assert!(t.granted);
+    assert_eq!(
+        t.view.registration,
+        Some(seat(1, "a", 100)),
+        "the lapsed row, as it was"
+    );
+    // (an engine may count the user's own lapsed row as purged, or not)
+    assert_eq!((t.view.in_use, t.view.lapsed, t.purged > 0), (1, 1, true));
+    assert_eq!(rows(()), (vec!["a".into(), "c".into()], vec![]));
+    assert_eq!((held(150), held(250), held(400)), (2, 1, 0));
+    let a = read_blocking(s, |tx| tx.registration(1, "a")).unwrap().unwrap();
+    assert_eq!(a, seat(1, "a", 300));
 }
 
 /// A fenced store commits only while its (node, epoch) holds an unexpired lease; after a
