@@ -17,44 +17,48 @@ use crate::state::AppState;
 
 /// Builds the router; tests call this directly with `oneshot`.
 pub fn app(state: AppState) -> Router {
+    // Full paths rather than `nest`: a nested router rewrites every request's URI.
     let v4 = Router::new()
         // Client API (§4.2–§4.9).
-        .route("/register", post(client::licenses_register))
-        .route("/unregister", post(client::licenses_unregister))
+        .route("/api/v4/register", post(client::licenses_register))
+        .route("/api/v4/unregister", post(client::licenses_unregister))
         .route(
-            "/unregister/all",
+            "/api/v4/unregister/all",
             get(client::licenses_unregister_all).post(client::licenses_unregister_all),
         )
-        .route("/borrow", post(client::licenses_borrow))
-        .route("/add_consumption", post(client::consumptions_add))
-        .route("/add_feature_consumption", post(client::feature_consumptions_add))
-        .route("/featureRegister", post(client::features_register))
+        .route("/api/v4/borrow", post(client::licenses_borrow))
+        .route("/api/v4/add_consumption", post(client::consumptions_add))
         .route(
-            "/check_license_feature",
+            "/api/v4/add_feature_consumption",
+            post(client::feature_consumptions_add),
+        )
+        .route("/api/v4/featureRegister", post(client::features_register))
+        .route(
+            "/api/v4/check_license_feature",
             get(client::features_register).post(client::features_register),
         )
-        .route("/featureRelease", post(client::features_release))
-        .route("/feature_release", post(client::features_release))
-        .route("/featureRelease/all", post(client::features_release_all))
-        .route("/feature_release/all", post(client::features_release_all))
+        .route("/api/v4/featureRelease", post(client::features_release))
+        .route("/api/v4/feature_release", post(client::features_release))
+        .route("/api/v4/featureRelease/all", post(client::features_release_all))
+        .route("/api/v4/feature_release/all", post(client::features_release_all))
         // Admin API (§4.10–§4.12, §4.15) and additions.
-        .route("/addProduct", get(admin::products_add).post(admin::products_add))
+        .route("/api/v4/addProduct", get(admin::products_add).post(admin::products_add))
         .route(
-            "/removeProduct",
+            "/api/v4/removeProduct",
             get(admin::products_remove).post(admin::products_remove),
         )
-        .route("/license", get(admin::licenses_list))
-        .route("/license/upload", post(admin::licenses_upload))
-        .route("/registrations", get(admin::registrations_list))
-        .route("/registrations/release", post(admin::registrations_release))
-        .route("/audit", get(admin::audit_list))
-        .route("/audit/verify", get(admin::audit_verify))
+        .route("/api/v4/license", get(admin::licenses_list))
+        .route("/api/v4/license/upload", post(admin::licenses_upload))
+        .route("/api/v4/registrations", get(admin::registrations_list))
+        .route("/api/v4/registrations/release", post(admin::registrations_release))
+        .route("/api/v4/audit", get(admin::audit_list))
+        .route("/api/v4/audit/verify", get(admin::audit_verify))
         .route_layer(from_fn_with_state(state.clone(), standby_guard))
         // Open on a standby too: its health, readiness, and the demo key it holds.
-        .route("/health", get(health::health_show))
-        .route("/ready", get(crate::ha::guard::ready_show))
-        .route("/sim/plug", post(sim::sim_plug))
-        .route("/sim/unplug", post(sim::sim_unplug));
+        .route("/api/v4/health", get(health::health_show))
+        .route("/api/v4/ready", get(crate::ha::guard::ready_show))
+        .route("/api/v4/sim/plug", post(sim::sim_plug))
+        .route("/api/v4/sim/unplug", post(sim::sim_unplug));
     let login = Router::new()
         .route("/auth", get(login::auth_login))
         .route_layer(from_fn_with_state(state.clone(), standby_guard));
@@ -62,7 +66,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::web::routes())
         .merge(login)
         .route("/metrics", get(crate::metrics::metrics_show))
-        .nest("/api/v4", v4)
+        .merge(v4)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());

@@ -91,21 +91,21 @@ impl Catalog {
 
     /// The license a request names: `license_id` if given (it must belong to `product`),
     /// else the most recently added license of `product`.
-    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Arc<Entry>, ApiError> {
+    pub fn resolve(&self, product: &str, license_id: Option<u64>) -> Result<&Arc<Entry>, LicenseError> {
         match license_id {
             Some(id) => match self.by_id.get(&id).map(|i| &self.entries[*i]) {
                 Some(e) if e.product == product => Ok(e),
-                _ => Err(ApiError::bad_request(
-                    "license_not_found",
-                    format!("License {id} not found for product {product}"),
-                )),
+                _ => Err(LicenseError::LicenseNotFoundForProduct {
+                    id,
+                    product: product.to_owned(),
+                }),
             },
-            None => self.entries.iter().rev().find(|e| e.product == product).ok_or_else(|| {
-                ApiError::bad_request(
-                    "unknown_product",
-                    format!("No license for product {product} on this server"),
-                )
-            }),
+            None => self
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.product == product)
+                .ok_or_else(|| LicenseError::UnknownProduct(product.to_owned())),
         }
     }
 

@@ -372,6 +372,7 @@ async fn serve_until_shutdown(
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut servers = tokio::task::JoinSet::new();
+    let shutdown = shutdown_signal();
     let tls = tls_acceptor(config)?;
     let main: Arc<dyn keyfloat_server::listen::Accept> = match &tls {
         Some(t) => Arc::clone(t) as _,
@@ -402,7 +403,7 @@ async fn serve_until_shutdown(
     if let Some(t) = tls {
         tokio::spawn(reload_on_sighup(t));
     }
-    shutdown_signal().await;
+    shutdown.await;
     // HA: stop writing and hand the lease over first, so a standby serves within its poll.
     if let Some(c) = &cluster {
         c.shutdown().await;
@@ -456,24 +457,33 @@ async fn reload_on_sighup(tls: Arc<keyfloat_server::tls::TlsAcceptor>) {
     drop(tls);
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers for SIGINT and SIGTERM at once, and resolves on the first of them. Called
+/// before `listening on` is printed: a supervisor (or a test) that sends SIGTERM as soon as
+/// it reads that line must get a graceful stop, not the signal's default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

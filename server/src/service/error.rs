@@ -11,6 +11,17 @@ pub enum LicenseError {
     /// No such license (or removed meanwhile).
     #[error("License {0} not found")]
     LicenseNotFound(u64),
+    /// The license named by id is not one of the named product's.
+    #[error("License {id} not found for product {product}")]
+    LicenseNotFoundForProduct {
+        /// The license id asked for.
+        id: u64,
+        /// The product named with it.
+        product: String,
+    },
+    /// No license of the named product is on this server.
+    #[error("No license for product {0} on this server")]
+    UnknownProduct(String),
     /// `valid_from` is in the future.
     #[error("License is not active yet")]
     LicenseNotActive,
@@ -73,7 +84,8 @@ impl LicenseError {
     /// Stable snake_case code (the `code` of the error body); never renamed.
     pub const fn code(&self) -> &'static str {
         match self {
-            Self::LicenseNotFound(_) => "license_not_found",
+            Self::LicenseNotFound(_) | Self::LicenseNotFoundForProduct { .. } => "license_not_found",
+            Self::UnknownProduct(_) => "unknown_product",
             Self::LicenseNotActive => "license_not_active",
             Self::LicenseExpired => "license_expired",
             Self::FloatingNotAvailable => "floating_not_available",
