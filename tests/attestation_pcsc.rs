@@ -193,18 +193,21 @@ fn fresh_rig(port_hint: u16, serial: u32) -> Rig {
     rig
 }
 
-fn generate_attest_read_f9(rig: &Rig) {
+/// A [`fresh_rig`] whose 9E key was generated on the card (PIN and touch policy never) and
+/// attested: `attest.pem`, and the F9 certificate in `f9.pem`.
+fn attested_rig(port_hint: u16, serial: u32) -> Rig {
+    let rig = fresh_rig(port_hint, serial);
     rig.piv_tool(&generate_9e(&["--pin-policy=never", "--touch-policy=never"]));
     rig.piv_tool(&["-a", "attest", "-s", "9e", "-o", "attest.pem"]);
     rig.piv_tool(&["-a", "read-certificate", "-s", "f9", "-o", "f9.pem"]);
+    rig
 }
 
 #[test]
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn readme_recipe_runs_literally_and_the_key_proves_attested() {
     const SERIAL: u32 = 13572468;
-    let rig = fresh_rig(0xA640, SERIAL);
-    generate_attest_read_f9(&rig);
+    let rig = attested_rig(0xA640, SERIAL);
     assert!(rig.card.with_card(|c| c.key_generated()));
 
     // openssl accepts the chain with the test root and the F9 intermediate.
@@ -253,8 +256,7 @@ fn readme_recipe_runs_literally_and_the_key_proves_attested() {
 #[ignore = "needs pcscd + vsmartcard-vpcd, as root, yubico-piv-tool and openssl; ./scripts/dev.sh test runs it (--include-ignored)"]
 fn vendor_refuses_unknown_root_other_serial_and_other_key() {
     const SERIAL: u32 = 24681357;
-    let rig = fresh_rig(0xA660, SERIAL);
-    generate_attest_read_f9(&rig);
+    let rig = attested_rig(0xA660, SERIAL);
     let refused = |out: &Output, code: &str| {
         assert_refused(out, &format!("refused ({code})"));
         assert!(!rig.dir.path().join("cert.pem").exists(), "a certificate was written");

@@ -46,14 +46,17 @@ fn leaf(ca: &Ca, cn: &str, client: bool, dir: &Path, stem: &str) -> (PathBuf, Pa
     (c, k)
 }
 
-/// A CA named `ca_name`, its certificate as `ca.pem` and the server leaf "server-one" in
-/// `dir`: (CA, certificate, key, CA file).
-fn server_files(ca_name: &str, dir: &Path) -> (Ca, PathBuf, PathBuf, PathBuf) {
+/// What each test starts from: the Python interpreter and a data directory holding the
+/// certificate of a new CA named `ca_name` (`ca.pem`) and the server leaf "server-one" it
+/// issued: (Python, directory, CA, certificate, key, CA file).
+fn setup(ca_name: &str) -> (PathBuf, tempfile::TempDir, Ca, PathBuf, PathBuf, PathBuf) {
+    let py = python();
+    let dir = data_dir();
     let ca = ca(ca_name);
-    let (cert, key) = leaf(&ca, "server-one", false, dir, "server");
-    let ca_pem = dir.join("ca.pem");
+    let (cert, key) = leaf(&ca, "server-one", false, dir.path(), "server");
+    let ca_pem = dir.path().join("ca.pem");
     std::fs::write(&ca_pem, ca.cert.pem()).unwrap();
-    (ca, cert, key, ca_pem)
+    (py, dir, ca, cert, key, ca_pem)
 }
 
 struct Tls {
@@ -133,9 +136,7 @@ fn probe(py: &Path, addr: &str, ca: &Path, client: Option<(&Path, &Path)>) -> Re
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn the_python_sdk_runs_over_https() {
-    let py = python();
-    let dir = data_dir();
-    let (_ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
+    let (py, dir, _ca, cert, key, ca_pem) = setup("keyfloat test CA");
     let s = start_tls(dir.path(), &cert, &key, &["--http-listen", "127.0.0.1:0"]);
     // Plain HTTP on the TLS port is not served.
     assert!(http(&s.https, "GET", "/api/v4/health", None, None).map_or(true, |(st, _)| st != 200));
@@ -188,9 +189,7 @@ fn the_python_sdk_runs_over_https() {
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn sighup_swaps_the_certificate_without_dropping_connections() {
-    let py = python();
-    let dir = data_dir();
-    let (ca, cert, key, ca_pem) = server_files("keyfloat test CA", dir.path());
+    let (py, dir, ca, cert, key, ca_pem) = setup("keyfloat test CA");
     let s = start_tls(dir.path(), &cert, &key, &[]);
     assert_eq!(probe(&py, &s.https, &ca_pem, None).unwrap(), "200 server-one");
     let (host, port) = s.https.rsplit_once(':').unwrap();
@@ -238,11 +237,9 @@ fn sighup_swaps_the_certificate_without_dropping_connections() {
 #[ignore = "needs the licensespring Python SDK; ./scripts/dev.sh test runs it (--include-ignored)"]
 #[test]
 fn mutual_tls_requires_a_client_certificate_from_the_ca() {
-    let py = python();
-    let dir = data_dir();
+    let (py, dir, _server_ca, cert, key, ca_pem) = setup("server CA");
     let client_ca = ca("client CA");
     let rogue_ca = ca("rogue CA");
-    let (_server_ca, cert, key, ca_pem) = server_files("server CA", dir.path());
     let (good_c, good_k) = leaf(&client_ca, "client", true, dir.path(), "client");
     let (bad_c, bad_k) = leaf(&rogue_ca, "client", true, dir.path(), "rogue");
     let client_ca_pem = dir.path().join("client-ca.pem");

@@ -417,10 +417,17 @@ mod tests {
         }
     }
 
+    /// A cell for machine id `machine`, with one reader.
+    fn new_cell(machine: &str) -> (HardwareId, HardwareIdCell, CellReader) {
+        let machine = HardwareId::new(machine);
+        let cell = HardwareIdCell::new(machine.clone());
+        let reader = cell.reader();
+        (machine, cell, reader)
+    }
+
     #[test]
     fn starts_without_a_key() {
-        let cell = HardwareIdCell::new(HardwareId::new("m"));
-        let r = cell.reader();
+        let (_, _cell, r) = new_cell("m");
         assert_eq!(r.check().valid_key(), None);
         assert_eq!(r.hardware_id().as_str(), "m");
         assert_eq!(r.snapshot().state(), KeyState::Absent);
@@ -428,9 +435,7 @@ mod tests {
 
     #[test]
     fn hardware_id_follows_the_key_in_force() {
-        let machine = HardwareId::new("m");
-        let mut cell = HardwareIdCell::new(machine.clone());
-        let r = cell.reader();
+        let (machine, mut cell, r) = new_cell("m");
         let t = r.token(&Serial::new("123"));
         cell.publish(with_key(&machine, "123"));
         assert!(r.is_in_force(t));
@@ -444,8 +449,7 @@ mod tests {
 
     #[test]
     fn tokens_are_stable_per_serial() {
-        let cell = HardwareIdCell::new(HardwareId::new("m"));
-        let r = cell.reader();
+        let (_, _cell, r) = new_cell("m");
         let a = r.token(&Serial::new("a"));
         let b = r.token(&Serial::new("b"));
         assert_ne!(a, b);
@@ -456,9 +460,7 @@ mod tests {
     /// between two keys and no key as fast as it can: no torn snapshot, generations only grow.
     #[test]
     fn no_torn_snapshot_under_concurrent_flips() {
-        let machine = HardwareId::new("machine");
-        let mut cell = HardwareIdCell::new(machine.clone());
-        let reader = cell.reader();
+        let (machine, mut cell, reader) = new_cell("machine");
         let ta = reader.token(&Serial::new("A"));
         let tb = reader.token(&Serial::new("B"));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -50,12 +50,22 @@ impl World {
         self.validator(Some(self.ca.roots().unwrap()))
     }
 
-    fn validate(&self, spec: SimKeySpec, validator: &VendorValidator) -> Validation {
+    /// Inserts and plugs `spec`; answers its name.
+    fn plug(&self, spec: SimKeySpec) -> String {
         let name = spec.name.clone();
         self.bus.insert(spec);
         self.bus.plug(&name).unwrap();
-        let provider = self.bus.provider();
-        let mut key = provider.open(&KeyId::new(BackendKind::Sim, &name)).unwrap();
+        name
+    }
+
+    /// A new handle on the plugged key `name`.
+    fn open(&self, name: &str) -> Box<dyn HardwareKey> {
+        self.bus.provider().open(&KeyId::new(BackendKind::Sim, name)).unwrap()
+    }
+
+    fn validate(&self, spec: SimKeySpec, validator: &VendorValidator) -> Validation {
+        let name = self.plug(spec);
+        let mut key = self.open(&name);
         let v = validator.validate(key.as_mut());
         self.bus.unplug(&name).unwrap();
         v
@@ -222,10 +232,8 @@ impl Prover for Attesting {
 #[test]
 fn busy_while_attesting_is_retried_and_garbage_is_not_attested() {
     let w = World::new();
-    let spec = provision_sim_key(w.attested("k", 1009), &w.vendor);
-    w.bus.insert(spec);
-    w.bus.plug("k").unwrap();
-    let open = || w.bus.provider().open(&KeyId::new(BackendKind::Sim, "k")).unwrap();
+    w.plug(provision_sim_key(w.attested("k", 1009), &w.vendor));
+    let open = || w.open("k");
     let validator = w.required();
 
     let mut busy = Attesting {
@@ -272,11 +280,9 @@ fn every_revalidation_asks_for_a_fresh_attestation() {
     // 50 validations of one key: every one attests (the sim signs a new certificate each
     // time), and all pass; none reuses an earlier answer.
     let w = World::new();
-    let spec = provision_sim_key(w.attested("k", 1010), &w.vendor);
-    w.bus.insert(spec);
-    w.bus.plug("k").unwrap();
+    w.plug(provision_sim_key(w.attested("k", 1010), &w.vendor));
     let validator = w.required();
-    let mut key = w.bus.provider().open(&KeyId::new(BackendKind::Sim, "k")).unwrap();
+    let mut key = w.open("k");
     let mut certs = std::collections::BTreeSet::new();
     for _ in 0..50 {
         assert_eq!(proof(&validator.validate(key.as_mut())), Some(ProofStatus::Attested));

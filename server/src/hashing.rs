@@ -303,18 +303,33 @@ mod tests {
         assert!(mem.is_empty());
     }
 
+    /// A pool of `workers` (callers wait up to `wait` for one) and its hash of "a".
+    async fn pool_with_hash_of_a(workers: usize, wait: Duration) -> (HashPool, String) {
+        let pool = HashPool::new(workers, wait).unwrap();
+        let h = pool.hash("a".into()).await.unwrap().unwrap();
+        (pool, h)
+    }
+
+    /// `n` untrusted callers verifying `password` against `h` at once.
+    fn spawn_untrusted_verifies(
+        pool: &HashPool,
+        password: &str,
+        h: &str,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<bool, PoolBusy>>> {
+        (0..n)
+            .map(|_| {
+                let (pool, password, h) = (pool.clone(), password.to_string(), h.to_string());
+                tokio::spawn(async move { pool.verify(password, h, false).await })
+            })
+            .collect()
+    }
+
     /// More callers than workers: the excess waits at most `wait`, then is told busy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn excess_callers_are_refused_after_the_wait() {
-        let pool = HashPool::new(1, Duration::from_millis(1)).unwrap();
-        let h = pool.hash("a".into()).await.unwrap().unwrap();
-        let calls: Vec<_> = (0..8)
-            .map(|_| {
-                let pool = pool.clone();
-                let h = h.clone();
-                tokio::spawn(async move { pool.verify("a".into(), h, false).await })
-            })
-            .collect();
+        let (pool, h) = pool_with_hash_of_a(1, Duration::from_millis(1)).await;
+        let calls = spawn_untrusted_verifies(&pool, "a", &h, 8);
         let mut busy = 0;
         let mut ok = 0;
         for c in calls {
@@ -332,14 +347,8 @@ mod tests {
     /// other at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn untrusted_callers_leave_a_worker_free() {
-        let pool = HashPool::new(2, Duration::from_secs(30)).unwrap();
-        let h = pool.hash("a".into()).await.unwrap().unwrap();
-        let flood: Vec<_> = (0..6)
-            .map(|_| {
-                let (pool, h) = (pool.clone(), h.clone());
-                tokio::spawn(async move { pool.verify("x".into(), h, false).await })
-            })
-            .collect();
+        let (pool, h) = pool_with_hash_of_a(2, Duration::from_secs(30)).await;
+        let flood = spawn_untrusted_verifies(&pool, "x", &h, 6);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(pool.inner.untrusted.available_permits(), 0, "the flood holds its lane");
         assert_eq!(pool.inner.permits.available_permits(), 1, "one worker stays free");

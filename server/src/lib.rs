@@ -18,6 +18,7 @@ pub mod hashing;
 pub mod model;
 pub mod params;
 pub mod ratelimit;
+pub mod render;
 pub mod routes;
 pub mod service;
 pub mod state;

@@ -235,15 +235,11 @@ impl<T> IdleDeadline<T> {
     fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
         self.timer.as_mut().poll(cx).is_ready()
     }
-}
 
-fn timed_out() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleDeadline<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.io).poll_read(cx, buf) {
+    /// A read or write answer of the inner I/O under the deadline: a ready one restarts
+    /// the clock; a pending one past the deadline fails.
+    fn watched<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match polled {
             Poll::Ready(r) => {
                 self.progress();
                 Poll::Ready(r)
@@ -254,16 +250,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleDeadline<T> {
     }
 }
 
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle too long")
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleDeadline<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.watched(cx, polled)
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleDeadline<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                self.progress();
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watched(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

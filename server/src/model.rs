@@ -435,7 +435,7 @@ pub struct LicenseObject<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     registered_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    license_json: Option<String>,
+    license_json: Option<LicenseJson>,
     // License list (admin) only.
     #[serde(skip_serializing_if = "Option::is_none")]
     hardware_key_required: Option<bool>,
@@ -517,8 +517,14 @@ impl<'a> LicenseObject<'a> {
     /// The register answer (spec §4.2): `license_json` is this object serialized (once),
     /// and its fields are repeated at the top level for node, with the seat's borrowing
     /// state and counters, and never a top-level `user`.
-    pub fn register_answer(mut self, reg: &Registration, in_use: usize, now: i64) -> Self {
-        self.license_json = Some(serde_json::to_string(&self).unwrap_or_default());
+    pub fn register_answer(self, reg: &Registration, in_use: usize, now: i64) -> Self {
+        let text = serde_json::to_string(&self).unwrap_or_default();
+        self.register_answer_with(reg, in_use, now, LicenseJson::Text(text))
+    }
+
+    /// [`Self::register_answer`] with `license_json` already rendered (for this object).
+    pub fn register_answer_with(mut self, reg: &Registration, in_use: usize, now: i64, json: LicenseJson) -> Self {
+        self.license_json = Some(json);
         let borrowed = reg.borrowed_until.filter(|b| *b > now);
         self.user = None;
         self.product = Some(self.product_details.short_code);
@@ -540,6 +546,24 @@ impl<'a> LicenseObject<'a> {
         self.source = Some(l.source.as_str());
         self.added_at = Some(format_micros(l.added_at));
         self
+    }
+}
+
+/// The register answer's `license_json`: the license object as a JSON text.
+#[derive(Debug, Clone)]
+pub enum LicenseJson {
+    /// Rendered for this answer.
+    Text(String),
+    /// Rendered before, for the same license and counters (see [`crate::render`]).
+    Cached(Arc<crate::render::Rendered>),
+}
+
+impl Serialize for LicenseJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Text(text) => s.serialize_str(text),
+            Self::Cached(r) => r.license_json().serialize(s),
+        }
     }
 }
 

@@ -245,6 +245,12 @@ impl<T: DeserializeOwned + Default> Req<T> {
                 })
             }
         }
+        // The common case, without path tracking; a failure is decoded again below for a
+        // message naming the field (decoding is deterministic: it fails the same way).
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        if let Ok(out) = T::deserialize(&mut de).and_then(|out| de.end().map(|()| out)) {
+            return Ok(out);
+        }
         let malformed =
             |e: &serde_json::Error| ApiError::bad_request("invalid_json", format!("Malformed JSON body: {e}"));
         let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -280,7 +286,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for Req<T> {
 /// from strings, numbers or bools, JSON values inline or as a JSON text (query strings).
 /// They take the same decisions as the [`Params`] accessors, which they call.
 pub mod lenient {
-    use serde::de::Error as _;
+    use std::fmt;
+
+    use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
@@ -301,9 +309,65 @@ pub mod lenient {
         })
     }
 
-    /// A string.
+    /// A string: the decisions of [`Params::str_opt`], taken on the token itself (the
+    /// most common field kind, so no intermediate `Value`).
     pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        one(d, |p| p.str_opt(&[""]))
+        d.deserialize_any(StringVisitor)
+    }
+
+    struct StringVisitor;
+
+    impl<'de> Visitor<'de> for StringVisitor {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // Rendered as serde_json renders the number (`2.0`, `1e20`).
+            Ok(serde_json::Number::from_f64(v).map(|n| n.to_string()))
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(A::Error::custom("expected a string"))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(A::Error::custom("expected a string"))
+        }
     }
 
     /// A signed integer.
@@ -412,6 +476,49 @@ mod tests {
         consumptions: Option<i64>,
         #[serde(rename = "allowOverages", deserialize_with = "lenient::bool")]
         allow: Option<bool>,
+    }
+
+    #[test]
+    fn the_string_field_decoder_decides_as_str_opt_does() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(default)]
+        struct S {
+            #[serde(deserialize_with = "lenient::string")]
+            s: Option<String>,
+        }
+        for raw in [
+            "\"a b\"",
+            "\"\"",
+            "5",
+            "-7",
+            "2.0",
+            "1e20",
+            "0.5",
+            "true",
+            "false",
+            "null",
+            "[1]",
+            "{\"a\":1}",
+        ] {
+            let body = format!("{{\"s\":{raw}}}");
+            let typed = Req::<S>::from_json(body.as_bytes()).map(|t| t.s);
+            let by_params = Params::from_json(body.as_bytes()).unwrap().str_opt(&["s"]);
+            match (typed, by_params) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{raw}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.code, b.code, "{raw}");
+                    assert_eq!(a.message, b.message, "{raw}");
+                }
+                (a, b) => panic!("{raw}: typed {a:?}, params {b:?}"),
+            }
+            // The same through merged parameters (query + body).
+            let merged = Req::<S>::from_params(Params::from_json(body.as_bytes()).unwrap()).map(|t| t.s);
+            assert_eq!(
+                merged.ok(),
+                Params::from_json(body.as_bytes()).unwrap().str_opt(&["s"]).ok(),
+                "{raw}"
+            );
+        }
     }
 
     #[test]

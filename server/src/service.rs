@@ -92,6 +92,18 @@ impl Registered {
         )
     }
 
+    /// [`Self::answer`] with the license object reused from `cache` while the license and
+    /// its counters are unchanged (a heartbeat answered from the model).
+    pub fn answer_cached(&self, cache: &crate::render::RenderCache) -> LicenseObject<'_> {
+        let rendered = cache.get(&self.license, self.in_use, &self.features);
+        LicenseObject::new(&self.license, self.in_use, &self.features).register_answer_with(
+            &self.registration,
+            self.in_use,
+            self.now,
+            crate::model::LicenseJson::Cached(rendered),
+        )
+    }
+
     /// The register answer as a JSON value (tests and tools).
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self.answer()).unwrap_or(Value::Null)

@@ -55,6 +55,7 @@ struct Inner {
     security: Security,
     metrics: crate::metrics::Metrics,
     cluster: std::sync::OnceLock<Arc<crate::ha::Cluster>>,
+    renders: crate::render::RenderCache,
 }
 
 /// Who may read `/metrics` in authentication mode.
@@ -182,6 +183,7 @@ impl AppState {
                 security,
                 metrics: crate::metrics::Metrics::default(),
                 cluster: std::sync::OnceLock::new(),
+                renders: crate::render::RenderCache::default(),
             }),
         };
         state.spawn_purge();
@@ -239,6 +241,11 @@ impl AppState {
         self.inner
             .catalog
             .store(Arc::new(Catalog::build(licenses, &self.inner.keys)));
+    }
+
+    /// License objects rendered before, reused while unchanged.
+    pub fn renders(&self) -> &crate::render::RenderCache {
+        &self.inner.renders
     }
 
     /// The in-memory model of the committed licenses, seats and totals.

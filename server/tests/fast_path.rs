@@ -14,7 +14,7 @@ use axum::Router;
 use keyfloat_hal::{HardwareId, HardwareIdCell};
 use keyfloat_server::auth::TokenKeys;
 use keyfloat_server::store::sqlite::StoreOptions;
-use keyfloat_server::store::{read, transact};
+use keyfloat_server::store::{read, transact, StoreError};
 use keyfloat_server::{app, AppState, KeyPolicy, SqliteStore, StateParts, Store};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -87,29 +87,51 @@ async fn add_product(app: &Router, seats: u32) -> u64 {
     v["license_id"].as_u64().unwrap()
 }
 
-/// Holds the store writer (or one reader) until the returned sender is used.
-fn hold_writer(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = ()>) {
+/// A store job that reports it started, then blocks until released (or 30 s):
+/// (release, started, job).
+fn holding_job() -> (
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<()>,
+    impl FnOnce() -> Result<(), StoreError> + Send + 'static,
+) {
     let (release, hold) = std::sync::mpsc::channel::<()>();
     let (started_tx, started) = std::sync::mpsc::channel::<()>();
-    let done = transact(store, move |_| {
+    let job = move || {
         let _ = started_tx.send(());
         let _ = hold.recv_timeout(Duration::from_secs(30));
-        Ok::<_, keyfloat_server::store::StoreError>(())
-    });
-    started.recv_timeout(Duration::from_secs(10)).unwrap();
-    (release, async move { done.await.unwrap() })
+        Ok(())
+    };
+    (release, started, job)
 }
 
-fn hold_reader(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = ()>) {
-    let (release, hold) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started) = std::sync::mpsc::channel::<()>();
-    let done = read(store, move |_| {
-        let _ = started_tx.send(());
-        let _ = hold.recv_timeout(Duration::from_secs(30));
-        Ok::<_, keyfloat_server::store::StoreError>(())
-    });
+/// Waits until the queued holding job runs; the answer resolves once it has finished.
+fn held(
+    started: std::sync::mpsc::Receiver<()>,
+    done: impl std::future::Future<Output = Result<(), StoreError>>,
+) -> impl std::future::Future<Output = ()> {
     started.recv_timeout(Duration::from_secs(10)).unwrap();
-    (release, async move { done.await.unwrap() })
+    async move { done.await.unwrap() }
+}
+
+/// Holds the store writer until the returned sender is used.
+fn hold_writer(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = ()>) {
+    let (release, started, job) = holding_job();
+    (release, held(started, transact(store, move |_| job())))
+}
+
+/// Holds one store reader until the returned sender is used.
+fn hold_reader(store: &dyn Store) -> (std::sync::mpsc::Sender<()>, impl std::future::Future<Output = ()>) {
+    let (release, started, job) = holding_job();
+    (release, held(started, read(store, move |_| job())))
+}
+
+/// Both store queues `n` long and one reader: a flood overflows them soon.
+fn short_queues(n: usize) -> StoreOptions {
+    StoreOptions {
+        write_queue: n,
+        read_queue: n,
+        readers: 1,
+    }
 }
 
 async fn wait_refused(store: &SqliteStore, n: u64) {
@@ -141,12 +163,7 @@ fn vm_kib(field: &str) -> u64 {
 async fn overload_gets_server_busy_and_loses_no_acknowledged_write() {
     const QUEUE: usize = 32;
     const FLOOD: usize = 2000;
-    let s = server(StoreOptions {
-        write_queue: QUEUE,
-        read_queue: QUEUE,
-        readers: 1,
-    })
-    .await;
+    let s = server(short_queues(QUEUE)).await;
     let id = add_product(&s.app, 100_000).await;
     let rss_before = vm_kib("VmRSS:");
     let (release, held) = hold_writer(s.store.as_ref());
@@ -211,12 +228,7 @@ async fn overload_gets_server_busy_and_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_do_not_wait_for_the_writer_and_overflow_is_refused() {
     const QUEUE: usize = 16;
-    let s = server(StoreOptions {
-        write_queue: QUEUE,
-        read_queue: QUEUE,
-        readers: 1,
-    })
-    .await;
+    let s = server(short_queues(QUEUE)).await;
     add_product(&s.app, 10).await;
     for u in ["a", "b"] {
         assert_eq!(send(&s.app, register(u)).await.0, StatusCode::OK);

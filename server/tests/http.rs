@@ -48,6 +48,13 @@ async fn seed_flow_with_authentication_and_key_pull() {
     let id = added["license_id"].as_u64().unwrap();
 
     let t = Some(admin.as_str());
+    let add_one_cons_feature2 = || {
+        h.post_as(
+            "/api/v4/add_feature_consumption",
+            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
+            t,
+        )
+    };
     let (s, v) = h
         .post_as(
             "/api/v4/add_consumption",
@@ -58,13 +65,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 2);
     assert_eq!(v["id"], id);
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 1);
     let (s, v) = h
@@ -87,13 +88,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
     assert_eq!(list[0]["hardware_key_required"], true);
 
     h.unplug().await;
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_eq!(
         v,
@@ -148,13 +143,7 @@ async fn seed_flow_with_authentication_and_key_pull() {
 
     // Plugged back: service resumes by itself.
     h.plug().await;
-    let (s, v) = h
-        .post_as(
-            "/api/v4/add_feature_consumption",
-            json!({"product":"hwbased","feature":"consFeature2","consumptions":1}),
-            t,
-        )
-        .await;
+    let (s, v) = add_one_cons_feature2().await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["total_consumptions"], 2);
 }
@@ -462,35 +451,23 @@ async fn borrowing() {
     let h = harness(false).await;
     h.add_product("product=p&licenseKey=K&maxBorrowTime=48").await;
     h.add_product("product=nb&licenseKey=K&maxBorrowTime=0").await;
-    let (s, v) = h
-        .post(
+    let borrow_until = |until: &str| {
+        h.post_code(
             "/api/v4/borrow",
-            json!({"product":"p","user":"a","borrowed_until":"2099-01-01T00:00:00Z"}),
+            json!({"product":"p","user":"a","borrowed_until":until}),
         )
-        .await;
+    };
     assert_eq!(
-        (s, v["code"].clone()),
+        borrow_until("2099-01-01T00:00:00Z").await,
         (StatusCode::BAD_REQUEST, json!("user_not_registered"))
     );
     h.post("/api/v4/register", json!({"product":"p","user":"a"})).await;
-    let (s, v) = h
-        .post(
-            "/api/v4/borrow",
-            json!({"product":"p","user":"a","borrowed_until":"2099-01-01T00:00:00Z"}),
-        )
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        borrow_until("2099-01-01T00:00:00Z").await,
         (StatusCode::BAD_REQUEST, json!("borrow_until_not_valid"))
     );
-    let (s, v) = h
-        .post(
-            "/api/v4/borrow",
-            json!({"product":"p","user":"a","borrowed_until":"yesterday"}),
-        )
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        borrow_until("yesterday").await,
         (StatusCode::BAD_REQUEST, json!("borrow_until_not_valid"))
     );
     let until = keyfloat_server::clock::format_micros(keyfloat_server::clock::now_micros() + 3_600_000_000);
@@ -508,9 +485,8 @@ async fn borrowing() {
     assert_eq!(s, StatusCode::OK);
     assert!(v["borrowed_until"].is_string());
     h.post("/api/v4/register", json!({"product":"nb","user":"a"})).await;
-    let (s, v) = h.post("/api/v4/borrow", json!({"product":"nb","user":"a"})).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/borrow", json!({"product":"nb","user":"a"})).await,
         (StatusCode::BAD_REQUEST, json!("license_borrow_not_allowed"))
     );
 }
@@ -533,14 +509,12 @@ async fn consumptions_and_overages() {
         .await;
     assert_eq!((s, v["total_consumptions"].clone()), (StatusCode::OK, json!(10)));
     // Overage refused for this call (camelCase spelling, node style).
-    let (s, v) = h
-        .post(
+    assert_eq!(
+        h.post_code(
             "/api/v4/add_consumption",
             add("c", json!({"consumptions":1,"allowOverages":false,"max_overages":null})),
         )
-        .await;
-    assert_eq!(
-        (s, v["code"].clone()),
+        .await,
         (StatusCode::BAD_REQUEST, json!("license_not_enough_consumptions"))
     );
     let (s, _) = h
@@ -550,41 +524,32 @@ async fn consumptions_and_overages() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = h
-        .post("/api/v4/add_consumption", add("c", json!({"consumptions":1})))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_consumption", add("c", json!({"consumptions":1})))
+            .await,
         (StatusCode::BAD_REQUEST, json!("license_not_enough_consumptions"))
     );
-    let (s, v) = h
-        .post("/api/v4/add_consumption", add("c", json!({"consumptions":-1})))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_consumption", add("c", json!({"consumptions":-1})))
+            .await,
         (StatusCode::BAD_REQUEST, json!("negative_consumptions_not_allowed"))
     );
     let (s, v) = h
         .post("/api/v4/add_consumption", add("n", json!({"consumptions":-3})))
         .await;
     assert_eq!((s, v["total_consumptions"].clone()), (StatusCode::OK, json!(-3)));
-    let (s, v) = h
-        .post("/api/v4/add_consumption", add("plain", json!({"consumptions":1})))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_consumption", add("plain", json!({"consumptions":1})))
+            .await,
         (StatusCode::BAD_REQUEST, json!("license_not_consumption"))
     );
-    let (s, v) = h.post("/api/v4/add_consumption", add("c", json!({}))).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_consumption", add("c", json!({}))).await,
         (StatusCode::BAD_REQUEST, json!("missing_parameters"))
     );
-    let (s, v) = h
-        .post("/api/v4/add_consumption", add("c", json!({"consumptions":"many"})))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_consumption", add("c", json!({"consumptions":"many"})))
+            .await,
         (StatusCode::BAD_REQUEST, json!("invalid_parameters"))
     );
 }
@@ -598,9 +563,8 @@ async fn floating_features() {
     ))
     .await;
     let fr = |u: &str, f: &str| json!({"product":"f","user":u,"feature":f});
-    let (s, v) = h.post("/api/v4/featureRegister", fr("a", "fl")).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/featureRegister", fr("a", "fl")).await,
         (StatusCode::BAD_REQUEST, json!("user_not_registered"))
     );
     h.post("/api/v4/register", json!({"product":"f","user":"a"})).await;
@@ -610,14 +574,12 @@ async fn floating_features() {
     assert_eq!(v["floating_in_use_devices"], 1);
     assert!(v.get("user").is_none());
     assert_eq!(h.post("/api/v4/featureRegister", fr("a", "fl")).await.0, StatusCode::OK);
-    let (s, v) = h.post("/api/v4/featureRegister", fr("b", "fl")).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/featureRegister", fr("b", "fl")).await,
         (StatusCode::BAD_REQUEST, json!("feature_not_available"))
     );
-    let (s, v) = h.post("/api/v4/featureRegister", fr("a", "nope")).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/featureRegister", fr("a", "nope")).await,
         (StatusCode::BAD_REQUEST, json!("feature_not_found"))
     );
     let (s, v) = h.post("/api/v4/featureRelease", fr("a", "fl")).await;
@@ -641,14 +603,12 @@ async fn floating_features() {
         h.post("/api/v4/add_feature_consumption", fc(3, "cf")).await.1["total_consumptions"],
         3
     );
-    let (s, v) = h.post("/api/v4/add_feature_consumption", fc(1, "cf")).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_feature_consumption", fc(1, "cf")).await,
         (StatusCode::BAD_REQUEST, json!("feature_not_enough_consumptions"))
     );
-    let (s, v) = h.post("/api/v4/add_feature_consumption", fc(1, "fl")).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/add_feature_consumption", fc(1, "fl")).await,
         (StatusCode::BAD_REQUEST, json!("feature_not_consumption"))
     );
 }
@@ -668,11 +628,9 @@ async fn several_licenses_per_product_and_removal() {
         )
         .await;
     assert_eq!(v["license_id"], first);
-    let (s, v) = h
-        .post("/api/v4/register", json!({"product":"p","user":"a","license_id":1}))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/register", json!({"product":"p","user":"a","license_id":1}))
+            .await,
         (StatusCode::BAD_REQUEST, json!("license_not_found"))
     );
     let (s, v) = h.post("/api/v4/register", json!({"product":"zzz","user":"a"})).await;
@@ -729,14 +687,15 @@ async fn signed_license_upload() {
     doc.license_type = "consumption".into();
     doc.hardware_key_required = true;
     let text = sign_license(&doc, &h.vendor);
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .header(header::CONTENT_TYPE, "text/plain")
-                .body(Body::from(text.clone()))
-                .unwrap(),
-        )
-        .await;
+    // `POST /api/v4/license/upload` of `body`, with a content type when given.
+    let upload = |content_type: Option<String>, body: String| {
+        let mut req = Request::post("/api/v4/license/upload");
+        if let Some(t) = content_type {
+            req = req.header(header::CONTENT_TYPE, t);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let (s, v) = h.send(upload(Some("text/plain".into()), text.clone())).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["license_id"], 4242000000000001u64);
     assert_eq!(v["activation_hardware_id"], SERIAL);
@@ -749,43 +708,22 @@ async fn signed_license_upload() {
     let body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"l.lic\"\r\nContent-Type: application/octet-stream\r\n\r\n{text}\r\n--{boundary}--\r\n"
     );
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .header(
-                    header::CONTENT_TYPE,
-                    format!("multipart/form-data; boundary={boundary}"),
-                )
-                .body(Body::from(body))
-                .unwrap(),
-        )
-        .await;
+    let multipart = format!("multipart/form-data; boundary={boundary}");
+    let (s, v) = h.send(upload(Some(multipart), body)).await;
     assert_eq!(
         (s, v["code"].clone()),
         (StatusCode::CONFLICT, json!("license_already_exists"))
     );
     // Tampered or signed by another vendor: refused.
     let tampered = text.replacen("\"floating_users\": 3", "\"floating_users\": 9", 1);
-    let (s, v) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .body(Body::from(tampered))
-                .unwrap(),
-        )
-        .await;
+    let (s, v) = h.send(upload(None, tampered)).await;
     assert_eq!(
         (s, v["code"].clone()),
         (StatusCode::BAD_REQUEST, json!("license_file_invalid"))
     );
     let other = keyfloat_hal::trust::VendorSigningKey::generate();
     doc.license_id += 1;
-    let (s, _) = h
-        .send(
-            Request::post("/api/v4/license/upload")
-                .body(Body::from(sign_license(&doc, &other)))
-                .unwrap(),
-        )
-        .await;
+    let (s, _) = h.send(upload(None, sign_license(&doc, &other))).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
 
@@ -819,16 +757,17 @@ async fn errors_are_always_json_objects_with_a_code() {
         )
         .await;
     assert_eq!((s, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_json")));
-    let (s, v) = h.post("/api/v4/register", json!(["product"])).await;
-    assert_eq!((s, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_json")));
-    let (s, v) = h.post("/api/v4/register", json!({"product":{"a":1},"user":"u"})).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/register", json!(["product"])).await,
+        (StatusCode::BAD_REQUEST, json!("invalid_json"))
+    );
+    assert_eq!(
+        h.post_code("/api/v4/register", json!({"product":{"a":1},"user":"u"}))
+            .await,
         (StatusCode::BAD_REQUEST, json!("invalid_parameters"))
     );
-    let (s, v) = h.post("/api/v4/register", json!({"user":"u"})).await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/register", json!({"user":"u"})).await,
         (StatusCode::BAD_REQUEST, json!("missing_parameters"))
     );
     let big = "x".repeat(70 * 1024);
@@ -840,8 +779,10 @@ async fn errors_are_always_json_objects_with_a_code() {
         (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large"))
     );
     assert!(v["status"].is_u64() && v["message"].is_string());
-    let (s, v) = h.post("/api/v4/nope", json!({})).await;
-    assert_eq!((s, v["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+    assert_eq!(
+        h.post_code("/api/v4/nope", json!({})).await,
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
 }
 
 #[tokio::test]
@@ -898,11 +839,9 @@ async fn admin_force_release_and_audit() {
         .collect();
     assert_eq!(kinds, ["registration_released", "license_added"]);
     h.unplug().await;
-    let (s, v) = h
-        .post("/api/v4/registrations/release", json!({"license_id":id,"user":"a"}))
-        .await;
     assert_eq!(
-        (s, v["code"].clone()),
+        h.post_code("/api/v4/registrations/release", json!({"license_id":id,"user":"a"}))
+            .await,
         (StatusCode::BAD_REQUEST, json!("hardware_key_not_accessible"))
     );
 }

@@ -377,6 +377,13 @@ impl Harness {
         self.call("POST", uri, Some(body), None).await
     }
 
+    /// `POST uri` with a JSON body: the status and the answer's error `code` (`Null` when it
+    /// has none), for comparing with an expected refusal in one assertion.
+    pub async fn post_code(&self, uri: &str, body: Value) -> (StatusCode, Value) {
+        let (s, v) = self.post(uri, body).await;
+        (s, v["code"].clone())
+    }
+
     /// `POST uri` with a JSON body and an optional bearer token.
     pub async fn post_as(&self, uri: &str, body: Value, token: Option<&str>) -> (StatusCode, Value) {
         self.call("POST", uri, Some(body), token).await

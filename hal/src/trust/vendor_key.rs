@@ -7,7 +7,7 @@ use std::path::Path;
 
 use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::spki::SubjectPublicKeyInfoRef;
+use p256::pkcs8::spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, PrivateKeyInfo};
 use sha2::{Digest, Sha256};
 
@@ -66,13 +66,7 @@ impl VendorSigningKey {
             "PRIVATE KEY" => {
                 let info = PrivateKeyInfo::try_from(block.der.as_slice())
                     .map_err(|e| TrustError::KeyInvalid(format!("PKCS#8 structure does not parse: {e}")))?;
-                let params = info.algorithm.parameters_oid().ok();
-                if info.algorithm.oid != OID_EC_PUBLIC_KEY || params != Some(OID_P256) {
-                    return Err(TrustError::WrongKeyType {
-                        expected: PRIVATE_EXPECTED,
-                        found: algorithm_name(info.algorithm.oid, params),
-                    });
-                }
+                require_p256(&info.algorithm, PRIVATE_EXPECTED)?;
                 SigningKey::from_pkcs8_der(&block.der)
                     .map_err(|e| TrustError::KeyInvalid(format!("P-256 private key does not parse: {e}")))?
             }
@@ -279,14 +273,20 @@ pub(crate) fn p256_public_from_spki_der(der: &[u8]) -> Result<p256::PublicKey, T
     check_len("public key", der.len() as u64)?;
     let spki = SubjectPublicKeyInfoRef::try_from(der)
         .map_err(|e| TrustError::KeyInvalid(format!("SubjectPublicKeyInfo does not parse: {e}")))?;
-    let params = spki.algorithm.parameters_oid().ok();
-    if spki.algorithm.oid != OID_EC_PUBLIC_KEY || params != Some(OID_P256) {
+    require_p256(&spki.algorithm, PUBLIC_EXPECTED)?;
+    p256::PublicKey::from_public_key_der(der).map_err(|e| TrustError::KeyInvalid(format!("not a point on P-256: {e}")))
+}
+
+/// Refuses a key whose algorithm is not EC on P-256, naming what it is instead.
+fn require_p256(algorithm: &AlgorithmIdentifierRef<'_>, expected: &'static str) -> Result<(), TrustError> {
+    let params = algorithm.parameters_oid().ok();
+    if algorithm.oid != OID_EC_PUBLIC_KEY || params != Some(OID_P256) {
         return Err(TrustError::WrongKeyType {
-            expected: PUBLIC_EXPECTED,
-            found: algorithm_name(spki.algorithm.oid, params),
+            expected,
+            found: algorithm_name(algorithm.oid, params),
         });
     }
-    p256::PublicKey::from_public_key_der(der).map_err(|e| TrustError::KeyInvalid(format!("not a point on P-256: {e}")))
+    Ok(())
 }
 
 /// Refuses input larger than [`MAX_PEM_FILE_LEN`] before parsing it.

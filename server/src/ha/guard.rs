@@ -95,23 +95,60 @@ pub async fn standby_guard(State(st): State<AppState>, req: Request, next: Next)
     }
 }
 
-/// The cluster fields of health and of the configuration page.
-pub fn cluster_json(st: &AppState) -> Value {
+/// The cluster part of health: typed, written straight into the answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfo<'a> {
+    /// `leader`, `standby` or `single`.
+    pub role: &'static str,
+    /// This node's name (HA only).
+    pub node_id: Option<&'a str>,
+    /// This node's advertised URL (HA only; absent for a single server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<Option<&'a str>>,
+    /// The epoch this node writes under (HA only).
+    pub epoch: Option<u64>,
+    /// The lease row's epoch (HA only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<u64>,
+    /// The leader's URL, when known.
+    pub leader: Option<String>,
+    /// The lease holder, while the lease is live (HA only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_node: Option<Option<String>>,
+    /// Lease length in seconds (HA only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<f64>,
+    /// Every node's heartbeat (empty for a single server).
+    pub nodes: Vec<super::lease::NodeRow>,
+}
+
+/// The cluster part of health for `st` (role `single` without HA).
+pub fn cluster_info(st: &AppState) -> ClusterInfo<'_> {
     let Some(c) = st.cluster() else {
-        return json!({ "role": "single", "node_id": null, "epoch": null, "leader": null, "nodes": [] });
+        return ClusterInfo {
+            role: Role::Single.as_str(),
+            node_id: None,
+            advertise_url: None,
+            epoch: None,
+            lease_epoch: None,
+            leader: None,
+            leader_node: None,
+            lease_secs: None,
+            nodes: Vec::new(),
+        };
     };
     let view = c.view();
-    json!({
-        "role": c.role(),
-        "node_id": c.candidate().node_id,
-        "advertise_url": c.candidate().advertise_url,
-        "epoch": c.fence().epoch(),
-        "lease_epoch": view.lease.epoch,
-        "leader": c.leader_url(),
-        "leader_node": view.lease.live.then_some(view.lease.holder.clone()).flatten(),
-        "lease_secs": c.candidate().lease.as_secs_f64(),
-        "nodes": view.nodes,
-    })
+    ClusterInfo {
+        role: c.role().as_str(),
+        node_id: Some(&c.candidate().node_id),
+        advertise_url: Some(c.candidate().advertise_url.as_deref()),
+        epoch: Some(c.fence().epoch()),
+        lease_epoch: Some(view.lease.epoch),
+        leader: c.leader_url(),
+        leader_node: Some(view.lease.live.then_some(view.lease.holder.clone()).flatten()),
+        lease_secs: Some(c.candidate().lease.as_secs_f64()),
+        nodes: view.nodes.clone(),
+    }
 }
 
 #[cfg(test)]

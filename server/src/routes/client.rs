@@ -14,7 +14,7 @@ use crate::model::ConsumptionAnswer;
 use crate::params::{lenient, Req, Required};
 use crate::service::{self, ClientInfo, OverageRequest};
 use crate::state::{gated, AppState, CommitCheck};
-use crate::store::transact;
+use crate::store::{transact, Tx};
 
 /// Key-gate action names, as the refusal message shows them.
 pub mod action {
@@ -114,6 +114,17 @@ impl ClientRequest {
     }
 }
 
+/// Runs `job` as one store job for the gated license `id`: the key gate for `action` is
+/// checked again right before the job commits (see [`gated`]).
+async fn run_gated<T, E, F>(st: &AppState, id: u64, action: &'static str, job: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    E: Into<ApiError>,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+{
+    transact(st.store(), gated(st.commit_check(id, action), job)).await
+}
+
 fn text(body: &'static str) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
@@ -134,23 +145,23 @@ pub async fn licenses_register(
     let fast = st
         .model()
         .with(|m| service::register_from_model(m, &entry.license, &who, now))?;
-    let registered = match fast {
+    match fast {
         // The same license, gated again: the key may have left meanwhile (a heartbeat
         // answered from the model commits nothing, but must not answer 200 without its key).
         Some(r) => {
             st.check_key(&entry, action::REGISTER)?;
-            r
+            Ok(Json(r.answer_cached(st.renders())).into_response())
         }
         None => {
             let check = st.commit_check(entry.id, action::REGISTER);
-            transact(
+            let registered = transact(
                 st.store(),
                 gated(check, move |tx| service::register(tx, &entry.license, &who, now)),
             )
-            .await?
+            .await?;
+            Ok(Json(registered.answer()).into_response())
         }
-    };
-    Ok(Json(registered.answer()).into_response())
+    }
 }
 
 /// `POST /api/v4/unregister`: idempotent, answers `user_unregistered`.
@@ -162,8 +173,10 @@ pub async fn licenses_unregister(
     let (product, license_id) = r.target()?;
     let user = r.user()?;
     let id = st.gate(&product, license_id, action::UNREGISTER)?;
-    let check = st.commit_check(id, action::UNREGISTER);
-    transact(st.store(), gated(check, move |tx| service::unregister(tx, id, &user))).await?;
+    run_gated(&st, id, action::UNREGISTER, move |tx| {
+        service::unregister(tx, id, &user)
+    })
+    .await?;
     Ok(text("user_unregistered"))
 }
 
@@ -222,13 +235,11 @@ pub async fn licenses_borrow(
         })?),
     };
     let id = st.gate(&product, license_id, action::BORROW)?;
-    let check = st.commit_check(id, action::BORROW);
     let now = now_micros();
     Ok(Json(
-        transact(
-            st.store(),
-            gated(check, move |tx| service::borrow(tx, id, &who, until, now)),
-        )
+        run_gated(&st, id, action::BORROW, move |tx| {
+            service::borrow(tx, id, &who, until, now)
+        })
         .await?,
     ))
 }
@@ -246,12 +257,10 @@ pub async fn consumptions_add(
         max: r.max_overages.or(r.max_overages_camel),
     };
     let id = st.gate(&product, license_id, action::CONSUMPTION)?;
-    let check = st.commit_check(id, action::CONSUMPTION);
     let now = now_micros();
-    let l = transact(
-        st.store(),
-        gated(check, move |tx| service::add_consumption(tx, id, amount, req, now)),
-    )
+    let l = run_gated(&st, id, action::CONSUMPTION, move |tx| {
+        service::add_consumption(tx, id, amount, req, now)
+    })
     .await?;
     Ok(Json(ConsumptionAnswer::new(&l)).into_response())
 }
@@ -266,15 +275,11 @@ pub async fn feature_consumptions_add(
     let feature = r.feature()?;
     let amount = r.consumptions.required("consumptions")?;
     let id = st.gate(&product, license_id, action::FEATURE_CONSUMPTION)?;
-    let check = st.commit_check(id, action::FEATURE_CONSUMPTION);
     let now = now_micros();
     Ok(Json(
-        transact(
-            st.store(),
-            gated(check, move |tx| {
-                service::add_feature_consumption(tx, id, &feature, amount, now)
-            }),
-        )
+        run_gated(&st, id, action::FEATURE_CONSUMPTION, move |tx| {
+            service::add_feature_consumption(tx, id, &feature, amount, now)
+        })
         .await?,
     ))
 }
@@ -291,13 +296,11 @@ pub async fn features_register(
     let user = r.user.take().or(r.hardware_id.take());
     let who = r.client_info(user)?;
     let id = st.gate(&product, license_id, action::FEATURE_REGISTER)?;
-    let check = st.commit_check(id, action::FEATURE_REGISTER);
     let now = now_micros();
     Ok(Json(
-        transact(
-            st.store(),
-            gated(check, move |tx| service::feature_register(tx, id, &feature, &who, now)),
-        )
+        run_gated(&st, id, action::FEATURE_REGISTER, move |tx| {
+            service::feature_register(tx, id, &feature, &who, now)
+        })
         .await?,
     ))
 }
@@ -312,14 +315,10 @@ pub async fn features_release(
     let feature = r.feature()?;
     let user = r.user()?;
     let id = st.gate(&product, license_id, action::FEATURE_RELEASE)?;
-    let check = st.commit_check(id, action::FEATURE_RELEASE);
     let now = now_micros();
-    transact(
-        st.store(),
-        gated(check, move |tx| {
-            service::feature_release(tx, id, &feature, Some(&user), now)
-        }),
-    )
+    run_gated(&st, id, action::FEATURE_RELEASE, move |tx| {
+        service::feature_release(tx, id, &feature, Some(&user), now)
+    })
     .await?;
     Ok(text("feature_released"))
 }
@@ -333,12 +332,10 @@ pub async fn features_release_all(
     let (product, license_id) = r.target()?;
     let feature = r.feature()?;
     let id = st.gate(&product, license_id, action::FEATURE_RELEASE_ALL)?;
-    let check = st.commit_check(id, action::FEATURE_RELEASE_ALL);
     let now = now_micros();
-    transact(
-        st.store(),
-        gated(check, move |tx| service::feature_release(tx, id, &feature, None, now)),
-    )
+    run_gated(&st, id, action::FEATURE_RELEASE_ALL, move |tx| {
+        service::feature_release(tx, id, &feature, None, now)
+    })
     .await?;
     Ok(text("feature_released"))
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::collections::BTreeMap;
 
 use keyfloat_hal::backend::sim::{SimAttestation, SimKeySpec};
-use keyfloat_hal::piv::{self, find_tlv, ins, parse_tlvs, sw, tlv, Apdu, Response, AID_MGMT, AID_OTP};
+use keyfloat_hal::piv::{self, find_tlv, ins, parse_tlvs, sw, tlv, Apdu, Response, Tlv, AID_MGMT, AID_OTP};
 use keyfloat_hal::trust::attestation::sim_ca::DeviceAttester;
 use keyfloat_hal::{Firmware, KeyAttestation};
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -491,17 +491,10 @@ impl VirtualCard {
             return Response::new([], sw::WRONG_DATA);
         }
         // 9E: PIN policy "never".
-        let template = parse_tlvs(&a.data)
-            .ok()
-            .and_then(|t| find_tlv(&t, 0x7C).map(<[u8]>::to_vec));
-        let Some(inner) = template.and_then(|t| {
-            parse_tlvs(&t)
-                .ok()
-                .map(|v| (find_tlv(&v, 0x81).map(<[u8]>::to_vec), find_tlv(&v, 0x82).is_some()))
-        }) else {
+        let Some(template) = nested_tlvs(&a.data, 0x7C) else {
             return Response::new([], sw::WRONG_DATA);
         };
-        let (Some(input), true) = inner else {
+        let (Some(input), true) = (find_tlv(&template, 0x81), find_tlv(&template, 0x82).is_some()) else {
             return Response::new([], sw::WRONG_DATA);
         };
         if input.len() > 32 {
@@ -509,7 +502,7 @@ impl VirtualCard {
         }
         // Shorter input = smaller integer (left-padded), as the card does.
         let mut digest = [0u8; 32];
-        digest[32 - input.len()..].copy_from_slice(&input);
+        digest[32 - input.len()..].copy_from_slice(input);
         let sig: Signature = match self.signing_key.sign_prehash(&digest) {
             Ok(s) => s,
             Err(_) => return Response::new([], sw::WRONG_DATA),
@@ -532,6 +525,13 @@ impl VirtualCard {
         v.extend_from_slice(&body);
         v
     }
+}
+
+/// The TLVs inside the `tag` template of a command's `data` (`None` when either level does
+/// not parse or the template is missing).
+fn nested_tlvs(data: &[u8], tag: u32) -> Option<Vec<Tlv<'_>>> {
+    let inner = find_tlv(&parse_tlvs(data).ok()?, tag)?;
+    parse_tlvs(inner).ok()
 }
 
 /// A certificate data object's content: `70 cert 71 00 FE 00` (uncompressed).

@@ -26,7 +26,7 @@ use keyfloat_hal::backend::sim::SimKeySpec;
 use keyfloat_hal::trust::VendorValidator;
 use keyfloat_hal::{spawn_monitor, CellReader, HardwareIdCell, MonitorConfig, MonitorHandle};
 
-use super::expect::{cell_mismatch, reason, response_mismatch};
+use super::expect::{cell_mismatch, response_mismatch};
 use super::format::{Action, Expect, Mode, ScenarioSpec, StepSpec};
 use super::http::{HttpTarget, Response};
 use super::keys::ScenarioKeys;
@@ -259,17 +259,7 @@ impl<'p> PcscRun<'p> {
 
     fn record(&mut self, action: String, http: Option<HttpOutcome>) {
         let snap = self.reader.snapshot();
-        let reason = reason(&snap);
-        let line = TraceLine {
-            at_us: u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            step: self.step,
-            action,
-            hardware_id: self.label(),
-            key_state: snap.state().as_str().into(),
-            reason,
-            generation: snap.generation,
-            http,
-        };
+        let line = TraceLine::of(&snap, self.start.elapsed(), self.step, action, self.label(), http);
         self.trace.push(line);
     }
 

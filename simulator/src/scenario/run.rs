@@ -11,7 +11,6 @@ use keyfloat_hal::{
     MonitorConfig, ValidationRequest,
 };
 
-use super::expect::reason;
 use super::format::{KeySpec, Provisioning};
 use super::http::{HttpTarget, Response};
 use super::keys::ScenarioKeys;
@@ -413,17 +412,7 @@ impl Scenario {
 
     pub(super) fn record(&mut self, action: String, http: Option<HttpOutcome>) -> &TraceLine {
         let snap = self.reader.snapshot();
-        let reason = reason(&snap);
-        let line = TraceLine {
-            at_us: u64::try_from(self.now.as_micros()).unwrap_or(u64::MAX),
-            step: self.step,
-            action,
-            hardware_id: self.hardware_id_label(),
-            key_state: snap.state().as_str().into(),
-            reason,
-            generation: snap.generation,
-            http,
-        };
+        let line = TraceLine::of(&snap, self.now, self.step, action, self.hardware_id_label(), http);
         self.trace.push(line);
         self.trace.last().expect("just pushed")
     }

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use keyfloat_hal::Snapshot;
 use serde::Serialize;
+
+use super::expect::reason;
 
 /// The HTTP part of a trace line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -37,6 +40,28 @@ pub struct TraceLine {
 }
 
 impl TraceLine {
+    /// The line for `action` at `at` (step `step`, `hardware_id` the trace label of the ID
+    /// in force), with the key state, reason and generation of the cell snapshot `snap`.
+    pub(crate) fn of(
+        snap: &Snapshot,
+        at: Duration,
+        step: usize,
+        action: String,
+        hardware_id: String,
+        http: Option<HttpOutcome>,
+    ) -> Self {
+        Self {
+            at_us: u64::try_from(at.as_micros()).unwrap_or(u64::MAX),
+            step,
+            action,
+            hardware_id,
+            key_state: snap.state().as_str().into(),
+            reason: reason(snap),
+            generation: snap.generation,
+            http,
+        }
+    }
+
     /// Time as a `Duration`.
     pub fn at(&self) -> Duration {
         Duration::from_micros(self.at_us)

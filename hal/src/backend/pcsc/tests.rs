@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,11 @@ fn h(s: &str) -> Vec<u8> {
 
 const SELECT_PIV: &str = "00A4040005A00000030800";
 const SELECT_OK: &str = "6111 4F06000010000100 7907 4F05A000000308 9000";
+
+/// A script whose card first answers the PIV SELECT (as every key operation starts).
+fn selected() -> ScriptedTransport {
+    ScriptedTransport::new().expect(h(SELECT_PIV), h(SELECT_OK))
+}
 
 /// A card channel over a scripted transport (shared so the test can check `done()`).
 #[derive(Clone)]
@@ -42,8 +48,7 @@ fn done(c: &Scripted) {
 
 #[test]
 fn reads_serial_and_firmware() {
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
+    let script = selected()
         .expect(h("00F8000000"), h("00BC614E 9000"))
         .expect(h(SELECT_PIV), h(SELECT_OK))
         .expect(h("00FD000000"), h("050403 9000"));
@@ -65,9 +70,7 @@ fn signature_is_ecdsa_sha256_over_the_challenge() {
     cmd.push(0);
     let mut reply = tlv(0x7C, &tlv(0x82, &der));
     reply.extend_from_slice(&[0x90, 0x00]);
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
-        .expect(cmd, reply);
+    let script = selected().expect(cmd, reply);
     let (mut key, ch) = key_with(script, Duration::from_secs(5));
     let proof = key.sign_challenge(challenge).unwrap();
     assert_eq!(proof.scheme, SignatureScheme::EcdsaP256Sha256);
@@ -89,8 +92,7 @@ fn certificate_with_61xx_chaining() {
     r1.extend_from_slice(&[0x61, 0x00]);
     let mut r2 = answer[256..].to_vec();
     r2.extend_from_slice(&[0x90, 0x00]);
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
+    let script = selected()
         .expect(h("00CB3FFF055C035FC10100"), r1)
         .expect(h("00C0000000"), r2);
     let (mut key, ch) = key_with(script, Duration::from_secs(5));
@@ -100,8 +102,7 @@ fn certificate_with_61xx_chaining() {
 
 #[test]
 fn status_words_become_typed_errors() {
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
+    let script = selected()
         .expect(h("00CB3FFF055C035FC10100"), h("6A82"))
         .expect(h(SELECT_PIV), h("6A82"));
     let (mut key, ch) = key_with(script, Duration::from_secs(5));
@@ -113,9 +114,7 @@ fn status_words_become_typed_errors() {
     let mut cmd = h("0087119E267C24820081 20");
     cmd.extend_from_slice(&digest);
     cmd.push(0);
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
-        .expect(&cmd, h("6982"));
+    let script = selected().expect(&cmd, h("6982"));
     let (mut key, ch) = key_with(script, Duration::from_secs(5));
     let e = key.sign_challenge(b"c").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied);
@@ -146,8 +145,7 @@ fn busy_card_is_busy_and_names_holders_never_absent() {
 
 #[test]
 fn removed_mid_apdu_is_disconnected() {
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
+    let script = selected()
         .expect_err(
             h("00F8000000"),
             map_error(pcsc::Error::NotTransacted, Phase::Transmit, "transmit"),
@@ -164,9 +162,7 @@ fn removed_mid_apdu_is_disconnected() {
 
 #[test]
 fn hung_card_times_out_and_the_key_stays_failed() {
-    let script = ScriptedTransport::new()
-        .expect(h(SELECT_PIV), h(SELECT_OK))
-        .hang_on(h("00F8000000"));
+    let script = selected().hang_on(h("00F8000000"));
     let (mut key, _ch) = key_with(script, Duration::from_millis(200));
     let started = Instant::now();
     let e = key.read_serial().unwrap_err();
@@ -199,15 +195,20 @@ fn key_probe(serial: u32) -> impl FnMut(&str) -> Probe {
     }
 }
 
+/// `probe`, counting its calls in `probes`.
+fn counting<'a>(probes: &'a Cell<u32>, mut probe: impl FnMut(&str) -> Probe + 'a) -> impl FnMut(&str) -> Probe + 'a {
+    move |reader| {
+        probes.set(probes.get() + 1);
+        probe(reader)
+    }
+}
+
 #[test]
 fn tracker_turns_reader_states_into_events() {
     let mut t = Tracker::default();
     let mut out = Vec::new();
-    let mut probes = 0;
-    let mut identify = |r: &str| {
-        probes += 1;
-        key_probe(7)(r)
-    };
+    let probes = Cell::new(0);
+    let mut identify = counting(&probes, key_probe(7));
     t.observe("R0", false, 0, &mut identify, &mut out);
     assert!(out.is_empty());
     t.observe("R0", true, 1, &mut identify, &mut out);
@@ -230,7 +231,7 @@ fn tracker_turns_reader_states_into_events() {
     out.clear();
     t.retain_readers(&["R0".into()], &mut out);
     assert!(matches!(out.as_slice(), [HotplugEvent::Detached(id)] if id.as_str() == "pcsc:R1"));
-    assert_eq!(probes, 3);
+    assert_eq!(probes.get(), 3);
 }
 
 #[test]
@@ -261,16 +262,13 @@ fn a_card_busy_at_insertion_is_reported_then_identified_when_released() {
 fn non_piv_cards_are_probed_once_per_insertion() {
     let mut t = Tracker::default();
     let mut out = Vec::new();
-    let mut probes = 0;
-    let mut identify = |_: &str| {
-        probes += 1;
-        Probe::NotAKey
-    };
+    let probes = Cell::new(0);
+    let mut identify = counting(&probes, |_| Probe::NotAKey);
     t.observe("R0", true, 1, &mut identify, &mut out);
     t.observe("R0", true, 1, &mut identify, &mut out);
     t.observe("R0", false, 2, &mut identify, &mut out);
     assert!(out.is_empty());
-    assert_eq!(probes, 1);
+    assert_eq!(probes.get(), 1);
 }
 
 mod tracker_model {

@@ -140,46 +140,27 @@ impl<S: 'static> Worker<S> {
         timeout: Duration,
         init: impl FnOnce() -> Result<S> + Send + 'static,
     ) -> Result<Self> {
-        if let Some(r) = reader {
-            ensure_not_wedged(r)?;
-        }
         let (jobs, rx) = mpsc::channel::<Job<S>>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
-        let flight = Flight::new(reader);
-        let in_thread = flight.clone();
-        std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let init = init();
-                in_thread.done();
-                let mut state = match init {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                while let Ok(job) = rx.recv() {
-                    job(&mut state);
+        spawn_and_wait(name, reader, timeout, move |ready: Answer<()>| {
+            let mut state = match init() {
+                Ok(s) => {
+                    ready.send(Ok(()));
+                    s
                 }
-            })
-            .map_err(spawn_error)?;
-        match ready_rx.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(Self {
-                jobs: Some(jobs),
-                name: name.to_string(),
-                reader: reader.map(str::to_string),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                flight.abandon();
-                Err(timeout_error(name, timeout))
+                Err(e) => {
+                    ready.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok(job) = rx.recv() {
+                job(&mut state);
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::new(ErrorKind::Other, "PC/SC worker died")),
-        }
+        })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            name: name.to_string(),
+            reader: reader.map(str::to_string),
+        })
     }
 
     /// Runs `f` on the worker, waiting up to `timeout`. After a timeout the worker is
@@ -197,12 +178,11 @@ impl<S: 'static> Worker<S> {
         };
         let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
         let flight = Flight::new(self.reader.as_deref());
-        let in_thread = flight.clone();
-        let job: Job<S> = Box::new(move |s| {
-            let r = f(s);
-            in_thread.done();
-            let _ = tx.send(r);
-        });
+        let answer = Answer {
+            flight: flight.clone(),
+            tx,
+        };
+        let job: Job<S> = Box::new(move |s| answer.send(f(s)));
         if jobs.send(job).is_err() {
             self.jobs = None;
             return Err(Error::new(ErrorKind::Other, "PC/SC worker died"));
@@ -230,19 +210,44 @@ pub(crate) fn with_deadline<T: Send + 'static>(
     timeout: Duration,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    spawn_and_wait(name, reader, timeout, move |answer| answer.send(f()))
+}
+
+/// The first answer of a thread started by [`spawn_and_wait`]: sending it settles the call's
+/// [`Flight`] (the thread may go on afterwards).
+struct Answer<T> {
+    flight: Flight,
+    tx: mpsc::SyncSender<Result<T>>,
+}
+
+impl<T> Answer<T> {
+    fn send(self, r: Result<T>) {
+        self.flight.done();
+        let _ = self.tx.send(r);
+    }
+}
+
+/// Starts thread `name` running `body` and waits up to `timeout` for the answer it sends;
+/// on timeout the thread is abandoned. With `reader`, refuses at once while that reader is
+/// wedged, and marks it wedged when the answer misses its deadline.
+fn spawn_and_wait<T: Send + 'static>(
+    name: &str,
+    reader: Option<&str>,
+    timeout: Duration,
+    body: impl FnOnce(Answer<T>) + Send + 'static,
+) -> Result<T> {
     if let Some(r) = reader {
         ensure_not_wedged(r)?;
     }
     let (tx, rx) = mpsc::sync_channel::<Result<T>>(1);
     let flight = Flight::new(reader);
-    let in_thread = flight.clone();
+    let answer = Answer {
+        flight: flight.clone(),
+        tx,
+    };
     std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(move || {
-            let r = f();
-            in_thread.done();
-            let _ = tx.send(r);
-        })
+        .spawn(move || body(answer))
         .map_err(spawn_error)?;
     match rx.recv_timeout(timeout) {
         Ok(r) => r,

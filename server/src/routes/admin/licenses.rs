@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::clock::now_micros;
 use crate::error::{ApiError, ApiResult};
 use crate::license_file::{self, LicenseDoc};
-use crate::model::{AuditEvent, Auth, License, LicenseObject, LicenseSource, LicenseTerms};
+use crate::model::{AuditEvent, Auth, License, LicenseSource, LicenseTerms};
 use crate::params::{Req, Required};
 use crate::routes::Admin;
 use crate::service;
@@ -225,9 +225,11 @@ pub async fn licenses_list(State(st): State<AppState>, _c: Caller, Req(r): Req<A
     let list: Vec<_> = st
         .model()
         .with(|m| entries.iter().filter_map(|e| service::usage(m, e.id, now)).collect());
-    let body: Vec<LicenseObject<'_>> = list
+    // Each entry rendered once per change of its license or counters (see `render`).
+    let rendered: Vec<_> = list
         .iter()
-        .map(|(l, seats, features)| LicenseObject::new(l, *seats, features).list_entry(l))
+        .map(|(l, seats, features)| st.renders().get(l, *seats, features))
         .collect();
+    let body: Vec<_> = rendered.iter().map(|r| r.list_entry()).collect();
     Ok(Json(body).into_response())
 }

@@ -54,15 +54,21 @@ macro_rules! lapsed {
 pub(super) use {freg_cols, lapsed, reg_cols};
 
 fn reg_from_row(r: &Row) -> Registration {
+    reg_at(r, 0)
+}
+
+/// The registration in the row's columns from `first` on, in [`reg_cols`] order (a join
+/// puts other columns before them).
+pub(super) fn reg_at(r: &Row, first: usize) -> Registration {
     Registration {
-        license_id: uid(r.get(0)),
-        user: r.get(1),
-        registered_at: r.get(2),
-        expires_at: r.get(3),
-        borrowed_until: r.get(4),
-        os_hostname: r.get(5),
-        ip_local: r.get(6),
-        user_info: r.get(7),
+        license_id: uid(r.get(first)),
+        user: r.get(first + 1),
+        registered_at: r.get(first + 2),
+        expires_at: r.get(first + 3),
+        borrowed_until: r.get(first + 4),
+        os_hostname: r.get(first + 5),
+        ip_local: r.get(first + 6),
+        user_info: r.get(first + 7),
     }
 }
 
@@ -176,23 +182,16 @@ impl ReadTx for PgTx<'_> {
                    (SELECT COUNT(*) FROM registrations WHERE license_id = $1 AND ",
                 lapsed!(),
                 "),
-                   r.user_name, r.registered_at, r.expires_at, r.borrowed_until, r.os_hostname, r.ip_local, r.user_info
+                   r.license_id, r.user_name, r.registered_at, r.expires_at, r.borrowed_until, r.os_hostname,
+                   r.ip_local, r.user_info
                  FROM licenses l LEFT JOIN registrations r ON r.license_id = l.id AND r.user_name = $3::TEXT
                  WHERE l.id = $1"
             ),
             &[&sid(license_id), &now, &user],
         )?;
         Ok(row.map(|r| {
-            let registration = r.get::<_, Option<String>>(3).map(|user| Registration {
-                license_id,
-                user,
-                registered_at: r.get(4),
-                expires_at: r.get(5),
-                borrowed_until: r.get(6),
-                os_hostname: r.get(7),
-                ip_local: r.get(8),
-                user_info: r.get(9),
-            });
+            // The user's row, when the outer join found one.
+            let registration = r.get::<_, Option<i64>>(3).map(|_| reg_at(&r, 3));
             let (rows, lapsed): (i64, i64) = (r.get(1), r.get(2));
             SeatView {
                 total_consumptions: r.get(0),

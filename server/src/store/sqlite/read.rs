@@ -92,15 +92,21 @@ macro_rules! lapsed {
 pub(super) use {freg_cols, lapsed, reg_cols};
 
 fn reg_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Registration> {
+    reg_at(r, 0)
+}
+
+/// The registration in the row's columns from `first` on, in [`reg_cols`] order (a join
+/// puts other columns before them).
+fn reg_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Registration> {
     Ok(Registration {
-        license_id: uid(r.get(0)?),
-        user: r.get(1)?,
-        registered_at: r.get(2)?,
-        expires_at: r.get(3)?,
-        borrowed_until: r.get(4)?,
-        os_hostname: r.get(5)?,
-        ip_local: r.get(6)?,
-        user_info: r.get(7)?,
+        license_id: uid(r.get(first)?),
+        user: r.get(first + 1)?,
+        registered_at: r.get(first + 2)?,
+        expires_at: r.get(first + 3)?,
+        borrowed_until: r.get(first + 4)?,
+        os_hostname: r.get(first + 5)?,
+        ip_local: r.get(first + 6)?,
+        user_info: r.get(first + 7)?,
     })
 }
 
@@ -171,23 +177,16 @@ impl ReadTx for SqliteTx<'_> {
                    (SELECT COUNT(*) FROM registrations WHERE license_id = ?1 AND ",
                 lapsed!(),
                 "),
-                   r.user, r.registered_at, r.expires_at, r.borrowed_until, r.os_hostname, r.ip_local, r.user_info
+                   r.license_id, r.user, r.registered_at, r.expires_at, r.borrowed_until, r.os_hostname, r.ip_local,
+                   r.user_info
                  FROM licenses l LEFT JOIN registrations r ON r.license_id = l.id AND r.user = ?3
                  WHERE l.id = ?1"
             ))?
             .query_row(params![sid(license_id), now, user], |r| {
-                let registration = match r.get::<_, Option<String>>(3)? {
+                // The user's row, when the outer join found one.
+                let registration = match r.get::<_, Option<i64>>(3)? {
                     None => None,
-                    Some(user) => Some(Registration {
-                        license_id,
-                        user,
-                        registered_at: r.get(4)?,
-                        expires_at: r.get(5)?,
-                        borrowed_until: r.get(6)?,
-                        os_hostname: r.get(7)?,
-                        ip_local: r.get(8)?,
-                        user_info: r.get(9)?,
-                    }),
+                    Some(_) => Some(reg_at(r, 3)?),
                 };
                 let (rows, lapsed): (i64, i64) = (r.get(1)?, r.get(2)?);
                 Ok(SeatView {

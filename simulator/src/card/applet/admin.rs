@@ -15,13 +15,7 @@ impl VirtualCard {
         if a.p1 != self.mgmt_key.algorithm() {
             return Response::new([], sw::WRONG_DATA);
         }
-        let Some(inner) = parse_tlvs(&a.data)
-            .ok()
-            .and_then(|t| find_tlv(&t, 0x7C).map(<[u8]>::to_vec))
-        else {
-            return Response::new([], sw::WRONG_DATA);
-        };
-        let Ok(tlvs) = parse_tlvs(&inner) else {
+        let Some(tlvs) = nested_tlvs(&a.data, 0x7C) else {
             return Response::new([], sw::WRONG_DATA);
         };
         let block = self.mgmt_key.block_len();
@@ -81,13 +75,7 @@ impl VirtualCard {
         if a.p2 != piv::slot::CARD_AUTH {
             return Response::new([], sw::WRONG_P1P2);
         }
-        let Some(control) = parse_tlvs(&a.data)
-            .ok()
-            .and_then(|t| find_tlv(&t, 0xAC).map(<[u8]>::to_vec))
-        else {
-            return Response::new([], sw::WRONG_DATA);
-        };
-        let Ok(params) = parse_tlvs(&control) else {
+        let Some(params) = nested_tlvs(&a.data, 0xAC) else {
             return Response::new([], sw::WRONG_DATA);
         };
         if find_tlv(&params, 0x80) != Some(&[piv::alg::ECCP256][..]) {
