@@ -214,8 +214,9 @@ pub fn register(tx: &mut dyn Tx, license: &License, who: &ClientInfo, now: i64) 
         ip_local: who.ip_local.clone(),
         user_info: who.user_info.clone(),
     };
-    // One statement: the user's seat, the count and the license total, and the new seat
-    // taken (lapsed seats purged first) when the user has none and one is free.
+    // One call (one statement on PostgreSQL): the user's seat, the count and the license
+    // total, and the new seat taken (lapsed seats purged first) when the user has none and
+    // one is free.
     let taken = tx
         .take_seat(&seat, license.terms.floating_users as usize, now)?
         .ok_or_else(|| not_found(id))?;

@@ -72,6 +72,19 @@ pub(super) fn reg_at(r: &Row, first: usize) -> Registration {
     }
 }
 
+/// A [`SeatView`] from a row of the license's consumption total, its seat rows, its lapsed
+/// rows and the user's registration in [`reg_cols`] order (NULLs when there is none).
+pub(super) fn seat_view_row(r: &Row) -> SeatView {
+    let (rows, lapsed): (i64, i64) = (r.get(1), r.get(2));
+    SeatView {
+        total_consumptions: r.get(0),
+        in_use: usize::try_from(rows - lapsed).unwrap_or(0),
+        lapsed: usize::try_from(lapsed).unwrap_or(0),
+        // The user's row, when the outer join found one.
+        registration: r.get::<_, Option<i64>>(3).map(|_| reg_at(r, 3)),
+    }
+}
+
 fn freg_from_row(r: &Row) -> FeatureRegistration {
     FeatureRegistration {
         license_id: uid(r.get(0)),
@@ -189,17 +202,7 @@ impl ReadTx for PgTx<'_> {
             ),
             &[&sid(license_id), &now, &user],
         )?;
-        Ok(row.map(|r| {
-            // The user's row, when the outer join found one.
-            let registration = r.get::<_, Option<i64>>(3).map(|_| reg_at(&r, 3));
-            let (rows, lapsed): (i64, i64) = (r.get(1), r.get(2));
-            SeatView {
-                total_consumptions: r.get(0),
-                in_use: usize::try_from(rows - lapsed).unwrap_or(0),
-                lapsed: usize::try_from(lapsed).unwrap_or(0),
-                registration,
-            }
-        }))
+        Ok(row.as_ref().map(seat_view_row))
     }
 
     fn registrations_page(&mut self, page: SeatPage<'_>) -> StoreResult<Vec<Registration>> {

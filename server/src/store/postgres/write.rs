@@ -2,12 +2,10 @@
 
 use std::collections::HashMap;
 
-use super::tx::{freg_cols, lapsed, reg_cols, sid, uid, PgTx};
+use super::tx::{freg_cols, lapsed, reg_cols, seat_view_row, sid, uid, PgTx};
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 use crate::store::audit_chain::{self, ChainReport};
-use crate::store::{
-    cache_terms, forget_terms, put_feature_totals, FeatureKey, SeatTaken, SeatView, StoreError, StoreResult, Tx,
-};
+use crate::store::{cache_terms, forget_terms, put_feature_totals, FeatureKey, SeatTaken, StoreError, StoreResult, Tx};
 
 fn count(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
@@ -97,16 +95,17 @@ impl Tx for PgTx<'_> {
         // it): the view, and only when the user has no row, no seat lapsed and one is free
         // (`go`), the insert counted in `seat_counts`. Batches of every process are
         // serialized by the write lock, so the count is current. With lapsed rows to purge
-        // (rare: reads skip them, only this path purges) the general path follows; the
-        // purge's two DELETEs in this statement cost every new seat ≈ 20 % more server time.
+        // (rare: reads skip them, only this path purges) the general path follows: as two
+        // more DELETE CTEs here the purge cost every new seat ≈ 20 % more server time.
         let row = self.query_opt(
             concat!(
                 "WITH lic AS (SELECT total_consumptions FROM licenses WHERE id = $1),
                  cnt AS (SELECT COALESCE((SELECT n FROM seat_counts WHERE license_id = $1), 0) AS n_rows,
                    (SELECT COUNT(*) FROM registrations WHERE license_id = $1
                       AND expires_at <= $9 AND (borrowed_until IS NULL OR borrowed_until <= $9)) AS n_lapsed),
-                 mine AS (SELECT registered_at, expires_at, borrowed_until, os_hostname, ip_local, user_info
-                   FROM registrations WHERE license_id = $1 AND user_name = $2::TEXT),
+                 mine AS (SELECT ",
+                reg_cols!(),
+                " FROM registrations WHERE license_id = $1 AND user_name = $2::TEXT),
                  go AS (SELECT 1 FROM lic, cnt WHERE cnt.n_lapsed = 0 AND cnt.n_rows < $10::BIGINT
                    AND NOT EXISTS (SELECT 1 FROM mine)),
                  up AS (INSERT INTO registrations (",
@@ -115,9 +114,7 @@ impl Tx for PgTx<'_> {
                    RETURNING 1),
                  counted AS (INSERT INTO seat_counts (license_id, n) SELECT $1, 1 FROM up
                    ON CONFLICT (license_id) DO UPDATE SET n = seat_counts.n + 1)
-                 SELECT lic.total_consumptions, cnt.n_rows, cnt.n_lapsed, (SELECT COUNT(*) FROM up),
-                   mine.registered_at, mine.expires_at, mine.borrowed_until, mine.os_hostname, mine.ip_local,
-                   mine.user_info
+                 SELECT lic.total_consumptions, cnt.n_rows, cnt.n_lapsed, mine.*, (SELECT COUNT(*) FROM up)
                  FROM lic CROSS JOIN cnt LEFT JOIN mine ON true"
             ),
             &[
@@ -133,28 +130,11 @@ impl Tx for PgTx<'_> {
                 &i64::try_from(limit).unwrap_or(i64::MAX),
             ],
         )?;
-        let Some(taken) = row.map(|r| {
-            let registration = r.get::<_, Option<i64>>(4).map(|registered_at| Registration {
-                license_id: seat.license_id,
-                user: seat.user.clone(),
-                registered_at,
-                expires_at: r.get(5),
-                borrowed_until: r.get(6),
-                os_hostname: r.get(7),
-                ip_local: r.get(8),
-                user_info: r.get(9),
-            });
-            let (rows, lapsed, granted): (i64, i64, i64) = (r.get(1), r.get(2), r.get(3));
-            SeatTaken {
-                view: SeatView {
-                    total_consumptions: r.get(0),
-                    in_use: usize::try_from(rows - lapsed).unwrap_or(0),
-                    lapsed: usize::try_from(lapsed).unwrap_or(0),
-                    registration,
-                },
-                granted: granted > 0,
-                purged: 0,
-            }
+        let Some(taken) = row.map(|r| SeatTaken {
+            view: seat_view_row(&r),
+            // The last column: rows inserted.
+            granted: r.get::<_, i64>(11) > 0,
+            purged: 0,
         }) else {
             return Ok(None);
         };
