@@ -5,8 +5,8 @@
 # by one writer connection), both on loopback, on the private cluster of scripts/pg.sh, driven
 # by wrk in ONE run so the figures are comparable as ratios. Not run in CI.
 #
-#   ./scripts/bench-http-pg.sh               # 5 s per scenario, 2 wrk threads, 32 connections
-#   DURATION=10 CONNS=64 ./scripts/bench-http-pg.sh
+#   ./scripts/bench-http-pg.sh               # 3 rounds, 5 s per scenario, 2 wrk threads, 32 connections
+#   ROUNDS=5 DURATION=10 CONNS=64 ./scripts/bench-http-pg.sh
 #
 # Each server gets a fresh database, dropped on exit with everything else it started.
 set -euo pipefail
@@ -25,6 +25,7 @@ KF=target/release/keyfloat
 BASE=target/release/examples/baseline_server
 
 BENCH=bench-http-pg
+ROUNDS=${ROUNDS:-3}
 source scripts/bench-lib.sh
 install_wrk
 bench_on_exit() {
@@ -45,16 +46,36 @@ done
 print_header
 B="http://$BASE_ADDR" K="http://$KF_ADDR/api/v4"
 run "baseline POST /json (no write)" "$B/json" post seats "$SEATS" fixed
-run "baseline POST /json_pg #1" "$B/json_pg" post seats "$SEATS" unique
-run "keyfloat add_consumption (PG)" "$K/add_consumption" consume meter "$METER"
-run "keyfloat register new seat (PG)" "$K/register" post seats "$SEATS" unique
-run "baseline POST /json_pg #2 (drift check)" "$B/json_pg" post seats "$SEATS" unique
+# ROUNDS rounds, each bracketed by two baseline runs: a ratio is taken against its own
+# round's baseline (the mean of the two), and the verdict is the median over the rounds.
+for r in $(seq "$ROUNDS"); do
+    run "r$r baseline POST /json_pg" "$B/json_pg" post seats "$SEATS" unique
+    run "r$r keyfloat add_consumption (PG)" "$K/add_consumption" consume meter "$METER"
+    run "r$r keyfloat register new seat (PG)" "$K/register" post seats "$SEATS" unique
+    run "r$r baseline POST /json_pg (again)" "$B/json_pg" post seats "$SEATS" unique
+done
 
 kill -0 "$KF_PID" 2>/dev/null || { echo "keyfloat serve died during the run" >&2; exit 1; }
 
-PG=$(((${RPS["baseline POST /json_pg #1"]} + ${RPS["baseline POST /json_pg #2 (drift check)"]}) / 2))
-echo
-echo "ratios (baseline POST /json_pg = mean of its two runs, $PG req/s):"
-echo "  add_consumption (PG) / baseline json_pg      $(ratio "${RPS["keyfloat add_consumption (PG)"]}" "$PG")%   (target >= 50%)"
-echo "  register new seat (PG) / baseline json_pg    $(ratio "${RPS["keyfloat register new seat (PG)"]}" "$PG")%   (target >= 50%)"
-echo "  baseline json_pg / baseline json             $(ratio "$PG" "${RPS["baseline POST /json (no write)"]}")%   (reference)"
+for name in "${!RPS[@]}"; do echo "$name=${RPS[$name]}"; done >"$TMP/rps"
+python3 - "$TMP/rps" "$ROUNDS" <<'PY'
+import statistics, sys
+rps = {k: int(v) for k, v in (l.rstrip("\n").rsplit("=", 1) for l in open(sys.argv[1]))}
+rounds = range(1, int(sys.argv[2]) + 1)
+base = {r: (rps[f"r{r} baseline POST /json_pg"] + rps[f"r{r} baseline POST /json_pg (again)"]) / 2 for r in rounds}
+print()
+print("ratios per round (each against its own round's baseline POST /json_pg, the mean of the")
+print("runs before and after it) and their median, which is the verdict:")
+print(f"  {'baseline POST /json_pg req/s':44} " + "  ".join(f"{base[r]:8.0f}" for r in rounds))
+missed = 0
+for label, name in [("add_consumption (PG) / baseline json_pg", "add_consumption (PG)"),
+                    ("register new seat (PG) / baseline json_pg", "register new seat (PG)")]:
+    per = [100 * rps[f"r{r} keyfloat {name}"] / base[r] if base[r] else 0.0 for r in rounds]
+    med = statistics.median(per)
+    missed += med < 50
+    print(f"  {label:44} " + "  ".join(f"{p:7.1f}%" for p in per)
+          + f"   median {med:5.1f}%  (target >= 50%) {'met' if med >= 50 else 'MISSED'}")
+plain = rps["baseline POST /json (no write)"]
+print(f"  {'round 1 baseline json_pg / baseline json':44} {100 * base[1] / plain:7.1f}%   (reference)")
+print(f"\n{missed} target(s) missed")
+PY
