@@ -43,6 +43,14 @@ impl ScratchDb {
         connect(&self.url).await
     }
 
+    /// A new scratch database with the lease row in place, and a client on it.
+    async fn with_lease_row(tag: &str) -> (Self, Client) {
+        let scratch = Self::new(tag).await;
+        let db = scratch.client().await;
+        lease::ensure_row(&db).await.unwrap();
+        (scratch, db)
+    }
+
     async fn drop_db(self) {
         self.admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
@@ -160,9 +168,7 @@ impl LeaderHooks for FakeHooks {
 #[tokio::test]
 #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
 async fn each_grant_increments_the_epoch_and_another_node_cannot_take_a_live_lease() {
-    let scratch = ScratchDb::new("grant").await;
-    let db = scratch.client().await;
-    lease::ensure_row(&db).await.unwrap();
+    let (scratch, db) = ScratchDb::with_lease_row("grant").await;
     let (a, b) = (node("a", 60_000), node("b", 60_000));
     assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(1));
     assert_eq!(lease::try_acquire(&db, &b).await.unwrap(), None, "b took a live lease");
@@ -187,9 +193,7 @@ async fn each_grant_increments_the_epoch_and_another_node_cannot_take_a_live_lea
 #[tokio::test]
 #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
 async fn an_expired_lease_is_taken_over_and_the_old_holder_cannot_renew() {
-    let scratch = ScratchDb::new("expiry").await;
-    let db = scratch.client().await;
-    lease::ensure_row(&db).await.unwrap();
+    let (scratch, db) = ScratchDb::with_lease_row("expiry").await;
     let (a, b) = (node("a", 60_000), node("b", 60_000));
     assert_eq!(lease::try_acquire(&db, &a).await.unwrap(), Some(1));
     expire(&db).await;
@@ -209,9 +213,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_cannot_renew() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL (KEYFLOAT_PG_URL)"]
 async fn a_paused_node_commits_nothing_once_fenced() {
-    let scratch = ScratchDb::new("fenced").await;
-    let db = scratch.client().await;
-    lease::ensure_row(&db).await.unwrap();
+    let (scratch, db) = ScratchDb::with_lease_row("fenced").await;
     // A short lease: expiry must come by time here (an UPDATE would wait for the batch).
     let (a, b) = (node("a", 500), node("b", 60_000));
     let fence_a = Fence::new("a");
