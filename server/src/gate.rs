@@ -221,6 +221,11 @@ impl CommitCheck {
             _ => Ok(()),
         }
     }
+
+    /// Whether the license is key-bound (the check can refuse after the job's writes).
+    pub fn is_keyed(&self) -> bool {
+        self.state.is_some()
+    }
 }
 
 /// Wraps a store job so that [`CommitCheck::verify`] runs after the job's work and

@@ -14,7 +14,7 @@ use crate::model::ConsumptionAnswer;
 use crate::params::{lenient, Req, Required};
 use crate::service::{self, ClientInfo, OverageRequest};
 use crate::state::{gated, AppState, CommitCheck};
-use crate::store::{transact, Tx};
+use crate::store::{transact, transact_no_savepoint, Tx};
 
 /// Key-gate action names, as the refusal message shows them.
 pub mod action {
@@ -125,6 +125,22 @@ where
     transact(st.store(), gated(st.commit_check(id, action), job)).await
 }
 
+/// [`run_gated`] for a job whose writes come last (it refuses only before writing). On a
+/// plain license it runs without a savepoint of its own ([`transact_no_savepoint`]); a
+/// key-bound license keeps it: its key is checked again after the writes.
+async fn run_gated_writes_last<T, E, F>(st: &AppState, check: CommitCheck, job: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    E: Into<ApiError>,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+{
+    if check.is_keyed() {
+        transact(st.store(), gated(check, job)).await
+    } else {
+        transact_no_savepoint(st.store(), gated(check, job)).await
+    }
+}
+
 fn text(body: &'static str) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
@@ -154,11 +170,8 @@ pub async fn licenses_register(
         }
         None => {
             let check = st.commit_check(entry.id, action::REGISTER);
-            let registered = transact(
-                st.store(),
-                gated(check, move |tx| service::register(tx, &entry.license, &who, now)),
-            )
-            .await?;
+            let registered =
+                run_gated_writes_last(&st, check, move |tx| service::register(tx, &entry.license, &who, now)).await?;
             Ok(Json(registered.answer()).into_response())
         }
     }
@@ -258,7 +271,7 @@ pub async fn consumptions_add(
     };
     let id = st.gate(&product, license_id, action::CONSUMPTION)?;
     let now = now_micros();
-    let l = run_gated(&st, id, action::CONSUMPTION, move |tx| {
+    let l = run_gated_writes_last(&st, st.commit_check(id, action::CONSUMPTION), move |tx| {
         service::add_consumption(tx, id, amount, req, now)
     })
     .await?;

@@ -273,6 +273,13 @@ pub trait Tx: ReadTx {
 pub trait Job: Send {
     /// Does the work. `false` = refused: its changes are rolled back (the batch goes on).
     fn run(&mut self, tx: &mut dyn Tx) -> bool;
+    /// Whether the job runs inside a savepoint of its own (the default). `false` only for
+    /// a job that refuses before its first write: it then costs no savepoint, and should
+    /// it refuse after writing after all (a store error, a bug), the writer rolls the
+    /// whole batch back instead (see [`queues::run_jobs`]).
+    fn needs_savepoint(&self) -> bool {
+        true
+    }
     /// What the job changed, for the in-memory model (see [`ModelStore`]); taken by
     /// [`finish_batch`] only after the batch committed.
     fn take_effects(&mut self) -> Option<view::Effects> {
@@ -317,6 +324,7 @@ pub fn finish_batch(batch: &mut Vec<Box<dyn Job>>, committed: StoreResult<()>) {
 
 struct FnJob<T, E, F> {
     f: Option<F>,
+    savepoint: bool,
     result: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
 }
@@ -348,6 +356,10 @@ where
         ok
     }
 
+    fn needs_savepoint(&self) -> bool {
+        self.savepoint
+    }
+
     fn finish(self: Box<Self>, committed: StoreResult<()>) {
         let answer = match (committed, self.result) {
             (_, Some(Err(e))) => Err(e),
@@ -359,7 +371,7 @@ where
     }
 }
 
-fn queue<T, E, F>(store: &dyn Store, f: F) -> oneshot::Receiver<Result<T, E>>
+fn queue<T, E, F>(store: &dyn Store, savepoint: bool, f: F) -> oneshot::Receiver<Result<T, E>>
 where
     T: Send + 'static,
     E: From<StoreError> + Send + 'static,
@@ -368,6 +380,7 @@ where
     let (reply, rx) = oneshot::channel();
     store.submit(Box::new(FnJob {
         f: Some(f),
+        savepoint,
         result: None,
         reply,
     }));
@@ -387,7 +400,23 @@ where
     E: From<StoreError> + Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
-    answer(queue(store, f))
+    answer(queue(store, true, f))
+}
+
+/// [`transact`] for work that refuses only before its first write (its checks read, its
+/// writes come last): it runs without a savepoint of its own. Should it refuse after
+/// writing after all, its whole batch is rolled back and every job in it answered with
+/// the error; nothing of it is acknowledged.
+pub fn transact_no_savepoint<T, E, F>(
+    store: &dyn Store,
+    f: F,
+) -> impl std::future::Future<Output = Result<T, E>> + Send + 'static
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+{
+    answer(queue(store, false, f))
 }
 
 /// Blocking variant for the CLI and start-up (not for async contexts).
@@ -397,7 +426,7 @@ where
     E: From<StoreError> + Send + 'static,
     F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
 {
-    queue(store, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
+    queue(store, true, f).blocking_recv().unwrap_or_else(|_| Err(dropped()))
 }
 
 struct FnRead<T, E, F> {

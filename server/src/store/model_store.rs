@@ -115,6 +115,10 @@ impl Job for Recorded {
         keep
     }
 
+    fn needs_savepoint(&self) -> bool {
+        self.job.needs_savepoint()
+    }
+
     fn take_effects(&mut self) -> Option<Effects> {
         let list = std::mem::take(&mut self.effects);
         (!list.is_empty()).then(|| Effects {

@@ -76,6 +76,9 @@ pub trait SavepointTx {
     fn exec(&mut self, sql: &'static str) -> StoreResult<()>;
     /// The transaction the jobs see.
     fn tx(&mut self) -> &mut dyn Tx;
+    /// Moves whenever the transaction changes a row (or a statement fails and leaves it
+    /// aborted): how a job run without a savepoint is seen to have left a trace.
+    fn trace(&mut self) -> Trace;
     /// Releases the previous job's savepoint and sets the next one (a network engine
     /// sends both in one round trip).
     fn next_savepoint(&mut self) -> StoreResult<()> {
@@ -84,12 +87,38 @@ pub trait SavepointTx {
     }
 }
 
+/// What a transaction has done so far (see [`SavepointTx::trace`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trace {
+    /// Rows changed (or write statements that changed something).
+    pub changes: u64,
+    /// Statements that failed and left the transaction unusable (PostgreSQL aborts it).
+    pub failures: u64,
+}
+
 /// Runs every job of `batch` inside the caller's open transaction, each in a savepoint so
-/// a refused job (`run` = false) leaves no trace and the batch goes on. `Err` = a
-/// savepoint statement failed: the caller rolls the whole transaction back.
+/// a refused job (`run` = false) leaves no trace and the batch goes on. A job that needs
+/// no savepoint ([`Job::needs_savepoint`]) runs without one; should it fail a statement,
+/// or refuse after changing something, `Err` ends the batch. `Err` = the caller rolls the
+/// whole transaction back.
 pub fn run_jobs(tx: &mut dyn SavepointTx, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     let mut open = false;
     for job in batch.iter_mut() {
+        if !job.needs_savepoint() {
+            if open {
+                tx.exec("RELEASE SAVEPOINT job")?;
+                open = false;
+            }
+            let before = tx.trace();
+            let kept = job.run(tx.tx());
+            let after = tx.trace();
+            if after.failures != before.failures || (!kept && after.changes != before.changes) {
+                return Err(StoreError::Failed(
+                    "a job without a savepoint failed after writing: its batch is rolled back".into(),
+                ));
+            }
+            continue;
+        }
         if open {
             tx.next_savepoint()?;
         } else {

@@ -50,7 +50,7 @@ macro_rules! store_suite {
             use super::*;
             store_suite!(@cases $open, [$(#[$attr])*],
                 licenses_round_trip, seats_count_lapse_and_purge, a_refused_job_leaves_no_trace,
-                a_failing_statement_spoils_only_its_job,
+                a_failing_statement_spoils_only_its_job, a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace,
                 listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
                 audit_chain_appends_and_verifies, two_processes_never_over_grant,
                 take_seat_grants_refuses_and_reuses, take_seat_never_over_grants_across_processes);
@@ -226,6 +226,96 @@ fn a_failing_statement_spoils_only_its_job(h: &Harness) {
     assert!(rt.block_on(bad).is_err(), "no license 999");
     rt.block_on(good).unwrap();
     assert!(read_blocking(&*s, |tx| tx.account("after")).unwrap().is_some());
+    assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
+}
+
+/// Holds the writer inside a job until the returned sender is used: what is queued
+/// meanwhile commits as one batch.
+fn hold_writer(
+    s: &Arc<dyn Store>,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<(), StoreError>>,
+) {
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let s = Arc::clone(s);
+    let blocker = std::thread::spawn(move || {
+        transact_blocking(&*s, move |_| {
+            let _ = started_tx.send(());
+            let _ = hold.recv();
+            Ok::<_, StoreError>(())
+        })
+    });
+    started.recv().unwrap();
+    (release, blocker)
+}
+
+/// A job without a savepoint ([`super::transact_no_savepoint`]) that refuses before
+/// writing spoils nothing; one that refuses after writing, or whose statement failed
+/// (PostgreSQL then aborts the transaction), takes its whole batch down: no job of it is
+/// acknowledged, nothing of it is stored. Whatever is acknowledged is stored.
+fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
+    use super::{transact, transact_no_savepoint};
+    let s = Arc::clone(&h.store);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let has = |name: &'static str| read_blocking(&*s, move |tx| tx.account(name)).unwrap().is_some();
+    let put = |name: &'static str| move |tx: &mut dyn super::Tx| tx.put_account(&account(name, Role::User));
+
+    // Refused before writing: the batch goes on.
+    let (release, blocker) = hold_writer(&s);
+    let first = transact(&*s, put("first"));
+    let refused = transact_no_savepoint(&*s, |tx| {
+        tx.account("first")?;
+        Err::<(), _>(StoreError::Failed("refused before writing".into()))
+    });
+    let second = transact_no_savepoint(&*s, put("second"));
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    rt.block_on(first).unwrap();
+    assert!(rt.block_on(refused).is_err());
+    rt.block_on(second).unwrap();
+    assert!(has("first") && has("second"));
+
+    // Refused after writing: the whole batch is rolled back and answered with the error.
+    let (release, blocker) = hold_writer(&s);
+    let before = transact(&*s, put("before"));
+    let spoiler = transact_no_savepoint(&*s, |tx| {
+        tx.put_account(&account("spoiler", Role::User))?;
+        Err::<(), _>(StoreError::Failed("refused after writing".into()))
+    });
+    let after = transact(&*s, put("after"));
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    assert!(rt.block_on(spoiler).is_err());
+    assert!(
+        rt.block_on(before).is_err() && rt.block_on(after).is_err(),
+        "one batch, rolled back"
+    );
+    assert!(!has("before") && !has("spoiler") && !has("after"));
+
+    // A failed statement swallowed by the job: on PostgreSQL the transaction is aborted, so
+    // nothing may be acknowledged; SQLite undoes the statement alone and goes on.
+    let (release, blocker) = hold_writer(&s);
+    let third = transact(&*s, put("third"));
+    let swallowed = transact_no_savepoint(&*s, |tx| {
+        let _ = tx.put_registration(&seat(999, "u", 100));
+        Ok::<_, StoreError>(())
+    });
+    let fourth = transact(&*s, put("fourth"));
+    release.send(()).unwrap();
+    blocker.join().unwrap().unwrap();
+    let answers = [
+        rt.block_on(third).is_ok(),
+        rt.block_on(swallowed).is_ok(),
+        rt.block_on(fourth).is_ok(),
+    ];
+    assert_eq!(answers[0], has("third"), "acknowledged = stored");
+    assert_eq!(answers[2], has("fourth"), "acknowledged = stored");
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "one batch, one outcome: {answers:?}"
+    );
     assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
 }
 

@@ -122,6 +122,9 @@ pub(crate) struct PgConn {
     /// A deferred statement failed: the savepoints no longer match the jobs, so the
     /// transaction must not commit (see [`PgConn::take_failure`]).
     failed: Option<StoreError>,
+    /// Write statements that changed something, and statements that failed (see
+    /// [`queues::SavepointTx::trace`]).
+    trace: queues::Trace,
 }
 
 type Param<'a> = &'a (dyn tokio_postgres::types::ToSql + Sync);
@@ -140,9 +143,13 @@ macro_rules! pipelined {
             }
             tokio::join!(biased; $c.batch_execute(&pending), $call)
         });
-        match before {
-            Err(e) => Err($conn.deferred_failed(e)),
-            Ok(()) => Ok(result?),
+        match (before, result) {
+            (Err(e), _) => Err($conn.deferred_failed(e)),
+            (Ok(()), Err(e)) => {
+                $conn.trace.failures += 1;
+                Err(e.into())
+            }
+            (Ok(()), Ok(v)) => Ok(v),
         }
     }};
 }
@@ -168,6 +175,7 @@ impl PgConn {
             statements: HashMap::new(),
             pending: String::new(),
             failed: None,
+            trace: queues::Trace::default(),
         })
     }
 
@@ -197,6 +205,7 @@ impl PgConn {
     }
 
     fn deferred_failed(&mut self, e: tokio_postgres::Error) -> StoreError {
+        self.trace.failures += 1;
         let e = StoreError::from(e);
         self.failed.get_or_insert_with(|| e.clone());
         e
@@ -219,23 +228,55 @@ impl PgConn {
     pub(crate) fn exec(&mut self, sql: &str) -> StoreResult<()> {
         self.defer(sql);
         let all = std::mem::take(&mut self.pending);
-        Ok(self.runtime.block_on(self.client.batch_execute(&all))?)
+        let done = self.runtime.block_on(self.client.batch_execute(&all));
+        if done.is_err() {
+            self.trace.failures += 1;
+        }
+        Ok(done?)
+    }
+
+    /// A query that is not a plain `SELECT` writes (`INSERT … RETURNING`, a CTE).
+    fn note_query(&mut self, sql: &str) {
+        if !sql.starts_with("SELECT") {
+            self.note_change();
+        }
+    }
+
+    /// Counts a change in [`Self::trace`] (for [`Self::query_opt_quiet`] callers).
+    pub(crate) fn note_change(&mut self) {
+        self.trace.changes += 1;
     }
 
     pub(crate) fn query(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Vec<Row>> {
-        pipelined!(self, sql, |c, st| c.query(st, params))
+        let rows = pipelined!(self, sql, |c, st| c.query(st, params))?;
+        self.note_query(sql);
+        Ok(rows)
     }
 
     pub(crate) fn query_opt(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Option<Row>> {
+        let row = self.query_opt_quiet(sql, params)?;
+        self.note_query(sql);
+        Ok(row)
+    }
+
+    /// [`Self::query_opt`] for a statement that may or may not write: the caller reports
+    /// a change with [`Self::note_change`].
+    pub(crate) fn query_opt_quiet(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Option<Row>> {
         pipelined!(self, sql, |c, st| c.query_opt(st, params))
     }
 
     pub(crate) fn query_one(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<Row> {
-        pipelined!(self, sql, |c, st| c.query_one(st, params))
+        let row = pipelined!(self, sql, |c, st| c.query_one(st, params))?;
+        self.note_query(sql);
+        Ok(row)
     }
 
     pub(crate) fn execute(&mut self, sql: &'static str, params: &[Param<'_>]) -> StoreResult<u64> {
-        pipelined!(self, sql, |c, st| c.execute(st, params))
+        let n = pipelined!(self, sql, |c, st| c.execute(st, params))?;
+        if n > 0 {
+            self.note_change();
+        }
+        Ok(n)
     }
 }
 
@@ -255,6 +296,10 @@ impl SavepointTx for PgTx<'_> {
 
     fn tx(&mut self) -> &mut dyn Tx {
         self
+    }
+
+    fn trace(&mut self) -> queues::Trace {
+        self.conn.trace
     }
 }
 

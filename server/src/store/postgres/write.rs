@@ -97,7 +97,8 @@ impl Tx for PgTx<'_> {
         // serialized by the write lock, so the count is current. With lapsed rows to purge
         // (rare: reads skip them, only this path purges) the general path follows: as two
         // more DELETE CTEs here the purge cost every new seat ≈ 20 % more server time.
-        let row = self.query_opt(
+        // Quiet: it counts as a change only when it inserted (below).
+        let row = self.conn.query_opt_quiet(
             concat!(
                 "WITH lic AS (SELECT total_consumptions FROM licenses WHERE id = $1),
                  cnt AS (SELECT COALESCE((SELECT n FROM seat_counts WHERE license_id = $1), 0) AS n_rows,
@@ -138,6 +139,9 @@ impl Tx for PgTx<'_> {
         }) else {
             return Ok(None);
         };
+        if taken.granted {
+            self.conn.note_change();
+        }
         let live = taken.view.registration.as_ref().is_some_and(|r| r.is_active(now));
         if taken.granted || live || taken.view.lapsed == 0 || taken.view.in_use >= limit {
             return Ok(Some(taken));

@@ -114,6 +114,15 @@ impl SavepointTx for SqliteTx<'_> {
     fn tx(&mut self) -> &mut dyn Tx {
         self
     }
+
+    fn trace(&mut self) -> queues::Trace {
+        // A failed statement is undone on its own by SQLite and the transaction goes on,
+        // unless the error rolled the whole transaction back (I/O, disk full).
+        queues::Trace {
+            changes: self.conn.total_changes(),
+            failures: u64::from(self.conn.is_autocommit()),
+        }
+    }
 }
 
 impl Writer for SqliteWriter {
