@@ -25,8 +25,9 @@ PID=$KF_PID
 ADDR=$KF_ADDR
 
 mem() { # label
-    awk -v label="$1" '/^VmRSS|^VmHWM/ { v[$1] = $2 }
-        END { printf "%-40s VmRSS %7.1f MiB   VmHWM %7.1f MiB\n", label, v["VmRSS:"] / 1024, v["VmHWM:"] / 1024 }' \
+    awk -v label="$1" '/^VmRSS|^VmHWM|^RssAnon|^RssFile/ { v[$1] = $2 }
+        END { printf "%-40s VmRSS %7.1f MiB   VmHWM %7.1f MiB   (anonymous %5.1f, file %5.1f)\n", label,
+            v["VmRSS:"] / 1024, v["VmHWM:"] / 1024, v["RssAnon:"] / 1024, v["RssFile:"] / 1024 }' \
         "/proc/$PID/status"
 }
 

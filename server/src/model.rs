@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::clock::format_micros;
+use crate::clock::{format_micros, Micros};
 
 // One definition of the terms, shared with signed license files: an uploaded file and
 // `addProduct` produce the same thing.
@@ -394,8 +394,8 @@ pub struct LicenseObject<'a> {
     floating_timeout: u32,
     floating_users: u32,
     floating_in_use_devices: usize,
-    validity_period: Option<String>,
-    start_date: Option<String>,
+    validity_period: Option<Micros>,
+    start_date: Option<Micros>,
     maintenance_period: Null,
     enable_maintenance_period: bool,
     prevent_vm: bool,
@@ -410,7 +410,7 @@ pub struct LicenseObject<'a> {
     can_borrow: bool,
     max_borrow_time: u32,
     is_borrowed: bool,
-    borrowed_until: Option<String>,
+    borrowed_until: Option<Micros>,
     is_hardware_key_auth: bool,
     metadata: EmptyObject,
     customer: EmptyObject,
@@ -433,7 +433,7 @@ pub struct LicenseObject<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     floating_in_use: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    registered_at: Option<String>,
+    registered_at: Option<Micros>,
     #[serde(skip_serializing_if = "Option::is_none")]
     license_json: Option<LicenseJson>,
     // License list (admin) only.
@@ -444,7 +444,7 @@ pub struct LicenseObject<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    added_at: Option<String>,
+    added_at: Option<Micros>,
 }
 
 impl<'a> LicenseObject<'a> {
@@ -463,8 +463,8 @@ impl<'a> LicenseObject<'a> {
             floating_timeout: t.floating_timeout_minutes,
             floating_users: t.floating_users,
             floating_in_use_devices: seats_in_use,
-            validity_period: t.valid_until.map(format_micros),
-            start_date: t.valid_from.map(format_micros),
+            validity_period: t.valid_until.map(Micros),
+            start_date: t.valid_from.map(Micros),
             maintenance_period: None,
             enable_maintenance_period: false,
             prevent_vm: false,
@@ -531,9 +531,9 @@ impl<'a> LicenseObject<'a> {
         self.license_id = Some(self.id);
         self.floating_slots_in_use = Some(in_use);
         self.floating_in_use = Some(in_use);
-        self.registered_at = Some(format_micros(reg.registered_at));
+        self.registered_at = Some(Micros(reg.registered_at));
         self.is_borrowed = borrowed.is_some();
-        self.borrowed_until = borrowed.map(format_micros);
+        self.borrowed_until = borrowed.map(Micros);
         self
     }
 
@@ -544,7 +544,7 @@ impl<'a> LicenseObject<'a> {
         self.hardware_key_required = Some(l.terms.hardware_key_required);
         self.activation_hardware_id = Some(&l.activation_hardware_id);
         self.source = Some(l.source.as_str());
-        self.added_at = Some(format_micros(l.added_at));
+        self.added_at = Some(Micros(l.added_at));
         self
     }
 }
