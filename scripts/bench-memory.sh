@@ -4,6 +4,7 @@
 #
 #   ./scripts/bench-memory.sh            # 10,000 users
 #   USERS=2000 ./scripts/bench-memory.sh
+#   KF=/tmp/other/keyfloat ./scripts/bench-memory.sh
 #
 # Registers USERS distinct users on one license with enough seats (16 keep-alive client
 # threads on loopback, so the store group-commits), then reads VmRSS / VmHWM from
@@ -15,8 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-10000}
 
-cargo build --release --quiet --bin keyfloat
-KF=target/release/keyfloat
+# KF=path/to/keyfloat measures that binary instead of building this checkout's.
+if [ -z "${KF:-}" ]; then
+    cargo build --release --quiet --bin keyfloat
+    KF=target/release/keyfloat
+fi
 BENCH=bench-memory
 source scripts/bench-lib.sh
 
