@@ -30,6 +30,7 @@ pub mod copy;
 pub mod lock;
 pub mod model_store;
 pub mod open;
+pub mod pending;
 pub mod postgres;
 pub mod queues;
 pub mod sqlite;
@@ -285,6 +286,9 @@ pub trait Job: Send {
     fn take_effects(&mut self) -> Option<view::Effects> {
         None
     }
+    /// The writer is done with the job's batch (committed or not), before any job of it
+    /// is finished; writer thread only.
+    fn batch_ended(&mut self) {}
     /// Called once the batch is committed (or failed to commit, or the job could not be
     /// queued): answer the requester.
     fn finish(self: Box<Self>, committed: StoreResult<()>);
@@ -307,6 +311,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn read(&self, job: Box<dyn ReadJob>);
     /// Waits until everything queued so far is committed and checkpoints the log. Blocking.
     fn flush(&self) -> StoreResult<()>;
+    /// This process is the only one that writes the data (a single-node store holding its
+    /// data dir's lock), so a model of what it committed is complete: seats may be decided
+    /// from it ([`pending`]).
+    fn sole_writer(&self) -> bool {
+        false
+    }
 }
 
 /// What every engine's writer calls once a batch is over, COMMIT done (`Ok`) or failed:
@@ -314,6 +324,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// of it or none), then every job is answered (so a requester that got its answer finds
 /// its change in the model).
 pub fn finish_batch(batch: &mut Vec<Box<dyn Job>>, committed: StoreResult<()>) {
+    for job in batch.iter_mut() {
+        job.batch_ended();
+    }
     if committed.is_ok() {
         view::apply_committed(batch.iter_mut().filter_map(|j| j.take_effects()).collect());
     }

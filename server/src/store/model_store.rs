@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::pending::SeatFacts;
 use super::view::{Effect, Effects, Model, ReadModel};
 use super::{
     audit_chain, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatTaken, SeatView, SlotPage, Store, StoreError,
@@ -20,12 +21,15 @@ use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registrati
 pub struct ModelStore {
     inner: Arc<dyn Store>,
     model: Arc<ReadModel>,
+    /// The model is complete ([`Store::sole_writer`]): seats are decided from it.
+    decides_seats: bool,
 }
 
 impl ModelStore {
     /// Wraps `inner` with an empty model: call [`ModelStore::reload`] before serving.
     pub fn new(inner: Arc<dyn Store>) -> Self {
         Self {
+            decides_seats: inner.sole_writer(),
             inner,
             model: Arc::new(ReadModel::default()),
         }
@@ -82,6 +86,7 @@ impl Store for ModelStore {
             job,
             model: Arc::clone(&self.model),
             effects: Vec::new(),
+            decides_seats: self.decides_seats,
         }));
     }
 
@@ -92,6 +97,10 @@ impl Store for ModelStore {
     fn flush(&self) -> StoreResult<()> {
         self.inner.flush()
     }
+
+    fn sole_writer(&self) -> bool {
+        self.inner.sole_writer()
+    }
 }
 
 /// A job whose successful writes are recorded.
@@ -99,6 +108,7 @@ struct Recorded {
     job: Box<dyn Job>,
     model: Arc<ReadModel>,
     effects: Vec<Effect>,
+    decides_seats: bool,
 }
 
 impl Job for Recorded {
@@ -107,12 +117,24 @@ impl Job for Recorded {
         let keep = self.job.run(&mut Recorder {
             tx,
             effects: &mut self.effects,
+            model: self.decides_seats.then_some(&*self.model),
         });
         if !keep {
-            // Rolled back to its savepoint: none of it happened.
+            // Rolled back to its savepoint: none of it happened, but the batch's pending
+            // view already holds what it noted.
+            if self.decides_seats && !self.effects.is_empty() {
+                self.model.give_up_pending();
+            }
             self.effects.clear();
         }
         keep
+    }
+
+    fn batch_ended(&mut self) {
+        if self.decides_seats {
+            self.model.end_batch();
+        }
+        self.job.batch_ended();
     }
 
     fn needs_savepoint(&self) -> bool {
@@ -185,14 +207,50 @@ impl Job for Reload {
 struct Recorder<'a> {
     tx: &'a mut dyn Tx,
     effects: &'a mut Vec<Effect>,
+    /// The model, when it decides seats (each change is also noted in its pending view).
+    model: Option<&'a ReadModel>,
 }
 
 impl Recorder<'_> {
     fn record<T>(&mut self, r: StoreResult<T>, effect: impl FnOnce(&T) -> Option<Effect>) -> StoreResult<T> {
         if let Ok(v) = &r {
-            self.effects.extend(effect(v));
+            if let Some(e) = effect(v) {
+                self.push(e);
+            }
         }
         r
+    }
+
+    fn push(&mut self, e: Effect) {
+        if let Some(model) = self.model {
+            model.note_pending(&e);
+        }
+        self.effects.push(e);
+    }
+
+    /// A seat decided from the model and the batch so far: the user's row is read only
+    /// when their seat is live (to renew it), and a new seat is one insert.
+    fn take_seat_from(&mut self, facts: SeatFacts, seat: &Registration, limit: usize) -> StoreResult<SeatTaken> {
+        let registration = if facts.live {
+            self.tx.registration(seat.license_id, &seat.user)?
+        } else {
+            None
+        };
+        let granted = !facts.live && facts.in_use < limit;
+        if granted {
+            self.tx.put_registration(seat)?;
+            self.push(Effect::seat(seat));
+        }
+        Ok(SeatTaken {
+            view: SeatView {
+                total_consumptions: facts.total_consumptions,
+                in_use: facts.in_use,
+                lapsed: 0,
+                registration,
+            },
+            granted,
+            purged: 0,
+        })
     }
 }
 
@@ -269,17 +327,20 @@ impl Tx for Recorder<'_> {
         self.record(r, |()| Some(Effect::seat(reg)))
     }
     fn take_seat(&mut self, seat: &Registration, limit: usize, now: i64) -> StoreResult<Option<SeatTaken>> {
+        if let Some(facts) = self.model.and_then(|m| m.seat_facts(seat.license_id, &seat.user, now)) {
+            return self.take_seat_from(facts, seat, limit).map(Some);
+        }
         let r = self.tx.take_seat(seat, limit, now);
         // What `purge_expired` and `put_registration` record, in that order.
         if let Ok(Some(taken)) = &r {
             if taken.granted {
                 if taken.purged > 0 {
-                    self.effects.push(Effect::Purged {
+                    self.push(Effect::Purged {
                         license_id: Some(seat.license_id),
                         now,
                     });
                 }
-                self.effects.push(Effect::seat(seat));
+                self.push(Effect::seat(seat));
             }
         }
         r
@@ -344,9 +405,15 @@ mod tests {
     use super::*;
     use crate::store::{read, transact, SqliteStore};
 
+    /// A SQLite store as the server opens it: holding its data dir, so the model decides seats.
+    fn sole_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
+        let lock = crate::store::lock::DataDirLock::acquire(dir).unwrap();
+        Arc::new(SqliteStore::open(dir).unwrap().holding(lock))
+    }
+
     async fn open(dir: &std::path::Path) -> Arc<ModelStore> {
-        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir).unwrap());
-        let s = ModelStore::new(inner);
+        let s = ModelStore::new(sole_sqlite(dir));
+        assert!(s.decides_seats);
         s.reload().await.unwrap();
         Arc::new(s)
     }
@@ -389,6 +456,8 @@ mod tests {
     }
 
     const USERS: &[&str] = &["a", "b", "c", "d", "e"];
+    /// Seat decisions that differed from what the store's statements saw.
+    static SEAT_MISMATCHES: AtomicU64 = AtomicU64::new(0);
     const FEATURES: &[&str] = &["f", "g"];
 
     /// One random write on `tx`.
@@ -443,7 +512,24 @@ mod tests {
                     ip_local: None,
                     user_info: None,
                 };
-                tx.take_seat(&seat, limit, now).map(drop)
+                // What the store's own statements see in this transaction (earlier jobs of
+                // the batch included), against what the decision was made from.
+                let truth = tx.seat_view(id, Some(&seat.user), now)?;
+                let taken = tx.take_seat(&seat, limit, now)?;
+                let live = |v: &SeatView| v.registration.as_ref().is_some_and(|r| r.is_active(now));
+                match (truth, taken) {
+                    (Some(v), Some(t))
+                        if v.in_use == t.view.in_use
+                            && live(&v) == live(&t.view)
+                            && v.total_consumptions == t.view.total_consumptions
+                            && t.granted == (!live(&v) && v.in_use < limit) => {}
+                    (None, None) => {}
+                    (v, t) => {
+                        SEAT_MISMATCHES.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("seat decision differs from the store: {v:?} / {t:?}");
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -455,8 +541,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_model_matches_the_store_after_random_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        model_matches_store(inner).await;
+        model_matches_store(sole_sqlite(dir.path())).await;
+        assert_eq!(
+            SEAT_MISMATCHES.load(Ordering::Relaxed),
+            0,
+            "seats decided from the model"
+        );
     }
 
     /// The same on PostgreSQL: the model knows no engine.
@@ -541,6 +631,59 @@ mod tests {
         );
     }
 
+    /// Seats decided from the model hold the limit inside one batch: of ten new seats on a
+    /// license of three, the first three are granted; a seat released earlier in a batch
+    /// frees one for a later job of it, and only one; the store's own count agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seats_decided_from_the_model_hold_the_limit_within_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        let id = crate::store::insert_sample(s.as_ref()).await;
+        let now = crate::clock::now_micros();
+        let take = |user: String| {
+            let seat = Registration {
+                license_id: id,
+                user,
+                registered_at: now,
+                expires_at: now + 60_000_000,
+                borrowed_until: None,
+                os_hostname: None,
+                ip_local: None,
+                user_info: None,
+            };
+            transact(s.as_ref(), move |tx| {
+                Ok::<_, StoreError>(tx.take_seat(&seat, 3, now)?.is_some_and(|t| t.granted))
+            })
+        };
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
+        let first: Vec<_> = (0..10).map(|i| take(format!("u{i}"))).collect();
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        let mut granted = Vec::new();
+        for f in first {
+            granted.push(f.await.unwrap());
+        }
+        assert_eq!(
+            granted,
+            [true, true, true, false, false, false, false, false, false, false]
+        );
+
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
+        let full = take("before".into());
+        let gone = transact(s.as_ref(), move |tx| tx.delete_registration(id, "u0"));
+        let (x, y) = (take("x".into()), take("y".into()));
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        assert!(!full.await.unwrap(), "full before the release");
+        assert!(gone.await.unwrap());
+        assert_eq!((x.await.unwrap(), y.await.unwrap()), (true, false));
+        let counted = read(s.as_ref(), move |tx| tx.count_active_registrations(id, now))
+            .await
+            .unwrap();
+        assert_eq!(counted, 3);
+        assert_eq!(s.model().with(|m| m.in_use(id, now)), Some(3));
+    }
+
     /// A batch whose COMMIT failed changes nothing in the model.
     #[test]
     fn a_failed_commit_changes_nothing() {
@@ -557,6 +700,7 @@ mod tests {
                 }),
                 model: Arc::clone(&model),
                 effects: vec![Effect::License(l.clone())],
+                decides_seats: true,
             };
             crate::store::finish_batch(&mut vec![Box::new(job) as Box<dyn Job>], committed);
         };

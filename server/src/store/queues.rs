@@ -164,6 +164,10 @@ macro_rules! store_via_queues {
             fn flush(&self) -> $crate::store::StoreResult<()> {
                 self.queues.flush()
             }
+
+            fn sole_writer(&self) -> bool {
+                self.holds_data_dir()
+            }
         }
     };
 }

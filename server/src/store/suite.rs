@@ -229,28 +229,6 @@ fn a_failing_statement_spoils_only_its_job(h: &Harness) {
     assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
 }
 
-/// Holds the writer inside a job until the returned sender is used: what is queued
-/// meanwhile commits as one batch.
-fn hold_writer(
-    s: &Arc<dyn Store>,
-) -> (
-    std::sync::mpsc::Sender<()>,
-    std::thread::JoinHandle<Result<(), StoreError>>,
-) {
-    let (release, hold) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started) = std::sync::mpsc::channel::<()>();
-    let s = Arc::clone(s);
-    let blocker = std::thread::spawn(move || {
-        transact_blocking(&*s, move |_| {
-            let _ = started_tx.send(());
-            let _ = hold.recv();
-            Ok::<_, StoreError>(())
-        })
-    });
-    started.recv().unwrap();
-    (release, blocker)
-}
-
 /// A job without a savepoint ([`super::transact_no_savepoint`]) that refuses before
 /// writing spoils nothing; one that refuses after writing, or whose statement failed
 /// (PostgreSQL then aborts the transaction), takes its whole batch down: no job of it is
@@ -263,7 +241,7 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
     let put = |name: &'static str| move |tx: &mut dyn super::Tx| tx.put_account(&account(name, Role::User));
 
     // Refused before writing: the batch goes on.
-    let (release, blocker) = hold_writer(&s);
+    let (release, blocker) = super::hold_writer(&*s);
     let first = transact(&*s, put("first"));
     let refused = transact_no_savepoint(&*s, |tx| {
         tx.account("first")?;
@@ -271,14 +249,14 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
     });
     let second = transact_no_savepoint(&*s, put("second"));
     release.send(()).unwrap();
-    blocker.join().unwrap().unwrap();
+    rt.block_on(blocker).unwrap();
     rt.block_on(first).unwrap();
     assert!(rt.block_on(refused).is_err());
     rt.block_on(second).unwrap();
     assert!(has("first") && has("second"));
 
     // Refused after writing: the whole batch is rolled back and answered with the error.
-    let (release, blocker) = hold_writer(&s);
+    let (release, blocker) = super::hold_writer(&*s);
     let before = transact(&*s, put("before"));
     let spoiler = transact_no_savepoint(&*s, |tx| {
         tx.put_account(&account("spoiler", Role::User))?;
@@ -286,7 +264,7 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
     });
     let after = transact(&*s, put("after"));
     release.send(()).unwrap();
-    blocker.join().unwrap().unwrap();
+    rt.block_on(blocker).unwrap();
     assert!(rt.block_on(spoiler).is_err());
     assert!(
         rt.block_on(before).is_err() && rt.block_on(after).is_err(),
@@ -296,7 +274,7 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
 
     // A failed statement swallowed by the job: on PostgreSQL the transaction is aborted, so
     // nothing may be acknowledged; SQLite undoes the statement alone and goes on.
-    let (release, blocker) = hold_writer(&s);
+    let (release, blocker) = super::hold_writer(&*s);
     let third = transact(&*s, put("third"));
     let swallowed = transact_no_savepoint(&*s, |tx| {
         let _ = tx.put_registration(&seat(999, "u", 100));
@@ -304,7 +282,7 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
     });
     let fourth = transact(&*s, put("fourth"));
     release.send(()).unwrap();
-    blocker.join().unwrap().unwrap();
+    rt.block_on(blocker).unwrap();
     let answers = [
         rt.block_on(third).is_ok(),
         rt.block_on(swallowed).is_ok(),

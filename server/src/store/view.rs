@@ -360,6 +360,17 @@ impl Model {
         }
     }
 
+    /// Seats of license `id` live at `now` that lapse by `until` (0 when `until <= now`).
+    pub fn seats_lapsing_by(&self, id: u64, now: i64, until: i64) -> usize {
+        match self.licenses.get(&id) {
+            Some(s) if until > now => s
+                .ends
+                .range((now.saturating_add(1), no_user())..(until.saturating_add(1), no_user()))
+                .count(),
+            _ => 0,
+        }
+    }
+
     /// The license with its totals.
     pub fn license(&self, id: u64) -> Option<&License> {
         self.licenses.get(&id).map(|s| &s.license)
@@ -414,6 +425,8 @@ impl Model {
 #[derive(Default)]
 pub struct ReadModel {
     model: RwLock<Model>,
+    /// The batch being written (see [`super::pending`]); writer thread only.
+    pending: parking_lot::Mutex<super::pending::Pending>,
 }
 
 impl fmt::Debug for ReadModel {
@@ -428,6 +441,29 @@ impl ReadModel {
     /// Reads the model (keep `f` short: the writer waits for it).
     pub fn with<R>(&self, f: impl FnOnce(&Model) -> R) -> R {
         f(&self.model.read())
+    }
+
+    /// A seat decision's facts from the model and the batch being written (writer thread,
+    /// for a store whose process is the only writer). `None` = ask the store.
+    pub fn seat_facts(&self, license_id: u64, user: &str, now: i64) -> Option<super::pending::SeatFacts> {
+        let pending = self.pending.lock();
+        pending.seat_facts(&self.model.read(), license_id, user, now)
+    }
+
+    /// Notes a change made by a job of the batch being written.
+    pub fn note_pending(&self, effect: &Effect) {
+        self.pending.lock().note(effect);
+    }
+
+    /// A job was refused after changes of it were noted: the rest of the batch decides
+    /// through the store.
+    pub fn give_up_pending(&self) {
+        self.pending.lock().give_up();
+    }
+
+    /// The batch being written ended (committed or not).
+    pub fn end_batch(&self) {
+        self.pending.lock().clear();
     }
 
     /// Applies the effects of one committed batch, all at once.

@@ -100,6 +100,11 @@ impl PgStore {
         self.queues.stats()
     }
 
+    /// Never: other nodes may write the same database.
+    pub fn holds_data_dir(&self) -> bool {
+        false
+    }
+
     /// Stops the writer after the queued jobs, and the readers.
     pub fn close(&self) {
         self.queues.close();

@@ -73,6 +73,11 @@ impl SqliteStore {
         self
     }
 
+    /// Whether this store holds its data dir's lock (then no other process writes it).
+    pub fn holds_data_dir(&self) -> bool {
+        self.lock.is_some()
+    }
+
     /// Group-commit counters.
     pub fn stats(&self) -> &CommitStats {
         self.queues.stats()
@@ -198,10 +203,10 @@ mod tests {
         assert_eq!(acc.map(|a| a.role), Some(Role::Admin));
     }
 
-    /// The trigger-kept seat counter agrees with the rows through new seats, renewals
+    /// The store's own seat count agrees with the rows through new seats, renewals
     /// (upserts), lapses, releases, a refused job and a license removal.
     #[test]
-    fn seat_counter_follows_the_registrations() {
+    fn seat_count_follows_the_registrations() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
         let license = crate::model::tests::sample();

@@ -173,7 +173,7 @@ impl ReadTx for SqliteTx<'_> {
             .conn
             .prepare_cached(concat!(
                 "SELECT l.total_consumptions,
-                   COALESCE((SELECT n FROM seat_counts WHERE license_id = ?1), 0),
+                   (SELECT COUNT(*) FROM registrations WHERE license_id = ?1),
                    (SELECT COUNT(*) FROM registrations WHERE license_id = ?1 AND ",
                 lapsed!(),
                 "),
@@ -232,14 +232,12 @@ impl ReadTx for SqliteTx<'_> {
     }
 
     fn count_active_registrations(&mut self, license_id: u64, now: i64) -> StoreResult<usize> {
-        // The trigger-kept counter holds every row; the lapsed rows not yet purged (an index
-        // range over the expired ones: the writer purges them on the new-seat path and
-        // periodically) are subtracted. No write.
+        // The server counts from its model; this scan of the license's rows serves tools,
+        // tests and a batch that changed the license wholesale. No write.
         let n: i64 = self
             .conn
             .prepare_cached(concat!(
-                "SELECT COALESCE((SELECT n FROM seat_counts WHERE license_id = ?1), 0)
-                   - (SELECT COUNT(*) FROM registrations WHERE license_id = ?1 AND ",
+                "SELECT COUNT(*) FROM registrations WHERE license_id = ?1 AND NOT (",
                 lapsed!(),
                 ")"
             ))?

@@ -109,6 +109,17 @@ INSERT INTO audit_chain (one, start_id, genesis, created_at)
     SELECT 1, COALESCE(MAX(id), 0) + 1, lower(hex(randomblob(32))), CAST(strftime('%s','now') AS INTEGER) * 1000000
     FROM audit;
 "#,
+    // The server decides seats from its in-memory model (one process holds the data dir:
+    // `store::pending`), so a seat row goes into its table and key index only. The
+    // seat-count table with its triggers and the expiry index cost two more B-trees and a
+    // trigger program per seat written (BENCHMARKS.md §4.6);
+    // what still counts or purges in SQL scans the license's rows by primary-key prefix.
+    r#"
+DROP TRIGGER seat_counts_insert;
+DROP TRIGGER seat_counts_delete;
+DROP TABLE seat_counts;
+DROP INDEX registrations_by_expiry;
+"#,
 ];
 
 pub(super) fn open_connection(path: &Path) -> StoreResult<Connection> {
@@ -145,4 +156,57 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Seats stored before the seat counter and the expiry index were dropped are all there
+    /// after, counted, and still go with their license.
+    #[test]
+    fn seats_survive_dropping_the_seat_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_connection(&dir.path().join("keyfloat.db")).unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS.iter().take(before).enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO licenses (id, seq, product, terms, activation_hardware_id, source, added_at)
+             VALUES (7, 1, 'p', '{}', '', 'test', 0)",
+            [],
+        )
+        .unwrap();
+        for user in ["a", "b", "c"] {
+            conn.execute(
+                "INSERT INTO registrations (license_id, user, registered_at, expires_at, os_hostname)
+                 VALUES (7, ?1, 1, 100, 'h')",
+                [user],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let count = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT COUNT(*) FROM registrations WHERE license_id = 7 AND os_hostname = 'h'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(count(&conn), 3);
+        let leftovers: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name IN ('seat_counts', 'registrations_by_expiry')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leftovers, 0);
+        conn.execute("DELETE FROM licenses WHERE id = 7", []).unwrap();
+        assert_eq!(count(&conn), 0, "a license's seats go with it");
+    }
 }
