@@ -518,7 +518,12 @@ impl<'a> LicenseObject<'a> {
     /// and its fields are repeated at the top level for node, with the seat's borrowing
     /// state and counters, and never a top-level `user`.
     pub fn register_answer(self, reg: &Registration, in_use: usize, now: i64) -> Self {
-        let text = serde_json::to_string(&self).unwrap_or_default();
+        // Written once into a buffer of about its size (a `String` would grow by doubling).
+        let mut text = Vec::with_capacity(1536);
+        let text = match serde_json::to_writer(&mut text, &self) {
+            Ok(()) => String::from_utf8(text).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
         self.register_answer_with(reg, in_use, now, LicenseJson::Text(text))
     }
 

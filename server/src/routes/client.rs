@@ -12,6 +12,7 @@ use crate::clock::{self, now_micros};
 use crate::error::{ApiError, ApiResult};
 use crate::model::ConsumptionAnswer;
 use crate::params::{lenient, Req, Required};
+use crate::routes::{json_sized, REGISTER_ANSWER_BYTES};
 use crate::service::{self, ClientInfo, OverageRequest};
 use crate::state::{gated, AppState, CommitCheck};
 use crate::store::{transact, transact_no_savepoint, Tx};
@@ -166,13 +167,13 @@ pub async fn licenses_register(
         // answered from the model commits nothing, but must not answer 200 without its key).
         Some(r) => {
             st.check_key(&entry, action::REGISTER)?;
-            Ok(Json(r.answer_cached(st.renders())).into_response())
+            Ok(json_sized(&r.answer_cached(st.renders()), REGISTER_ANSWER_BYTES))
         }
         None => {
             let check = st.commit_check(entry.id, action::REGISTER);
             let registered =
                 run_gated_writes_last(&st, check, move |tx| service::register(tx, &entry.license, &who, now)).await?;
-            Ok(Json(registered.answer()).into_response())
+            Ok(json_sized(&registered.answer(), REGISTER_ANSWER_BYTES))
         }
     }
 }

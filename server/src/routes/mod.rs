@@ -7,13 +7,28 @@ pub mod login;
 pub mod sim;
 
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 
 use crate::auth::{parse_bearer, Caller};
 use crate::error::ApiError;
 use crate::model::Role;
 use crate::state::AppState;
+
+/// A JSON answer written once into a buffer of `capacity` bytes (axum's `Json` starts at
+/// 128 bytes and doubles: four reallocations and copies for a 2 KB register answer).
+pub(crate) fn json_sized<T: serde::Serialize>(value: &T, capacity: usize) -> Response {
+    let mut body = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => ([(CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Room for a register answer: the license object twice (its fields, and escaped as
+/// `license_json`) plus the seat's fields.
+pub(crate) const REGISTER_ANSWER_BYTES: usize = 3072;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;

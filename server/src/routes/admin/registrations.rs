@@ -1,7 +1,7 @@
 //! Seats and feature slots: the paginated listing and the admin force-release.
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -124,9 +124,7 @@ pub async fn registrations_list(
     // Written once into a buffer of about the right size (a seat is ≈ 250 bytes): growing
     // it by doubling left up to twice the page in the allocator after every listing.
     let rows = page.registrations.len() + page.feature_registrations.len();
-    let mut body = Vec::with_capacity(256 * rows + 128);
-    serde_json::to_writer(&mut body, &page).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(crate::routes::json_sized(&page, 256 * rows + 128))
 }
 
 /// One page of seats and of feature slots after `cursor`, and the cursor of the next page.
