@@ -78,11 +78,8 @@ impl std::fmt::Display for Micros {
 
 impl serde::Serialize for Micros {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0; MICROS_LEN];
-        match self.write(&mut buf) {
-            Some(text) => s.serialize_str(text),
-            None => s.serialize_str(&format_with_time(self.0)),
-        }
+        // serde_json writes a `Display` straight into its output (escaped, no `String`).
+        s.collect_str(self)
     }
 }
 
