@@ -141,6 +141,18 @@ fn the_python_sdk_runs_over_https() {
     // Plain HTTP on the TLS port is not served.
     assert!(http(&s.https, "GET", "/api/v4/health", None, None).map_or(true, |(st, _)| st != 200));
     let plain = s.http.clone().unwrap();
+    // A key-bound product can only be added once the simulated key has been validated.
+    wait_for(Duration::from_secs(10), "the simulated key to become valid", || {
+        http(&plain, "GET", "/api/v4/health", None, None)
+            .map_err(|e| e.to_string())
+            .and_then(|(_, body)| {
+                if body.contains(r#""state":"valid""#) {
+                    Ok(())
+                } else {
+                    Err(body)
+                }
+            })
+    });
     // Products through the plain address (asked for), the SDK through HTTPS.
     for (product, hw) in [("plain", false), ("hwbased", true)] {
         let (st, body) = http(
