@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use server_support::{data_dir, free_port, python, wait_for, BIN};
+use server_support::{data_dir, free_port, python, wait_key_valid, BIN};
 
 const LEASE_SECS: u64 = 2;
 const NODES: usize = 3;
@@ -304,17 +304,7 @@ fn install_grant_history(db: &mut postgres::Client) {
 
 fn add_products(c: &Cluster) {
     // Key-bound products can only be added once the leader has validated its key.
-    wait_for(Duration::from_secs(10), "the leader's key to become valid", || {
-        call(&c.lb, "GET", "/api/v4/health", None, Duration::from_secs(1))
-            .map_err(|e| e.to_string())
-            .and_then(|(_, body)| {
-                if body.contains(r#""state":"valid""#) {
-                    Ok(())
-                } else {
-                    Err(body)
-                }
-            })
-    });
+    wait_key_valid(&c.lb);
     for q in [
         format!("product=seats&licenseKey=K-seats&isHWKeyReq=true&floatingUsers={SEATS}"),
         "product=meter&licenseKey=K-meter&isHWKeyReq=true&floatingUsers=100&maxConsumptions=1000000000".to_owned(),

@@ -19,6 +19,26 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, auth: Opti
     send(addr, method, path, &headers, body, TIMEOUT)
 }
 
+/// Waits (≤ 10 s) until `GET /api/v4/health` at `addr` shows the hardware key `valid`:
+/// only then can a key-bound product be added.
+pub fn wait_key_valid(addr: &str) {
+    crate::wait_for(
+        Duration::from_secs(10),
+        format_args!("the key at {addr} to become valid"),
+        || {
+            http(addr, "GET", "/api/v4/health", None, None)
+                .map_err(|e| e.to_string())
+                .and_then(|(_, body)| {
+                    if body.contains(r#""state":"valid""#) {
+                        Ok(())
+                    } else {
+                        Err(body)
+                    }
+                })
+        },
+    )
+}
+
 /// One request with the given headers and limit; answers `(status, body as text)`.
 pub fn send(
     addr: &str,
