@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use server_support::{data_dir, free_port, python, wait_key_valid, BIN};
+use server_support::{data_dir, free_port, python, wait_key_state, BIN};
 
 const LEASE_SECS: u64 = 2;
 const NODES: usize = 3;
@@ -304,7 +304,7 @@ fn install_grant_history(db: &mut postgres::Client) {
 
 fn add_products(c: &Cluster) {
     // Key-bound products can only be added once the leader has validated its key.
-    wait_key_valid(&c.lb);
+    wait_key_state(&c.lb, "valid", None);
     for q in [
         format!("product=seats&licenseKey=K-seats&isHWKeyReq=true&floatingUsers={SEATS}"),
         "product=meter&licenseKey=K-meter&isHWKeyReq=true&floatingUsers=100&maxConsumptions=1000000000".to_owned(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use keyfloat_testkit::serve::{listening, serve_command, spawn_until, START_LIMIT};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use server_support::{data_dir, http, python, wait_for, wait_key_valid, wait_until, BIN};
+use server_support::{data_dir, http, python, wait_for, wait_key_state, wait_until, BIN};
 
 struct Ca {
     cert: rcgen::Certificate,
@@ -142,7 +142,7 @@ fn the_python_sdk_runs_over_https() {
     assert!(http(&s.https, "GET", "/api/v4/health", None, None).map_or(true, |(st, _)| st != 200));
     let plain = s.http.clone().unwrap();
     // A key-bound product can only be added once the simulated key has been validated.
-    wait_key_valid(&plain);
+    wait_key_state(&plain, "valid", None);
     // Products through the plain address (asked for), the SDK through HTTPS.
     for (product, hw) in [("plain", false), ("hwbased", true)] {
         let (st, body) = http(

@@ -19,22 +19,20 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<&str>, auth: Opti
     send(addr, method, path, &headers, body, TIMEOUT)
 }
 
-/// Waits (≤ 10 s) until `GET /api/v4/health` at `addr` shows the hardware key `valid`:
-/// only then can a key-bound product be added.
-pub fn wait_key_valid(addr: &str) {
+/// Waits (≤ 10 s) until `GET /api/v4/health` at `addr` shows the key state `want` (e.g.
+/// `valid`: only then can a key-bound product be added).
+pub fn wait_key_state(addr: &str, want: &str, auth: Option<&str>) {
     crate::wait_for(
         Duration::from_secs(10),
-        format_args!("the key at {addr} to become valid"),
+        format_args!("key state {want} at {addr}"),
         || {
-            http(addr, "GET", "/api/v4/health", None, None)
-                .map_err(|e| e.to_string())
-                .and_then(|(_, body)| {
-                    if body.contains(r#""state":"valid""#) {
-                        Ok(())
-                    } else {
-                        Err(body)
-                    }
-                })
+            let (status, body) = http(addr, "GET", "/api/v4/health", None, auth).map_err(|e| e.to_string())?;
+            let health: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{status} {e}: {body}"))?;
+            if status < 300 && health["key"]["state"] == want {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
         },
     )
 }

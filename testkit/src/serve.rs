@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use keyfloat_hal::trust::VendorSigningKey;
 
 use crate::http::http;
-use crate::wait::wait_for;
 
 /// How long a server may take to print its `listening on` line.
 pub const START_LIMIT: Duration = Duration::from_secs(30);
@@ -138,14 +137,7 @@ impl Server {
 
     /// Waits (≤ 10 s) until health shows the key state `want`.
     pub fn wait_key_state(&self, want: &str, auth: Option<&str>) {
-        wait_for(Duration::from_secs(10), format_args!("key state {want}"), || {
-            let v = self.json("GET", "/api/v4/health", None, auth);
-            if v["key"]["state"] == want {
-                Ok(())
-            } else {
-                Err(v)
-            }
-        })
+        crate::http::wait_key_state(&self.addr, want, auth);
     }
 
     /// SIGTERM and wait (≤ 15 s); returns the exit code.

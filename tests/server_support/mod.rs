@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use keyfloat_testkit::http::{basic, free_port, http, login, q, wait_key_valid};
+pub use keyfloat_testkit::http::{basic, free_port, http, login, q, wait_key_state};
 pub use keyfloat_testkit::serve::{data_dir, wait_exit, Server};
 pub use keyfloat_testkit::{wait_for, wait_until};
 
