@@ -289,6 +289,10 @@ pub trait Job: Send {
     /// The writer is done with the job's batch (committed or not), before any job of it
     /// is finished; writer thread only.
     fn batch_ended(&mut self) {}
+    /// The job succeeded, but a statement of it had failed and left the transaction
+    /// unusable (PostgreSQL aborts it), so the writer rolled the job back to its
+    /// savepoint and the batch goes on: none of it happened, and it is answered with `e`.
+    fn undone(&mut self, e: StoreError);
     /// Called once the batch is committed (or failed to commit, or the job could not be
     /// queued): answer the requester.
     fn finish(self: Box<Self>, committed: StoreResult<()>);
@@ -371,6 +375,10 @@ where
 
     fn needs_savepoint(&self) -> bool {
         self.savepoint
+    }
+
+    fn undone(&mut self, e: StoreError) {
+        self.result = Some(Err(e.into()));
     }
 
     fn finish(self: Box<Self>, committed: StoreResult<()>) {

@@ -111,6 +111,17 @@ struct Recorded {
     decides_seats: bool,
 }
 
+impl Recorded {
+    /// Rolled back to its savepoint: none of it happened, but the batch's pending view
+    /// already holds what it noted.
+    fn forget(&mut self) {
+        if self.decides_seats && !self.effects.is_empty() {
+            self.model.give_up_pending();
+        }
+        self.effects.clear();
+    }
+}
+
 impl Job for Recorded {
     fn run(&mut self, tx: &mut dyn Tx) -> bool {
         self.effects.clear();
@@ -120,14 +131,14 @@ impl Job for Recorded {
             model: self.decides_seats.then_some(&*self.model),
         });
         if !keep {
-            // Rolled back to its savepoint: none of it happened, but the batch's pending
-            // view already holds what it noted.
-            if self.decides_seats && !self.effects.is_empty() {
-                self.model.give_up_pending();
-            }
-            self.effects.clear();
+            self.forget();
         }
         keep
+    }
+
+    fn undone(&mut self, e: StoreError) {
+        self.forget();
+        self.job.undone(e);
     }
 
     fn batch_ended(&mut self) {
@@ -183,6 +194,11 @@ impl Job for Reload {
             Err(e) => self.error = Some(e),
         }
         self.error.is_none()
+    }
+
+    fn undone(&mut self, e: StoreError) {
+        self.loaded = None;
+        self.error = Some(e);
     }
 
     fn take_effects(&mut self) -> Option<Effects> {

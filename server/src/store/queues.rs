@@ -97,7 +97,8 @@ pub struct Trace {
 }
 
 /// Runs every job of `batch` inside the caller's open transaction, each in a savepoint so
-/// a refused job (`run` = false) leaves no trace and the batch goes on. A job that needs
+/// a refused job (`run` = false) leaves no trace and the batch goes on; so does a job that
+/// succeeded past a failed statement that left the transaction unusable ([`Job::undone`]). A job that needs
 /// no savepoint ([`Job::needs_savepoint`]) runs without one; should it fail a statement,
 /// or refuse after changing something, `Err` ends the batch. `Err` = the caller rolls the
 /// whole transaction back.
@@ -124,8 +125,17 @@ pub fn run_jobs(tx: &mut dyn SavepointTx, batch: &mut [Box<dyn Job>]) -> StoreRe
         } else {
             tx.exec("SAVEPOINT job")?;
         }
+        let before = tx.trace();
         // The pre-commit check runs last, right before the savepoint is released.
         open = job.run(tx.tx());
+        if open && tx.trace().failures != before.failures {
+            // It went on past a failed statement: on PostgreSQL the transaction is aborted
+            // until this savepoint is rolled back, and its batch-mates must not pay for it.
+            job.undone(StoreError::Failed(
+                "a statement of this request failed; nothing of it was stored".into(),
+            ));
+            open = false;
+        }
         if !open {
             tx.exec("ROLLBACK TO SAVEPOINT job")?;
             tx.exec("RELEASE SAVEPOINT job")?;

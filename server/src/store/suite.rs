@@ -51,7 +51,7 @@ macro_rules! store_suite {
             store_suite!(@cases $open, [$(#[$attr])*],
                 licenses_round_trip, seats_count_lapse_and_purge, a_refused_job_leaves_no_trace,
                 a_failing_statement_spoils_only_its_job, a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace,
-                listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
+                a_job_that_swallows_a_failed_statement_spoils_only_itself, listings_page_in_byte_order, feature_slots_and_usage, accounts_and_token_generations,
                 audit_chain_appends_and_verifies, two_processes_never_over_grant,
                 take_seat_grants_refuses_and_reuses, take_seat_never_over_grants_across_processes);
         }
@@ -294,6 +294,35 @@ fn a_job_without_savepoint_fails_its_batch_if_it_leaves_a_trace(h: &Harness) {
         answers.iter().all(|a| *a == answers[0]),
         "one batch, one outcome: {answers:?}"
     );
+    assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
+}
+
+/// A job (with its savepoint) that goes on past a failed statement of its own and
+/// succeeds: SQLite undoes the statement alone and the job commits; on PostgreSQL the
+/// statement aborted the transaction, so the job is undone alone and answered with an
+/// error. Either way its batch-mates commit, and what is acknowledged is stored.
+fn a_job_that_swallows_a_failed_statement_spoils_only_itself(h: &Harness) {
+    let s = Arc::clone(&h.store);
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let has = |name: &'static str| read_blocking(&*s, move |tx| tx.account(name)).unwrap().is_some();
+    let put = |name: &'static str| move |tx: &mut dyn super::Tx| tx.put_account(&account(name, Role::User));
+    for round in 0..3 {
+        let (release, blocker) = super::hold_writer(&*s);
+        let first = super::transact(&*s, put(["a1", "b1", "c1"][round]));
+        let swallower = super::transact(&*s, move |tx| {
+            tx.put_account(&account(["a2", "b2", "c2"][round], Role::User))?;
+            let _ = tx.put_registration(&seat(999, "u", 100));
+            Ok::<_, StoreError>(())
+        });
+        let last = super::transact(&*s, put(["a3", "b3", "c3"][round]));
+        release.send(()).unwrap();
+        rt.block_on(blocker).unwrap();
+        rt.block_on(first).unwrap();
+        rt.block_on(last).unwrap();
+        let kept = rt.block_on(swallower).is_ok();
+        assert_eq!(kept, has(["a2", "b2", "c2"][round]), "acknowledged = stored");
+        assert!(has(["a1", "b1", "c1"][round]) && has(["a3", "b3", "c3"][round]));
+    }
     assert!(read_blocking(&*s, |tx| tx.registrations(None)).unwrap().is_empty());
 }
 
