@@ -14,7 +14,7 @@ use common::{build_over, q, sim_bus, Harness, KEY};
 use keyfloat_hal::trust::VendorSigningKey;
 use keyfloat_hal::CellReader;
 use keyfloat_server::store::view::Effects;
-use keyfloat_server::store::{Job, ReadJob, StoreResult, Tx};
+use keyfloat_server::store::{Job, ReadJob, StoreError, StoreResult, Tx};
 use keyfloat_server::{KeyPolicy, SqliteStore, Store};
 use serde_json::{json, Value};
 
@@ -59,9 +59,22 @@ impl Job for Timed {
         keep
     }
 
+    fn needs_savepoint(&self) -> bool {
+        self.inner.needs_savepoint()
+    }
+
     // A wrapper passes its job's effects on, so the read model gets them with the batch.
     fn take_effects(&mut self) -> Option<Effects> {
         self.inner.take_effects()
+    }
+
+    fn batch_ended(&mut self) {
+        self.inner.batch_ended();
+    }
+
+    fn undone(&mut self, e: StoreError) {
+        self.kept = None;
+        self.inner.undone(e);
     }
 
     fn finish(self: Box<Self>, committed: StoreResult<()>) {
