@@ -168,11 +168,58 @@ fn no_user() -> Arc<str> {
     Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
 }
 
+/// How many maps a license's seats are spread over (see [`SeatMap`]).
+const SEAT_SHARDS: usize = 16;
+
+/// A license's seats by user, spread over [`SEAT_SHARDS`] maps by a hash of the user. A
+/// map that outgrows its table rehashes all of it at once, under the model's write lock,
+/// so every request waits for it: one map of 460,000 seats took ≈ 120 ms to double
+/// (BENCHMARKS.md §4.8). Sharded, the shards double one at a time, each a sixteenth.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SeatMap {
+    shards: [HashMap<Arc<str>, SeatState>; SEAT_SHARDS],
+}
+
+impl SeatMap {
+    /// FNV-1a of the user: independent of the maps' own (random) hashing, so equal
+    /// contents are laid out equally.
+    fn shard(user: &str) -> usize {
+        let h = user.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % SEAT_SHARDS as u64) as usize
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    fn get(&self, user: &str) -> Option<&SeatState> {
+        self.shards[Self::shard(user)].get(user)
+    }
+
+    fn get_key_value(&self, user: &str) -> Option<(&Arc<str>, &SeatState)> {
+        self.shards[Self::shard(user)].get_key_value(user)
+    }
+
+    fn insert(&mut self, user: Arc<str>, seat: SeatState) {
+        self.shards[Self::shard(&user)].insert(user, seat);
+    }
+
+    fn remove_entry(&mut self, user: &str) -> Option<(Arc<str>, SeatState)> {
+        self.shards[Self::shard(user)].remove_entry(user)
+    }
+
+    fn clear(&mut self) {
+        self.shards.iter_mut().for_each(HashMap::clear);
+    }
+}
+
 /// One license's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LicenseState {
     license: License,
-    seats: HashMap<Arc<str>, SeatState>,
+    seats: SeatMap,
     /// (seat end, user) of every seat: lapsed seats are a range of it.
     ends: BTreeSet<(i64, Arc<str>)>,
     /// Slots by feature, then user.
@@ -187,7 +234,7 @@ impl LicenseState {
         }
         Self {
             license,
-            seats: HashMap::new(),
+            seats: SeatMap::default(),
             ends: BTreeSet::new(),
             slots: BTreeMap::new(),
         }
@@ -206,7 +253,7 @@ impl LicenseState {
     }
 
     fn put_seat(&mut self, user: Arc<str>, seat: SeatState) {
-        let user = match self.seats.get_key_value(&*user) {
+        let user = match self.seats.get_key_value(&user) {
             Some((known, old)) => {
                 let known = Arc::clone(known);
                 self.ends.remove(&(old.end(), Arc::clone(&known)));
@@ -245,7 +292,7 @@ impl LicenseState {
         }
         self.slots.retain(|_, s| !s.is_empty());
         for user in lapsed {
-            if let Some(old) = self.seats.remove(&user) {
+            if let Some((_, old)) = self.seats.remove_entry(&user) {
                 self.ends.remove(&(old.end(), user));
             }
         }
@@ -547,5 +594,53 @@ mod tests {
             now: 300,
         });
         assert_eq!(m.seat_rows(id), Some(1));
+    }
+
+    proptest::proptest! {
+        /// The sharded seat map answers as one map would, whatever the users and the order
+        /// of inserts and removals.
+        #[test]
+        fn the_seat_map_answers_as_one_map(ops in proptest::collection::vec((0u8..3, "[a-zA-Z0-9@.é-]{0,12}", 0i64..100), 0..200)) {
+            let mut sharded = SeatMap::default();
+            let mut plain: HashMap<Arc<str>, SeatState> = HashMap::new();
+            for (op, user, t) in ops {
+                match op {
+                    0 | 1 => {
+                        let state = SeatState::new(&seat(1, &user, t, None));
+                        sharded.insert(Arc::from(user.as_str()), state.clone());
+                        plain.insert(Arc::from(user.as_str()), state);
+                    }
+                    _ => {
+                        proptest::prop_assert_eq!(sharded.remove_entry(&user), plain.remove_entry(user.as_str()));
+                    }
+                }
+                proptest::prop_assert_eq!(sharded.len(), plain.len());
+                proptest::prop_assert_eq!(sharded.get(&user), plain.get(user.as_str()));
+            }
+            for (user, state) in &plain {
+                proptest::prop_assert_eq!(sharded.get_key_value(user), Some((user, state)));
+            }
+        }
+    }
+
+    /// Users like the benchmark's and like people's spread evenly over the shards, so no
+    /// shard grows (and rehashes) much past a sixteenth of the seats.
+    #[test]
+    fn seats_spread_over_the_shards() {
+        let mut m = SeatMap::default();
+        for n in 0..32_000 {
+            m.insert(
+                Arc::from(format!("u-1765000000-{}-{}", n % 2 + 1, n / 2).as_str()),
+                SeatState::new(&seat(1, "", 1, None)),
+            );
+            m.insert(
+                Arc::from(format!("jane.doe{n}@example.com").as_str()),
+                SeatState::new(&seat(1, "", 1, None)),
+            );
+        }
+        let even = m.len() / SEAT_SHARDS;
+        for shard in &m.shards {
+            assert!(shard.len() < even + even / 10, "{} of {}", shard.len(), m.len());
+        }
     }
 }
