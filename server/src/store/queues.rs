@@ -98,10 +98,10 @@ pub struct Trace {
 
 /// Runs every job of `batch` inside the caller's open transaction, each in a savepoint so
 /// a refused job (`run` = false) leaves no trace and the batch goes on; so does a job that
-/// succeeded past a failed statement that left the transaction unusable ([`Job::undone`]). A job that needs
-/// no savepoint ([`Job::needs_savepoint`]) runs without one; should it fail a statement,
-/// or refuse after changing something, `Err` ends the batch. `Err` = the caller rolls the
-/// whole transaction back.
+/// succeeded past a failed statement that left the transaction unusable ([`Job::undone`]).
+/// A job that needs no savepoint ([`Job::needs_savepoint`]) runs without one; should it
+/// fail a statement, or refuse after changing something, `Err` ends the batch. `Err` = the
+/// caller rolls the whole transaction back.
 pub fn run_jobs(tx: &mut dyn SavepointTx, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     let mut open = false;
     for job in batch.iter_mut() {
