@@ -121,9 +121,10 @@ for label, num, den, target in rows:
 # References, not targets: where the disk puts the floor in this run. A new seat cannot
 # be faster than the bare durable insert (json_db) on the same disk and cores.
 floor = {r: rps[f"r{r} baseline POST /json_db (FULL)"] for r in base}
-refs = [("baseline json_db / baseline json", [100 * floor[r] / base[r] for r in base]),
-        ("register new seat / baseline json_db", [100 * rps[f"r{r} keyfloat register new seat (FULL)"]
-                                                  / floor[r] if floor[r] else 0.0 for r in base])]
+seat = {r: rps[f"r{r} keyfloat register new seat (FULL)"] for r in base}
+share = lambda num, den: 100 * num / den if den else 0.0  # a failed run counts as 0
+refs = [("baseline json_db / baseline json", [share(floor[r], base[r]) for r in base]),
+        ("register new seat / baseline json_db", [share(seat[r], floor[r]) for r in base])]
 for label, per in refs:
     print(f"  {label:44} " + "  ".join(f"{p:7.1f}%" for p in per)
           + f"   median {statistics.median(per):5.1f}%  (reference)")
