@@ -107,16 +107,22 @@ fn group_commit<T, E: ToString>(
     }
 }
 
-/// One transaction per drained batch; every request of the batch is answered after COMMIT.
-fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
-    group_commit(&rx, |batch| {
+/// A SQLite writer: one transaction per drained batch, `insert` once per job with `bind`'s
+/// parameters; every request of the batch is answered after COMMIT.
+fn sqlite_writer<T>(
+    conn: &Connection,
+    rx: &mpsc::Receiver<(T, Reply)>,
+    insert: &str,
+    bind: impl Fn(&mut rusqlite::Statement<'_>, &T) -> rusqlite::Result<usize>,
+) {
+    group_commit(rx, |batch| {
         let result = (|| -> rusqlite::Result<Vec<i64>> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let mut ids = Vec::with_capacity(batch.len());
             {
-                let mut st = conn.prepare_cached("INSERT INTO rows (user, body) VALUES (?1, ?2)")?;
-                for (body, _) in batch {
-                    st.execute((user_of(body), body))?;
+                let mut st = conn.prepare_cached(insert)?;
+                for (job, _) in batch {
+                    bind(&mut st, job)?;
                     ids.push(conn.last_insert_rowid());
                 }
             }
@@ -130,6 +136,16 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
     });
 }
 
+/// `json_db`'s writer: the body as one row.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    sqlite_writer(
+        &conn,
+        &rx,
+        "INSERT INTO rows (user, body) VALUES (?1, ?2)",
+        |st, body| st.execute((user_of(body), body)),
+    );
+}
+
 /// One seat to insert, taken from a register body.
 struct Seat {
     license_id: i64,
@@ -140,37 +156,20 @@ struct Seat {
     user_info: Option<String>,
 }
 
-/// [`writer`] for the seat floor: one keyed insert per seat, one transaction per batch.
+/// `json_db_seat`'s writer: one keyed seat row per job.
 fn seat_writer(conn: Connection, rx: mpsc::Receiver<(Seat, Reply)>) {
-    group_commit(&rx, |batch| {
-        let result = (|| -> rusqlite::Result<Vec<i64>> {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let mut ids = Vec::with_capacity(batch.len());
-            {
-                let mut st = conn.prepare_cached(
-                    "INSERT INTO registrations (license_id, user, registered_at, expires_at,
-                        os_hostname, ip_local, user_info) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for (s, _) in batch {
-                    st.execute((
-                        s.license_id,
-                        &s.user,
-                        s.now,
-                        s.now + 1_800_000_000,
-                        &s.os_hostname,
-                        &s.ip_local,
-                        &s.user_info,
-                    ))?;
-                    ids.push(conn.last_insert_rowid());
-                }
-            }
-            conn.execute_batch("COMMIT")?;
-            Ok(ids)
-        })();
-        if result.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        result
+    let insert = "INSERT INTO registrations (license_id, user, registered_at, expires_at,
+                    os_hostname, ip_local, user_info) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+    sqlite_writer(&conn, &rx, insert, |st, s| {
+        st.execute((
+            s.license_id,
+            &s.user,
+            s.now,
+            s.now + 1_800_000_000,
+            &s.os_hostname,
+            &s.ip_local,
+            &s.user_info,
+        ))
     });
 }
 
@@ -253,8 +252,9 @@ struct Register {
     user_info: Option<String>,
 }
 
-/// The license object of a register answer (keyfloat's field set, typed: the cheapest way
-/// to render it).
+/// The license object of a register answer: keyfloat's field set, written out here (not
+/// borrowed from keyfloat's renderer) so the floor stays independent of the code it
+/// measures; typed, the cheapest way to render it.
 #[derive(Serialize)]
 struct LicenseObject<'a> {
     id: i64,
