@@ -20,6 +20,8 @@ pub use crate::gate::{gated, Catalog, CommitCheck, Entry, KeyPolicy};
 
 /// How often the writer sweeps lapsed seats of every license.
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Lapsed seats deleted per job of the sweep: a few ms of the writer at most.
+const PURGE_CHUNK: usize = 256;
 
 /// Plugs and unplugs the demo's simulated key (`/api/v4/sim/plug|unplug`). The server knows
 /// no backend: whoever built the key source (the CLI, for `--key-backend sim`) injects this.
@@ -210,9 +212,9 @@ impl AppState {
                     continue;
                 }
                 let now = crate::clock::now_micros();
-                let done = crate::store::transact(inner.store.as_ref(), move |tx| tx.purge_expired(None, now));
+                let store = Arc::clone(&inner.store);
                 drop(inner);
-                match done.await {
+                match store.sweep_lapsed(now, PURGE_CHUNK).await {
                     Ok(n) if n > 0 => tracing::debug!(rows = n, "purged lapsed seats"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "periodic purge of lapsed seats failed"),

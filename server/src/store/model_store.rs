@@ -11,8 +11,8 @@ use std::sync::Arc;
 use super::pending::SeatFacts;
 use super::view::{Effect, Effects, Model, ReadModel};
 use super::{
-    audit_chain, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatTaken, SeatView, SlotPage, Store, StoreError,
-    StoreResult, Tx,
+    audit_chain, transact, FeatureKey, Job, ReadJob, ReadTx, SeatPage, SeatTaken, SeatView, SlotPage, Store,
+    StoreError, StoreResult, Tx,
 };
 use crate::model::{Account, AuditEvent, FeatureRegistration, License, Registration};
 
@@ -77,6 +77,52 @@ impl ModelStore {
         let (job, rx) = self.reload_job();
         self.inner.submit(job);
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Drops every seat and slot that lapsed by `now` (the periodic sweep); answers how
+    /// many rows went.
+    ///
+    /// With a complete model (one writer) the model names the lapsed seats, and they are
+    /// deleted by key, at most `chunk` per job: a license with nothing lapsed costs
+    /// nothing, and a mass lapse is many short jobs between other requests' batches
+    /// rather than one long one. (SQLite keeps no expiry index, so one `DELETE … WHERE
+    /// lapsed` reads every seat row.) Each job reads the row again, so a seat renewed
+    /// since the model was read stays. A license holding an expired slot of a live seat
+    /// is swept whole, as before. Without a complete model one statement sweeps every
+    /// license (PostgreSQL finds the rows by its expiry index).
+    pub async fn sweep_lapsed(&self, now: i64, chunk: usize) -> StoreResult<usize> {
+        if !self.decides_seats {
+            return transact(self, move |tx| tx.purge_expired(None, now)).await;
+        }
+        let mut gone = 0;
+        let ids: Vec<u64> = self.model.with(|m| m.license_ids().collect());
+        for id in ids {
+            loop {
+                let users = self.model.with(|m| m.lapsed_seats(id, now, chunk.max(1)));
+                if users.is_empty() {
+                    break;
+                }
+                let n = transact(self, move |tx| {
+                    let mut n = 0;
+                    for user in &users {
+                        if tx.registration(id, user)?.is_some_and(|r| !r.is_active(now)) {
+                            n += usize::from(tx.delete_registration(id, user)?);
+                        }
+                    }
+                    Ok::<_, StoreError>(n)
+                })
+                .await?;
+                gone += n;
+                // Every one of them renewed meanwhile: the next sweep looks again.
+                if n == 0 {
+                    break;
+                }
+            }
+            if self.model.with(|m| m.has_expired_slots(id, now)) {
+                gone += transact(self, move |tx| tx.purge_expired(Some(id), now)).await?;
+            }
+        }
+        Ok(gone)
     }
 }
 
@@ -419,7 +465,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use super::*;
-    use crate::store::{read, transact, SqliteStore};
+    use crate::store::{read, SqliteStore};
 
     /// A SQLite store as the server opens it: holding its data dir, so the model decides seats.
     fn sole_sqlite(dir: &std::path::Path) -> Arc<dyn Store> {
@@ -599,7 +645,7 @@ mod tests {
         // Id 9 does not exist: writes to it fail (foreign key) and are not recorded.
         let ids = vec![7u64, 8, 9];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let (mut seats_seen, mut slots_seen) = (0, 0);
+        let (mut seats_seen, mut slots_seen, mut sweeps) = (0, 0, 0);
         for round in 0..60 {
             let jobs: Vec<_> = (0..1 + rng.below(6))
                 .map(|_| {
@@ -622,8 +668,17 @@ mod tests {
                     })
                 })
                 .collect();
+            // Now and then the periodic sweep runs among them, a few seats per job.
+            let sweep = (rng.below(6) == 0).then(|| {
+                let (s, now, chunk) = (Arc::clone(&s), rng.below(100) as i64, 1 + rng.below(3) as usize);
+                tokio::spawn(async move { s.sweep_lapsed(now, chunk).await })
+            });
             for j in jobs {
                 let _ = j.await;
+            }
+            if let Some(sweep) = sweep {
+                sweeps += 1;
+                sweep.await.unwrap().unwrap();
             }
             for now in [0, 30, 60, 99] {
                 let (expected, counts) = from_store(&s, ids.clone(), now).await;
@@ -641,10 +696,93 @@ mod tests {
                 assert_eq!(model_counts, counts, "round {round}, now {now}");
             }
         }
+        eprintln!("{seats_seen} seats, {slots_seen} slots, {sweeps} sweeps");
         assert!(
-            seats_seen > 100 && slots_seen > 100,
-            "{seats_seen} seats, {slots_seen} slots"
+            seats_seen > 100 && slots_seen > 100 && sweeps > 3,
+            "{seats_seen} seats, {slots_seen} slots, {sweeps} sweeps"
         );
+    }
+
+    /// The sweep deletes what lapsed, by key and in chunks: not a live or borrowed seat,
+    /// not a seat renewed after the model named it (its job reads the row again), the
+    /// lapsed user's slots with the seat, an expired slot of a live seat; the model ends
+    /// equal to the store, and a second sweep finds nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_deletes_only_what_lapsed_and_the_model_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path()).await;
+        let id = crate::store::insert_sample(s.as_ref()).await;
+        let seat = |user: &str, expires_at: i64, borrowed_until: Option<i64>| Registration {
+            license_id: id,
+            user: user.to_owned(),
+            registered_at: 1,
+            expires_at,
+            borrowed_until,
+            os_hostname: None,
+            ip_local: None,
+            user_info: None,
+        };
+        let slot = |user: &str, expires_at: i64| FeatureRegistration {
+            license_id: id,
+            feature: "f".into(),
+            user: user.to_owned(),
+            registered_at: 1,
+            expires_at,
+            os_hostname: None,
+            ip_local: None,
+            user_info: None,
+        };
+        let mut seats: Vec<_> = (0..10).map(|i| seat(&format!("gone-{i}"), 10, None)).collect();
+        seats.extend((0..3).map(|i| seat(&format!("live-{i}"), 200, None)));
+        seats.push(seat("borrowed", 10, Some(300)));
+        seats.push(seat("renewed", 10, None));
+        let slots = [slot("gone-0", 500), slot("live-0", 5), slot("live-1", 500)];
+        transact(s.as_ref(), move |tx| {
+            seats.iter().try_for_each(|r| tx.put_registration(r))?;
+            slots.iter().try_for_each(|r| tx.put_feature_registration(r))
+        })
+        .await
+        .unwrap();
+
+        // The model names "renewed" as lapsed; its renewal is queued before the sweep's job.
+        let (release, blocker) = crate::store::hold_writer(s.as_ref());
+        let renewed = seat("renewed", 400, None);
+        let renewal = transact(s.as_ref(), move |tx| tx.put_registration(&renewed));
+        let sweeper = Arc::clone(&s);
+        let sweep = tokio::spawn(async move { sweeper.sweep_lapsed(100, 64).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        renewal.await.unwrap();
+        assert_eq!(sweep.await.unwrap().unwrap(), 10 + 1, "ten seats, one expired slot");
+
+        let left = read(s.as_ref(), move |tx| {
+            Ok::<_, StoreError>((tx.registrations(Some(id))?, tx.feature_registrations(Some(id), None)?))
+        })
+        .await
+        .unwrap();
+        let mut users: Vec<_> = left.0.iter().map(|r| r.user.as_str()).collect();
+        users.sort_unstable();
+        assert_eq!(users, ["borrowed", "live-0", "live-1", "live-2", "renewed"]);
+        let slot_users: Vec<_> = left.1.iter().map(|r| r.user.as_str()).collect();
+        assert_eq!(slot_users, ["live-1"]);
+        let (expected, _) = from_store(&s, vec![id], 100).await;
+        s.model().with(|m| assert_eq!(*m, expected));
+        assert_eq!(s.sweep_lapsed(100, 64).await.unwrap(), 0);
+
+        // Many lapsed seats go in chunks of a few, all of them.
+        let many: Vec<_> = (0..50).map(|i| seat(&format!("many-{i}"), 150, None)).collect();
+        transact(s.as_ref(), move |tx| {
+            many.iter().try_for_each(|r| tx.put_registration(r))
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.sweep_lapsed(160, 4).await.unwrap(), 50);
+        let (expected, _) = from_store(&s, vec![id], 160).await;
+        s.model().with(|m| {
+            assert_eq!(*m, expected);
+            assert_eq!(m.seat_rows(id), Some(5));
+        });
     }
 
     /// Seats decided from the model hold the limit inside one batch: of ten new seats on a

@@ -418,6 +418,25 @@ impl Model {
         }
     }
 
+    /// Up to `limit` seats of license `id` that ended by `now` and are not purged yet,
+    /// earliest end first.
+    pub fn lapsed_seats(&self, id: u64, now: i64, limit: usize) -> Vec<Arc<str>> {
+        self.licenses
+            .get(&id)
+            .map(|s| s.lapsed_users(now).take(limit).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// License `id` holds a slot that expired by `now` (its user's seat may be live).
+    pub fn has_expired_slots(&self, id: u64, now: i64) -> bool {
+        self.licenses.get(&id).is_some_and(|s| {
+            s.slots
+                .values()
+                .flat_map(HashMap::values)
+                .any(|slot| slot.expires_at <= now)
+        })
+    }
+
     /// The license with its totals.
     pub fn license(&self, id: u64) -> Option<&License> {
         self.licenses.get(&id).map(|s| &s.license)
