@@ -18,8 +18,13 @@ use crate::store::{ModelStore, Store};
 
 pub use crate::gate::{gated, Catalog, CommitCheck, Entry, KeyPolicy};
 
-/// How often the writer sweeps lapsed seats of every license.
+/// How often the writer sweeps lapsed seats of every license with one statement
+/// (PostgreSQL).
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often when the model names the lapsed seats (SQLite): with nothing lapsed that
+/// sweep costs no job, and the lapsed seats every seat count steps over (one per seat
+/// in the model's ordered ends) stay as few as lapse in this time.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Lapsed seats deleted per job of the sweep: a few ms of the writer at most.
 const PURGE_CHUNK: usize = 256;
 
@@ -192,12 +197,18 @@ impl AppState {
         Ok(state)
     }
 
-    /// Reads only skip lapsed seats; the writer drops them on the new-seat path and here,
-    /// periodically, so the lapsed rows a read skips stay few. Stops with the state.
+    /// Reads only skip lapsed seats; the writer drops them here, periodically (and on
+    /// PostgreSQL on the new-seat path too), so the lapsed rows a read skips stay few.
+    /// Stops with the state.
     fn spawn_purge(&self) {
         let weak = Arc::downgrade(&self.inner);
+        let every = if self.inner.store.decides_seats() {
+            SWEEP_EVERY
+        } else {
+            PURGE_EVERY
+        };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PURGE_EVERY);
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {

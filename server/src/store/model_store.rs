@@ -47,6 +47,11 @@ impl ModelStore {
         &self.model
     }
 
+    /// The model is complete (one writer): it decides seats and names the lapsed ones.
+    pub fn decides_seats(&self) -> bool {
+        self.decides_seats
+    }
+
     /// The wrapped store. Writes sent to it directly bypass the model: reload after.
     pub fn inner(&self) -> &Arc<dyn Store> {
         &self.inner
