@@ -112,7 +112,7 @@ async fn main() -> Result<(), Error> {
         })
         .await?;
         println!("r{round} nothing lapsed, one statement: {old}");
-        let new = probed(&s, id, s.sweep_lapsed(now, CHUNK)).await?;
+        let new = probed(&s, id, s.sweep_lapsed(now, CHUNK, true)).await?;
         println!("r{round} nothing lapsed, sweep_lapsed:  {new}");
         let (_dir, s, id) = build(seats, lapsed).await?;
         let old = probed(&s, id, async {
@@ -121,7 +121,7 @@ async fn main() -> Result<(), Error> {
         .await?;
         println!("r{round} all {seats} lapsed, one statement: {old}");
         let (_dir, s, id) = build(seats, lapsed).await?;
-        let new = probed(&s, id, s.sweep_lapsed(now, CHUNK)).await?;
+        let new = probed(&s, id, s.sweep_lapsed(now, CHUNK, true)).await?;
         println!("r{round} all {seats} lapsed, sweep_lapsed ({CHUNK} a job): {new}");
     }
     Ok(())

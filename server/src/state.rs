@@ -27,6 +27,9 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Lapsed seats deleted per job of the sweep: a few ms of the writer at most.
 const PURGE_CHUNK: usize = 256;
+/// The model-guided sweep looks at every feature slot (they keep no order by end) on one
+/// sweep in this many, about once a minute.
+const SLOTS_EVERY_NTH_SWEEP: u32 = 12;
 
 /// Plugs and unplugs the demo's simulated key (`/api/v4/sim/plug|unplug`). The server knows
 /// no backend: whoever built the key source (the CLI, for `--key-backend sim`) injects this.
@@ -211,7 +214,7 @@ impl AppState {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            loop {
+            for sweep in 1u32.. {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
                 // Only the leader writes (a standby's batch would be refused anyway).
@@ -225,7 +228,8 @@ impl AppState {
                 let now = crate::clock::now_micros();
                 let store = Arc::clone(&inner.store);
                 drop(inner);
-                match store.sweep_lapsed(now, PURGE_CHUNK).await {
+                let slots = sweep % SLOTS_EVERY_NTH_SWEEP == 0;
+                match store.sweep_lapsed(now, PURGE_CHUNK, slots).await {
                     Ok(n) if n > 0 => tracing::debug!(rows = n, "purged lapsed seats"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "periodic purge of lapsed seats failed"),

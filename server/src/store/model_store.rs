@@ -84,50 +84,78 @@ impl ModelStore {
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Drops every seat and slot that lapsed by `now` (the periodic sweep); answers how
-    /// many rows went.
+    /// Drops the seats that lapsed by `now`, and with `slots` the expired feature slots
+    /// too (the periodic sweep); answers how many rows went.
     ///
-    /// With a complete model (one writer) the model names the lapsed seats, and they are
-    /// deleted by key, at most `chunk` per job: a license with nothing lapsed costs
-    /// nothing, and a mass lapse is many short jobs between other requests' batches
-    /// rather than one long one. (SQLite keeps no expiry index, so one `DELETE … WHERE
-    /// lapsed` reads every seat row.) Each job reads the row again, so a seat renewed
-    /// since the model was read stays. A license holding an expired slot of a live seat
-    /// is swept whole, as before. Without a complete model one statement sweeps every
-    /// license (PostgreSQL finds the rows by its expiry index).
-    pub async fn sweep_lapsed(&self, now: i64, chunk: usize) -> StoreResult<usize> {
+    /// With a complete model (one writer) the model names what lapsed, and it is deleted
+    /// by key, at most `chunk` rows per job: nothing lapsed costs no job, and a mass lapse
+    /// is many short jobs between other requests' batches rather than one long one.
+    /// (SQLite keeps no expiry index, so one `DELETE … WHERE lapsed` reads every seat
+    /// row.) Each job reads its rows again, so a seat or slot renewed since the model was
+    /// read stays. A lapsed seat takes its user's slots with it; `slots` also takes the
+    /// expired slots of live seats, which the model finds only by looking at every slot.
+    /// Without a complete model one statement sweeps everything (PostgreSQL finds the
+    /// rows by its expiry index).
+    pub async fn sweep_lapsed(&self, now: i64, chunk: usize, slots: bool) -> StoreResult<usize> {
         if !self.decides_seats {
             return transact(self, move |tx| tx.purge_expired(None, now)).await;
         }
+        let chunk = chunk.max(1);
         let mut gone = 0;
         let ids: Vec<u64> = self.model.with(|m| m.license_ids().collect());
         for id in ids {
-            loop {
-                let users = self.model.with(|m| m.lapsed_seats(id, now, chunk.max(1)));
-                if users.is_empty() {
-                    break;
-                }
-                let n = transact(self, move |tx| {
-                    let mut n = 0;
-                    for user in &users {
-                        if tx.registration(id, user)?.is_some_and(|r| !r.is_active(now)) {
-                            n += usize::from(tx.delete_registration(id, user)?);
-                        }
-                    }
-                    Ok::<_, StoreError>(n)
-                })
+            gone += self
+                .delete_by_key(
+                    |m| m.lapsed_seats(id, now, chunk),
+                    move |tx, user| {
+                        Ok(tx.registration(id, user)?.is_some_and(|r| !r.is_active(now))
+                            && tx.delete_registration(id, user)?)
+                    },
+                )
                 .await?;
-                gone += n;
-                // Every one of them renewed meanwhile: the next sweep looks again.
-                if n == 0 {
-                    break;
-                }
-            }
-            if self.model.with(|m| m.has_expired_slots(id, now)) {
-                gone += transact(self, move |tx| tx.purge_expired(Some(id), now)).await?;
+            if slots {
+                gone += self
+                    .delete_by_key(
+                        |m| m.expired_slots(id, now, chunk),
+                        move |tx, (feature, user)| {
+                            let of = FeatureKey {
+                                license_id: id,
+                                feature,
+                            };
+                            Ok(tx.feature_registration(of, user)?.is_some_and(|s| s.expires_at <= now)
+                                && tx.delete_feature_registrations(of, Some(user))? > 0)
+                        },
+                    )
+                    .await?;
             }
         }
         Ok(gone)
+    }
+
+    /// Deletes what `named` reads from the model, one job per call of it, until it names
+    /// nothing; `delete` checks each key again in the job and answers whether it deleted.
+    async fn delete_by_key<K: Send + 'static>(
+        &self,
+        named: impl Fn(&Model) -> Vec<K>,
+        delete: impl Fn(&mut dyn Tx, &K) -> StoreResult<bool> + Send + Copy + 'static,
+    ) -> StoreResult<usize> {
+        let mut gone = 0;
+        loop {
+            let keys = self.model.with(&named);
+            if keys.is_empty() {
+                return Ok(gone);
+            }
+            let n = transact(self, move |tx| {
+                keys.iter()
+                    .try_fold(0, |n, k| Ok::<_, StoreError>(n + usize::from(delete(tx, k)?)))
+            })
+            .await?;
+            gone += n;
+            // Every one of them was renewed meanwhile: the next sweep looks again.
+            if n == 0 {
+                return Ok(gone);
+            }
+        }
     }
 }
 
@@ -676,7 +704,7 @@ mod tests {
             // Now and then the periodic sweep runs among them, a few seats per job.
             let sweep = (rng.below(6) == 0).then(|| {
                 let (s, now, chunk) = (Arc::clone(&s), rng.below(100) as i64, 1 + rng.below(3) as usize);
-                tokio::spawn(async move { s.sweep_lapsed(now, chunk).await })
+                tokio::spawn(async move { s.sweep_lapsed(now, chunk, true).await })
             });
             for j in jobs {
                 let _ = j.await;
@@ -709,9 +737,9 @@ mod tests {
     }
 
     /// The sweep deletes what lapsed, by key and in chunks: not a live or borrowed seat,
-    /// not a seat renewed after the model named it (its job reads the row again), the
-    /// lapsed user's slots with the seat, an expired slot of a live seat; the model ends
-    /// equal to the store, and a second sweep finds nothing.
+    /// not a seat or slot renewed after the model named it (its job reads the row again),
+    /// the lapsed user's slots with the seat, an expired slot of a live seat; the model
+    /// ends equal to the store, and a second sweep finds nothing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sweep_deletes_only_what_lapsed_and_the_model_follows() {
         let dir = tempfile::tempdir().unwrap();
@@ -741,7 +769,12 @@ mod tests {
         seats.extend((0..3).map(|i| seat(&format!("live-{i}"), 200, None)));
         seats.push(seat("borrowed", 10, Some(300)));
         seats.push(seat("renewed", 10, None));
-        let slots = [slot("gone-0", 500), slot("live-0", 5), slot("live-1", 500)];
+        let slots = [
+            slot("gone-0", 500),
+            slot("live-0", 5),
+            slot("live-1", 500),
+            slot("live-2", 5),
+        ];
         transact(s.as_ref(), move |tx| {
             seats.iter().try_for_each(|r| tx.put_registration(r))?;
             slots.iter().try_for_each(|r| tx.put_feature_registration(r))
@@ -749,17 +782,32 @@ mod tests {
         .await
         .unwrap();
 
-        // The model names "renewed" as lapsed; its renewal is queued before the sweep's job.
-        let (release, blocker) = crate::store::hold_writer(s.as_ref());
+        // The model names `renewed` (a seat, then a slot) as lapsed; its renewal is queued
+        // before the sweep's job.
+        type Renewal = Box<dyn FnOnce(&mut dyn Tx) -> StoreResult<()> + Send>;
+        let renew_during_sweep = |renewal: Renewal| {
+            let (release, blocker) = crate::store::hold_writer(s.as_ref());
+            let renewal = transact(s.as_ref(), renewal);
+            let sweeper = Arc::clone(&s);
+            let sweep = tokio::spawn(async move { sweeper.sweep_lapsed(100, 64, true).await });
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                release.send(()).unwrap();
+                blocker.await.unwrap();
+                renewal.await.unwrap();
+                sweep.await.unwrap().unwrap()
+            }
+        };
         let renewed = seat("renewed", 400, None);
-        let renewal = transact(s.as_ref(), move |tx| tx.put_registration(&renewed));
-        let sweeper = Arc::clone(&s);
-        let sweep = tokio::spawn(async move { sweeper.sweep_lapsed(100, 64).await });
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        release.send(()).unwrap();
-        blocker.await.unwrap();
-        renewal.await.unwrap();
-        assert_eq!(sweep.await.unwrap().unwrap(), 10 + 1, "ten seats, one expired slot");
+        let gone = renew_during_sweep(Box::new(move |tx| tx.put_registration(&renewed))).await;
+        assert_eq!(gone, 10 + 2, "ten seats, two expired slots");
+        let expired_slot = slot("live-2", 20);
+        transact(s.as_ref(), move |tx| tx.put_feature_registration(&expired_slot))
+            .await
+            .unwrap();
+        let renewed_slot = slot("live-2", 400);
+        let gone = renew_during_sweep(Box::new(move |tx| tx.put_feature_registration(&renewed_slot))).await;
+        assert_eq!(gone, 0, "the slot was renewed");
 
         let left = read(s.as_ref(), move |tx| {
             Ok::<_, StoreError>((tx.registrations(Some(id))?, tx.feature_registrations(Some(id), None)?))
@@ -769,11 +817,12 @@ mod tests {
         let mut users: Vec<_> = left.0.iter().map(|r| r.user.as_str()).collect();
         users.sort_unstable();
         assert_eq!(users, ["borrowed", "live-0", "live-1", "live-2", "renewed"]);
-        let slot_users: Vec<_> = left.1.iter().map(|r| r.user.as_str()).collect();
-        assert_eq!(slot_users, ["live-1"]);
+        let mut slot_users: Vec<_> = left.1.iter().map(|r| r.user.as_str()).collect();
+        slot_users.sort_unstable();
+        assert_eq!(slot_users, ["live-1", "live-2"]);
         let (expected, _) = from_store(&s, vec![id], 100).await;
         s.model().with(|m| assert_eq!(*m, expected));
-        assert_eq!(s.sweep_lapsed(100, 64).await.unwrap(), 0);
+        assert_eq!(s.sweep_lapsed(100, 64, true).await.unwrap(), 0);
 
         // Many lapsed seats go in chunks of a few, all of them.
         let many: Vec<_> = (0..50).map(|i| seat(&format!("many-{i}"), 150, None)).collect();
@@ -782,7 +831,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(s.sweep_lapsed(160, 4).await.unwrap(), 50);
+        assert_eq!(s.sweep_lapsed(160, 4, false).await.unwrap(), 50);
         let (expected, _) = from_store(&s, vec![id], 160).await;
         s.model().with(|m| {
             assert_eq!(*m, expected);

@@ -427,14 +427,21 @@ impl Model {
             .unwrap_or_default()
     }
 
-    /// License `id` holds a slot that expired by `now` (its user's seat may be live).
-    pub fn has_expired_slots(&self, id: u64, now: i64) -> bool {
-        self.licenses.get(&id).is_some_and(|s| {
-            s.slots
-                .values()
-                .flat_map(HashMap::values)
-                .any(|slot| slot.expires_at <= now)
-        })
+    /// Up to `limit` slots of license `id` (feature, user) that expired by `now`, whatever
+    /// their user's seat. Looks at every slot of the license: slots keep no order by end.
+    pub fn expired_slots(&self, id: u64, now: i64, limit: usize) -> Vec<(String, String)> {
+        self.licenses
+            .get(&id)
+            .map(|s| {
+                s.slots
+                    .iter()
+                    .flat_map(|(feature, slots)| slots.values().map(move |slot| (feature, slot)))
+                    .filter(|(_, slot)| slot.expires_at <= now)
+                    .take(limit)
+                    .map(|(feature, slot)| (feature.clone(), slot.user.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The license with its totals.
